@@ -1,0 +1,58 @@
+"""Process tracking: where an exec, job or kernel's processes live and how to kill them all.
+
+Every user process the daemon starts belongs to one ``ProcessGroup``.  The group is the
+unit of accounting (cpu, peak memory, pids) and of killing: ``kill_all`` must reach
+descendants that called ``setsid`` or double-forked.  Backends:
+
+* cgroup v1 / v2 (``projecthub.host.sandbox.cgroups``): a child cgroup per group;
+* ``MarkerTracker`` (this module's fallback, ``projecthub.project.tracking_fallback``):
+  the daemon is a child subreaper and tags each group's processes with an
+  environment marker, so orphans re-parent to the daemon and can still be found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class GroupUsage:
+    cpu_user_s: float = 0.0
+    cpu_sys_s: float = 0.0
+    max_rss_bytes: int = 0     # peak resident memory of the whole group (0 = unknown)
+    rss_bytes: int = 0         # current resident memory of the whole group
+    pids: int = 0              # processes currently alive in the group
+    oom_killed: bool = False   # the kernel OOM killer fired inside this group
+
+
+class ProcessGroup(Protocol):
+    name: str
+
+    def spawn(self, start: Callable[[], T]) -> T:
+        """Call ``start()`` (which forks, e.g. ``subprocess.Popen``) so every process it
+        creates lands in this group.  Must not yield to the event loop."""
+
+    def env_marker(self) -> dict[str, str]:
+        """Extra environment variables the spawned process must carry (may be empty)."""
+
+    def pids(self) -> list[int]:
+        """Pids of every live process in the group."""
+
+    def kill_all(self) -> None:
+        """SIGKILL every process in the group, including setsid'd and re-parented ones."""
+
+    def usage(self) -> GroupUsage:
+        """Accounting for the group so far (works after the processes have exited)."""
+
+    def close(self) -> None:
+        """Kill what is left and release the group.  Idempotent."""
+
+
+class ProcessTracker(Protocol):
+    kind: str  # "cgroup-v1" | "cgroup-v2" | "marker"
+
+    def new_group(self, name: str) -> ProcessGroup:
+        """Create a fresh group; ``name`` is unique within the daemon (e.g. an exec id)."""
