@@ -1,0 +1,12 @@
+"""Persistent registry of the hub (SQLite by default, PostgreSQL for scale-out)."""
+
+from .migrations import LATEST_VERSION, SchemaTooNewError
+from .store import API_KEYS_PER_ACCOUNT, Store, UidRangeExhausted
+
+__all__ = [
+    "API_KEYS_PER_ACCOUNT",
+    "LATEST_VERSION",
+    "SchemaTooNewError",
+    "Store",
+    "UidRangeExhausted",
+]

@@ -1,0 +1,175 @@
+"""Table definitions (the *latest* schema version) and portable column types.
+
+Only portable types are used so the same definitions work on SQLite and PostgreSQL:
+uuids are 36-character strings, JSON is stored as text we encode ourselves, and
+timestamps are naive UTC in the database but timezone-aware UTC in Python.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+UUID_LEN = 36
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC without a zone (portable, sorts correctly as text on SQLite) and
+    hands back aware UTC datetimes.  Naive input is taken to already be UTC."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc)
+
+
+class JSONText(TypeDecorator[Any]):
+    """JSON in a TEXT column: avoids depending on each backend's JSON type."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return json.loads(value)
+
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied", UTCDateTime, nullable=False),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("account_id", String(UUID_LEN), primary_key=True),
+    Column("first_name", String(254), nullable=False, default=""),
+    Column("last_name", String(254), nullable=False, default=""),
+    # UNIQUE allows many NULLs on both SQLite and PostgreSQL.
+    Column("email", String(254), nullable=True, unique=True),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("banned", Boolean, nullable=False, default=False),
+    Column("created", UTCDateTime, nullable=False),
+)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("project_id", String(UUID_LEN), primary_key=True),
+    Column("title", Text, nullable=False, default=""),
+    Column("description", Text, nullable=False, default=""),
+    Column("created", UTCDateTime, nullable=False),
+    Column("last_edited", UTCDateTime, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("host_id", Integer, ForeignKey("hosts.host_id"), nullable=True),
+    Column("state", String(32), nullable=False, default="stopped", server_default="stopped"),
+    Column("state_time", UTCDateTime, nullable=True),
+    Column("settings", JSONText, nullable=False, default=dict),
+    # Linux uid of the project; UNIQUE still admits many NULLs.
+    Column("uid", Integer, nullable=True, unique=True),
+)
+
+project_users = Table(
+    "project_users",
+    metadata,
+    Column(
+        "project_id",
+        String(UUID_LEN),
+        ForeignKey("projects.project_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column(
+        "account_id",
+        String(UUID_LEN),
+        ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("group", String(16), nullable=False),  # 'owner' | 'collaborator'
+    Column("hide", Boolean, nullable=False, default=False),
+    Index("ix_project_users_account", "account_id"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    # AUTOINCREMENT on SQLite: never reuse an id, since ids are encoded into secrets.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "account_id",
+        String(UUID_LEN),
+        ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "project_id",
+        String(UUID_LEN),
+        ForeignKey("projects.project_id", ondelete="CASCADE"),
+        nullable=True,
+    ),
+    Column("name", String(128), nullable=False, default=""),
+    Column("trunc", String(16), nullable=False),
+    Column("hash", String(173), nullable=False),
+    Column("created", UTCDateTime, nullable=False),
+    Column("expire", UTCDateTime, nullable=True),
+    Column("last_active", UTCDateTime, nullable=True),
+    Index("ix_api_keys_account", "account_id"),
+    Index("ix_api_keys_project", "project_id"),
+    sqlite_autoincrement=True,
+)
+
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("host_id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(254), nullable=False, unique=True),
+    Column("address", Text, nullable=False, default=""),
+    Column("created", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=True),
+    sqlite_autoincrement=True,
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(254), primary_key=True),
+    Column("value", JSONText, nullable=True),
+)
+
+# Tables created by migration 1, in dependency order.
+V1_TABLES = [accounts, hosts, projects, project_users, api_keys, settings]

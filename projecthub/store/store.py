@@ -1,0 +1,572 @@
+"""The hub's registry: accounts, projects, collaborators, API keys, hosts, settings.
+
+Every public method is synchronous and runs in its own short transaction, so the
+server can call the store from one dedicated worker thread and the CLI can call it
+directly, even while the server runs against the same SQLite file.  Rows come back
+as plain dicts with timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..auth import keys
+from . import migrations
+from .engine import BEGIN_MODE, make_engine
+from .schema import accounts, api_keys, hosts, project_users, projects, settings
+
+API_KEYS_PER_ACCOUNT: Final = 100_000
+API_KEY_NAME_MAX: Final = 128
+GROUPS: Final = ("owner", "collaborator")
+# SQLite allows far more bound parameters nowadays, but old builds stop at 999.
+_IN_CHUNK: Final = 500
+
+_UNSET: Any = object()
+
+_PROJECT_FIELDS: Final = frozenset(
+    {"title", "description", "last_edited", "deleted", "host_id", "state", "state_time",
+     "settings", "uid"}
+)
+# Every api_keys column except the hash: what callers may show or send.
+_PUBLIC_KEY_COLUMNS: Final = [c for c in api_keys.c if c.name != "hash"]
+
+
+class UidRangeExhausted(RuntimeError):
+    """No free Linux uid is left in the configured range."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _is_uuid(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _chunks(items: list[str], size: int = _IN_CHUNK) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _as_dict(row: Row[Any]) -> dict[str, Any]:
+    return dict(row._mapping)
+
+
+class Store:
+    """Registry backed by SQLite (default) or PostgreSQL, via SQLAlchemy Core."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine = make_engine(url)
+        # An attribute (not only the constant) so tests can lower it.
+        self.api_key_limit: int = API_KEYS_PER_ACCOUNT
+
+    @classmethod
+    def for_data_dir(cls, path: str | Path) -> Store:
+        """The SQLite store ``<path>/hub.db``; creates ``path`` if needed."""
+        directory = Path(path).resolve()
+        directory.mkdir(parents=True, exist_ok=True)
+        # An absolute path after "sqlite:///" gives the four slashes SQLAlchemy expects.
+        return cls(f"sqlite:///{directory / 'hub.db'}")
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def migrate(self) -> int:
+        """Apply pending schema migrations; returns the schema version."""
+        return migrations.migrate(self._engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- transactions ---------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        # IMMEDIATE: take SQLite's write lock before the first read, so a
+        # read-check-then-write sequence cannot be invalidated by another writer.
+        with self._engine.connect() as conn:
+            conn.execution_options(**{BEGIN_MODE: "IMMEDIATE"})
+            with conn.begin():
+                yield conn
+
+    # -- accounts -------------------------------------------------------------
+
+    def create_account(
+        self,
+        first_name: str = "",
+        last_name: str = "",
+        email: str | None = None,
+        is_admin: bool = False,
+    ) -> str:
+        account_id = str(uuid.uuid4())
+        if email is not None:
+            email = email.strip().lower() or None
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    insert(accounts).values(
+                        account_id=account_id,
+                        first_name=first_name,
+                        last_name=last_name,
+                        email=email,
+                        is_admin=is_admin,
+                        banned=False,
+                        created=utcnow(),
+                    )
+                )
+        except IntegrityError:
+            raise ValueError(f"an account with email {email} already exists") from None
+        return account_id
+
+    def get_account(self, account_id: str) -> dict[str, Any] | None:
+        if not _is_uuid(account_id):
+            return None
+        with self._read() as conn:
+            row = conn.execute(select(accounts).where(accounts.c.account_id == account_id)).first()
+        return _as_dict(row) if row else None
+
+    def get_account_by_email(self, email: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(accounts).where(accounts.c.email == email.strip().lower())
+            ).first()
+        return _as_dict(row) if row else None
+
+    def list_accounts(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            rows = conn.execute(select(accounts).order_by(accounts.c.created, accounts.c.account_id))
+            return [_as_dict(r) for r in rows]
+
+    def count_accounts(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(accounts)).scalar_one())
+
+    def set_banned(self, account_id: str, banned: bool) -> None:
+        with self._write() as conn:
+            result = conn.execute(
+                update(accounts).where(accounts.c.account_id == account_id).values(banned=banned)
+            )
+        if result.rowcount == 0:
+            raise ValueError(f"no account with id {account_id}")
+
+    def set_admin(self, account_id: str, is_admin: bool) -> None:
+        with self._write() as conn:
+            result = conn.execute(
+                update(accounts).where(accounts.c.account_id == account_id).values(is_admin=is_admin)
+            )
+        if result.rowcount == 0:
+            raise ValueError(f"no account with id {account_id}")
+
+    def get_names(self, account_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """CoCalc ``system.getNames``: ``{id: {"first_name", "last_name"}}``.
+
+        Empty names read "No"/"Name"; unknown or malformed ids read "Deleted"/"User".
+        Non-string entries are skipped (they cannot be JSON object keys).
+        """
+        wanted = [a for a in dict.fromkeys(account_ids) if isinstance(a, str)]
+        result = {a: {"first_name": "Deleted", "last_name": "User"} for a in wanted}
+        valid = [a for a in wanted if _is_uuid(a)]
+        with self._read() as conn:
+            for chunk in _chunks(valid):
+                rows = conn.execute(
+                    select(accounts.c.account_id, accounts.c.first_name, accounts.c.last_name)
+                    .where(accounts.c.account_id.in_(chunk))
+                )
+                for account_id, first, last in rows:
+                    result[account_id] = {
+                        "first_name": first or "No",
+                        "last_name": last or "Name",
+                    }
+        return result
+
+    # -- projects -------------------------------------------------------------
+
+    def create_project(
+        self,
+        owner_id: str,
+        title: str = "",
+        description: str = "",
+        settings: dict[str, Any] | None = None,
+    ) -> str:
+        project_id = str(uuid.uuid4())
+        now = utcnow()
+        with self._write() as conn:
+            self._require_account(conn, owner_id)
+            conn.execute(
+                insert(projects).values(
+                    project_id=project_id,
+                    title=title,
+                    description=description,
+                    created=now,
+                    last_edited=now,
+                    deleted=False,
+                    state="stopped",
+                    state_time=now,
+                    settings=dict(settings or {}),
+                )
+            )
+            conn.execute(
+                insert(project_users).values(
+                    project_id=project_id, account_id=owner_id, group="owner", hide=False
+                )
+            )
+        return project_id
+
+    def get_project(self, project_id: str) -> dict[str, Any] | None:
+        if not _is_uuid(project_id):
+            return None
+        with self._read() as conn:
+            row = conn.execute(select(projects).where(projects.c.project_id == project_id)).first()
+            if row is None:
+                return None
+            return self._with_users(conn, [_as_dict(row)])[0]
+
+    def update_project(self, project_id: str, **fields: Any) -> None:
+        """Set any of: title, description, last_edited, deleted, host_id, state,
+        state_time, settings (a dict, replaces the old one), uid."""
+        unknown = set(fields) - _PROJECT_FIELDS
+        if unknown:
+            raise ValueError(f"cannot update project fields {sorted(unknown)}")
+        if not fields:
+            return
+        if "settings" in fields:
+            fields["settings"] = dict(fields["settings"] or {})
+        try:
+            with self._write() as conn:
+                result = conn.execute(
+                    update(projects).where(projects.c.project_id == project_id).values(**fields)
+                )
+        except IntegrityError as exc:
+            raise ValueError(f"cannot update project {project_id}: {exc.orig}") from None
+        if result.rowcount == 0:
+            raise ValueError(f"no project with id {project_id}")
+
+    def delete_project(self, project_id: str) -> None:
+        """Mark deleted (CoCalc keeps the row; so do we)."""
+        self.update_project(project_id, deleted=True)
+
+    def list_projects(
+        self,
+        account_id: str,
+        *,
+        recent_days: float | None = 42,
+        limit: int | None = 300,
+        project_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Projects where ``account_id`` is owner or collaborator, newest
+        ``last_edited`` first.  Defaults match CoCalc's ``projects`` query (6 weeks,
+        300); ``recent_days=None, limit=None`` is ``projects_all``."""
+        if not _is_uuid(account_id) or (project_id is not None and not _is_uuid(project_id)):
+            return []
+        query = (
+            select(projects)
+            .join(project_users, project_users.c.project_id == projects.c.project_id)
+            .where(project_users.c.account_id == account_id)
+            .order_by(projects.c.last_edited.desc(), projects.c.project_id)
+        )
+        if project_id is not None:
+            query = query.where(projects.c.project_id == project_id)
+        if recent_days is not None:
+            query = query.where(projects.c.last_edited >= utcnow() - timedelta(days=recent_days))
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            rows = [_as_dict(r) for r in conn.execute(query)]
+            return self._with_users(conn, rows)
+
+    def list_all_projects(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            rows = [_as_dict(r) for r in conn.execute(select(projects).order_by(projects.c.created))]
+            return self._with_users(conn, rows)
+
+    def allocate_uid(self, project_id: str, lo: int, hi: int) -> int:
+        """The project's Linux uid: the stored one, else the lowest free uid in
+        [lo, hi], recorded in the same write transaction so two callers cannot
+        both take it."""
+        if lo > hi:
+            raise ValueError(f"empty uid range [{lo}, {hi}]")
+        with self._write() as conn:
+            current = conn.execute(
+                select(projects.c.uid).where(projects.c.project_id == project_id)
+            ).first()
+            if current is None:
+                raise ValueError(f"no project with id {project_id}")
+            if current.uid is not None:
+                return int(current.uid)
+            taken = conn.execute(
+                select(projects.c.uid)
+                .where(projects.c.uid >= lo, projects.c.uid <= hi)
+                .order_by(projects.c.uid)
+            ).scalars()
+            uid = lo
+            for used in taken:
+                if used != uid:
+                    break
+                uid += 1
+            if uid > hi:
+                raise UidRangeExhausted(f"no free project uid left in [{lo}, {hi}]")
+            conn.execute(update(projects).where(projects.c.project_id == project_id).values(uid=uid))
+            return uid
+
+    # -- collaborators --------------------------------------------------------
+
+    def get_user_group(self, project_id: str, account_id: str) -> str | None:
+        if not (_is_uuid(project_id) and _is_uuid(account_id)):
+            return None
+        with self._read() as conn:
+            return conn.execute(
+                select(project_users.c.group).where(
+                    project_users.c.project_id == project_id,
+                    project_users.c.account_id == account_id,
+                )
+            ).scalar()
+
+    def is_collaborator(self, project_id: str, account_id: str) -> bool:
+        """Owner or collaborator (CoCalc's ``isCollaborator``)."""
+        return self.get_user_group(project_id, account_id) in GROUPS
+
+    def add_user(self, project_id: str, account_id: str, group: str = "collaborator") -> None:
+        """Add ``account_id`` to the project; a no-op when already present, so an
+        owner is never demoted."""
+        if group not in GROUPS:
+            raise ValueError(f"group must be one of {GROUPS}, not {group!r}")
+        with self._write() as conn:
+            self._require_project(conn, project_id)
+            self._require_account(conn, account_id)
+            present = conn.execute(
+                select(project_users.c.group).where(
+                    project_users.c.project_id == project_id,
+                    project_users.c.account_id == account_id,
+                )
+            ).first()
+            if present is None:
+                conn.execute(
+                    insert(project_users).values(
+                        project_id=project_id, account_id=account_id, group=group, hide=False
+                    )
+                )
+
+    def remove_user(self, project_id: str, account_id: str) -> None:
+        """Remove a collaborator; owners cannot be removed this way (as in CoCalc)."""
+        with self._write() as conn:
+            group = conn.execute(
+                select(project_users.c.group).where(
+                    project_users.c.project_id == project_id,
+                    project_users.c.account_id == account_id,
+                )
+            ).scalar()
+            if group == "owner":
+                raise ValueError("cannot remove an owner of a project")
+            conn.execute(
+                delete(project_users).where(
+                    project_users.c.project_id == project_id,
+                    project_users.c.account_id == account_id,
+                )
+            )
+
+    def set_user_hide(self, project_id: str, account_id: str, hide: bool) -> None:
+        with self._write() as conn:
+            result = conn.execute(
+                update(project_users)
+                .where(
+                    project_users.c.project_id == project_id,
+                    project_users.c.account_id == account_id,
+                )
+                .values(hide=hide)
+            )
+        if result.rowcount == 0:
+            raise ValueError(f"account {account_id} is not a user of project {project_id}")
+
+    # -- API keys -------------------------------------------------------------
+
+    def create_api_key(
+        self,
+        account_id: str,
+        *,
+        project_id: str | None = None,
+        name: str = "",
+        expire: datetime | None = None,
+    ) -> tuple[dict[str, Any], str]:
+        """Insert a key; returns (row without hash, secret).  The secret embeds the
+        row id, so the row is inserted first and its hash filled in afterwards,
+        in the same transaction.  The secret is not stored anywhere."""
+        _check_key_name(name)
+        with self._write() as conn:
+            self._require_account(conn, account_id)
+            if project_id is not None:
+                self._require_project(conn, project_id)
+            count = conn.execute(
+                select(func.count()).select_from(api_keys).where(api_keys.c.account_id == account_id)
+            ).scalar_one()
+            if count >= self.api_key_limit:
+                raise ValueError(
+                    f"There is a limit of {self.api_key_limit} per account; "
+                    "please delete some api keys."
+                )
+            # inserted_primary_key: RETURNING where the backend has it, lastrowid on old SQLite.
+            key_id = conn.execute(
+                insert(api_keys)
+                .values(
+                    account_id=account_id,
+                    project_id=project_id,
+                    name=name,
+                    trunc="",
+                    hash="",
+                    created=utcnow(),
+                    expire=expire,
+                    last_active=None,
+                )
+            ).inserted_primary_key[0]
+            secret = keys.generate_secret(int(key_id))
+            conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id)
+                .values(trunc=keys.trunc(secret), hash=keys.hash_secret(secret))
+            )
+            row = conn.execute(select(*_PUBLIC_KEY_COLUMNS).where(api_keys.c.id == key_id)).one()
+        return _as_dict(row), secret
+
+    def get_api_key(self, key_id: int) -> dict[str, Any] | None:
+        """The full row, hash included (for verification)."""
+        with self._read() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+        return _as_dict(row) if row else None
+
+    def list_api_keys(self, account_id: str, project_id: str | None = None) -> list[dict[str, Any]]:
+        """Without hashes.  ``project_id=None``: the account's account-wide keys.
+        With ``project_id``: every key of that project, whoever created it (any
+        collaborator may see and delete them)."""
+        query = select(*_PUBLIC_KEY_COLUMNS).order_by(api_keys.c.id)
+        if project_id is None:
+            query = query.where(api_keys.c.account_id == account_id, api_keys.c.project_id.is_(None))
+        else:
+            query = query.where(api_keys.c.project_id == project_id)
+        with self._read() as conn:
+            return [_as_dict(r) for r in conn.execute(query)]
+
+    def delete_api_key(self, key_id: int) -> bool:
+        with self._write() as conn:
+            return conn.execute(delete(api_keys).where(api_keys.c.id == key_id)).rowcount > 0
+
+    def edit_api_key(
+        self, key_id: int, *, name: str | None = None, expire: datetime | None = _UNSET
+    ) -> None:
+        """Change the name and/or expiry; ``expire=None`` means never expires,
+        leaving ``expire`` out keeps it."""
+        values: dict[str, Any] = {}
+        if name is not None:
+            _check_key_name(name)
+            values["name"] = name
+        if expire is not _UNSET:
+            values["expire"] = expire
+        with self._write() as conn:
+            exists = conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).first()
+            if exists is None:
+                raise ValueError(f"no api key with id {key_id}")
+            if values:
+                conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(**values))
+
+    def touch_api_key(self, key_id: int, when: datetime) -> None:
+        with self._write() as conn:
+            conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_active=when))
+
+    # -- hosts ----------------------------------------------------------------
+
+    def ensure_host(self, name: str, address: str = "") -> int:
+        """The id of host ``name``, registering it on first sight; a non-empty
+        ``address`` replaces the stored one."""
+        with self._write() as conn:
+            row = conn.execute(select(hosts.c.host_id, hosts.c.address).where(hosts.c.name == name)).first()
+            if row is not None:
+                if address and address != row.address:
+                    conn.execute(
+                        update(hosts).where(hosts.c.host_id == row.host_id).values(address=address)
+                    )
+                return int(row.host_id)
+            now = utcnow()
+            result = conn.execute(
+                insert(hosts).values(name=name, address=address, created=now, last_seen=now)
+            )
+            return int(result.inserted_primary_key[0])
+
+    def touch_host(self, host_id: int) -> None:
+        with self._write() as conn:
+            conn.execute(update(hosts).where(hosts.c.host_id == host_id).values(last_seen=utcnow()))
+
+    def list_hosts(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return [_as_dict(r) for r in conn.execute(select(hosts).order_by(hosts.c.host_id))]
+
+    # -- server-wide settings -------------------------------------------------
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        with self._read() as conn:
+            row = conn.execute(select(settings.c.value).where(settings.c.key == key)).first()
+        return default if row is None else row.value
+
+    def set_setting(self, key: str, value: Any) -> None:
+        with self._write() as conn:
+            done = conn.execute(update(settings).where(settings.c.key == key).values(value=value))
+            if done.rowcount == 0:
+                conn.execute(insert(settings).values(key=key, value=value))
+
+    # -- helpers --------------------------------------------------------------
+
+    @staticmethod
+    def _require_account(conn: Connection, account_id: str) -> None:
+        found = _is_uuid(account_id) and conn.execute(
+            select(accounts.c.account_id).where(accounts.c.account_id == account_id)
+        ).first()
+        if not found:
+            raise ValueError(f"no account with id {account_id}")
+
+    @staticmethod
+    def _require_project(conn: Connection, project_id: str) -> None:
+        found = _is_uuid(project_id) and conn.execute(
+            select(projects.c.project_id).where(projects.c.project_id == project_id)
+        ).first()
+        if not found:
+            raise ValueError(f"no project with id {project_id}")
+
+    @staticmethod
+    def _with_users(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Attach CoCalc's ``users`` map: ``{account_id: {"group", "hide"?}}``."""
+        by_id = {r["project_id"]: r for r in rows}
+        for r in rows:
+            r["users"] = {}
+        for chunk in _chunks(list(by_id)):
+            members = conn.execute(
+                select(project_users).where(project_users.c.project_id.in_(chunk))
+            )
+            for m in members:
+                entry: dict[str, Any] = {"group": m.group}
+                if m.hide:
+                    entry["hide"] = True
+                by_id[m.project_id]["users"][m.account_id] = entry
+        return rows
+
+
+def _check_key_name(name: str) -> None:
+    if not isinstance(name, str) or len(name) > API_KEY_NAME_MAX:
+        raise ValueError(f"api key name must be a string of at most {API_KEY_NAME_MAX} characters")
