@@ -28,6 +28,7 @@ API_KEY_NAME_MAX: Final = 128
 GROUPS: Final = ("owner", "collaborator")
 # SQLite allows far more bound parameters nowadays, but old builds stop at 999.
 _IN_CHUNK: Final = 500
+_UID_ATTEMPTS: Final = 5
 
 _UNSET: Any = object()
 
@@ -306,6 +307,17 @@ class Store:
         both take it."""
         if lo > hi:
             raise ValueError(f"empty uid range [{lo}, {hi}]")
+        # SQLite serialises writers (BEGIN IMMEDIATE), so the first attempt wins; on
+        # PostgreSQL two allocators can pick the same uid and one hits the UNIQUE
+        # constraint, so it simply tries again against the new state.
+        for _ in range(_UID_ATTEMPTS - 1):
+            try:
+                return self._allocate_uid_once(project_id, lo, hi)
+            except IntegrityError:
+                continue
+        return self._allocate_uid_once(project_id, lo, hi)
+
+    def _allocate_uid_once(self, project_id: str, lo: int, hi: int) -> int:
         with self._write() as conn:
             current = conn.execute(
                 select(projects.c.uid).where(projects.c.project_id == project_id)
