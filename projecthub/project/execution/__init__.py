@@ -1,0 +1,1 @@
+"""The exec engine's parts; ``projecthub.project.exec`` is the public surface."""

@@ -1,0 +1,448 @@
+"""Durable async exec jobs.
+
+Each job lives in ``<state_dir>/jobs/<job_id>/``:
+
+* ``job.json``  the record (spec 4.11 fields), the native result once finished, and the
+  metadata needed to rebuild it (options, idempotency key, group name).  Rewritten
+  atomically (tmp + rename) at start, at each stats sample and at the end.  While the job
+  runs it carries no output: output lives in the two files below and is rebuilt from them.
+* ``stdout`` / ``stderr``  the full raw output, append-only (bounded by
+  ``ctx.settings["job_output_spill_limit"]``, default 1 GiB per stream).
+
+Only running jobs are held in memory; finished ones are an index entry plus files, so
+10 000 retained jobs cost a few MB, not 10 000 x 1 MiB of output.
+
+Waiting is event driven: every change (output, stats sample, end) "pulses" the job, which
+wakes ``events()`` iterators and ``wait()`` callers; nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from ..errors import RemoteError
+from .context import ProjectContext
+from .execution.options import ExecRequest
+from .execution.results import async_final_fields, native_result
+from .execution.runner import Execution
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+STATS_KEEP = 100
+EVENT_CHUNK = 1 << 16
+RESTART_NOTE = ("\n[projecthub] the project daemon stopped while this job was running; "
+                "its processes were stopped and its exit status is unknown\n")
+
+
+def missing_job(job_id: object) -> RemoteError:
+    return RemoteError(f"Error: Async operation '{job_id}' does not exist.")
+
+
+def utf8_safe_end(data: bytes) -> int:
+    """Length of the longest prefix of ``data`` that does not end inside a character."""
+    n = len(data)
+    for back in range(1, min(4, n) + 1):
+        b = data[n - back]
+        if b & 0xC0 != 0x80:             # a lead byte (or ASCII): is its sequence complete?
+            need = 1 if b < 0x80 else 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 1
+            return n if back >= need else n - back
+    return n
+
+
+def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def _read_head(path: Path, chars: int) -> str:
+    """First ``chars`` characters of an output file (reads at most 4 bytes per char)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max(chars, 0) * 4)
+    except OSError:
+        return ""
+    return data.decode("utf-8", errors="replace")[:chars]
+
+
+def view(record: dict[str, Any], result: dict[str, Any] | None) -> dict[str, Any]:
+    if result is None:
+        return record
+    return {**result, "type": "async", "job_id": record["job_id"], "status": record["status"],
+            "start": record["start"], "pid": record.get("pid"),
+            "elapsed_s": record.get("elapsed_s"), "stats": record.get("stats", [])}
+
+
+@dataclass
+class _Entry:
+    """What the manager remembers about every retained job."""
+    start_ms: int
+    finished_at: float | None
+    last_used: float
+    key: str | None
+
+
+class Job:
+    def __init__(self, job_id: str, path: Path, meta: dict[str, Any],
+                 execution: Execution, req: ExecRequest) -> None:
+        self.job_id = job_id
+        self.path = path
+        self.meta = meta
+        self.execution = execution
+        self.req = req
+        self.record: dict[str, Any] = {
+            "type": "async", "stdout": "", "stderr": "", "exit_code": 0,
+            "start": meta["start"], "job_id": job_id, "status": "running", "stats": [],
+        }
+        if execution.pid is not None:
+            self.record["pid"] = execution.pid
+        self.result: dict[str, Any] | None = None
+        self.finished = asyncio.Event()
+        self._pulse = asyncio.Event()
+        self._fds: list[int] = []
+        self._last_sample: tuple[float, float] | None = None
+        self.samples = 0          # stats samples taken so far (the list keeps the newest 100)
+
+    def pulse(self) -> None:
+        """Wake everyone waiting for a change of this job."""
+        self._pulse.set()
+        self._pulse = asyncio.Event()
+
+    def changed(self) -> asyncio.Event:
+        return self._pulse
+
+    def live_record(self) -> dict[str, Any]:
+        rec = dict(self.record)
+        if not self.finished.is_set():
+            rec["stdout"] = self.execution.stdout.text()[: self.req.max_output]
+            rec["stderr"] = self.execution.stderr.text()[: self.req.max_output]
+        rec["stats"] = list(self.record["stats"])
+        return rec
+
+    def final_view(self) -> dict[str, Any]:
+        """What a caller gets for a job: native jobs show their rich result once done."""
+        return view(self.live_record(), self.result if self.meta["native"] else None)
+
+    def output_size(self, stream: str) -> int:
+        cap = self.execution.stdout if stream == "stdout" else self.execution.stderr
+        return cap.spilled_bytes
+
+    def to_disk(self) -> dict[str, Any]:
+        rec = dict(self.record)
+        if not self.finished.is_set():
+            rec.pop("stdout", None)   # rebuilt from the output files on load
+            rec.pop("stderr", None)
+        return {"meta": self.meta, "record": rec, "result": self.result}
+
+
+class JobManager:
+    def __init__(self, ctx: ProjectContext, max_jobs: int = 10_000, ttl_s: float = 7 * 86400) -> None:
+        self.ctx = ctx
+        self.root = Path(ctx.state_dir) / "jobs"
+        self.max_jobs = max_jobs
+        self.ttl_s = ttl_s
+        self._running: dict[str, Job] = {}
+        self._index: dict[str, _Entry] = {}
+        self._keys: dict[str, str] = {}
+        self._last_age_prune = 0.0
+        self._loaded = False
+
+    # ------------------------------------------------------------------ start / adopt
+    def find_key(self, key: str) -> str | None:
+        job_id = self._keys.get(key)
+        return job_id if job_id in self._index else None
+
+    def start(self, req: ExecRequest, *, native: bool, idempotency_key: str | None = None) -> Job:
+        """Spawn ``req`` as a new job (synchronously: the record exists on return)."""
+        job_id = str(uuid.uuid4())
+        execution = Execution(self.ctx, req, name=job_id)
+        return self._register(job_id, execution, req, native, idempotency_key, fresh=True)
+
+    def adopt(self, execution: Execution, req: ExecRequest, *, native: bool,
+              idempotency_key: str | None = None) -> Job:
+        """Turn an already running execution into a job (budget ran out, yield_after)."""
+        return self._register(str(uuid.uuid4()), execution, req, native, idempotency_key, fresh=False)
+
+    def _register(self, job_id: str, execution: Execution, req: ExecRequest, native: bool,
+                  key: str | None, *, fresh: bool) -> Job:
+        self._prune()
+        path = self.root / job_id
+        path.mkdir(parents=True, mode=0o700)
+        start_ms = int((time.time() - (time.monotonic() - execution.started_at)) * 1000)
+        if fresh:
+            start_ms = int(time.time() * 1000)
+        meta = {
+            "job_id": job_id, "group": execution.name, "native": native,
+            "start": start_ms, "idempotency_key": key, "daemon_pid": os.getpid(),
+            "display": req.display, "err_on_exit": req.err_on_exit,
+            "max_output": req.max_output, "finished_at": None,
+        }
+        fds = [os.open(path / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+               for name in ("stdout", "stderr")]
+        execution.stdout.start_spill(fds[0])
+        execution.stderr.start_spill(fds[1])
+        if fresh:
+            execution.start()
+        job = Job(job_id, path, meta, execution, req)
+        job._fds = fds
+        execution.on_change = job.pulse
+        self._running[job_id] = job
+        self._index[job_id] = _Entry(start_ms, None, time.time(), key)
+        if key is not None:
+            self._keys[key] = job_id
+        _atomic_write_json(path / "job.json", job.to_disk())
+        execution.done.add_done_callback(lambda _f: self._on_done(job))
+        asyncio.get_running_loop().call_later(1.0, self._sample, job)
+        return job
+
+    # ------------------------------------------------------------------ lifecycle
+    def _sample(self, job: Job) -> None:
+        if job.finished.is_set() or job.execution.group is None or job.execution.finished:
+            return
+        now = time.monotonic()
+        usage = job.execution.group.usage()
+        cpu = usage.cpu_user_s + usage.cpu_sys_s
+        prev_t, prev_cpu = job._last_sample or (job.execution.started_at, 0.0)
+        pct = 100.0 * (cpu - prev_cpu) / max(now - prev_t, 1e-6)
+        job._last_sample = (now, cpu)
+        stats = job.record["stats"]
+        stats.append({"timestamp": int(time.time() * 1000), "mem_rss": round(usage.rss_bytes / 2**20, 3),
+                      "cpu_pct": round(pct, 1), "cpu_secs": round(cpu, 3)})
+        del stats[:-STATS_KEEP]
+        job.samples += 1
+        _atomic_write_json(job.path / "job.json", job.to_disk())
+        job.pulse()
+        elapsed = now - job.execution.started_at
+        cap = float(self.ctx.settings.get("job_stats_interval_max_s", 60))
+        interval = min(cap, max(1.0, math.floor(elapsed / 6)))
+        asyncio.get_running_loop().call_later(interval, self._sample, job)
+
+    def _on_done(self, job: Job) -> None:
+        outcome = job.execution.done.result()
+        for fd in job._fds:
+            os.close(fd)
+        job._fds = []
+        job.record.update(async_final_fields(job.req, outcome, native=job.meta["native"]))
+        job.record["elapsed_s"] = round(outcome.wall_s, 3)
+        job.result = native_result(outcome)
+        job.meta["finished_at"] = time.time()
+        entry = self._index.get(job.job_id)
+        if entry is not None:
+            entry.finished_at = job.meta["finished_at"]
+        job.finished.set()
+        try:
+            _atomic_write_json(job.path / "job.json", job.to_disk())
+        except OSError:
+            pass   # pruned or state dir gone: the in-memory record still answers waiters
+        self._running.pop(job.job_id, None)
+        job.pulse()
+
+    def load(self) -> None:
+        """Read every retained job.  Jobs that were running in a previous daemon process
+        are finished as "error" with a note.
+
+        We do not re-adopt their processes even if some survived: their stdout/stderr
+        pipes led to the dead daemon (so their output is lost or they died of SIGPIPE),
+        and a process that is not our child cannot be waited for, so its exit status is
+        unknowable.  Survivors found by their marker are killed instead, so nothing runs
+        unaccounted."""
+        self._loaded = True
+        if not self.root.is_dir():
+            return
+        orphaned: list[tuple[str, Path, dict[str, Any]]] = []
+        for path in self.root.iterdir():
+            if not JOB_ID_RE.match(path.name):
+                continue
+            try:
+                data = json.loads((path / "job.json").read_text(encoding="utf-8"))
+                meta, record = data["meta"], data["record"]
+            except (OSError, ValueError, KeyError, TypeError):
+                shutil.rmtree(path, ignore_errors=True)   # died while being created
+                continue
+            if record.get("status") == "running":
+                orphaned.append((path.name, path, data))
+            key = meta.get("idempotency_key")
+            self._index[path.name] = _Entry(meta["start"], meta.get("finished_at") or time.time(),
+                                            time.time(), key)
+            if key is not None:
+                self._keys[key] = path.name
+        if orphaned:
+            self._kill_survivors([data["meta"].get("group", job_id) for job_id, _, data in orphaned])
+        for job_id, path, data in orphaned:
+            meta, record = data["meta"], data["record"]
+            limit = meta.get("max_output") or (1 << 20)
+            now = time.time()
+            record.update({
+                "status": "error", "exit_code": 1,
+                "stdout": _read_head(path / "stdout", limit),
+                "stderr": _read_head(path / "stderr", limit) + RESTART_NOTE,
+                "elapsed_s": round(now - meta["start"] / 1000, 3),
+            })
+            meta["finished_at"] = now
+            data["result"] = None
+            _atomic_write_json(path / "job.json", data)
+        self._prune(force=True)
+
+    def _kill_survivors(self, groups: list[str]) -> None:
+        tracker = self.ctx.tracker
+        find = getattr(tracker, "find_marked", None)
+        if find is None:
+            return
+        import signal
+        for pids in find(groups).values():
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    async def shutdown(self) -> None:
+        """Daemon stop: kill running jobs and write their final records."""
+        jobs = list(self._running.values())
+        for job in jobs:
+            job.execution.kill("cancelled")
+        for job in jobs:
+            await job.finished.wait()
+
+    # ------------------------------------------------------------------ retention
+    def _prune(self, force: bool = False) -> None:
+        now = time.time()
+        if force or now - self._last_age_prune > 60:
+            self._last_age_prune = now
+            for job_id, e in list(self._index.items()):
+                if e.finished_at is not None and now - max(e.finished_at, e.last_used) > self.ttl_s:
+                    self._delete(job_id)
+        excess = len(self._index) - self.max_jobs + 1
+        if excess > 0:
+            done = sorted((e.start_ms, j) for j, e in self._index.items() if e.finished_at is not None)
+            for _, job_id in done[:excess]:
+                self._delete(job_id)
+
+    def _delete(self, job_id: str) -> None:
+        entry = self._index.pop(job_id, None)
+        if entry is not None and entry.key is not None and self._keys.get(entry.key) == job_id:
+            del self._keys[entry.key]
+        shutil.rmtree(self.root / job_id, ignore_errors=True)
+
+    # ------------------------------------------------------------------ queries
+    def job(self, job_id: str) -> Job | None:
+        return self._running.get(job_id)
+
+    def _disk(self, job_id: str) -> dict[str, Any] | None:
+        if not isinstance(job_id, str) or job_id not in self._index:
+            return None
+        try:
+            return json.loads((self.root / job_id / "job.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def _touch(self, job_id: str) -> None:
+        entry = self._index.get(job_id)
+        if entry is not None:
+            entry.last_used = time.time()
+
+    def get(self, job_id: str, *, stats: bool = True) -> dict[str, Any] | None:
+        """The spec 4.11 record (``stats`` dropped unless asked), or None if unknown."""
+        job = self._running.get(job_id) if isinstance(job_id, str) else None
+        if job is not None:
+            rec = job.live_record()
+        else:
+            data = self._disk(job_id)
+            if data is None:
+                return None
+            rec = data["record"]
+        self._touch(job_id)
+        if not stats:
+            rec.pop("stats", None)
+        return rec
+
+    def native_view(self, job_id: str) -> dict[str, Any] | None:
+        """Finished: the native result + job_id/status.  Running: the record so far."""
+        job = self._running.get(job_id)
+        if job is not None:
+            return job.live_record()
+        data = self._disk(job_id)
+        if data is None:
+            return None
+        self._touch(job_id)
+        return view(data["record"], data.get("result") if data["meta"].get("native") else None)
+
+    async def wait(self, job_id: str, budget_s: float | None = None, *, stats: bool = True) -> dict[str, Any] | None:
+        """Block until the job is finished or ``budget_s`` ran out (then: the running record)."""
+        job = self._running.get(job_id) if isinstance(job_id, str) else None
+        if job is not None:
+            try:
+                await asyncio.wait_for(job.finished.wait(), budget_s)
+            except asyncio.TimeoutError:
+                pass
+        return self.get(job_id, stats=stats)
+
+    async def read_output(self, job_id: str, stream: str, offset: int, length: int) -> bytes:
+        if stream not in ("stdout", "stderr"):
+            raise RemoteError(f"error invalid stream {stream!r}: expected 'stdout' or 'stderr'")
+        if job_id not in self._index or not JOB_ID_RE.match(job_id):
+            raise missing_job(job_id)
+        if offset < 0 or length < 0:
+            raise RemoteError("error invalid range: offset and length must not be negative")
+        self._touch(job_id)
+        try:
+            with open(self.root / job_id / stream, "rb") as f:
+                return os.pread(f.fileno(), min(length, 16 << 20), offset)
+        except FileNotFoundError:
+            return b""
+
+    async def events(self, job_id: str, offset_stdout: int = 0,
+                     offset_stderr: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Output chunks from the given byte offsets, stats samples, then one ``done``."""
+        if not isinstance(job_id, str) or job_id not in self._index:
+            yield {"event": "error", "error": missing_job(job_id).message}
+            return
+        offsets = {"stdout": max(0, offset_stdout), "stderr": max(0, offset_stderr)}
+        job = self._running.get(job_id)
+        stats_seen = job.samples if job is not None else 0
+        files = {s: open(self.root / job_id / s, "rb") for s in offsets if (self.root / job_id / s).exists()}
+        try:
+            while True:
+                woke = job.changed() if job is not None else None
+                finished = job is None or job.finished.is_set()
+                progressed = False
+                for stream, f in files.items():
+                    size = job.output_size(stream) if job is not None else os.fstat(f.fileno()).st_size
+                    while offsets[stream] < size:
+                        data = os.pread(f.fileno(), min(EVENT_CHUNK, size - offsets[stream]), offsets[stream])
+                        if not data:
+                            break
+                        cut = len(data) if (finished and offsets[stream] + len(data) >= size) else utf8_safe_end(data)
+                        if cut == 0:
+                            break   # an incomplete character: wait for its remaining bytes
+                        yield {"event": stream, "offset": offsets[stream],
+                               "data": data[:cut].decode("utf-8", errors="replace")}
+                        offsets[stream] += cut
+                        progressed = True
+                if job is not None:
+                    fresh = min(job.samples - stats_seen, len(job.record["stats"]))
+                    for sample in job.record["stats"][len(job.record["stats"]) - fresh:]:
+                        yield {"event": "stats", **sample}
+                    stats_seen = job.samples
+                if finished and not progressed:
+                    if job is not None:
+                        record = job.final_view()
+                    else:
+                        record = self.native_view(job_id)
+                    yield {"event": "done", "record": record}
+                    return
+                if not progressed and woke is not None:
+                    await woke.wait()
+        finally:
+            for f in files.values():
+                f.close()
