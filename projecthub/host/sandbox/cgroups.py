@@ -1,0 +1,398 @@
+"""cgroup v1 and v2 behind one host-side driver interface, plus the kill/remove
+helpers the daemon-side tracker (``tracker.py``) shares.
+
+Layout: ``<mount>/<root_name>/<project_id>`` in every controller (v1) or in the
+unified tree (v2).  The project group carries the limits; the daemon lives in it
+(v1) or in its ``daemon`` leaf (v2, "no internal processes" rule) and creates one
+child group per exec/kernel.  Delegation = chown of the project's directory and
+the files a delegatee must write (``tasks``/``cgroup.procs``/...), so the daemon,
+running as the project uid inside the sandbox, can mkdir children and move its
+own threads into them -- but cannot touch the limits on its own group (those
+files stay root-owned).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Protocol
+
+from .limits import ProjectLimits
+
+# Room in pids.max for the sandbox's own tasks on top of the user's limit: the
+# outer bwrap, its in-namespace init, and the daemon's threads (pids counts
+# threads).  bwrap's own zombies (baselines §2) only pile up with a bwrap per
+# exec; the daemon design starts one bwrap per project, so a fixed margin is enough.
+PIDS_HEADROOM = 32
+CFS_PERIOD_US = 100_000
+V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
+V2_CONTROLLERS = ("memory", "pids", "cpu")
+V2_DAEMON_LEAF = "daemon"
+
+
+# --------------------------------------------------------------------- fs helpers
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def read_int(path: str, default: int = 0) -> int:
+    text = read_text(path)
+    try:
+        return int(text.split()[0]) if text else default
+    except ValueError:
+        return default
+
+
+def write_text(path: str, value: str) -> None:
+    # One write() per value: cgroup files act on each write call.
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def procs_of(group_dir: str, recursive: bool = True) -> list[int]:
+    """Pids in ``group_dir`` (and, by default, its descendants)."""
+    out: list[int] = []
+    for d in walk_groups(group_dir) if recursive else [group_dir]:
+        text = read_text(os.path.join(d, "cgroup.procs"))
+        if text:
+            out.extend(int(x) for x in text.split())
+    return out
+
+
+def walk_groups(group_dir: str) -> list[str]:
+    """``group_dir`` and every descendant group, parents first."""
+    if not os.path.isdir(group_dir):
+        return []
+    out = [group_dir]
+    for entry in os.scandir(group_dir):
+        if entry.is_dir(follow_symlinks=False):
+            out.extend(walk_groups(entry.path))
+    return out
+
+
+def kill_groups(proc_dirs: Iterable[str], freezer_dir: str | None = None,
+                freeze_file: str = "freezer.state", kill_file: str | None = None,
+                timeout_s: float = 5.0) -> list[int]:
+    """SIGKILL everything in ``proc_dirs`` (recursively) until they are empty.
+
+    With a freezer the tree is frozen first, so nothing can fork or setsid away
+    between reading ``cgroup.procs`` and the kill; killed tasks die on thaw.
+    v2's ``cgroup.kill`` (``kill_file``) does all of that in the kernel.
+    Returns the pids signalled.
+    """
+    proc_dirs = [d for d in proc_dirs if os.path.isdir(d)]
+    # Never ourselves: in v1 a daemon thread sitting in a group during spawn()
+    # makes the whole daemon show up in that group's cgroup.procs.
+    me = os.getpid()
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    delay = 0.001
+    while True:
+        pids = {p for d in proc_dirs for p in procs_of(d)} - {me}
+        if not pids:
+            return sorted(killed)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"cgroup processes survive SIGKILL: {sorted(pids)[:20]}")
+        if kill_file and os.path.exists(kill_file):
+            _try_write(kill_file, "1")
+            killed |= pids
+        else:
+            frozen = freezer_dir is not None and _freeze(freezer_dir, freeze_file, True)
+            for pid in ({p for d in proc_dirs for p in procs_of(d)} | pids) - {me}:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+                except ProcessLookupError:
+                    pass
+            if frozen:
+                _freeze(freezer_dir, freeze_file, False)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _freeze(freezer_dir: str, freeze_file: str, on: bool) -> bool:
+    path = os.path.join(freezer_dir, freeze_file)
+    if freeze_file == "freezer.state":  # v1
+        if not _try_write(path, "FROZEN" if on else "THAWED"):
+            return False
+        if on:  # FREEZING -> FROZEN is asynchronous; don't wait forever (D-state tasks)
+            end = time.monotonic() + 0.2
+            while (read_text(path) or "").strip() == "FREEZING" and time.monotonic() < end:
+                time.sleep(0.001)
+        return True
+    return _try_write(path, "1" if on else "0")  # v2 cgroup.freeze
+
+
+def _try_write(path: str, value: str) -> bool:
+    try:
+        write_text(path, value)
+        return True
+    except OSError:
+        return False
+
+
+def remove_tree(group_dir: str, timeout_s: float = 2.0) -> None:
+    """rmdir ``group_dir`` and its descendants, children first.
+
+    rmdir fails with EBUSY while a dying task (or zombie) is still charged to the
+    group, hence the short retry loop.
+    """
+    deadline = time.monotonic() + timeout_s
+    for d in reversed(walk_groups(group_dir)):
+        while True:
+            try:
+                os.rmdir(d)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as e:
+                if e.errno not in (errno.EBUSY, errno.EAGAIN) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+
+
+# ----------------------------------------------------------------- mount discovery
+
+@dataclass
+class Mounts:
+    v1: dict[str, str]        # controller -> mount point
+    v2: str | None            # unified mount point
+    v2_controllers: set[str]  # controllers available in the unified tree
+
+
+def discover_mounts(mounts_file: str = "/proc/self/mounts") -> Mounts:
+    v1: dict[str, str] = {}
+    v2: str | None = None
+    for line in (read_text(mounts_file) or "").splitlines():
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        point, fstype, opts = parts[1], parts[2], parts[3].split(",")
+        if fstype == "cgroup":
+            for ctrl in V1_CONTROLLERS:
+                if ctrl in opts:
+                    v1.setdefault(ctrl, point)
+        elif fstype == "cgroup2" and (v2 is None or point == "/sys/fs/cgroup"):
+            v2 = point
+    ctrls = set((read_text(os.path.join(v2, "cgroup.controllers")) or "").split()) if v2 else set()
+    return Mounts(v1=v1, v2=v2, v2_controllers=ctrls)
+
+
+# -------------------------------------------------------------------------- drivers
+
+class CgroupDriver(Protocol):
+    version: str                     # "v1" | "v2"
+    controllers: list[str]           # limit controllers really available
+
+    def create(self, project_id: str, uid: int | None, gid: int | None,
+               limits: ProjectLimits) -> dict[str, str]: ...
+    def apply_limits(self, project_id: str, limits: ProjectLimits) -> None: ...
+    def daemon_env(self, project_id: str) -> dict: ...
+    def join_dirs(self, project_id: str) -> list[str]: ...
+    def bind_dirs(self, project_id: str) -> list[str]: ...
+    def project_ids(self) -> list[str]: ...
+    def pids(self, project_id: str) -> list[int]: ...
+    def kill(self, project_id: str, timeout_s: float = 5.0) -> list[int]: ...
+    def remove(self, project_id: str, timeout_s: float = 2.0) -> None: ...
+
+
+class V1Driver:
+    version = "v1"
+
+    def __init__(self, mounts: dict[str, str], root_name: str):
+        self.mounts = {c: m for c, m in mounts.items() if c in V1_CONTROLLERS}
+        self.root_name = root_name
+        self.controllers = [c for c in ("memory", "pids", "cpu") if c in self.mounts]
+
+    def _roots(self) -> dict[str, str]:
+        return {c: os.path.join(m, self.root_name) for c, m in self.mounts.items()}
+
+    def dirs(self, project_id: str) -> dict[str, str]:
+        return {c: os.path.join(r, project_id) for c, r in self._roots().items()}
+
+    def create(self, project_id, uid, gid, limits):
+        _check_name(project_id)
+        dirs = self.dirs(project_id)
+        for ctrl, d in dirs.items():
+            os.makedirs(d, exist_ok=True)
+            if uid is not None and os.geteuid() == 0:
+                # Delegate: the daemon mkdirs children and moves its own threads.
+                for name in ("", "tasks", "cgroup.procs"):
+                    os.chown(os.path.join(d, name) if name else d, uid, gid if gid is not None else -1)
+        self.apply_limits(project_id, limits)
+        return dirs
+
+    def apply_limits(self, project_id, limits):
+        dirs = self.dirs(project_id)
+        if "memory" in dirs and os.path.isdir(dirs["memory"]):
+            _set_v1_memory(dirs["memory"], limits.memory_bytes)
+        if "pids" in dirs and os.path.isdir(dirs["pids"]):
+            write_text(os.path.join(dirs["pids"], "pids.max"),
+                       "max" if limits.pids is None else str(limits.pids + PIDS_HEADROOM))
+        if "cpu" in dirs and os.path.isdir(dirs["cpu"]):
+            d = dirs["cpu"]
+            period = read_int(os.path.join(d, "cpu.cfs_period_us"), CFS_PERIOD_US)
+            quota = -1 if limits.cpu_cores is None else max(1000, int(limits.cpu_cores * period))
+            write_text(os.path.join(d, "cpu.cfs_quota_us"), str(quota))
+            write_text(os.path.join(d, "cpu.shares"), str(limits.cpu_shares or 1024))
+
+    def daemon_env(self, project_id):
+        dirs = self.dirs(project_id)
+        return {"version": "v1", "dirs": dirs, "home": dirs}
+
+    def join_dirs(self, project_id):
+        return list(self.dirs(project_id).values())
+
+    def bind_dirs(self, project_id):
+        return list(self.dirs(project_id).values())
+
+    def project_ids(self):
+        ids: set[str] = set()
+        for root in self._roots().values():
+            if os.path.isdir(root):
+                ids.update(e.name for e in os.scandir(root) if e.is_dir())
+        return sorted(ids)
+
+    def pids(self, project_id):
+        return sorted({p for d in self.dirs(project_id).values() for p in procs_of(d)})
+
+    def kill(self, project_id, timeout_s=5.0):
+        dirs = self.dirs(project_id)
+        return kill_groups(dirs.values(), freezer_dir=dirs.get("freezer"), timeout_s=timeout_s)
+
+    def remove(self, project_id, timeout_s=2.0):
+        for d in self.dirs(project_id).values():
+            remove_tree(d, timeout_s)
+
+
+def _set_v1_memory(d: str, limit: int | None) -> None:
+    value = "-1" if limit is None else str(limit)
+    mem = os.path.join(d, "memory.limit_in_bytes")
+    memsw = os.path.join(d, "memory.memsw.limit_in_bytes")
+    has_memsw = os.path.exists(memsw)
+    # memsw must stay >= memory: raise memsw first when growing, memory first when shrinking.
+    try:
+        write_text(mem, value)
+        if has_memsw:
+            write_text(memsw, value)
+    except OSError as e:
+        if not has_memsw or e.errno != errno.EINVAL:
+            raise
+        write_text(memsw, value)
+        write_text(mem, value)
+
+
+class V2Driver:
+    version = "v2"
+
+    def __init__(self, mount: str, available: set[str], root_name: str):
+        self.mount = mount
+        self.root = os.path.join(mount, root_name)
+        self.controllers = [c for c in V2_CONTROLLERS if c in available]
+
+    def dir(self, project_id: str) -> str:
+        return os.path.join(self.root, project_id)
+
+    def _enable(self, d: str) -> None:
+        if self.controllers:
+            write_text(os.path.join(d, "cgroup.subtree_control"),
+                       " ".join("+" + c for c in self.controllers))
+
+    def create(self, project_id, uid, gid, limits):
+        _check_name(project_id)
+        if not os.path.isdir(self.root):
+            os.makedirs(self.root, exist_ok=True)
+        self._enable(self.mount)
+        self._enable(self.root)
+        d = self.dir(project_id)
+        leaf = os.path.join(d, V2_DAEMON_LEAF)
+        os.makedirs(leaf, exist_ok=True)
+        self._enable(d)
+        if uid is not None and os.geteuid() == 0:
+            # Delegation per cgroup-v2.rst "Delegation Containment": the directory,
+            # cgroup.procs, cgroup.threads and cgroup.subtree_control.
+            for p in (d, *(os.path.join(d, f) for f in ("cgroup.procs", "cgroup.threads",
+                                                        "cgroup.subtree_control")), leaf,
+                      os.path.join(leaf, "cgroup.procs")):
+                if os.path.exists(p):
+                    os.chown(p, uid, gid if gid is not None else -1)
+        self.apply_limits(project_id, limits)
+        return {"unified": d}
+
+    def apply_limits(self, project_id, limits):
+        d = self.dir(project_id)
+        if not os.path.isdir(d):
+            return
+        if "memory" in self.controllers:
+            v = "max" if limits.memory_bytes is None else str(limits.memory_bytes)
+            write_text(os.path.join(d, "memory.max"), v)
+            swap = os.path.join(d, "memory.swap.max")
+            if os.path.exists(swap):
+                write_text(swap, "0" if limits.memory_bytes is not None else "max")
+        if "pids" in self.controllers:
+            write_text(os.path.join(d, "pids.max"),
+                       "max" if limits.pids is None else str(limits.pids + PIDS_HEADROOM))
+        if "cpu" in self.controllers:
+            quota = "max" if limits.cpu_cores is None else str(max(1000, int(limits.cpu_cores * CFS_PERIOD_US)))
+            write_text(os.path.join(d, "cpu.max"), f"{quota} {CFS_PERIOD_US}")
+            # cpu.shares 1024 == cpu.weight 100 (the systemd mapping, clamped to 1..10000)
+            weight = max(1, min(10000, round((limits.cpu_shares or 1024) * 100 / 1024)))
+            write_text(os.path.join(d, "cpu.weight"), str(weight))
+
+    def daemon_env(self, project_id):
+        d = self.dir(project_id)
+        return {"version": "v2", "dirs": {"unified": d}, "home": {"unified": os.path.join(d, V2_DAEMON_LEAF)}}
+
+    def join_dirs(self, project_id):
+        return [os.path.join(self.dir(project_id), V2_DAEMON_LEAF)]
+
+    def bind_dirs(self, project_id):
+        return [self.dir(project_id)]
+
+    def project_ids(self):
+        if not os.path.isdir(self.root):
+            return []
+        return sorted(e.name for e in os.scandir(self.root) if e.is_dir())
+
+    def pids(self, project_id):
+        return sorted(procs_of(self.dir(project_id)))
+
+    def kill(self, project_id, timeout_s=5.0):
+        d = self.dir(project_id)
+        return kill_groups([d], freezer_dir=d, freeze_file="cgroup.freeze",
+                           kill_file=os.path.join(d, "cgroup.kill"), timeout_s=timeout_s)
+
+    def remove(self, project_id, timeout_s=2.0):
+        remove_tree(self.dir(project_id), timeout_s)
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name in (".", "..") or name.startswith(".") or len(name) > 200:
+        raise ValueError(f"project_id: not usable as a cgroup name: {name!r}")
+
+
+def make_driver(root_name: str, mounts: Mounts | None = None) -> CgroupDriver | None:
+    """The usable driver on this machine, or None (not root / nothing writable).
+
+    v1 wins when its memory and pids controllers are mounted, because a controller
+    can only be attached to one hierarchy: on a hybrid host the unified tree has none.
+    """
+    m = mounts or discover_mounts()
+    if "memory" in m.v1 and "pids" in m.v1:
+        if all(os.access(p, os.W_OK) for p in m.v1.values()):
+            return V1Driver(m.v1, root_name)
+    if m.v2 and {"memory", "pids"} <= m.v2_controllers and os.access(m.v2, os.W_OK):
+        return V2Driver(m.v2, m.v2_controllers, root_name)
+    return None

@@ -1,0 +1,122 @@
+"""Per-project resource limits: server defaults, per-project overrides, validation.
+
+``None`` means "not enforced" for every numeric limit.  Validation errors are
+``ValueError`` whose message starts with the limit's name, so an API layer can
+hand them to the user unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+# Lower bounds below which a project cannot even start its daemon (python + bwrap).
+_MIN_MEMORY = 32 * 2**20
+_MIN_PIDS = 8
+_MIN_TMP = 1 * 2**20
+_MAX_CPU_CORES = 4096.0
+_CPU_SHARES_RANGE = (2, 262144)  # kernel bounds for cpu.shares
+
+
+@dataclass
+class ProjectLimits:
+    memory_bytes: int | None = 2 * 2**30
+    pids: int | None = 512
+    cpu_cores: float | None = None      # CFS quota, e.g. 1.5 cores
+    cpu_shares: int | None = 1024       # relative weight (v2: mapped to cpu.weight)
+    tmp_bytes: int | None = 512 * 2**20
+    network: bool = False               # False = own netns with loopback only (no egress)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name)))
+
+    @classmethod
+    def merged(cls, defaults: "ProjectLimits", overrides: dict[str, Any] | None) -> "ProjectLimits":
+        """``defaults`` with ``overrides`` applied; an override of ``None`` lifts the limit."""
+        values = defaults.to_json()
+        known = set(values)
+        for key, value in (overrides or {}).items():
+            if key not in known:
+                raise ValueError(f"{key}: unknown limit (known: {', '.join(sorted(known))})")
+            values[key] = value
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ProjectLimits":
+        return cls.merged(cls(), data)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_size(name: str, value: Any) -> int:
+    """Bytes from an int or a string like ``512M`` / ``2GiB`` (binary units)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected a size in bytes, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    raise ValueError(f"{name}: expected a size in bytes like 536870912 or '512M', got {value!r}")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "network":
+        if not isinstance(value, bool):
+            raise ValueError(f"network: expected true or false, got {value!r}")
+        return value
+    if value is None:
+        return None
+    if name in ("memory_bytes", "tmp_bytes"):
+        n = parse_size(name, value)
+        lo = _MIN_MEMORY if name == "memory_bytes" else _MIN_TMP
+        if n < lo:
+            raise ValueError(f"{name}: must be at least {lo} bytes ({lo // 2**20} MiB), got {n}")
+        return n
+    if name == "pids":
+        n = _int(name, value)
+        if n < _MIN_PIDS:
+            raise ValueError(f"pids: must be at least {_MIN_PIDS}, got {n}")
+        return n
+    if name == "cpu_shares":
+        n = _int(name, value)
+        lo, hi = _CPU_SHARES_RANGE
+        if not lo <= n <= hi:
+            raise ValueError(f"cpu_shares: must be between {lo} and {hi}, got {n}")
+        return n
+    if name == "cpu_cores":
+        if isinstance(value, bool):
+            raise ValueError("cpu_cores: expected a number of cores like 1.5, got a boolean")
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"cpu_cores: expected a number of cores like 1.5, got {value!r}") from None
+        if not math.isfinite(x) or x < 0.01 or x > _MAX_CPU_CORES:
+            raise ValueError(f"cpu_cores: must be between 0.01 and {_MAX_CPU_CORES:g}, got {value!r}")
+        return x
+    raise ValueError(f"{name}: unknown limit")
+
+
+def _int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise ValueError(f"{name}: expected an integer, got {value!r}")

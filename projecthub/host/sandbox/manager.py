@@ -1,0 +1,286 @@
+"""Sandbox: prepares a project's dirs, uid and cgroup, and builds the command that
+starts its daemon inside bwrap.  Host-side; the daemon side is ``tracker.py``.
+
+Start chain in root mode (decisions and numbers in the package docstring):
+
+    [preexec: join project cgroup; setsid]  bwrap (root, caps cut to SETUID/SETGID/SETPCAP)
+        -> setpriv --reuid/--regid/--clear-groups/--no-new-privs/no caps
+        -> setsid -w -> python -m projecthub.project.daemon ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from . import bwrap as bw
+from .cgroups import CgroupDriver, make_driver
+from .limits import ProjectLimits
+from .probe import CapabilityReport, probe
+from .tracker import ENV_VAR as CGROUP_ENV
+from .users import UidAllocator, drop_argv, setpriv_path, write_identity_files
+
+MARKER_ENV = "PROJECTHUB_SANDBOX_PROJECT"  # lets the no-cgroup fallback find a project's daemon
+MAX_SOCKET_PATH = 107                      # sun_path is 108 bytes including the NUL
+
+
+@dataclass
+class SandboxConfig:
+    data_dir: Path
+    mode: str = "auto"                      # "auto" | "bwrap" | "none"
+    uid_range: tuple[int, int] = (200000, 299999)
+    cgroup_root_name: str = "projecthub"    # /sys/fs/cgroup/<ctrl>/projecthub/<project_id>
+    require_isolation: bool = False
+    defaults: ProjectLimits = field(default_factory=ProjectLimits)
+
+
+@dataclass
+class PreparedProject:
+    project_id: str
+    uid: int | None                         # None: runs as the server's uid (not root)
+    gid: int | None
+    home_outside: Path
+    home_inside: str                        # HOME as the daemon sees it
+    socket_outside: Path
+    socket_inside: str
+    state_outside: Path
+    state_inside: str
+    tmp_inside: str
+    cgroup: dict[str, str] | None           # controller -> cgroup dir (same path inside)
+    limits: ProjectLimits = field(default_factory=ProjectLimits)
+    etc_files: dict[str, Path] = field(default_factory=dict)
+    cgroup_env: dict[str, Any] | None = None
+
+
+class Sandbox:
+    def __init__(self, config: SandboxConfig):
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.report: CapabilityReport = probe(self.data_dir, mode=config.mode,
+                                              cgroup_root_name=config.cgroup_root_name,
+                                              uid_range=config.uid_range)
+        if config.mode == "bwrap" and not self.report.mode.startswith("bwrap"):
+            raise RuntimeError("sandbox mode 'bwrap' requested but bwrap does not work:\n" + self.report.to_text())
+        if config.require_isolation and not self.report.all_enforced:
+            raise RuntimeError("require_isolation is set but layers are missing:\n" + self.report.to_text())
+        self.is_root = os.geteuid() == 0
+        self.use_bwrap = self.report.mode.startswith("bwrap")
+        self.driver: CgroupDriver | None = (make_driver(config.cgroup_root_name)
+                                            if self.report.cgroup_version else None)
+        self.uids = UidAllocator(self.data_dir, config.uid_range)
+        self._setsid = shutil.which("setsid")
+        self._prepared: dict[str, PreparedProject] = {}
+
+    # ------------------------------------------------------------------ prepare
+
+    def project_dir(self, project_id: str) -> Path:
+        return self.data_dir / "projects" / project_id
+
+    def prepare(self, project_id: str, uid: int | None, limits: ProjectLimits) -> PreparedProject:
+        _check_project_id(project_id)
+        if self.is_root:
+            uid = self.uids.uid_for(project_id, uid)
+            gid: int | None = uid
+        else:
+            uid = gid = None  # no per-project uid without root
+        base = self.project_dir(project_id)
+        projects = base.parent
+        projects.mkdir(parents=True, exist_ok=True)
+        os.chmod(projects, 0o711)   # traversable (mode none), not listable
+        base.mkdir(exist_ok=True)
+        os.chmod(base, 0o711)
+        home, run, state, etc = base / "home", base / "run", base / "state", base / "etc"
+        for d, mode in ((home, 0o700), (run, 0o700), (state, 0o700), (etc, 0o755)):
+            d.mkdir(exist_ok=True)
+            os.chmod(d, mode)
+            if uid is not None and d is not etc:
+                os.chown(d, uid, gid)
+        sock = run / bw.SOCKET_NAME
+        if len(str(sock).encode()) > MAX_SOCKET_PATH:
+            raise ValueError(f"data_dir: socket path {sock} is longer than {MAX_SOCKET_PATH} bytes; use a shorter data_dir")
+        etc_files = write_identity_files(etc, uid if uid is not None else os.getuid(),
+                                         gid if gid is not None else os.getgid(),
+                                         bw.HOME_INSIDE if self.use_bwrap else str(home))
+        cgroup = cg_env = None
+        if self.driver is not None:
+            cgroup = self.driver.create(project_id, uid, gid, limits)
+            cg_env = self.driver.daemon_env(project_id)
+        inside = self.use_bwrap
+        p = PreparedProject(
+            project_id=project_id, uid=uid, gid=gid,
+            home_outside=home, home_inside=bw.HOME_INSIDE if inside else str(home),
+            socket_outside=sock,
+            socket_inside=f"{bw.RUN_INSIDE}/{bw.SOCKET_NAME}" if inside else str(sock),
+            state_outside=state, state_inside=bw.STATE_INSIDE if inside else str(state),
+            tmp_inside=bw.TMP_INSIDE if inside else str(self._plain_tmp(base, uid, gid)),
+            cgroup=cgroup, limits=limits, etc_files=etc_files, cgroup_env=cg_env)
+        self._prepared[project_id] = p
+        return p
+
+    def _plain_tmp(self, base: Path, uid: int | None, gid: int | None) -> Path:
+        # Mode "none": a per-project tmp dir on the data disk (no size limit).
+        tmp = base / "tmp"
+        tmp.mkdir(exist_ok=True)
+        os.chmod(tmp, 0o700)
+        if uid is not None:
+            os.chown(tmp, uid, gid)
+        return tmp
+
+    # ------------------------------------------------------------------ daemon start
+
+    def daemon_command(self, prepared: PreparedProject, inner_argv: list[str],
+                       env: dict[str, str]) -> tuple[list[str], dict]:
+        p = prepared
+        child_env = dict(env)  # nothing of the server's own environment
+        child_env[MARKER_ENV] = p.project_id
+        if p.cgroup_env:
+            child_env[CGROUP_ENV] = json.dumps(p.cgroup_env)
+        _, pythonpath = bw.code_paths()
+        if pythonpath:
+            child_env["PYTHONPATH"] = ":".join(x for x in (pythonpath, child_env.get("PYTHONPATH")) if x)
+        drop = drop_argv(p.uid, p.gid) if p.uid is not None else []
+        if self.use_bwrap:
+            argv = bw.build_bwrap_argv(
+                privileged=self.is_root, network=p.limits.network, tmp_bytes=p.limits.tmp_bytes,
+                home=p.home_outside, run_dir=p.socket_outside.parent, state_dir=p.state_outside,
+                etc_files=p.etc_files,
+                cgroup_dirs=self.driver.bind_dirs(p.project_id) if self.driver and p.cgroup else [])
+            # setsid inside: the daemon becomes its own session and process-group leader
+            # (not in bwrap-init's), with no controlling terminal.  -w only matters if
+            # setsid had to fork, which it does not here (pid 2 is not a group leader).
+            sess = [self._setsid, "-w"] if self._setsid else []
+            if not sess:
+                argv.append("--new-session")
+            argv += ["--"] + drop + sess + list(inner_argv)
+            cwd = "/"
+        else:
+            argv = drop + list(inner_argv)
+            cwd = str(p.home_outside)
+        join = self.driver.join_dirs(p.project_id) if self.driver and p.cgroup else []
+        kwargs: dict[str, Any] = {
+            "env": child_env,
+            "cwd": cwd,
+            # New session on the host: the outer bwrap leaves the hub's session and
+            # process group, so ^C/SIGHUP aimed at the hub never reach the project
+            # and the daemon outlives a hub restart (no --die-with-parent either).
+            "start_new_session": True,
+            "close_fds": True,
+        }
+        if join:
+            kwargs["preexec_fn"] = _cgroup_joiner(join)
+        return argv, kwargs
+
+    # ------------------------------------------------------------------ running projects
+
+    def update_limits(self, project_id: str, limits: ProjectLimits) -> None:
+        if self.driver is not None and project_id in self.driver.project_ids():
+            self.driver.apply_limits(project_id, limits)
+        if project_id in self._prepared:
+            self._prepared[project_id].limits = limits
+
+    def stop_project(self, project_id: str, timeout_s: float = 5.0) -> None:
+        _check_project_id(project_id)
+        if self.driver is not None and project_id in self.driver.project_ids():
+            self.driver.kill(project_id, timeout_s)
+            self.driver.remove(project_id, timeout_s=timeout_s)
+        # Also the fallback sweep: catches anything started before cgroups existed
+        # or by mode "none" without cgroups.
+        _kill_matching(lambda proc: self._belongs(proc, project_id), timeout_s)
+
+    def running_projects(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        if self.driver is not None:
+            for pid_ in self.driver.project_ids():
+                pids = self.driver.pids(pid_)
+                if pids:
+                    out[pid_] = pids
+            return out
+        for proc in psutil.process_iter():
+            proj = self._owner(proc)
+            if proj:
+                out.setdefault(proj, []).append(proc.pid)
+        return out
+
+    def kill_strays(self, known_project_ids: set[str]) -> list[int]:
+        killed: list[int] = []
+        if self.driver is not None:
+            for proj in self.driver.project_ids():
+                if proj not in known_project_ids and not proj.startswith("probe-"):
+                    killed += self.driver.kill(proj)
+                    self.driver.remove(proj)
+        killed += _kill_matching(lambda proc: (o := self._owner(proc)) is not None
+                                 and o not in known_project_ids, 5.0)
+        return sorted(set(killed))
+
+    # ------------------------------------------------------------------ fallback matching
+
+    def _owner(self, proc: psutil.Process) -> str | None:
+        """The project a process belongs to, by per-project uid or env marker."""
+        try:
+            if self.is_root:
+                uid = proc.uids().real
+                if self.uids.in_range(uid):
+                    by_uid = {u: p for p, u in self.uids.lookup().items()}
+                    return by_uid.get(uid, f"uid-{uid}")
+            if proc.pid == os.getpid():
+                return None
+            return proc.environ().get(MARKER_ENV)
+        except (psutil.Error, OSError):
+            return None
+
+    def _belongs(self, proc: psutil.Process, project_id: str) -> bool:
+        return self._owner(proc) == project_id
+
+
+def _kill_matching(match: Callable[[psutil.Process], bool], timeout_s: float) -> list[int]:
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [p for p in psutil.process_iter() if p.pid != os.getpid() and match(p)]
+        live = [p for p in found if _alive(p)]
+        if not live or time.monotonic() > deadline:
+            return sorted(killed)
+        for p in live:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+                killed.add(p.pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _cgroup_joiner(dirs: list[str]) -> Callable[[], None]:
+    paths = [os.path.join(d, "cgroup.procs") for d in dirs]
+
+    def join() -> None:
+        # Runs in the forked child before exec (root): only os.open/os.write.
+        me = str(os.getpid()).encode()
+        for path in paths:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, me)
+            finally:
+                os.close(fd)
+    return join
+
+
+def _check_project_id(project_id: str) -> None:
+    if (not project_id or len(project_id) > 128 or project_id.startswith((".", "-", "probe-"))
+            or not all(c.isalnum() or c in "-_." for c in project_id)):
+        raise ValueError(f"project_id: must be 1-128 of [A-Za-z0-9._-], got {project_id!r}")
