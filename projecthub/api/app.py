@@ -1,0 +1,84 @@
+"""The ASGI application: routes, lifespan (store, sandbox, host, hub), body limits."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ..auth.resolve import KeyResolver
+from ..config import ServerSettings
+from ..host.host import Host
+from ..host.sandbox import Sandbox, SandboxConfig
+from ..hub.db import AsyncStore
+from ..hub.service import HubService
+from ..store import Store
+from . import compat, native
+from .requests import BadKeyThrottle
+
+log = logging.getLogger("projecthub.server")
+
+
+def build_sandbox(settings: ServerSettings) -> Sandbox:
+    return Sandbox(SandboxConfig(data_dir=settings.data_dir, mode=settings.sandbox_mode,
+                                 require_isolation=settings.require_isolation))
+
+
+def create_app(settings: ServerSettings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(settings.db_url)
+        store.migrate()
+        sandbox = build_sandbox(settings)
+        for line in sandbox.report.to_text().splitlines():
+            log.info("isolation: %s", line)
+        if not sandbox.report.all_enforced:
+            log.warning("NOT ALL ISOLATION LAYERS ARE ENFORCED: see `projecthub doctor`")
+        db = AsyncStore(store)
+        host = Host(settings.data_dir, sandbox, db, jupyter_pool_size=settings.jupyter_pool_size)
+        resolver = KeyResolver(store, cache_ttl=settings.key_cache_ttl)
+        hub = HubService(db, host, resolver)
+        app.state.settings = settings
+        app.state.hub = hub
+        app.state.throttle = BadKeyThrottle(settings.bad_key_limit_per_minute)
+        await host.start()
+        log.info("projecthub listening on http://%s:%s (data dir %s)", settings.host, settings.port,
+                 settings.data_dir)
+        try:
+            yield
+        finally:
+            await host.close()
+            db.close()
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    routes = [
+        Route("/healthz", health),
+        Route("/api/conat/project", compat.conat_project, methods=["POST"]),
+        Route("/api/conat/hub", compat.conat_hub, methods=["POST"]),
+        Route("/api/v1/project_exec", compat.v1_project_exec, methods=["POST"]),
+        Route("/api/v1/{name}", compat.v1_unknown, methods=["POST", "GET"]),
+        Route("/api/v2/exec", compat.v2_exec, methods=["POST"]),
+        *native.routes(),
+    ]
+
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"not found: {request.url.path}"}, status_code=404)
+
+    async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"method {request.method} not allowed on {request.url.path}"},
+                            status_code=405)
+
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+        return JSONResponse({"error": "internal server error"}, status_code=500)
+
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error})

@@ -1,0 +1,241 @@
+"""CoCalc-compatible HTTP surfaces: conat project/hub, legacy v1 project_exec, v2 exec.
+
+Each handler decodes its wire format and calls the same HubService methods the native API
+uses.  Handler-level errors are HTTP 200 ``{"error": ...}`` as CoCalc does (spec 1.9),
+except v1's auth/parameter failures, which were HTTP 400 (spec section 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ..auth.resolve import Identity
+from ..errors import RemoteError
+from ..hub.functions import HUB_FUNCTIONS
+from ..hub.service import HubService
+from ..project.api import PUBLIC_FUNCTIONS
+from .requests import BadKeyThrottle, HTTPError, api_key_from, parse_json_object, parse_params, read_body
+
+EXEC_GRACE_S = 2.0  # lets an exec's own timeout error (with partial output) beat the bridge's
+
+
+def _ok(value: Any) -> JSONResponse:
+    return JSONResponse(value)
+
+
+def _err(exc: RemoteError, status: int = 200) -> JSONResponse:
+    return JSONResponse(exc.to_json(), status_code=status)
+
+
+def _hub(request: Request) -> HubService:
+    return request.app.state.hub
+
+
+async def authenticate(request: Request) -> Identity | None:
+    """Resolve the presented key; failures are slowed down per client address."""
+    key = api_key_from(request)
+    identity = await _hub(request).resolve_key(key)
+    if identity is None:
+        throttle: BadKeyThrottle = request.app.state.throttle
+        delay = throttle.delay_for(request.client.host if request.client else "?")
+        if delay:
+            await asyncio.sleep(delay)
+    return identity
+
+
+def call_budget(request: Request, body: dict[str, Any], name: str, args: list[Any]) -> float:
+    """Seconds the bridge waits.  Deviation from CoCalc (docs/compatibility.md): without a
+    top-level timeout, an exec waits for its own timeout instead of being cut at 15 s, and a
+    non-positive timeout means 'the default' instead of an error."""
+    settings = request.app.state.settings
+    raw = body.get("timeout")
+    budget: float | None = None
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0:
+        budget = raw / 1000.0
+    if name == "system.exec" and args and isinstance(args[0], dict):
+        exec_timeout = args[0].get("timeout", 60)
+        if isinstance(exec_timeout, (int, float)) and not isinstance(exec_timeout, bool) and exec_timeout > 0:
+            budget = max(budget or 0.0, exec_timeout + EXEC_GRACE_S)
+        elif budget is None:
+            budget = settings.max_call_timeout_s  # timeout 0 = no exec limit: wait as long as we may
+    if budget is None:
+        budget = settings.default_call_timeout_s
+    return min(budget, settings.max_call_timeout_s)
+
+
+def _call_fields(body: dict[str, Any]) -> tuple[str, list[Any]]:
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise RemoteError("Error: 'name' must be a non-empty string")
+    args = body.get("args", [])
+    if args is None:
+        args = []
+    if not isinstance(args, list):
+        raise RemoteError("Error: 'args' must be an array")
+    return name, args
+
+
+async def conat_project(request: Request) -> JSONResponse:
+    hub = _hub(request)
+    try:
+        body = parse_json_object(await read_body(request, request.app.state.settings.max_body_bytes))
+    except HTTPError as exc:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    try:
+        identity = await authenticate(request)
+        if identity is None or not (identity.account_id or identity.project_id):
+            raise RemoteError("must sign in as project or account")
+        project_id = await hub.authorize_project(identity, body.get("project_id") or None)
+        compute_server_id = body.get("compute_server_id", 0)
+        if compute_server_id not in (0, None):
+            raise RemoteError(f"Error: no connection to compute server {compute_server_id} -- "
+                              "this server has no such compute server")
+        name, args = _call_fields(body)
+        if name != "ping" and name not in PUBLIC_FUNCTIONS:
+            raise RemoteError(f"Error: unknown function '{name}'")
+        if name == "system.test":
+            first = args[0] if args and isinstance(args[0], dict) else {}
+            args = [{**first, "project_id": project_id}, *args[1:]]
+        budget = call_budget(request, body, name, args)
+        return _ok(await hub.project_call(project_id, name, args, budget))
+    except RemoteError as exc:
+        return _err(exc)
+
+
+async def conat_hub(request: Request) -> JSONResponse:
+    hub = _hub(request)
+    try:
+        body = parse_json_object(await read_body(request, request.app.state.settings.max_body_bytes))
+    except HTTPError as exc:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    try:
+        identity = await authenticate(request)
+        if identity is None or not identity.account_id:
+            raise RemoteError("must be signed in and MUST provide an api key (cookies are not allowed)")
+        name, args = _call_fields(body)
+        function = HUB_FUNCTIONS.get(name)
+        if function is None:
+            raise RemoteError(f"Error: unknown function '{name}'")
+        budget = call_budget(request, body, name, args)
+        try:
+            result = await asyncio.wait_for(function(hub, identity.account_id, args, budget), budget)
+        except asyncio.TimeoutError:
+            subject = f"hub.account.{identity.account_id}.api"
+            raise RemoteError(f"timeout - callHub: subject='{subject}', name='{name}', code='408' ")
+        return _ok(result)
+    except RemoteError as exc:
+        return _err(exc)
+
+
+# -- legacy v1 and v2 exec ----------------------------------------------------------------
+
+_TRUE = {"true", "1", "yes", "on"}
+
+
+def _coerce_exec_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Form fields arrive as strings: give numbers and booleans their JSON types."""
+    out = dict(params)
+    for key in ("timeout", "max_output", "compute_server_id"):
+        if isinstance(out.get(key), str):
+            try:
+                number = float(out[key])
+                out[key] = int(number) if number.is_integer() else number
+            except ValueError:
+                raise HTTPError(400, f"invalid parameters '{key}' must be a number")
+    for key in ("bash", "err_on_exit", "async_call", "async_stats", "async_await", "filesystem"):
+        if isinstance(out.get(key), str):
+            out[key] = out[key].strip().lower() in _TRUE
+    return out
+
+
+def _legacy_error(params: dict[str, Any], args_sent: bool, exc: RemoteError) -> str:
+    args = params.get("args")
+    rendered = ",".join(str(a) for a in args) if isinstance(args, list) else (
+        "undefined" if not args_sent else str(args))
+    text = f"Error executing command '{params.get('command')}' with args '{rendered}' -- {exc.message}"
+    if "Connection refused" in text:
+        text += " -- Email help@cocalc.com if you need full internet access, which is disabled by default."
+    return text
+
+
+async def _authorize_legacy(hub: HubService, identity: Identity, project_id: Any) -> str:
+    if identity.project_id:  # "account id equals project id" counts as a collaborator
+        if project_id != identity.project_id:
+            raise RemoteError("user must be a collaborator on the project")
+        return project_id
+    if not await hub.is_collaborator(project_id, identity.account_id or ""):
+        raise RemoteError("user must be a collaborator on the project")
+    return project_id
+
+
+_V1_FIELDS = ("command", "args", "path", "timeout", "max_output", "bash", "err_on_exit", "aggregate")
+_V2_FIELDS = ("command", "args", "path", "timeout", "max_output", "bash", "err_on_exit", "aggregate",
+              "env", "async_call", "async_get", "async_stats", "async_await", "compute_server_id",
+              "filesystem")
+
+
+async def v1_project_exec(request: Request) -> JSONResponse:
+    hub = _hub(request)
+    try:
+        params = _coerce_exec_params(parse_params(
+            request, await read_body(request, request.app.state.settings.max_body_bytes)))
+        try:
+            identity = await authenticate(request)
+        except RemoteError as exc:
+            raise HTTPError(400, exc.message)
+        if identity is None:
+            raise HTTPError(400, "No account found. Is your API key wrong?")
+        if not isinstance(params.get("project_id"), str):
+            raise HTTPError(400, "invalid parameters 'project_id' is required")
+        if not isinstance(params.get("command"), str):
+            raise HTTPError(400, "invalid parameters 'command' is required")
+    except HTTPError as exc:
+        return JSONResponse({"event": "error", "error": exc.message}, status_code=exc.status)
+    message_id = params.get("id") if isinstance(params.get("id"), str) else str(uuid.uuid4())
+    opts = {k: params[k] for k in _V1_FIELDS if k in params}
+    opts.setdefault("args", [])
+    opts.setdefault("path", "")
+    opts.setdefault("timeout", 10)
+    try:
+        project_id = await _authorize_legacy(hub, identity, params["project_id"])
+        result = await hub.project_call(project_id, "system.exec", [opts],
+                                        call_budget(request, {}, "system.exec", [opts]))
+    except RemoteError as exc:
+        return _ok({"event": "error", "id": message_id, "error": _legacy_error(opts, True, exc)})
+    return _ok({"event": "project_exec_output", "id": message_id, **result})
+
+
+async def v2_exec(request: Request) -> JSONResponse:
+    hub = _hub(request)
+    try:
+        params = _coerce_exec_params(parse_params(
+            request, await read_body(request, request.app.state.settings.max_body_bytes)))
+    except HTTPError as exc:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    try:
+        identity = await authenticate(request)
+        if identity is None:
+            raise RemoteError("must be signed in")
+        project_id = params.get("project_id")
+        if not isinstance(project_id, str):
+            raise RemoteError("Error: project_id must be specified")
+        project_id = await _authorize_legacy(hub, identity, project_id)
+    except RemoteError as exc:
+        return _err(exc)
+    opts = {k: params[k] for k in _V2_FIELDS if k in params}
+    try:
+        result = await hub.project_call(project_id, "system.exec", [opts],
+                                        call_budget(request, {}, "system.exec", [opts]))
+    except RemoteError as exc:
+        return _ok({"error": _legacy_error(opts, "args" in params, exc)})
+    return _ok(result)
+
+
+async def v1_unknown(request: Request) -> JSONResponse:
+    return JSONResponse({"event": "error", "error": f"unknown endpoint '{request.path_params['name']}'"},
+                        status_code=400)

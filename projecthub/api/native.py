@@ -1,0 +1,405 @@
+"""The native REST API (``/api/v3``): richer results, durable jobs, SSE streams, sessions.
+
+Same HubService path as the CoCalc surfaces, but with real HTTP statuses:
+400 bad input, 401 no/invalid key, 403 not allowed, 404 unknown, 413 too large,
+504 time budget exhausted.  The OpenAPI document is served at ``/api/v3/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..auth.resolve import Identity
+from ..errors import RemoteError
+from ..hub.service import HubService, is_uuid
+from .openapi import OPENAPI
+from .requests import HTTPError, api_key_from, parse_json_object, read_body
+
+HEARTBEAT_S = 15.0
+_STATUS_BY_PREFIX = (
+    ("timeout", 504),
+)
+
+
+def _hub(request: Request) -> HubService:
+    return request.app.state.hub
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def _status_for(exc: RemoteError) -> int:
+    text = exc.message.lower()
+    if text.startswith("timeout") or "time budget" in text:
+        return 504
+    if "does not exist" in text or "no such" in text or "unknown session" in text:
+        return 404
+    return 400
+
+
+def endpoint(handler: Callable[[Request, Identity], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Authentication and error mapping shared by every native endpoint."""
+    async def wrapped(request: Request) -> Response:
+        try:
+            try:
+                key = api_key_from(request)
+            except RemoteError as exc:
+                raise ApiError(401, exc.message)
+            identity = await _hub(request).resolve_key(key)
+            if identity is None:
+                from .compat import BadKeyThrottle  # noqa: F401  (same throttle as compat)
+                throttle = request.app.state.throttle
+                delay = throttle.delay_for(request.client.host if request.client else "?")
+                if delay:
+                    await asyncio.sleep(delay)
+                raise ApiError(401, "invalid API key")
+            return await handler(request, identity)
+        except ApiError as exc:
+            return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
+        except HTTPError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        except RemoteError as exc:
+            return JSONResponse(exc.to_json(), status_code=_status_for(exc))
+    return wrapped
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    return parse_json_object(await read_body(request, request.app.state.settings.max_body_bytes))
+
+
+async def _project(request: Request, identity: Identity) -> str:
+    """The project in the path, if this identity may use it (project keys: only their own)."""
+    project_id = request.path_params["project_id"]
+    if not is_uuid(project_id):
+        raise ApiError(400, "project_id must be a UUID")
+    hub = _hub(request)
+    if identity.project_id:
+        if identity.project_id != project_id:
+            raise ApiError(403, "this project API key is bound to another project")
+    elif not await hub.is_collaborator(project_id, identity.account_id or ""):
+        raise ApiError(403, "you are not a collaborator on this project")
+    project = await hub.db.get_project(project_id)
+    if project is None or project.get("deleted"):
+        raise ApiError(404, "no such project")
+    return project_id
+
+
+def _account(identity: Identity) -> str:
+    if not identity.account_id:
+        raise ApiError(403, "this endpoint needs an account API key")
+    return identity.account_id
+
+
+def _budget(request: Request, opts: dict[str, Any] | None = None) -> float:
+    settings = request.app.state.settings
+    timeout = (opts or {}).get("timeout", 60)
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+        return min(timeout + 2.0, settings.max_call_timeout_s)
+    return settings.max_call_timeout_s
+
+
+# -- projects ----------------------------------------------------------------------------
+
+@endpoint
+async def list_projects(request: Request, identity: Identity) -> Response:
+    hub = _hub(request)
+    rows = await hub.db.list_projects(_account(identity), recent_days=None, limit=None)
+    return JSONResponse([await _project_json(hub, r) for r in rows])
+
+
+async def _project_json(hub: HubService, row: dict[str, Any]) -> dict[str, Any]:
+    from ..hub.service import iso
+    state = await hub.project_state(row["project_id"])
+    return {"project_id": row["project_id"], "title": row.get("title") or "",
+            "description": row.get("description") or "", "created": iso(row.get("created")),
+            "last_edited": iso(row.get("last_edited")), "state": state, "users": row.get("users") or {}}
+
+
+@endpoint
+async def create_project(request: Request, identity: Identity) -> Response:
+    body = await _json_body(request)
+    title, description = body.get("title", ""), body.get("description", "")
+    if not isinstance(title, str) or not isinstance(description, str):
+        raise ApiError(400, "title and description must be strings")
+    hub = _hub(request)
+    project_id = await hub.create_project(_account(identity), title=title, description=description,
+                                          start=bool(body.get("start")))
+    if isinstance(body.get("limits"), dict):
+        await hub.set_limits(project_id, body["limits"])
+    return JSONResponse({"project_id": project_id}, status_code=201)
+
+
+@endpoint
+async def get_project(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    hub = _hub(request)
+    row = await hub.db.get_project(project_id)
+    result = await _project_json(hub, row)
+    result["status"] = await hub.project_status(project_id)
+    return JSONResponse(result)
+
+
+@endpoint
+async def delete_project(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    await _hub(request).delete_project(project_id)
+    return Response(status_code=204)
+
+
+@endpoint
+async def start_project(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    hub = _hub(request)
+    await hub.start_project(project_id)
+    return JSONResponse(await hub.project_state(project_id))
+
+
+@endpoint
+async def stop_project(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    hub = _hub(request)
+    await hub.stop_project(project_id)
+    return JSONResponse(await hub.project_state(project_id))
+
+
+@endpoint
+async def project_limits(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    hub = _hub(request)
+    if request.method == "GET":
+        return JSONResponse(await hub.get_limits(project_id))
+    _account(identity)  # a project key may not raise its own ceiling
+    body = await _json_body(request)
+    return JSONResponse(await hub.set_limits(project_id, body))
+
+
+# -- exec and jobs ---------------------------------------------------------------------------
+
+@endpoint
+async def exec_command(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    body = await _json_body(request)
+    key = request.headers.get("idempotency-key")
+    if key is not None:
+        if not key or len(key) > 200:
+            raise ApiError(400, "Idempotency-Key must be 1-200 characters")
+        body["idempotency_key"] = key
+    result = await _hub(request).project_call(project_id, "native.exec", [body], _budget(request, body))
+    return JSONResponse(result)
+
+
+@endpoint
+async def list_jobs(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    result = await _hub(request).project_call(project_id, "native.jobs", [{}], 30.0)
+    return JSONResponse(result)
+
+
+def _job_opts(request: Request) -> dict[str, Any]:
+    return {"job_id": request.path_params["job_id"]}
+
+
+@endpoint
+async def get_job(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    opts = _job_opts(request)
+    wait = request.query_params.get("wait")
+    budget = 30.0
+    if wait is not None:
+        try:
+            budget = min(max(float(wait), 0.0), request.app.state.settings.max_call_timeout_s)
+        except ValueError:
+            raise ApiError(400, "wait must be a number of seconds")
+        opts["wait"] = True
+    opts["stats"] = request.query_params.get("stats") in ("1", "true")
+    result = await _hub(request).project_call(project_id, "native.job", [opts], budget + 2.0 if wait else budget)
+    return JSONResponse(result)
+
+
+@endpoint
+async def kill_job(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    result = await _hub(request).project_call(project_id, "native.jobKill", [_job_opts(request)], 30.0)
+    return JSONResponse(result)
+
+
+def _int_param(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer")
+    if value < 0:
+        raise ApiError(400, f"{name} must not be negative")
+    return value
+
+
+@endpoint
+async def job_output(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    stream = request.query_params.get("stream", "stdout")
+    if stream not in ("stdout", "stderr"):
+        raise ApiError(400, "stream must be stdout or stderr")
+    opts = {**_job_opts(request), "stream": stream, "offset": _int_param(request, "offset", 0),
+            "length": _int_param(request, "length", 1 << 20)}
+    result = await _hub(request).project_call(project_id, "native.jobOutput", [opts], 30.0)
+    # result: {"data": str (latin-1 safe text of the bytes), "offset", "total"}
+    return JSONResponse(result)
+
+
+def _sse(event: str, data: Any, event_id: str | None = None) -> bytes:
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append(f"event: {event}")
+    for line in json.dumps(data, ensure_ascii=False).split("\n"):
+        lines.append(f"data: {line}")
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def _with_heartbeats(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Interleave comment lines so proxies and clients see a live connection."""
+    iterator = source.__aiter__()
+    pending: asyncio.Task[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(iterator.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT_S)
+            if not done:
+                yield b": heartbeat\n\n"
+                continue
+            try:
+                chunk = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield chunk
+    finally:
+        if pending is not None:
+            pending.cancel()
+        aclose = getattr(iterator, "aclose", None)
+        if aclose:
+            await aclose()
+
+
+def _resume_offsets(request: Request) -> tuple[int, int]:
+    last = request.headers.get("last-event-id")
+    if last:
+        try:
+            out, err = (int(x) for x in last.split(":", 1))
+            return out, err
+        except ValueError:
+            raise ApiError(400, "Last-Event-ID must look like '<stdout offset>:<stderr offset>'")
+    return _int_param(request, "offset", 0), _int_param(request, "stderr_offset", 0)
+
+
+@endpoint
+async def job_events(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    out_offset, err_offset = _resume_offsets(request)
+    hub = _hub(request)
+    opts = {**_job_opts(request), "offset_stdout": out_offset, "offset_stderr": err_offset}
+
+    async def events() -> AsyncIterator[bytes]:
+        offsets = [out_offset, err_offset]
+        try:
+            async for event in hub.project_stream(project_id, "native.jobEvents", [opts]):
+                kind = event.get("event", "message")
+                if kind in ("stdout", "stderr"):
+                    index = 0 if kind == "stdout" else 1
+                    offsets[index] = event["offset"] + len(event["data"].encode("utf-8", "surrogateescape"))
+                    if "end" in event:
+                        offsets[index] = event["end"]
+                yield _sse(kind, event, f"{offsets[0]}:{offsets[1]}")
+                if kind in ("done", "error"):
+                    return
+        except RemoteError as exc:
+            yield _sse("error", exc.to_json())
+
+    return StreamingResponse(_with_heartbeats(events()), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# -- kernel sessions -------------------------------------------------------------------------
+
+def _session_call(name: str, with_body: bool = False, status: int = 200) -> Callable[[Request], Awaitable[Response]]:
+    @endpoint
+    async def handler(request: Request, identity: Identity) -> Response:
+        project_id = await _project(request, identity)
+        opts: dict[str, Any] = await _json_body(request) if with_body else {}
+        if "session_id" in request.path_params:
+            opts["session_id"] = request.path_params["session_id"]
+        budget = request.app.state.settings.max_call_timeout_s
+        result = await _hub(request).project_call(project_id, name, [opts], budget)
+        if result is None:
+            return Response(status_code=204)
+        return JSONResponse(result, status_code=status)
+    return handler
+
+
+@endpoint
+async def session_stream(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    opts = await _json_body(request)
+    opts["session_id"] = request.path_params["session_id"]
+    hub = _hub(request)
+
+    async def events() -> AsyncIterator[bytes]:
+        seq = 0
+        try:
+            async for event in hub.project_stream(project_id, "native.session.stream", [opts]):
+                seq += 1
+                kind = event.get("event", "message")
+                yield _sse(kind, event, str(seq))
+                if kind in ("done", "error"):
+                    return
+        except RemoteError as exc:
+            yield _sse("error", exc.to_json())
+
+    return StreamingResponse(_with_heartbeats(events()), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(OPENAPI)
+
+
+def routes() -> list[Route]:
+    p = "/api/v3/projects/{project_id}"
+    return [
+        Route("/api/v3/openapi.json", openapi, methods=["GET"]),
+        Route("/api/v3/projects", list_projects, methods=["GET"]),
+        Route("/api/v3/projects", create_project, methods=["POST"]),
+        Route(p, get_project, methods=["GET"]),
+        Route(p, delete_project, methods=["DELETE"]),
+        Route(p + "/start", start_project, methods=["POST"]),
+        Route(p + "/stop", stop_project, methods=["POST"]),
+        Route(p + "/limits", project_limits, methods=["GET", "PUT"]),
+        Route(p + "/exec", exec_command, methods=["POST"]),
+        Route(p + "/jobs", list_jobs, methods=["GET"]),
+        Route(p + "/jobs/{job_id}", get_job, methods=["GET"]),
+        Route(p + "/jobs/{job_id}", kill_job, methods=["DELETE"]),
+        Route(p + "/jobs/{job_id}/output", job_output, methods=["GET"]),
+        Route(p + "/jobs/{job_id}/events", job_events, methods=["GET"]),
+        Route(p + "/sessions", _session_call("native.session.create", with_body=True, status=201), methods=["POST"]),
+        Route(p + "/sessions", _session_call("native.session.list"), methods=["GET"]),
+        Route(p + "/sessions/{session_id}", _session_call("native.session.get"), methods=["GET"]),
+        Route(p + "/sessions/{session_id}", _session_call("native.session.delete"), methods=["DELETE"]),
+        Route(p + "/sessions/{session_id}/execute", _session_call("native.session.execute", with_body=True),
+              methods=["POST"]),
+        Route(p + "/sessions/{session_id}/stream", session_stream, methods=["POST"]),
+        Route(p + "/sessions/{session_id}/interrupt", _session_call("native.session.interrupt"), methods=["POST"]),
+        Route(p + "/sessions/{session_id}/restart", _session_call("native.session.restart"), methods=["POST"]),
+    ]

@@ -1,0 +1,185 @@
+"""OpenAPI 3.1 description of the native API (served at /api/v3/openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": _json(_ref("Error"), "Bad input"),
+    "401": _json(_ref("Error"), "Missing or invalid API key"),
+    "403": _json(_ref("Error"), "Not allowed for this key"),
+    "404": _json(_ref("Error"), "No such project, job or session"),
+    "413": _json(_ref("Error"), "Body too large"),
+    "504": _json(_ref("Error"), "The call's time budget ran out"),
+}
+
+_PROJECT_ID = {"name": "project_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _op(summary: str, responses: dict[str, Any], *, params: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "parameters": params or [],
+                          "responses": {**responses, **_ERRORS}, "security": [{"bearer": []}, {"basic": []}]}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+EXEC_REQUEST = {
+    "type": "object",
+    "required": ["command"],
+    "properties": {
+        "command": {"type": "string", "description": "Program, or a bash script when it has whitespace and no args"},
+        "args": {"type": "array", "items": {"type": "string"}},
+        "bash": {"type": "boolean"},
+        "path": {"type": "string", "description": "Working directory, relative to HOME"},
+        "cwd": {"type": "string", "description": "Working directory; overrides path"},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        "timeout": {"type": "number", "minimum": 0, "description": "Seconds; 0 = no limit; default 60"},
+        "max_output": {"type": "integer", "minimum": 0, "description": "Characters kept per stream"},
+        "yield_after": {"type": "number", "minimum": 0,
+                        "description": "Return a job record if still running after this many seconds"},
+        "async": {"type": "boolean", "description": "Start as a durable job and return its record at once"},
+    },
+}
+
+EXEC_RESULT = {
+    "type": "object",
+    "properties": {
+        "exit_code": {"type": ["integer", "null"]},
+        "signal": {"type": ["string", "null"]},
+        "timed_out": {"type": "boolean"},
+        "killed_by": {"enum": ["timeout", "signal", "oom", "output", None]},
+        "stdout": {"type": "string"}, "stderr": {"type": "string"},
+        "stdout_truncated": {"type": "boolean"}, "stderr_truncated": {"type": "boolean"},
+        "stdout_bytes": {"type": "integer"}, "stderr_bytes": {"type": "integer"},
+        "wall_s": {"type": "number"}, "cpu_user_s": {"type": "number"}, "cpu_sys_s": {"type": "number"},
+        "max_rss_bytes": {"type": "integer"},
+        "job_id": {"type": "string", "description": "Present when the exec became (or was started as) a job"},
+        "status": {"enum": ["running", "completed", "error", "killed"]},
+    },
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "projecthub native API", "version": __version__,
+             "description": "Projects, exec with rich results, durable jobs with SSE streams, "
+                            "persistent Jupyter kernel sessions. Authenticate with "
+                            "`Authorization: Bearer <api key>` (or Basic with the key as user name)."},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                            "basic": {"type": "http", "scheme": "basic"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "ExecRequest": EXEC_REQUEST,
+            "ExecResult": EXEC_RESULT,
+            "Limits": {"type": "object", "properties": {
+                "memory_bytes": {"type": ["integer", "null"]}, "pids": {"type": ["integer", "null"]},
+                "cpu_cores": {"type": ["number", "null"]}, "cpu_shares": {"type": ["integer", "null"]},
+                "tmp_bytes": {"type": ["integer", "null"]}, "network": {"type": "boolean"}}},
+            "SessionRequest": {"type": "object", "properties": {
+                "name": {"type": "string"}, "kernel": {"type": "string", "default": "python3"},
+                "cwd": {"type": "string"}, "env": {"type": "object", "additionalProperties": {"type": "string"}}}},
+            "CellRequest": {"type": "object", "required": ["code"], "properties": {
+                "code": {"type": "string"}, "timeout_s": {"type": "number"}, "max_output": {"type": "integer"}}},
+        },
+    },
+    "paths": {
+        "/api/v3/projects": {
+            "get": _op("List your projects", {"200": _json({"type": "array", "items": {"type": "object"}})}),
+            "post": _op("Create a project", {"201": _json({"type": "object", "properties": {
+                "project_id": {"type": "string"}}})}, body={"type": "object", "properties": {
+                    "title": {"type": "string"}, "description": {"type": "string"},
+                    "start": {"type": "boolean"}, "limits": _ref("Limits")}}),
+        },
+        "/api/v3/projects/{project_id}": {
+            "get": _op("Project details, state and status", {"200": _json({"type": "object"})}, params=[_PROJECT_ID]),
+            "delete": _op("Delete a project (stops it first)", {"204": {"description": "Deleted"}},
+                          params=[_PROJECT_ID]),
+        },
+        "/api/v3/projects/{project_id}/start": {
+            "post": _op("Start a project", {"200": _json({"type": "object"})}, params=[_PROJECT_ID])},
+        "/api/v3/projects/{project_id}/stop": {
+            "post": _op("Stop a project; leaves no process behind", {"200": _json({"type": "object"})},
+                        params=[_PROJECT_ID])},
+        "/api/v3/projects/{project_id}/limits": {
+            "get": _op("Effective limits", {"200": _json(_ref("Limits"))}, params=[_PROJECT_ID]),
+            "put": _op("Override limits (account keys only)", {"200": _json(_ref("Limits"))},
+                       params=[_PROJECT_ID], body=_ref("Limits")),
+        },
+        "/api/v3/projects/{project_id}/exec": {
+            "post": _op("Run a command; rich result, or a job record with yield_after/async",
+                        {"200": _json(_ref("ExecResult"))},
+                        params=[_PROJECT_ID, {"name": "Idempotency-Key", "in": "header", "required": False,
+                                              "schema": {"type": "string"}}],
+                        body=_ref("ExecRequest"))},
+        "/api/v3/projects/{project_id}/jobs": {
+            "get": _op("List jobs", {"200": _json({"type": "array", "items": {"type": "object"}})},
+                       params=[_PROJECT_ID])},
+        "/api/v3/projects/{project_id}/jobs/{job_id}": {
+            "get": _op("A job's record (wait=seconds blocks until it ends or the wait is over)",
+                       {"200": _json(_ref("ExecResult"))},
+                       params=[_PROJECT_ID, _JOB_ID,
+                               {"name": "wait", "in": "query", "schema": {"type": "number"}},
+                               {"name": "stats", "in": "query", "schema": {"type": "boolean"}}]),
+            "delete": _op("Kill a job's whole process tree", {"200": _json({"type": "object"})},
+                          params=[_PROJECT_ID, _JOB_ID]),
+        },
+        "/api/v3/projects/{project_id}/jobs/{job_id}/output": {
+            "get": _op("A byte range of a job's full output (kept on disk beyond the JSON cap)",
+                       {"200": _json({"type": "object", "properties": {
+                           "data": {"type": "string"}, "offset": {"type": "integer"},
+                           "total": {"type": "integer"}}})},
+                       params=[_PROJECT_ID, _JOB_ID,
+                               {"name": "stream", "in": "query", "schema": {"enum": ["stdout", "stderr"]}},
+                               {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                               {"name": "length", "in": "query", "schema": {"type": "integer", "minimum": 0}}])},
+        "/api/v3/projects/{project_id}/jobs/{job_id}/events": {
+            "get": _op("Server-Sent Events: stdout, stderr, stats, then one done or error. Resume with "
+                       "Last-Event-ID ('<stdout offset>:<stderr offset>') or ?offset=&stderr_offset=",
+                       {"200": {"description": "text/event-stream",
+                                "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                       params=[_PROJECT_ID, _JOB_ID,
+                               {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                               {"name": "stderr_offset", "in": "query",
+                                "schema": {"type": "integer", "minimum": 0}}])},
+        "/api/v3/projects/{project_id}/sessions": {
+            "get": _op("List kernel sessions", {"200": _json({"type": "array", "items": {"type": "object"}})},
+                       params=[_PROJECT_ID]),
+            "post": _op("Create a persistent kernel session", {"201": _json({"type": "object"})},
+                        params=[_PROJECT_ID], body=_ref("SessionRequest")),
+        },
+        "/api/v3/projects/{project_id}/sessions/{session_id}": {
+            "get": _op("A session", {"200": _json({"type": "object"})}, params=[_PROJECT_ID, _SESSION_ID]),
+            "delete": _op("Delete a session (kills its kernel)", {"204": {"description": "Deleted"}},
+                          params=[_PROJECT_ID, _SESSION_ID]),
+        },
+        "/api/v3/projects/{project_id}/sessions/{session_id}/execute": {
+            "post": _op("Execute a cell; state is kept between calls", {"200": _json({"type": "object"})},
+                        params=[_PROJECT_ID, _SESSION_ID], body=_ref("CellRequest"))},
+        "/api/v3/projects/{project_id}/sessions/{session_id}/stream": {
+            "post": _op("Execute a cell and stream its outputs as Server-Sent Events",
+                        {"200": {"description": "text/event-stream",
+                                 "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                        params=[_PROJECT_ID, _SESSION_ID], body=_ref("CellRequest"))},
+        "/api/v3/projects/{project_id}/sessions/{session_id}/interrupt": {
+            "post": _op("Interrupt the running cell", {"200": _json({"type": "object"})},
+                        params=[_PROJECT_ID, _SESSION_ID])},
+        "/api/v3/projects/{project_id}/sessions/{session_id}/restart": {
+            "post": _op("Restart the kernel (state is lost)", {"200": _json({"type": "object"})},
+                        params=[_PROJECT_ID, _SESSION_ID])},
+    },
+}

@@ -1,0 +1,226 @@
+"""The ``projecthub`` command.
+
+Administrative subcommands print exactly one JSON object on stdout and work whether or not
+the server is running (they talk to the store directly; SQLite WAL allows that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import ServerSettings, default_data_dir
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line: easy to grep, easy to ship."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+                 "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _emit(value: dict[str, Any]) -> None:
+    print(json.dumps(value))
+
+
+def _fail(message: str, code: int = 2) -> None:
+    _emit({"error": message})
+    sys.exit(code)
+
+
+def _store(data_dir: str | None):
+    from .store import Store
+    settings = ServerSettings(data_dir=Path(data_dir) if data_dir else default_data_dir())
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.db_url)
+    store.migrate()
+    return store
+
+
+def _parse_expire(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        _fail(f"--expire must be an ISO 8601 date, got {value!r}")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def create_first_admin(store: Any) -> tuple[str, str] | None:
+    """On an empty store, make an admin account and return (account_id, api_key)."""
+    if store.count_accounts() > 0:
+        return None
+    account_id = store.create_account(first_name="Admin", last_name="User", is_admin=True)
+    _, secret = store.create_api_key(account_id, name="initial admin key")
+    return account_id, secret
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .api.app import create_app
+    settings = ServerSettings(host=args.host, port=args.port,
+                              sandbox_mode=args.sandbox, require_isolation=args.require_isolation)
+    if args.data_dir:
+        settings.data_dir = Path(args.data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _setup_logging(args.log_level)
+    store = _store(str(settings.data_dir))
+    first = create_first_admin(store)
+    store.close()
+    if first is not None:
+        account_id, key = first
+        url = f"http://{settings.host}:{settings.port}"
+        print(f"""
+Created the admin account {account_id}. Its API key is shown only this once:
+
+    {key}
+
+Try it with the official client (pip install cocalc-api):
+
+    python -c "import cocalc_api; hub = cocalc_api.Hub(api_key='{key}', host='{url}'); \\
+pid = hub.projects.create_project(title='demo'); \\
+print(cocalc_api.Project(api_key='{key}', host='{url}', project_id=pid).system.exec(command='echo hello'))"
+""", file=sys.stderr, flush=True)
+    # The asyncio loop, not uvloop: uvloop spawns with a plain fork (see ARCHITECTURE.md).
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="asyncio",
+                http="httptools", log_config=None, access_log=False, timeout_graceful_shutdown=5)
+
+
+def cmd_doctor(args: argparse.Namespace) -> None:
+    from .host.sandbox import probe
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    report = probe(data_dir)
+    if args.json:
+        _emit(report.to_json())
+    else:
+        print(report.to_text())
+    sys.exit(0 if report.all_enforced or not args.strict else 1)
+
+
+def cmd_account_create(args: argparse.Namespace) -> None:
+    store = _store(args.data_dir)
+    first, _, last = args.name.partition(" ")
+    account_id = store.create_account(first_name=first, last_name=last, email=args.email, is_admin=args.admin)
+    _, key = store.create_api_key(account_id, name="created by projecthub account create")
+    _emit({"account_id": account_id, "api_key": key})
+
+
+def cmd_key_create(args: argparse.Namespace) -> None:
+    store = _store(args.data_dir)
+    if store.get_account(args.account) is None:
+        _fail(f"no account with id {args.account}")
+    if args.project and not store.is_collaborator(args.project, args.account):
+        _fail(f"account {args.account} is not a collaborator of project {args.project}")
+    try:
+        row, key = store.create_api_key(args.account, project_id=args.project, name=args.name or "",
+                                        expire=_parse_expire(args.expire))
+    except ValueError as exc:
+        _fail(str(exc))
+    _emit({"id": row["id"], "api_key": key, "project_id": row.get("project_id")})
+
+
+def cmd_project_create(args: argparse.Namespace) -> None:
+    store = _store(args.data_dir)
+    if store.get_account(args.account) is None:
+        _fail(f"no account with id {args.account}")
+    _emit({"project_id": store.create_project(args.account, title=args.title or "")})
+
+
+def cmd_stop_all(args: argparse.Namespace) -> None:
+    """Stop every project daemon of a data dir (they outlive the server by design)."""
+    from .host.sandbox import Sandbox, SandboxConfig
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    store = _store(str(data_dir))
+    sandbox = Sandbox(SandboxConfig(data_dir=data_dir))
+    stopped = []
+    for project in store.list_all_projects():
+        if (data_dir / "run" / project["project_id"]).exists() or project.get("state") != "stopped":
+            sandbox.stop_project(project["project_id"])
+            store.update_project(project["project_id"], state="stopped",
+                                 state_time=datetime.now(timezone.utc))
+            stopped.append(project["project_id"])
+    _emit({"stopped": stopped})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="projecthub", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run hub and local host (embedded defaults: SQLite, loopback)")
+    serve.add_argument("--host", default=os.environ.get("PROJECTHUB_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PROJECTHUB_PORT", "8765")))
+    serve.add_argument("--data-dir", default=None, help="default: $PROJECTHUB_DATA_DIR or ~/.local/share/projecthub")
+    serve.add_argument("--sandbox", choices=["auto", "bwrap", "none"],
+                       default=os.environ.get("PROJECTHUB_SANDBOX", "auto"))
+    serve.add_argument("--require-isolation", action="store_true",
+                       help="refuse to start unless every isolation layer is enforced")
+    serve.add_argument("--log-level", default=os.environ.get("PROJECTHUB_LOG_LEVEL", "info"))
+    serve.set_defaults(func=cmd_serve)
+
+    doctor = sub.add_parser("doctor", help="show which isolation layers and limits are enforced here")
+    doctor.add_argument("--data-dir", default=None)
+    doctor.add_argument("--json", action="store_true")
+    doctor.add_argument("--strict", action="store_true", help="exit 1 unless every layer is enforced")
+    doctor.set_defaults(func=cmd_doctor)
+
+    stop_all = sub.add_parser("stop-all", help="stop every running project of a data dir")
+    stop_all.add_argument("--data-dir", default=None)
+    stop_all.set_defaults(func=cmd_stop_all)
+
+    account = sub.add_parser("account").add_subparsers(dest="action", required=True)
+    a_create = account.add_parser("create")
+    a_create.add_argument("--data-dir", default=None)
+    a_create.add_argument("--name", required=True)
+    a_create.add_argument("--email", default=None)
+    a_create.add_argument("--admin", action="store_true")
+    a_create.set_defaults(func=cmd_account_create)
+
+    key = sub.add_parser("key").add_subparsers(dest="action", required=True)
+    k_create = key.add_parser("create")
+    k_create.add_argument("--data-dir", default=None)
+    k_create.add_argument("--account", required=True)
+    k_create.add_argument("--project", default=None)
+    k_create.add_argument("--name", default=None)
+    k_create.add_argument("--expire", default=None)
+    k_create.set_defaults(func=cmd_key_create)
+
+    project = sub.add_parser("project").add_subparsers(dest="action", required=True)
+    p_create = project.add_parser("create")
+    p_create.add_argument("--data-dir", default=None)
+    p_create.add_argument("--account", required=True)
+    p_create.add_argument("--title", default=None)
+    p_create.set_defaults(func=cmd_project_create)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ValueError as exc:  # store validation errors: one JSON line, no traceback
+        _fail(str(exc))
+
+
+if __name__ == "__main__":
+    main()

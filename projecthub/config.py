@@ -1,0 +1,41 @@
+"""Server settings: one dataclass, filled from CLI flags and PROJECTHUB_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("PROJECTHUB_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "projecthub"
+
+
+@dataclass
+class ServerSettings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = 8765
+    # Largest request body accepted on any endpoint; bigger bodies get HTTP 413.
+    max_body_bytes: int = 16 * 2**20
+    # How long a verified API key is trusted without re-checking its hash (seconds).
+    key_cache_ttl: float = 2.0
+    # Sandbox: "auto" (bwrap when it works), "bwrap", or "none".
+    sandbox_mode: str = "auto"
+    require_isolation: bool = False
+    # Bridge budget for a CoCalc call without a top-level timeout (CoCalc: 15 s).
+    default_call_timeout_s: float = 15.0
+    # Longest any single HTTP call may wait: stays under the official client's 120 s.
+    max_call_timeout_s: float = 110.0
+    # Stateless jupyter pool size per kernelspec in each project (CoCalc: 2).
+    jupyter_pool_size: int = 1
+    # Repeated bad keys from one client address are slowed down after this many per minute.
+    bad_key_limit_per_minute: int = 30
+
+    @property
+    def db_url(self) -> str:
+        return os.environ.get("PROJECTHUB_DATABASE_URL") or f"sqlite:///{self.data_dir / 'hub.db'}"

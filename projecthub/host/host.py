@@ -1,0 +1,279 @@
+"""The host: owns this machine's project daemons.  It never runs user code itself.
+
+It starts one daemon per running project inside that project's sandbox, keeps one fabric
+connection to each, adopts daemons that survived a hub restart, and stops them leaving
+nothing behind.  Daemons are started in their own session, so they outlive the hub process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import psutil
+
+from ..errors import RemoteError
+from ..fabric.local import FabricClient
+from ..hub.db import AsyncStore
+from .sandbox import PreparedProject, ProjectLimits, Sandbox
+
+log = logging.getLogger("projecthub.host")
+
+_START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class DaemonHandle:
+    project_id: str
+    client: FabricClient
+    host_pid: int            # pid of the sandbox's outermost process, as the host sees it
+    instance_id: str         # random id the daemon picked at start: survives hub restarts
+    started: float
+    process: subprocess.Popen[bytes] | None = None  # only when this hub process started it
+
+
+class Host:
+    def __init__(self, data_dir: Path, sandbox: Sandbox, db: AsyncStore, *,
+                 jupyter_pool_size: int = 1) -> None:
+        self.data_dir = data_dir
+        self.sandbox = sandbox
+        self.db = db
+        self.jupyter_pool_size = jupyter_pool_size
+        self._handles: dict[str, DaemonHandle] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- lifecycle of the host itself ---------------------------------------------------
+    async def start(self) -> None:
+        """Adopt daemons that survived a restart; kill processes of no known project."""
+        projects = await self.db.list_all_projects()
+        known = {p["project_id"] for p in projects if not p.get("deleted")}
+        for project in projects:
+            if project.get("deleted") or project.get("state") not in ("running", "starting"):
+                continue
+            handle = await self._adopt(project["project_id"])
+            if handle is None:
+                await self._set_state(project["project_id"], "stopped")
+        with contextlib.suppress(Exception):
+            killed = await asyncio.to_thread(self.sandbox.kill_strays, known)
+            if killed:
+                log.warning("killed %d stray processes of unknown projects", len(killed))
+
+    async def close(self) -> None:
+        """Drop connections; the daemons keep running for the next hub process to adopt."""
+        for handle in list(self._handles.values()):
+            await handle.client.close()
+        self._handles.clear()
+
+    # -- per-project ----------------------------------------------------------------------
+    def _lock(self, project_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(project_id, asyncio.Lock())
+
+    def is_running(self, project_id: str) -> bool:
+        handle = self._handles.get(project_id)
+        return handle is not None and not handle.client.closed
+
+    async def ensure_running(self, project_id: str) -> DaemonHandle:
+        handle = self._handles.get(project_id)
+        if handle is not None and not handle.client.closed:
+            return handle
+        async with self._lock(project_id):
+            handle = self._handles.get(project_id)
+            if handle is not None and not handle.client.closed:
+                return handle
+            if handle is not None:
+                self._handles.pop(project_id, None)
+                self._reap(handle)
+            handle = await self._adopt(project_id)
+            if handle is None:
+                handle = await self._launch(project_id)
+            return handle
+
+    async def call(self, project_id: str, name: str, args: list[Any],
+                   budget: float | None = None) -> Any:
+        handle = await self.ensure_running(project_id)
+        return await handle.client.call(name, args, budget)
+
+    async def stream(self, project_id: str, name: str, args: list[Any]) -> AsyncIterator[Any]:
+        handle = await self.ensure_running(project_id)
+        async for item in handle.client.stream(name, args):
+            yield item
+
+    async def stop(self, project_id: str) -> None:
+        async with self._lock(project_id):
+            handle = self._handles.pop(project_id, None)
+            if handle is None:
+                handle = await self._adopt(project_id, register=False)
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(handle.client.call("daemon.shutdown", [], 5.0), 5.0)
+                await handle.client.close()
+                await asyncio.to_thread(_wait_gone, handle.host_pid, 5.0)
+                self._reap(handle)
+            # Whatever is left (kernels, jobs, escaped children) dies with the sandbox.
+            await asyncio.to_thread(self.sandbox.stop_project, project_id)
+            await self._set_state(project_id, "stopped")
+
+    async def status(self, project_id: str) -> dict[str, Any]:
+        handle = self._handles.get(project_id)
+        if handle is None or handle.client.closed:
+            return {}
+        info: dict[str, Any] = {"project.pid": handle.host_pid, "start_ts": int(handle.started * 1000),
+                                "instance_id": handle.instance_id}
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(handle.host_pid)
+            procs = [proc, *proc.children(recursive=True)]
+            rss = sum(_rss(p) for p in procs)
+            info["memory"] = {"rss": rss // 1024}  # KiB, like CoCalc's status
+            info["processes"] = len(procs)
+        return info
+
+    async def update_limits(self, project_id: str, limits: ProjectLimits) -> None:
+        if self.is_running(project_id):
+            await asyncio.to_thread(self.sandbox.update_limits, project_id, limits)
+
+    # -- internals --------------------------------------------------------------------------
+    def _run_dir(self, project_id: str) -> Path:
+        return self.data_dir / "run" / project_id
+
+    async def _adopt(self, project_id: str, register: bool = True) -> DaemonHandle | None:
+        record = _read_json(self._run_dir(project_id) / "host.json")
+        if not record or not _alive(record.get("pid")):
+            return None
+        try:
+            client = await asyncio.wait_for(FabricClient.connect(record["socket"]), 2.0)
+            info = await asyncio.wait_for(client.call("daemon.info", [], 2.0), 2.0)
+        except (OSError, asyncio.TimeoutError, RemoteError):
+            return None
+        handle = DaemonHandle(project_id, client, int(record["pid"]), info["instance_id"],
+                              float(record.get("started", time.time())))
+        if register:
+            self._handles[project_id] = handle
+            await self._set_state(project_id, "running")
+        log.info("adopted daemon of %s (pid %s)", project_id, handle.host_pid)
+        return handle
+
+    async def _launch(self, project_id: str) -> DaemonHandle:
+        project = await self.db.get_project(project_id)
+        if project is None or project.get("deleted"):
+            raise RemoteError(f"Error: project {project_id} does not exist")
+        await self._set_state(project_id, "starting")
+        try:
+            return await self._spawn(project)
+        except BaseException:
+            await self._set_state(project_id, "stopped")
+            raise
+
+    async def _spawn(self, project: dict[str, Any]) -> DaemonHandle:
+        project_id = project["project_id"]
+        uid = None
+        if os.geteuid() == 0:  # as root every project gets its own uid (rootless: the server's)
+            lo, hi = self.sandbox.config.uid_range
+            uid = await self.db.allocate_uid(project_id, lo, hi)
+        limits = ProjectLimits.merged(self.sandbox.config.defaults,
+                                      (project.get("settings") or {}).get("limits", {}))
+        prepared: PreparedProject = await asyncio.to_thread(self.sandbox.prepare, project_id, uid, limits)
+        settings = {"jupyter": {"pool_size": self.jupyter_pool_size}, "limits": limits.to_json()}
+        inner = [sys.executable, "-m", "projecthub.project.daemon",
+                 "--project-id", project_id, "--home", prepared.home_inside,
+                 "--socket", prepared.socket_inside, "--state-dir", prepared.state_inside,
+                 "--tmp-dir", prepared.tmp_inside, "--settings", json.dumps(settings)]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": os.environ.get("LANG", "C.UTF-8"),
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        argv, popen_kwargs = self.sandbox.daemon_command(prepared, inner, env)
+        run_dir = self._run_dir(project_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        socket_path = Path(prepared.socket_outside)
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+        log_path = run_dir / "daemon.out"
+        with open(log_path, "ab") as out:
+            popen_kwargs.setdefault("start_new_session", True)
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                       env=popen_kwargs.pop("env", env), **popen_kwargs)
+        started = time.time()
+        _write_json(run_dir / "host.json", {"pid": process.pid, "socket": str(socket_path),
+                                             "started": started})
+        client = await self._wait_for_socket(process, socket_path, log_path)
+        info = await client.call("daemon.info", [], 5.0)
+        handle = DaemonHandle(project_id, client, process.pid, info["instance_id"], started, process)
+        self._handles[project_id] = handle
+        await self._set_state(project_id, "running")
+        log.info("started daemon of %s (pid %s) in %.0f ms", project_id, process.pid,
+                 (time.time() - started) * 1000)
+        return handle
+
+    async def _wait_for_socket(self, process: subprocess.Popen[bytes], socket_path: Path,
+                               log_path: Path) -> FabricClient:
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        delay = 0.002
+        while True:
+            if process.poll() is not None:
+                raise RemoteError(f"Error: project daemon exited with code {process.returncode} "
+                                  f"while starting: {_tail(log_path)}")
+            if socket_path.exists():
+                with contextlib.suppress(OSError):
+                    return await FabricClient.connect(socket_path)
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RemoteError(f"timeout: project daemon did not start within {_START_TIMEOUT_S:.0f} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+
+    def _reap(self, handle: DaemonHandle) -> None:
+        if handle.process is not None:
+            with contextlib.suppress(Exception):
+                handle.process.poll()
+
+    async def _set_state(self, project_id: str, state: str) -> None:
+        from datetime import datetime, timezone
+        await self.db.update_project(project_id, state=state, state_time=datetime.now(timezone.utc))
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    with contextlib.suppress(psutil.Error):
+        psutil.Process(pid).wait(timeout)
+
+
+def _rss(proc: psutil.Process) -> int:
+    try:
+        return proc.memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _tail(path: Path, limit: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:].strip()
+    except OSError:
+        return ""

@@ -1,0 +1,40 @@
+"""Async access to the synchronous Store from the event loop.
+
+The store is synchronous SQLAlchemy Core (the CLI uses it directly).  The server runs every
+store call on one dedicated thread: SQLite serialises writers anyway, and one thread keeps
+connections and transactions simple while the event loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from ..store import Store
+
+T = TypeVar("T")
+
+
+class AsyncStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.store, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await self.run(method, *args, **kwargs)
+
+        call.__name__ = name
+        return call
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.store.close()

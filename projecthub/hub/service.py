@@ -1,0 +1,275 @@
+"""The hub's operations: one internal path that every API surface translates into.
+
+The CoCalc surfaces (conat, v1, v2) and the native API all call these methods, so the
+rules (who may do what, auto-start, activity, error texts) live in exactly one place.
+Authorization errors use CoCalc's exact strings because the compat surfaces pass them on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+from ..auth.resolve import Identity, KeyResolver
+from ..errors import RemoteError
+from ..host.host import Host
+from ..host.sandbox import ProjectLimits
+from .db import AsyncStore
+
+log = logging.getLogger("projecthub.hub")
+
+# Activity is recorded at most this often per project: it is a write on the hot path.
+_TOUCH_INTERVAL_S = 30.0
+
+
+def is_uuid(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class HubService:
+    def __init__(self, db: AsyncStore, host: Host, resolver: KeyResolver, *,
+                 host_id: int = 0) -> None:
+        self.db = db
+        self.host = host
+        self.resolver = resolver
+        self.host_id = host_id
+        self._touched: dict[str, float] = {}
+        # collaborator checks are on every project call; cache them briefly, drop on change
+        self._collab_cache: dict[tuple[str, str], tuple[float, bool]] = {}
+
+    # -- identity and authorization ------------------------------------------------------
+    async def resolve_key(self, key: str | None) -> Identity | None:
+        # the cache answers the common case on the loop; misses go to the store thread
+        return self.resolver.peek(key) or await self.db.run(self.resolver.resolve, key)
+
+    async def is_collaborator(self, project_id: str, account_id: str) -> bool:
+        if not is_uuid(project_id) or not is_uuid(account_id):
+            raise RemoteError("invalid account_id or project_id -- all must be valid uuid's")
+        key = (project_id, account_id)
+        cached = self._collab_cache.get(key)
+        now = time.monotonic()
+        if cached and cached[0] > now:
+            return cached[1]
+        allowed = await self.db.is_collaborator(project_id, account_id)
+        self._collab_cache[key] = (now + 5.0, allowed)
+        return allowed
+
+    def _forget_collaborators(self, project_id: str) -> None:
+        for key in [k for k in self._collab_cache if k[0] == project_id]:
+            del self._collab_cache[key]
+
+    async def authorize_project(self, identity: Identity, requested: Any) -> str:
+        """CoCalc's /api/conat/project rules (spec 1.4), returning the project to use."""
+        if identity.project_id:
+            if requested and requested != identity.project_id:
+                raise RemoteError("project specific api key must match requested project")
+            return identity.project_id
+        if not requested:
+            raise RemoteError("must specify project_id or use project-specific api key")
+        if not await self.is_collaborator(requested, identity.account_id or ""):
+            raise RemoteError("user must be a collaborator on the project")
+        return requested
+
+    async def require_project_member(self, account_id: str | None, project_id: Any, action: str) -> dict[str, Any]:
+        """Hub-side checks for projects.* functions (spec 7): error texts name the action."""
+        if not account_id:
+            raise RemoteError("Error: user must be signed in")
+        if not is_uuid(project_id):
+            raise RemoteError("Error: invalid account_id or project_id -- all must be valid uuid's")
+        project = await self.db.get_project(project_id)
+        if project is not None and not project.get("deleted"):
+            if account_id in (project.get("users") or {}) or await self._is_admin(account_id):
+                return project
+        raise RemoteError(f"Error: must be collaborator on project to {action} it")
+
+    async def _is_admin(self, account_id: str) -> bool:
+        account = await self.db.get_account(account_id)
+        return bool(account and account.get("is_admin"))
+
+    # -- projects ----------------------------------------------------------------------------
+    async def create_project(self, account_id: str, title: str = "", description: str = "",
+                             start: bool = False) -> str:
+        project_id = await self.db.create_project(account_id, title=title, description=description)
+        if start:
+            await self.host.ensure_running(project_id)
+        return project_id
+
+    async def touch(self, project_id: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._touched.get(project_id, 0.0) < _TOUCH_INTERVAL_S:
+            return
+        self._touched[project_id] = now
+        await self.db.update_project(project_id, last_edited=datetime.now(timezone.utc))
+
+    async def start_project(self, project_id: str) -> None:
+        await self.host.ensure_running(project_id)
+
+    async def stop_project(self, project_id: str) -> None:
+        await self.host.stop(project_id)
+
+    async def delete_project(self, project_id: str) -> None:
+        await self.host.stop(project_id)
+        await self.db.delete_project(project_id)
+        self._forget_collaborators(project_id)
+
+    async def project_state(self, project_id: str) -> dict[str, Any]:
+        project = await self.db.get_project(project_id)
+        if project is None:
+            raise RemoteError(f"Error: project {project_id} does not exist")
+        state = "running" if self.host.is_running(project_id) else project.get("state") or "stopped"
+        if state == "running" and not self.host.is_running(project_id):
+            state = "stopped"
+        return {"state": state, "time": iso(project.get("state_time") or project.get("created"))}
+
+    async def project_status(self, project_id: str) -> dict[str, Any]:
+        status = await self.host.status(project_id)
+        status.setdefault("state", (await self.project_state(project_id))["state"])
+        return status
+
+    async def add_collaborator(self, project_id: str, account_id: str) -> None:
+        if not is_uuid(account_id) or await self.db.get_account(account_id) is None:
+            raise RemoteError(f"Error: no account with id {account_id}")
+        await self.db.add_user(project_id, account_id, "collaborator")
+        self._forget_collaborators(project_id)
+
+    async def remove_collaborator(self, project_id: str, account_id: str) -> None:
+        try:
+            await self.db.remove_user(project_id, account_id)
+        except ValueError as exc:
+            raise RemoteError(f"Error: {exc}")
+        self._forget_collaborators(project_id)
+        # project keys that this account created for the project die on next use (spec 2.3)
+        self.resolver.invalidate_all()
+
+    async def set_limits(self, project_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        project = await self.db.get_project(project_id)
+        if project is None:
+            raise RemoteError(f"Error: project {project_id} does not exist")
+        settings = dict(project.get("settings") or {})
+        merged_overrides = {**settings.get("limits", {}), **overrides}
+        try:
+            limits = ProjectLimits.merged(self.host.sandbox.config.defaults, merged_overrides)
+        except ValueError as exc:
+            raise RemoteError(f"Error: {exc}")
+        settings["limits"] = merged_overrides
+        await self.db.update_project(project_id, settings=settings)
+        await self.host.update_limits(project_id, limits)
+        return limits.to_json()
+
+    async def get_limits(self, project_id: str) -> dict[str, Any]:
+        project = await self.db.get_project(project_id)
+        if project is None:
+            raise RemoteError(f"Error: project {project_id} does not exist")
+        overrides = (project.get("settings") or {}).get("limits", {})
+        return ProjectLimits.merged(self.host.sandbox.config.defaults, overrides).to_json()
+
+    # -- calls into a project --------------------------------------------------------------
+    async def project_call(self, project_id: str, name: str, args: list[Any],
+                           budget: float | None) -> Any:
+        """Auto-start, record activity, forward to the daemon; bounded by ``budget`` seconds."""
+        await self.touch(project_id)
+        started = time.monotonic()
+
+        async def run() -> Any:
+            handle = await self.host.ensure_running(project_id)
+            remaining = None if budget is None else max(0.001, budget - (time.monotonic() - started))
+            return await handle.client.call(name, args, remaining)
+
+        if budget is None:
+            return await run()
+        try:
+            return await asyncio.wait_for(run(), budget)
+        except asyncio.TimeoutError:
+            subject = f"project.{project_id}.0.api.-"
+            raise RemoteError(f"timeout - callHub: subject='{subject}', name='{name}', code='408' ")
+
+    def project_stream(self, project_id: str, name: str, args: list[Any]) -> AsyncIterator[Any]:
+        return self.host.stream(project_id, name, args)
+
+    # -- accounts and keys ---------------------------------------------------------------------
+    async def manage_api_keys(self, account_id: str, opts: dict[str, Any]) -> Any:
+        action = opts.get("action")
+        project_id = opts.get("project_id") or None
+        if project_id is not None and not await self.is_collaborator(project_id, account_id):
+            raise RemoteError("Error: you must be a collaborator on the project to manage its api keys")
+        if action == "get":
+            rows = await self.db.list_api_keys(account_id, project_id)
+            return [_key_json(r) for r in rows]
+        if action == "create":
+            expire = _parse_time(opts.get("expire"))
+            name = opts.get("name") or ""
+            if not isinstance(name, str) or len(name) > 128:
+                raise RemoteError("Error: name must be a string of at most 128 characters")
+            try:
+                row, secret = await self.db.create_api_key(account_id, project_id=project_id,
+                                                           name=name, expire=expire)
+            except ValueError as exc:
+                raise RemoteError(f"Error: {exc}")
+            return [{**_key_json(row), "secret": secret}]
+        key_id = opts.get("id")
+        if not isinstance(key_id, int):
+            raise RemoteError("Error: 'id' must be an integer")
+        row = await self.db.get_api_key(key_id)
+        if row is None or not await self._may_manage_key(account_id, row):
+            raise RemoteError(f"Error: no api key with id {key_id}")
+        if action == "delete":
+            await self.db.delete_api_key(key_id)
+            self.resolver.invalidate_key(key_id)
+            return None
+        if action == "edit":
+            kwargs: dict[str, Any] = {}
+            if "name" in opts:
+                kwargs["name"] = opts["name"]
+            if "expire" in opts:
+                kwargs["expire"] = _parse_time(opts["expire"])
+            try:
+                await self.db.edit_api_key(key_id, **kwargs)
+            except ValueError as exc:
+                raise RemoteError(f"Error: {exc}")
+            self.resolver.invalidate_key(key_id)
+            return None
+        raise RemoteError(f"Error: unknown action '{action}'")
+
+    async def _may_manage_key(self, account_id: str, row: dict[str, Any]) -> bool:
+        if row["account_id"] == account_id:
+            return True
+        # any collaborator may delete any key of that project (spec 2.5)
+        return bool(row.get("project_id")) and await self.is_collaborator(row["project_id"], account_id)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value / 1000, timezone.utc)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise RemoteError(f"Error: invalid date '{value}'")
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    raise RemoteError("Error: expire must be an ISO 8601 string or milliseconds")
+
+
+def _key_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"], "account_id": row["account_id"], "project_id": row.get("project_id"),
+        "name": row.get("name") or "", "trunc": row.get("trunc"),
+        "created": iso(row.get("created")), "expire": iso(row.get("expire")),
+        "last_active": iso(row.get("last_active")),
+    }
