@@ -162,5 +162,25 @@ def build_bwrap_argv(*, privileged: bool, network: bool, tmp_bytes: int | None,
     b.mount("--bind", str(state_dir), STATE_INSIDE)
     for d in cgroup_dirs:
         b.mount("--bind", d, d)
-    b.raw("--chdir", HOME_INSIDE)
+    # A root bwrap without CAP_DAC_OVERRIDE cannot enter the 0700 home it does not
+    # own; the caller changes directory after the uid drop (see ``chdir_argv``).
+    b.raw("--chdir", "/" if privileged else HOME_INSIDE)
     return b.args
+
+
+@lru_cache(maxsize=1)
+def _env_supports_chdir() -> str | None:
+    exe = shutil.which("env")
+    if not exe:
+        return None
+    try:
+        r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return exe if "--chdir" in r.stdout else None
+
+
+def chdir_argv(path: str) -> list[str]:
+    """Prefix that enters ``path`` then execs the rest (coreutils ``env -C``), or []."""
+    exe = _env_supports_chdir()
+    return [exe, "-C", path] if exe else []

@@ -160,7 +160,8 @@ class Sandbox:
             sess = [self._setsid, "-w"] if self._setsid else []
             if not sess:
                 argv.append("--new-session")
-            argv += ["--"] + drop + sess + list(inner_argv)
+            cd = bw.chdir_argv(bw.HOME_INSIDE) if self.is_root else []
+            argv += ["--"] + drop + sess + cd + list(inner_argv)
             cwd = "/"
         else:
             argv = drop + list(inner_argv)
