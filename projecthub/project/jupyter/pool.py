@@ -1,0 +1,194 @@
+"""Warm pool of stateless kernels, one pool per kernelspec (spec 6.4 (a)).
+
+Each pooled kernel is started, warmed and parked in its own fresh temp dir; it serves
+exactly one stateless call and is then killed.  Refills run in ONE background worker
+that boots one kernel at a time: on 2 cores, booting several at once only slows down
+the kernel somebody is waiting for.  A caller that finds the pool empty either takes
+the kernel the worker is booting for that same spec (it started earlier, so it is the
+fastest one to get) or starts its own; it never waits for an unrelated refill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from .kernels import STATELESS_RLIMITS, Kernel, KernelLauncher
+from .specs import KernelSpecInfo
+
+MAX_POOL_SIZE = 10
+RETRY_DELAYS_S = (1.0, 5.0, 30.0, 120.0)   # after failed refills, so a broken spec cannot spin
+
+
+@dataclass
+class _Pool:
+    spec: KernelSpecInfo
+    size: int
+    timeout_s: float
+    last_request: float = field(default_factory=time.monotonic)
+    idle: collections.deque[Kernel] = field(default_factory=collections.deque)
+    booting: bool = False
+    waiters: collections.deque[asyncio.Future[Kernel]] = field(default_factory=collections.deque)
+    failures: int = 0
+    retry_at: float = 0.0
+
+    def target(self, now: float) -> int:
+        # Idle for timeout_s: shrink to one warm kernel (CoCalc never goes to zero).
+        return min(self.size, 1) if now - self.last_request > self.timeout_s else self.size
+
+
+class KernelPool:
+    def __init__(self, launcher: KernelLauncher, *, size: int = 1, timeout_s: float = 1800,
+                 rlimits: dict[str, int] | None = STATELESS_RLIMITS) -> None:
+        self.launcher = launcher
+        self.default_size = size
+        self.default_timeout_s = timeout_s
+        self.rlimits = rlimits
+        self._pools: dict[str, _Pool] = {}
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._refill_loop(), name="jupyter-pool-refill")
+
+    # --- handing out ------------------------------------------------------------------
+
+    async def acquire(self, spec: KernelSpecInfo, *, size: int | None = None,
+                      timeout_s: float | None = None) -> Kernel:
+        """A fresh, warm kernel for one stateless call; the caller must close() it."""
+        pool = self._pool(spec)
+        pool.last_request = time.monotonic()
+        if size is not None:
+            pool.size = max(0, min(int(size), MAX_POOL_SIZE))
+        if timeout_s is not None:
+            pool.timeout_s = float(timeout_s)
+        if pool.size <= 0:
+            self._trim(pool, 0)
+            return await self._start(spec)
+        try:
+            while pool.idle:
+                kernel = pool.idle.popleft()
+                if kernel.alive:
+                    return kernel
+                kernel.close()
+            if pool.booting and len(pool.waiters) == 0:
+                waiter: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
+                pool.waiters.append(waiter)
+                try:
+                    return await waiter
+                except asyncio.CancelledError:
+                    if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                        waiter.result().close()   # handed over just as we were cancelled
+                    raise
+                except Exception:
+                    pass  # that refill failed: start our own below
+            return await self._start(spec)
+        finally:
+            self._wake.set()  # top the pool up again, in the background
+
+    async def _start(self, spec: KernelSpecInfo) -> Kernel:
+        return await self.launcher.start(spec, rlimits=self.rlimits, scratch=True)
+
+    def _pool(self, spec: KernelSpecInfo) -> _Pool:
+        pool = self._pools.get(spec.name)
+        if pool is None or pool.spec != spec:
+            pool = _Pool(spec=spec, size=self.default_size, timeout_s=self.default_timeout_s)
+            old = self._pools.get(spec.name)
+            if old is not None:   # the kernelspec changed on disk: drop the old kernels
+                self._trim(old, 0)
+            self._pools[spec.name] = pool
+        return pool
+
+    def idle_kernels(self) -> list[Kernel]:
+        return [k for p in self._pools.values() for k in p.idle]
+
+    # --- background upkeep ---------------------------------------------------------------
+
+    def housekeeping(self) -> None:
+        """Shrink pools idle for too long and drop dead idle kernels; wakes refills."""
+        now = time.monotonic()
+        for pool in self._pools.values():
+            dead = [k for k in pool.idle if not k.alive]
+            for k in dead:
+                pool.idle.remove(k)
+                k.close()
+            self._trim(pool, pool.target(now))
+        self._wake.set()
+
+    def _trim(self, pool: _Pool, keep: int) -> None:
+        while len(pool.idle) > keep:
+            pool.idle.popleft().close()   # oldest first
+
+    def _next_deficit(self, now: float) -> _Pool | None:
+        for pool in self._pools.values():
+            if pool.retry_at > now:
+                continue
+            if len(pool.idle) < pool.target(now) or pool.waiters:
+                return pool
+        return None
+
+    async def _refill_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            await self._wake.wait()
+            self._wake.clear()
+            while not self._closed:
+                pool = self._next_deficit(time.monotonic())
+                if pool is None:
+                    break
+                await self._refill_one(pool, loop)
+
+    async def _refill_one(self, pool: _Pool, loop: asyncio.AbstractEventLoop) -> None:
+        pool.booting = True
+        try:
+            kernel = await self._start(pool.spec)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            delay = RETRY_DELAYS_S[min(pool.failures, len(RETRY_DELAYS_S) - 1)]
+            pool.failures += 1
+            pool.retry_at = time.monotonic() + delay
+            loop.call_later(delay, self._wake.set)
+            while pool.waiters:
+                waiter = pool.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        finally:
+            pool.booting = False
+        pool.failures = 0
+        if self._closed or self._pools.get(pool.spec.name) is not pool:
+            kernel.close()
+            return
+        while pool.waiters:   # somebody is already waiting for exactly this kernel
+            waiter = pool.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(kernel)
+                return
+        pool.idle.append(kernel)
+        # A parked kernel that dies must leave the pool and be replaced at once.
+        kernel.exited.add_done_callback(lambda _f: self._on_idle_exit(pool, kernel))
+
+    def _on_idle_exit(self, pool: _Pool, kernel: Kernel) -> None:
+        if kernel in pool.idle:
+            pool.idle.remove(kernel)
+            kernel.close()
+            self._wake.set()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._worker
+        for pool in self._pools.values():
+            self._trim(pool, 0)
+            while pool.waiters:
+                waiter = pool.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(asyncio.CancelledError())
