@@ -271,12 +271,14 @@ class MarkerGroup:
     name: str
     roots: list[int] = field(default_factory=list)
     closed: bool = False
+    _drained: bool = False
     _ru_user: float = 0.0
     _ru_sys: float = 0.0
     _ru_maxrss: int = 0
     _peak_rss: int = 0
 
     def spawn(self, start: Callable[[], T]) -> T:
+        self._drained = False
         proc = start()
         pid = getattr(proc, "pid", None)
         if isinstance(pid, int):
@@ -291,6 +293,8 @@ class MarkerGroup:
         return self.tracker.group_pids(self.name)
 
     def kill_all(self) -> None:
+        if self._drained:
+            return
         # The roots lead their own process groups: one killpg reaches every member that
         # did not change its process group, before the (costlier) tree scan.
         for root in self.roots:
@@ -299,16 +303,22 @@ class MarkerGroup:
             except OSError:
                 pass
         deadline = time.monotonic() + _KILL_BUDGET_S
+        killed = False
         for _ in range(_KILL_ROUNDS):
             stats = self.tracker._group_stats(self.name)
             if not stats:
+                # No live member is left, so nobody can fork a new one: the group stays
+                # empty, and later kill_all/usage/close calls need no scan.
+                self._drained = True
                 break
             for st in stats:
                 kill_exact(st)
+            killed = True
             if time.monotonic() > deadline:
                 break
             time.sleep(0.001)   # let SIGKILL land before re-scanning (bounded)
-        self.tracker.reap_orphans()
+        if killed:
+            self.tracker.reap_orphans()
 
     def record_rusage(self, ru: "os.struct_rusage | object") -> None:
         """Called by whoever reaped a root (``os.wait4``): its rusage covers the root and
@@ -319,7 +329,7 @@ class MarkerGroup:
 
     def usage(self) -> GroupUsage:
         user, sys_, rss = self._ru_user, self._ru_sys, 0
-        pids = self.pids() if not self.closed else []
+        pids = self.pids() if not (self.closed or self._drained) else []
         for pid in pids:
             try:
                 p = psutil.Process(pid)

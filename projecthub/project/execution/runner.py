@@ -283,7 +283,7 @@ class Execution:
         outcome = Outcome(
             pid=self.pid, exit_code=exit_code, signal=sig, spawn_error=spawn_error,
             killed_by=self.killed_by, stdout=self.stdout, stderr=self.stderr, wall_s=wall,
-            kill_text=f"killed command '{' '.join(self._argv)}'",
+            kill_text=f"killed command '{self._argv[0]} {' '.join(self._argv[1:])}'",
         )
         if ru is not None:
             outcome.cpu_user_s, outcome.cpu_sys_s = ru.ru_utime, ru.ru_stime
