@@ -10,6 +10,7 @@ Start chain in root mode (decisions and numbers in the package docstring):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,7 +29,10 @@ from .probe import CapabilityReport, probe
 from .tracker import ENV_VAR as CGROUP_ENV
 from .users import UidAllocator, drop_argv, setpriv_path, write_identity_files
 
-MARKER_ENV = "PROJECTHUB_SANDBOX_PROJECT"  # lets the no-cgroup fallback find a project's daemon
+# Lets the no-cgroup fallback find a project's processes.  The value is
+# "<instance tag>:<project id>": the tag (a hash of the data dir) keeps two Sandbox
+# instances on one machine (tests, a second server) from killing each other's daemons.
+MARKER_ENV = "PROJECTHUB_SANDBOX_PROJECT"
 MAX_SOCKET_PATH = 107                      # sun_path is 108 bytes including the NUL
 
 
@@ -79,6 +83,7 @@ class Sandbox:
         self.uids = UidAllocator(self.data_dir, config.uid_range)
         self._setsid = shutil.which("setsid")
         self._prepared: dict[str, PreparedProject] = {}
+        self._tag = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
 
     # ------------------------------------------------------------------ prepare
 
@@ -105,8 +110,7 @@ class Sandbox:
             if uid is not None and d is not etc:
                 os.chown(d, uid, gid)
         sock = run / bw.SOCKET_NAME
-        if len(str(sock).encode()) > MAX_SOCKET_PATH:
-            raise ValueError(f"data_dir: socket path {sock} is longer than {MAX_SOCKET_PATH} bytes; use a shorter data_dir")
+        # long socket paths are fine: the fabric reaches them through /proc/self/fd/N/<name>
         etc_files = write_identity_files(etc, uid if uid is not None else os.getuid(),
                                          gid if gid is not None else os.getgid(),
                                          bw.HOME_INSIDE if self.use_bwrap else str(home))
@@ -141,7 +145,7 @@ class Sandbox:
                        env: dict[str, str]) -> tuple[list[str], dict]:
         p = prepared
         child_env = dict(env)  # nothing of the server's own environment
-        child_env[MARKER_ENV] = p.project_id
+        child_env[MARKER_ENV] = f"{self._tag}:{p.project_id}"
         if p.cgroup_env:
             child_env[CGROUP_ENV] = json.dumps(p.cgroup_env)
         _, pythonpath = bw.code_paths()
@@ -234,7 +238,8 @@ class Sandbox:
                     return by_uid.get(uid, f"uid-{uid}")
             if proc.pid == os.getpid():
                 return None
-            return proc.environ().get(MARKER_ENV)
+            tag, _, project = proc.environ().get(MARKER_ENV, "").partition(":")
+            return project if tag == self._tag and project else None
         except (psutil.Error, OSError):
             return None
 

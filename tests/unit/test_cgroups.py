@@ -1,0 +1,191 @@
+"""cgroup-backed ProcessTracker as the daemon uses it: inside the sandbox, as the
+project uid, in the delegated project group (v1 here).  Plus the v2 code path on a
+cgroup2 mount when one is writable (controllers or not: kill/freeze/procs work)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from projecthub.host.sandbox.cgroups import V2Driver, discover_mounts, remove_tree, write_text
+from projecthub.host.sandbox.limits import ProjectLimits
+from tests.unit.test_sandbox_support import IS_ROOT, SandboxEnv, bwrap_works, cgroups_work, require
+
+pytestmark = pytest.mark.timeout(180)
+
+# Runs as the daemon would: tracker_for_daemon() from the env daemon_command set.
+SCRIPT = r'''
+import json, os, subprocess, sys, time
+from projecthub.host.sandbox import tracker_for_daemon
+if os.environ.get("V2_HOME"):  # v2 host-side run: live in the daemon leaf like the daemon does
+    with open(os.path.join(os.environ["V2_HOME"], "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+t = tracker_for_daemon()
+out = {"kind": t.kind if t else None}
+mode = sys.argv[1]
+PY = sys.executable
+
+def wait_for(cond, timeout=10):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+if mode == "oom":
+    g = t.new_group("hog")
+    p = g.spawn(lambda: subprocess.Popen([PY, "-c", "b = bytearray(1024 * 2**20); b[::4096] = b'x' * len(b[::4096])"]))
+    out["rc"] = p.wait()
+    u = g.usage()
+    out.update(oom=u.oom_killed, max_rss=u.max_rss_bytes)
+    g.close()
+elif mode == "forkbomb":
+    g = t.new_group("bomb")
+    bomb = r"""
+import os, time, sys
+ok = fail = 0
+for _ in range(400):
+    try:
+        if os.fork() == 0:
+            time.sleep(60); os._exit(0)
+        ok += 1
+    except OSError:
+        fail += 1
+print(ok, fail, flush=True)
+time.sleep(60)
+"""
+    p = g.spawn(lambda: subprocess.Popen([PY, "-c", bomb], stdout=subprocess.PIPE, text=True))
+    ok, fail = map(int, p.stdout.readline().split())
+    out.update(ok=ok, fail=fail, pids=len(g.pids()))
+    g.kill_all()
+    out["after_kill"] = len(g.pids())
+    p.wait()
+    g.close()
+elif mode == "escapee":
+    g = t.new_group("escape")
+    p = g.spawn(lambda: subprocess.Popen(["/bin/sh", "-c", "setsid sh -c 'sleep 300 & exit 0' & exit 0"]))
+    p.wait()
+    def comm(pid):
+        try:
+            return open(f"/proc/{pid}/comm").read().strip()
+        except OSError:
+            return ""
+    wait_for(lambda: [x for x in g.pids() if comm(x) == "sleep"] and len(g.pids()) == 1)
+    sleepers = g.pids()
+    out["sleepers"] = len(sleepers)
+    out["sid_differs"] = all(os.getsid(s) != os.getsid(0) for s in sleepers)
+    g.kill_all()
+    out["after_kill"] = len(g.pids())
+    out["alive"] = [s for s in sleepers if os.path.exists(f"/proc/{s}") and
+                    open(f"/proc/{s}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+    d = getattr(g, "dirs", None) or {"unified": g.dir}
+    g.close(); g.close()
+    out["removed"] = not any(os.path.exists(x) for x in d.values())
+elif mode == "usage":
+    g = t.new_group("busy")
+    p = g.spawn(lambda: subprocess.Popen([PY, "-c", "import time\nwhile time.process_time() < 0.4: pass"]))
+    out["rc"] = p.wait()
+    u = g.usage()
+    out.update(cpu=u.cpu_user_s + u.cpu_sys_s, max_rss=u.max_rss_bytes, pids=u.pids)
+    out["thread_back"] = "/busy" not in open("/proc/thread-self/cgroup").read()
+    g.close()
+print(json.dumps(out))
+'''
+
+
+@pytest.fixture(scope="module")
+def env():
+    require("bubblewrap (bwrap installed and working)", bwrap_works())
+    require("uid per project (server must run as root)", IS_ROOT)
+    require("cgroups (memory+pids controllers writable)", cgroups_work())
+    e = SandboxEnv()
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def proj(env):
+    return env.prepare("cg", memory_bytes=256 * 2**20, pids=64)
+
+
+def _run(env, proj, mode: str) -> dict:
+    r = env.run(proj, [sys.executable, "-c", SCRIPT, mode], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_tracker_kind_inside_sandbox(env, proj):
+    out = _run(env, proj, "usage")
+    assert out["kind"].startswith("cgroup-")
+    assert out["rc"] == 0 and out["cpu"] > 0.35 and out["pids"] == 0
+    assert out["max_rss"] > 1 << 20
+    assert out["thread_back"]
+
+
+def test_memory_hog_is_oom_killed_inside_the_group(env, proj):
+    out = _run(env, proj, "oom")  # the "daemon" survives (we got its JSON)
+    assert out["rc"] == -9
+    assert out["oom"] is True
+    assert out["max_rss"] <= 256 * 2**20 + (1 << 20)
+
+
+def test_fork_bomb_is_bounded_by_pids_max(env, proj):
+    out = _run(env, proj, "forkbomb")
+    assert out["fail"] > 0 and out["ok"] < 64 + 32
+    assert out["after_kill"] == 0
+
+
+def test_kill_all_reaches_setsid_double_forked_sleeper(env, proj):
+    out = _run(env, proj, "escapee")
+    assert out["sleepers"] >= 1 and out["sid_differs"]
+    assert out["after_kill"] == 0 and out["alive"] == []
+    assert out["removed"]
+
+
+def test_project_group_has_limits_and_is_delegated(env, proj):
+    mem, pids = proj.cgroup["memory"], proj.cgroup["pids"]
+    assert int(open(os.path.join(mem, "memory.limit_in_bytes")).read()) == 256 * 2**20
+    assert int(open(os.path.join(pids, "pids.max")).read()) == 64 + 32
+    assert os.stat(mem).st_uid == proj.uid
+    # Limits stay root-owned: the project cannot raise its own ceiling.
+    assert os.stat(os.path.join(mem, "memory.limit_in_bytes")).st_uid == 0
+
+
+def _writable_v2() -> str | None:
+    m = discover_mounts()
+    if IS_ROOT and m.v2 and os.access(m.v2, os.W_OK) and os.path.exists(os.path.join(m.v2, "cgroup.procs")):
+        return m.v2
+    return None
+
+
+def test_v2_tracker_kill_and_usage_on_unified_mount():
+    mount = _writable_v2()
+    require("cgroup v2 mount (writable)", mount is not None)
+    name = f"phtest-v2-{os.getpid()}"
+    drv = V2Driver(mount, discover_mounts().v2_controllers & {"memory", "pids", "cpu"}, name)
+    try:
+        drv.create("p1", None, None, ProjectLimits())
+        spec = drv.daemon_env("p1")
+        env = {"PATH": "/usr/bin:/bin", "PROJECTHUB_CGROUPS": json.dumps(spec),
+               "V2_HOME": spec["home"]["unified"], "PYTHONPATH": os.getcwd()}
+        for mode in ("escapee", "usage"):
+            r = subprocess.run([sys.executable, "-c", SCRIPT, mode], env=env, capture_output=True,
+                               text=True, timeout=60, cwd=tempfile.gettempdir())
+            assert r.returncode == 0, r.stderr
+            out = json.loads(r.stdout.strip().splitlines()[-1])
+            assert out["kind"] == "cgroup-v2"
+            if mode == "escapee":
+                assert out["sleepers"] >= 1 and out["after_kill"] == 0 and out["alive"] == []
+                assert out["removed"]
+            else:
+                assert out["rc"] == 0 and out["cpu"] > 0.35
+        assert drv.pids("p1") == []
+    finally:
+        drv.kill("p1")
+        remove_tree(os.path.join(mount, name))
