@@ -307,7 +307,7 @@ async def test_26_await_and_stats(ctx):
 
 
 async def test_async_await_bounded_by_budget(ctx):
-    r = await system_exec(ctx, {"command": "sleep 2", "async_call": True})
+    r = await system_exec(ctx, {"command": "sleep 1", "async_call": True})
     t0 = time.monotonic()
     rec = await system_exec(ctx, {"async_get": r["job_id"], "async_await": True}, budget_s=0.3)
     assert rec["status"] == "running" and time.monotonic() - t0 < 0.8
@@ -412,10 +412,11 @@ async def test_non_string_args_converted_like_node(ctx):
 # ---------------------------------------------------------------- concurrency
 
 async def test_100_concurrent_execs_unmixed(ctx):
+    # 20 000 lines each: far more than a pipe buffer, so reads of all 100 interleave.
     async def one(i: int):
-        return i, await system_exec(ctx, {"command": "python3", "args": ["-c", f"print('{i}'*2000)"]})
+        return i, await system_exec(ctx, {"command": f"yes {i} | head -n 20000; echo e{i} >&2"})
 
     results = await asyncio.gather(*(one(i) for i in range(100)))
     for i, r in results:
-        assert r["stdout"] == str(i) * 2000 + "\n" and r["exit_code"] == 0
+        assert r["stdout"] == f"{i}\n" * 20000 and r["stderr"] == f"e{i}\n" and r["exit_code"] == 0
     assert not marked_processes()
