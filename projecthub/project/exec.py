@@ -32,7 +32,7 @@ import os
 import secrets
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, AsyncIterator
 
 from ..errors import RemoteError
 from .context import ProjectContext
@@ -40,10 +40,11 @@ from .execution.aggregate import Aggregator
 from .execution.options import ExecRequest, parse_request
 from .execution.results import blocking_result, native_result
 from .execution.runner import Execution, Outcome
-from .jobs import Job, JobManager, missing_job
+from .jobs import JOB_ID_RE, Job, JobManager, missing_job, utf8_safe_end
 from .tracking_fallback import is_descendant
 
-__all__ = ["system_exec", "native_exec", "system_signal", "job_manager", "use_job_manager"]
+__all__ = ["system_exec", "native_exec", "system_signal", "job_manager", "use_job_manager",
+           "job_record", "job_output", "job_list", "job_kill", "job_events"]
 
 NO_COMPUTE_SERVER = "no connection to compute server -- please start or restart it"
 
@@ -248,3 +249,74 @@ def _signal_one(pid: Any, sig: int) -> str | None:
     except OSError as exc:
         return errno.errorcode.get(exc.errno or 0, "EPERM")
     return None
+
+
+# ---------------------------------------------------------------------- native jobs API
+# Thin option-dict wrappers over JobManager for the daemon's ``native.job*`` functions.
+
+def _job_id(opts: dict[str, Any]) -> str:
+    job_id = opts.get("job_id") if isinstance(opts, dict) else None
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise missing_job(job_id)
+    return job_id
+
+
+def _offset(opts: dict[str, Any], key: str, default: int) -> int:
+    value = opts.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RemoteError(f"error invalid {key}: expected a non-negative integer")
+    return value
+
+
+async def job_record(ctx: ProjectContext, opts: dict[str, Any], *,
+                     budget_s: float | None = None) -> dict[str, Any]:
+    """``{job_id, wait?: bool, stats?: bool}`` -> the job's native view (rich result once
+    finished for native jobs, the 4.11 record otherwise).  ``wait`` blocks until the job
+    ends or ``budget_s`` runs out (then the running record comes back)."""
+    job_id = _job_id(opts)
+    jobs = job_manager(ctx)
+    if opts.get("wait"):
+        await jobs.wait(job_id, budget_s)
+    view = jobs.native_view(job_id)
+    if view is None:
+        raise missing_job(job_id)
+    if not opts.get("stats"):
+        view.pop("stats", None)
+    return view
+
+
+async def job_output(ctx: ProjectContext, opts: dict[str, Any]) -> dict[str, Any]:
+    """``{job_id, stream, offset, length}`` -> ``{data, offset, end, total, encoding}``.
+    ``data`` is UTF-8 text of bytes [offset, end): the range is shortened so it never
+    ends inside a character, so ``end`` (not len(data)) is where to continue."""
+    job_id = _job_id(opts)
+    stream = opts.get("stream", "stdout")
+    offset = _offset(opts, "offset", 0)
+    jobs = job_manager(ctx)
+    raw = await jobs.read_output(job_id, stream, offset, _offset(opts, "length", 1 << 20))
+    total = jobs.output_total(job_id, stream)
+    cut = len(raw) if offset + len(raw) >= total and jobs.finished(job_id) else utf8_safe_end(raw)
+    return {"data": raw[:cut].decode("utf-8", errors="replace"), "offset": offset,
+            "end": offset + cut, "total": total, "encoding": "utf-8"}
+
+
+async def job_list(ctx: ProjectContext, opts: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    return job_manager(ctx).list()
+
+
+async def job_kill(ctx: ProjectContext, opts: dict[str, Any]) -> dict[str, Any]:
+    """Kill a running job's process tree; returns ``{job_id, killed: bool}`` (False when
+    it had already finished)."""
+    job_id = _job_id(opts)
+    jobs = job_manager(ctx)
+    if jobs.get(job_id, stats=False) is None:
+        raise missing_job(job_id)
+    return {"job_id": job_id, "killed": jobs.kill(job_id)}
+
+
+def job_events(ctx: ProjectContext, opts: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """``{job_id, offset_stdout?, offset_stderr?}`` -> JobManager.events()."""
+    job_id = opts.get("job_id") if isinstance(opts, dict) else None
+    return job_manager(ctx).events(
+        job_id if isinstance(job_id, str) else "",
+        _offset(opts, "offset_stdout", 0), _offset(opts, "offset_stderr", 0))

@@ -90,6 +90,8 @@ class _Entry:
     finished_at: float | None
     last_used: float
     key: str | None
+    status: str = "running"
+    native: bool = False
 
 
 class Job:
@@ -197,7 +199,7 @@ class JobManager:
         job._fds = fds
         execution.on_change = job.pulse
         self._running[job_id] = job
-        self._index[job_id] = _Entry(start_ms, None, time.time(), key)
+        self._index[job_id] = _Entry(start_ms, None, time.time(), key, native=native)
         if key is not None:
             self._keys[key] = job_id
         _atomic_write_json(path / "job.json", job.to_disk())
@@ -239,6 +241,7 @@ class JobManager:
         entry = self._index.get(job.job_id)
         if entry is not None:
             entry.finished_at = job.meta["finished_at"]
+            entry.status = job.record["status"]
         job.finished.set()
         try:
             _atomic_write_json(job.path / "job.json", job.to_disk())
@@ -273,7 +276,8 @@ class JobManager:
                 orphaned.append((path.name, path, data))
             key = meta.get("idempotency_key")
             self._index[path.name] = _Entry(meta["start"], meta.get("finished_at") or time.time(),
-                                            time.time(), key)
+                                            time.time(), key, "error" if record.get("status") == "running"
+                                            else record.get("status", "error"), bool(meta.get("native")))
             if key is not None:
                 self._keys[key] = path.name
         if orphaned:
@@ -313,6 +317,21 @@ class JobManager:
             job.execution.kill("cancelled")
         for job in jobs:
             await job.finished.wait()
+
+    def kill(self, job_id: str) -> bool:
+        """Kill a running job's whole process tree (status becomes "killed").
+        False when the job is unknown or already finished."""
+        job = self._running.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            return False
+        job.execution.kill("killed")
+        return True
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every retained job, newest first (index data only: no disk reads)."""
+        return [{"job_id": job_id, "status": e.status, "start": e.start_ms, "native": e.native,
+                 **({"pid": self._running[job_id].execution.pid} if job_id in self._running else {})}
+                for job_id, e in sorted(self._index.items(), key=lambda kv: -kv[1].start_ms)]
 
     # ------------------------------------------------------------------ retention
     def _prune(self, force: bool = False) -> None:
@@ -387,6 +406,19 @@ class JobManager:
                 pass
         return self.get(job_id, stats=stats)
 
+    def finished(self, job_id: str) -> bool:
+        return job_id in self._index and job_id not in self._running
+
+    def output_total(self, job_id: str, stream: str) -> int:
+        """Bytes of ``stream`` stored so far."""
+        job = self._running.get(job_id)
+        if job is not None:
+            return job.output_size(stream)
+        try:
+            return (self.root / job_id / stream).stat().st_size
+        except OSError:
+            return 0
+
     async def read_output(self, job_id: str, stream: str, offset: int, length: int) -> bytes:
         if stream not in ("stdout", "stderr"):
             raise RemoteError(f"error invalid stream {stream!r}: expected 'stdout' or 'stderr'")
@@ -425,7 +457,7 @@ class JobManager:
                         cut = len(data) if (finished and offsets[stream] + len(data) >= size) else utf8_safe_end(data)
                         if cut == 0:
                             break   # an incomplete character: wait for its remaining bytes
-                        yield {"event": stream, "offset": offsets[stream],
+                        yield {"event": stream, "offset": offsets[stream], "end": offsets[stream] + cut,
                                "data": data[:cut].decode("utf-8", errors="replace")}
                         offsets[stream] += cut
                         progressed = True

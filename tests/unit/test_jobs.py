@@ -79,7 +79,7 @@ async def test_events_resume_from_offset_after_finish(ctx):
     job = start(jobs, ctx, {"command": "printf 'hello world'; printf 'E' >&2"})
     await jobs.wait(job.job_id)
     evs = await collect(jobs, job.job_id, offset_stdout=6, offset_stderr=1)
-    assert evs[0] == {"event": "stdout", "offset": 6, "data": "world"}
+    assert evs[0] == {"event": "stdout", "offset": 6, "end": 11, "data": "world"}
     assert [e["event"] for e in evs] == ["stdout", "done"]
     assert evs[-1]["record"]["status"] == "completed"
     # reload: events come from disk
@@ -160,3 +160,26 @@ async def test_async_output_cap_and_spill(ctx):
     done = await system_exec(ctx, {"async_get": rec["job_id"], "async_await": True})
     assert done["stdout"] == "z" * 100 + " (truncated at 100 characters)"
     assert len(await job_manager(ctx).read_output(rec["job_id"], "stdout", 0, 1 << 20)) == 5000
+
+
+async def test_native_jobs_api_wrappers(ctx):
+    from projecthub.project.exec import job_events, job_kill, job_list, job_output, job_record, native_exec
+
+    rec = await native_exec(ctx, {"command": "printf 'héllo'; sleep 30", "async": True})
+    job_id = rec["job_id"]
+    await asyncio.sleep(0.2)
+    # a range that would end inside "é" is shortened to a character boundary
+    part = await job_output(ctx, {"job_id": job_id, "stream": "stdout", "offset": 0, "length": 2})
+    assert part == {"data": "h", "offset": 0, "end": 1, "total": 6, "encoding": "utf-8"}
+    assert [j["job_id"] for j in await job_list(ctx)][0] == job_id
+    assert await job_kill(ctx, {"job_id": job_id}) == {"job_id": job_id, "killed": True}
+    view = await job_record(ctx, {"job_id": job_id, "wait": True}, budget_s=2)
+    assert view["status"] == "killed" and view["killed_by"] == "signal" and view["stdout"] == "héllo"
+    assert "stats" not in view
+    assert await job_kill(ctx, {"job_id": job_id}) == {"job_id": job_id, "killed": False}
+    evs = [e async for e in job_events(ctx, {"job_id": job_id, "offset_stdout": 1})]
+    assert evs[0] == {"event": "stdout", "offset": 1, "end": 6, "data": "éllo"}
+    assert evs[-1]["event"] == "done"
+    for bad in ({"job_id": "x"}, {}):
+        with pytest.raises(RemoteError, match="does not exist"):
+            await job_record(ctx, bad)

@@ -3,7 +3,6 @@ CoCalc async final states (4.11), and the rich native result."""
 
 from __future__ import annotations
 
-import json
 import signal as signal_mod
 from typing import Any
 
@@ -62,9 +61,12 @@ def async_final_fields(req: ExecRequest, outcome: Outcome, *, native: bool) -> d
     stdout, stderr = outcome.stdout.text(), outcome.stderr.text()
     if native:
         failed = outcome.killed_by is not None or outcome.spawn_error is not None
-        return {"status": "error" if failed else "completed", "stdout": stdout,
+        status = "killed" if outcome.killed_by == "killed" else "error" if failed else "completed"
+        return {"status": status, "stdout": stdout,
                 "stderr": stderr, "exit_code": compat_exit_code(outcome)}
     code = compat_exit_code(outcome)
+    if outcome.killed_by == "killed":     # killed on request through the jobs API
+        return {"status": "killed", "stdout": stdout, "stderr": stderr, "exit_code": code}
     if outcome.killed_by is not None:
         return {"status": "error", "stdout": "", "stderr": outcome.kill_text, "exit_code": 1}
     if outcome.spawn_error is not None:
@@ -83,8 +85,8 @@ def async_final_fields(req: ExecRequest, outcome: Outcome, *, native: bool) -> d
 
 def native_result(outcome: Outcome) -> dict[str, Any]:
     killed_by = outcome.killed_by
-    if killed_by == "cancelled":
-        killed_by = "signal"
+    if killed_by in ("cancelled", "killed"):
+        killed_by = "signal"     # stopped on request (caller gone, daemon stop, jobs API)
     if killed_by is None and outcome.signal is not None:
         killed_by = "oom" if outcome.oom_killed else "signal"
     sig = None
@@ -113,6 +115,3 @@ def native_result(outcome: Outcome) -> dict[str, Any]:
         result["spawn_error"] = outcome.spawn_error
     return result
 
-
-def spawn_error_json(err: dict[str, Any]) -> str:
-    return json.dumps(err, separators=(",", ":"))

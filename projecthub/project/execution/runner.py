@@ -57,7 +57,7 @@ class Outcome:
     exit_code: int | None          # None: killed by a signal, or never ran
     signal: int | None             # the signal that ended the root process
     spawn_error: dict[str, Any] | None   # node-style error object when the program never ran
-    killed_by: str | None          # "timeout" | "output" | "cancelled" | None (ours); see native
+    killed_by: str | None          # why WE killed it: "timeout" | "output" | "cancelled" (caller gone, daemon stop) | "killed" (jobs API)
     stdout: StreamCapture
     stderr: StreamCapture
     wall_s: float
