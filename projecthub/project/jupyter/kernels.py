@@ -101,7 +101,8 @@ class Kernel:
 
     @property
     def alive(self) -> bool:
-        return not self.exited.done() and self.popen.poll() is None
+        # A kernel we have sent SIGKILL is dead to us even before the kernel reaps it.
+        return not (self.killed_by_us or self.exited.done()) and self.popen.poll() is None
 
     def _watch_exit(self) -> None:
         loop = asyncio.get_running_loop()
