@@ -78,7 +78,7 @@ class Server:
 
     def log(self) -> str:
         try:
-            return (self.data_dir / "server.log").read_text(errors="replace")[-5000:]
+            return (self.data_dir / "server.log").read_text(errors="replace")
         except OSError:
             return ""
 

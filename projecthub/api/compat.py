@@ -8,6 +8,7 @@ except v1's auth/parameter failures, which were HTTP 400 (spec section 5).
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -15,11 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ..auth.resolve import Identity
-from ..errors import RemoteError
+from ..errors import RemoteError, error_text
 from ..hub.functions import HUB_FUNCTIONS
 from ..hub.service import HubService
 from ..project.api import PUBLIC_FUNCTIONS
 from .requests import BadKeyThrottle, HTTPError, api_key_from, parse_json_object, parse_params, read_body
+
+log = logging.getLogger("projecthub.api")
 
 EXEC_GRACE_S = 2.0  # lets an exec's own timeout error (with partial output) beat the bridge's
 
@@ -30,6 +33,12 @@ def _ok(value: Any) -> JSONResponse:
 
 def _err(exc: RemoteError, status: int = 200) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=status)
+
+
+def _unexpected(request: Request, exc: Exception) -> RemoteError:
+    """A bug or an environment failure still answers in CoCalc's error model, never a 500."""
+    log.exception("unexpected error on %s", request.url.path, exc_info=exc)
+    return RemoteError(error_text(exc))
 
 
 def _hub(request: Request) -> HubService:
@@ -105,6 +114,8 @@ async def conat_project(request: Request) -> JSONResponse:
         return _ok(await hub.project_call(project_id, name, args, budget))
     except RemoteError as exc:
         return _err(exc)
+    except Exception as exc:
+        return _err(_unexpected(request, exc))
 
 
 async def conat_hub(request: Request) -> JSONResponse:
@@ -130,6 +141,8 @@ async def conat_hub(request: Request) -> JSONResponse:
         return _ok(result)
     except RemoteError as exc:
         return _err(exc)
+    except Exception as exc:
+        return _err(_unexpected(request, exc))
 
 
 # -- legacy v1 and v2 exec ----------------------------------------------------------------
@@ -207,6 +220,9 @@ async def v1_project_exec(request: Request) -> JSONResponse:
                                         call_budget(request, {}, "system.exec", [opts]))
     except RemoteError as exc:
         return _ok({"event": "error", "id": message_id, "error": _legacy_error(opts, True, exc)})
+    except Exception as exc:
+        return _ok({"event": "error", "id": message_id,
+                    "error": _legacy_error(opts, True, _unexpected(request, exc))})
     return _ok({"event": "project_exec_output", "id": message_id, **result})
 
 
@@ -233,6 +249,8 @@ async def v2_exec(request: Request) -> JSONResponse:
                                         call_budget(request, {}, "system.exec", [opts]))
     except RemoteError as exc:
         return _ok({"error": _legacy_error(opts, "args" in params, exc)})
+    except Exception as exc:
+        return _ok({"error": _legacy_error(opts, "args" in params, _unexpected(request, exc))})
     return _ok(result)
 
 

@@ -23,6 +23,7 @@ _STREAM_END = object()
 # Unix sockets carry big replies (a 1 MB exec output) in one frame; the default 64 KiB
 # StreamReader limit only matters for readline(), but a large buffer avoids many wakeups.
 _READ_LIMIT = 4 * 2**20
+_MAX_UNIX_PATH = 100  # bytes; the kernel's limit is 108 including the terminator
 
 
 class ConnectionLost(RemoteError):
@@ -42,7 +43,18 @@ class FabricClient:
 
     @classmethod
     async def connect(cls, path: str | os.PathLike[str]) -> "FabricClient":
-        reader, writer = await asyncio.open_unix_connection(str(path), limit=_READ_LIMIT)
+        path = os.fspath(path)
+        if len(path.encode()) < _MAX_UNIX_PATH:
+            reader, writer = await asyncio.open_unix_connection(path, limit=_READ_LIMIT)
+            return cls(reader, writer)
+        # sun_path holds only 108 bytes, and data dirs can be deep: reach the socket through
+        # a short /proc/self/fd/N/<name> alias of its directory instead.
+        directory = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
+        try:
+            short = f"/proc/self/fd/{directory}/{os.path.basename(path)}"
+            reader, writer = await asyncio.open_unix_connection(short, limit=_READ_LIMIT)
+        finally:
+            os.close(directory)
         return cls(reader, writer)
 
     @property
@@ -256,6 +268,14 @@ async def serve(path: str | os.PathLike[str], handler: Handler,
             on_connect()
         await _Connection(handler, reader, writer).run()
 
-    server = await asyncio.start_unix_server(accept, path=path, limit=_READ_LIMIT)
+    if len(path.encode()) < _MAX_UNIX_PATH:
+        server = await asyncio.start_unix_server(accept, path=path, limit=_READ_LIMIT)
+    else:  # bind through a short alias of the directory, as connect() does
+        directory = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
+        try:
+            short = f"/proc/self/fd/{directory}/{os.path.basename(path)}"
+            server = await asyncio.start_unix_server(accept, path=short, limit=_READ_LIMIT)
+        finally:
+            os.close(directory)
     os.chmod(path, 0o600)  # only the project uid (and root) may talk to the daemon
     return server

@@ -168,6 +168,13 @@ class Host:
         await self._set_state(project_id, "starting")
         try:
             return await self._spawn(project)
+        except RemoteError:
+            await self._set_state(project_id, "stopped")
+            raise
+        except Exception as exc:  # sandbox/OS failures reach callers as a clear error
+            log.exception("could not start project %s", project_id)
+            await self._set_state(project_id, "stopped")
+            raise RemoteError(f"Error: project {project_id} could not start: {exc}") from exc
         except BaseException:
             await self._set_state(project_id, "stopped")
             raise

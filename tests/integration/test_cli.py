@@ -1,0 +1,58 @@
+"""The CLI contract: one JSON object on stdout, with or without a running server."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cocalc_api
+
+from tests.server import Server, cli
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "projecthub.cli", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_cli_without_server(tmp_path: Path) -> None:
+    account = cli(tmp_path, "account", "create", "--name", "Ada Lovelace", "--admin")
+    assert set(account) == {"account_id", "api_key"}
+    assert re.fullmatch(r"sk-[A-Za-z0-9]{22}", account["api_key"])
+    project = cli(tmp_path, "project", "create", "--account", account["account_id"], "--title", "T")
+    assert set(project) == {"project_id"}
+    key = cli(tmp_path, "key", "create", "--account", account["account_id"], "--project",
+              project["project_id"], "--name", "bound", "--expire", "2099-01-01T00:00:00Z")
+    assert set(key) == {"id", "api_key", "project_id"}
+    assert key["project_id"] == project["project_id"]
+    plain = cli(tmp_path, "key", "create", "--account", account["account_id"])
+    assert plain["project_id"] is None
+
+
+def test_cli_while_server_runs(server: Server) -> None:
+    account = server.new_account("Live Server")
+    project = server.cli("project", "create", "--account", account.account_id, "--title", "from cli")
+    key = server.cli("key", "create", "--account", account.account_id, "--project", project["project_id"])
+    client = cocalc_api.Project(api_key=key["api_key"], host=server.url)
+    assert client.system.test()["project_id"] == project["project_id"]
+
+
+def test_cli_errors_are_json_not_tracebacks(tmp_path: Path) -> None:
+    out = run("key", "create", "--data-dir", str(tmp_path), "--account", "nope")
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    assert "error" in json.loads(out.stdout)
+    account = cli(tmp_path, "account", "create", "--name", "X")
+    out = run("key", "create", "--data-dir", str(tmp_path), "--account", account["account_id"],
+              "--expire", "not-a-date")
+    assert out.returncode != 0 and "error" in json.loads(out.stdout)
+
+
+def test_doctor_reports_layers(tmp_path: Path) -> None:
+    out = run("doctor", "--data-dir", str(tmp_path), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["layers"], report
