@@ -3,6 +3,27 @@
 Host side: ``Sandbox`` (prepare dirs/uid/cgroup, build the daemon's start
 command, live limits, stop, adoption, stray cleanup) and ``probe``.
 Daemon side: ``tracker_for_daemon`` (a cgroup-backed ProcessTracker).
+
+Decisions (numbers from this machine, 2 cores under load):
+
+* uid drop: a root-run bwrap (no user namespace) whose capabilities are cut to
+  SETUID/SETGID/SETPCAP, then ``setpriv`` inside drops to the project uid with no
+  groups, empty capability sets (bounding included) and no_new_privs.  The other
+  way -- setuid before an unprivileged ``bwrap --unshare-user`` -- cannot mount the
+  interpreter when it lives under a 0700 directory such as /root/.pyenv (the
+  project uid cannot even resolve the bind source), and ``bwrap --unshare-user
+  --uid N`` run as root is no uid drop at all.  Start cost is similar (daemon
+  starts are rare; python's own start dominates).
+* /root/.pyenv visibility: only ``sys.base_prefix`` (and the venv, and the
+  projecthub package if it is a source checkout) is bind-mounted, at its host path;
+  bwrap would create the missing parents (/root, /root/.pyenv, ...) 0700, so they are
+  created 0755 explicitly.  /root itself is an empty tmpfs directory inside.
+* sessions: ``start_new_session`` puts the outer bwrap in its own host session
+  (detached from the hub's terminal and process group, survives a hub restart; no
+  --die-with-parent), and ``setsid`` inside makes the daemon its own session and
+  group leader under bwrap's init (which reaps orphans, so the daemon keeps normal
+  signal semantics and need not be pid 1).  ``--new-session`` is redundant with
+  that and only used when the setsid binary is missing.
 """
 
 from .limits import ProjectLimits

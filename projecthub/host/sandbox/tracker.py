@@ -31,9 +31,16 @@ def _safe_name(name: str) -> str:
     return "g_" + cleaned.lstrip(".")  # prefix keeps names clear of "daemon" and of control files
 
 
+# Per-exec child groups exist for accounting and killing; limits live on the
+# project group.  The "cpu" controller only carries limits (cpuacct does the
+# accounting), so a child there would just cost a mkdir/rmdir per exec.
+V1_GROUP_CONTROLLERS = ("memory", "pids", "cpuacct", "freezer")
+
+
 class V1Group:
     def __init__(self, name: str, parents: dict[str, str]):
         self.name = name
+        parents = {c: p for c, p in parents.items() if c in V1_GROUP_CONTROLLERS}
         self._parents = parents
         self.dirs = {c: os.path.join(p, _safe_name(name)) for c, p in parents.items()}
         self._closed = False
