@@ -46,3 +46,15 @@ def test_invalid_values_name_the_limit(overrides, name):
 def test_constructor_validates_too():
     with pytest.raises(ValueError, match="^pids:"):
         ProjectLimits(pids=-5)
+
+
+def test_uid_allocator_is_stable_and_follows_the_caller(tmp_path):
+    from projecthub.host.sandbox.users import UidAllocator
+    a = UidAllocator(tmp_path, (1000, 1009))
+    u = a.uid_for("p1")
+    assert 1000 <= u <= 1009 and UidAllocator(tmp_path, (1000, 1009)).uid_for("p1") == u
+    assert a.uid_for("p2") != u
+    assert a.uid_for("p1", 1005) == 1005 and a.uid_for("p1") == 1005
+    with pytest.raises(ValueError, match="^uid:"):
+        a.uid_for("p3", 5)
+    assert len({a.uid_for(f"q{i}") for i in range(7)} | {1005, a.uid_for("p2")}) == 9

@@ -33,7 +33,6 @@ from .users import UidAllocator, drop_argv, setpriv_path, write_identity_files
 # "<instance tag>:<project id>": the tag (a hash of the data dir) keeps two Sandbox
 # instances on one machine (tests, a second server) from killing each other's daemons.
 MARKER_ENV = "PROJECTHUB_SANDBOX_PROJECT"
-MAX_SOCKET_PATH = 107                      # sun_path is 108 bytes including the NUL
 
 
 @dataclass

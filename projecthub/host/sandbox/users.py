@@ -32,19 +32,21 @@ class UidAllocator:
         self.path = Path(data_dir) / "uids.json"
 
     def uid_for(self, project_id: str, wanted: int | None = None) -> int:
-        """The project's uid, allocating one (or recording ``wanted``) on first use."""
+        """The project's uid: ``wanted`` when given (recorded), else the recorded one,
+        else a fresh one from the range."""
+        if wanted is not None and not self.in_range(wanted):
+            raise ValueError(f"uid: {wanted} is outside uid_range {self.range}")
         with self._locked() as table:
-            if project_id in table:
-                return table[project_id]
-            taken = set(table.values())
             if wanted is not None:
-                if wanted in taken:
-                    raise ValueError(f"uid: {wanted} already belongs to another project")
-                uid = wanted
-            else:
-                uid = self._pick(project_id, taken)
-            table[project_id] = uid
-            return uid
+                # The caller (the host's store) is authoritative: mirror it, and drop a
+                # stale record that gave this uid to another project.
+                for other in [p for p, u in table.items() if u == wanted and p != project_id]:
+                    del table[other]
+                table[project_id] = wanted
+                return wanted
+            if project_id not in table:
+                table[project_id] = self._pick(project_id, set(table.values()))
+            return table[project_id]
 
     def lookup(self) -> dict[str, int]:
         with self._locked() as table:
