@@ -15,6 +15,16 @@ def default_data_dir() -> Path:
     return Path(base) / "projecthub"
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}")
+
+
 @dataclass
 class ServerSettings:
     data_dir: Path = field(default_factory=default_data_dir)
@@ -30,7 +40,8 @@ class ServerSettings:
     # Bridge budget for a CoCalc call without a top-level timeout (CoCalc: 15 s).
     default_call_timeout_s: float = 15.0
     # Longest any single HTTP call may wait: stays under the official client's 120 s.
-    max_call_timeout_s: float = 110.0
+    # A blocking exec still running then becomes an async job (its id is in the error).
+    max_call_timeout_s: float = field(default_factory=lambda: _env_float("PROJECTHUB_MAX_CALL_TIMEOUT_S", 110.0))
     # Stateless jupyter pool size per kernelspec in each project (CoCalc: 2).
     jupyter_pool_size: int = 1
     # Repeated bad keys from one client address are slowed down after this many per minute.
