@@ -24,9 +24,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -157,7 +158,6 @@ class JobManager:
         self._index: dict[str, _Entry] = {}
         self._keys: dict[str, str] = {}
         self._last_age_prune = 0.0
-        self._loaded = False
 
     # ------------------------------------------------------------------ start / adopt
     def find_key(self, key: str) -> str | None:
@@ -180,14 +180,11 @@ class JobManager:
         self._prune()
         path = self.root / job_id
         path.mkdir(parents=True, mode=0o700)
+        # An adopted execution started before the job existed: date the job from its spawn.
         start_ms = int((time.time() - (time.monotonic() - execution.started_at)) * 1000)
-        if fresh:
-            start_ms = int(time.time() * 1000)
         meta = {
-            "job_id": job_id, "group": execution.name, "native": native,
-            "start": start_ms, "idempotency_key": key, "daemon_pid": os.getpid(),
-            "display": req.display, "err_on_exit": req.err_on_exit,
-            "max_output": req.max_output, "finished_at": None,
+            "job_id": job_id, "group": execution.name, "native": native, "start": start_ms,
+            "idempotency_key": key, "max_output": req.max_output, "finished_at": None,
         }
         fds = [os.open(path / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                for name in ("stdout", "stderr")]
@@ -259,7 +256,6 @@ class JobManager:
         and a process that is not our child cannot be waited for, so its exit status is
         unknowable.  Survivors found by their marker are killed instead, so nothing runs
         unaccounted."""
-        self._loaded = True
         if not self.root.is_dir():
             return
         orphaned: list[tuple[str, Path, dict[str, Any]]] = []
@@ -302,7 +298,6 @@ class JobManager:
         find = getattr(tracker, "find_marked", None)
         if find is None:
             return
-        import signal
         for pids in find(groups).values():
             for pid in pids:
                 try:
@@ -343,6 +338,8 @@ class JobManager:
                     self._delete(job_id)
         excess = len(self._index) - self.max_jobs + 1
         if excess > 0:
+            # Evict a batch (1 % of the limit) so a full store does not sort on every start.
+            excess = max(excess, self.max_jobs // 100)
             done = sorted((e.start_ms, j) for j, e in self._index.items() if e.finished_at is not None)
             for _, job_id in done[:excess]:
                 self._delete(job_id)

@@ -165,9 +165,11 @@ class MarkerTracker:
         self._owned: dict[int, str | None] = {}     # pid -> group name (None: foreign owner)
         self._groups: dict[str, MarkerGroup] = {}
         self._reaper_task: asyncio.Task[None] | None = None
+        self._reaper_loop: asyncio.AbstractEventLoop | None = None
 
     # --- protocol
     def new_group(self, name: str) -> "MarkerGroup":
+        self._ensure_reaper()
         if name in self._groups:
             raise ValueError(f"process group {name!r} already exists")
         group = MarkerGroup(self, name)
@@ -243,14 +245,28 @@ class MarkerTracker:
                 pass
         return reaped
 
+    def _ensure_reaper(self) -> None:
+        """Install the reaper on the running loop the first time a group is made there
+        (so a daemon that only constructs the tracker still reaps its orphans)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._reaper_loop is not loop:
+            self.install_reaper(loop)
+
     def install_reaper(self, loop: asyncio.AbstractEventLoop | None = None,
                        interval_s: float = 2.0) -> None:
         """Reap orphans on SIGCHLD (event-driven) when running on the main thread,
         otherwise from a low-frequency timer (signal handlers need the main thread)."""
         loop = loop or asyncio.get_running_loop()
+        self._reaper_loop = loop
         if threading.current_thread() is threading.main_thread():
-            loop.add_signal_handler(signal.SIGCHLD, self.reap_orphans)
-            return
+            try:
+                loop.add_signal_handler(signal.SIGCHLD, self.reap_orphans)
+                return
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass   # not a unix selector loop: fall back to the timer
         if self._reaper_task is None or self._reaper_task.done():
             async def periodic() -> None:
                 while True:

@@ -150,3 +150,8 @@ async def test_signal_refuses_foreign_and_reports_last_failure(ctx):
     with pytest.raises(RemoteError) as info:
         await system_signal(ctx, {"signal": "KILL", "pid": 1})
     assert info.value.message == "Error: kill EINVAL"
+
+
+async def test_kill_on_output_limit(ctx):
+    r = await native_exec(ctx, {"command": "yes", "max_output": 1000, "kill_on_output_limit": True})
+    assert r["killed_by"] == "output" and r["stdout_truncated"] and len(r["stdout"]) == 1000

@@ -40,6 +40,7 @@ class ExecRequest:
     ulimit_timeout: bool
     err_on_exit: bool
     uid_requested: bool         # uid/gid were sent: the spawn must fail like an unprivileged one
+    kill_on_output: bool = False  # native: exceeding max_output kills the group (killed_by "output")
 
     @property
     def bash(self) -> bool:
@@ -173,4 +174,5 @@ def parse_request(ctx: ProjectContext, opts: dict[str, Any], *, async_mode: bool
         ulimit_timeout=_flag(opts, "ulimit_timeout", True),
         err_on_exit=_flag(opts, "err_on_exit", True),
         uid_requested=uid_requested,
+        kill_on_output=_flag(opts, "kill_on_output_limit", False),
     )

@@ -29,7 +29,7 @@ import signal
 import string
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..context import ProjectContext
@@ -109,7 +109,6 @@ class Execution:
         self.pid: int | None = None
         self.started_at = time.monotonic()
         self.killed_by: str | None = None
-        self._kill_on_output = False
         self._group: ProcessGroup | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._pidfd: int | None = None
@@ -121,9 +120,8 @@ class Execution:
         self._argv: list[str] = list(req.argv)
 
     # ------------------------------------------------------------------ start
-    def start(self, *, kill_on_output: bool = False) -> None:
+    def start(self) -> None:
         """Spawn now (synchronously).  A spawn failure resolves ``done`` at once."""
-        self._kill_on_output = kill_on_output
         req = self.req
         try:
             if req.script is not None:
@@ -189,7 +187,7 @@ class Execution:
         cap = self._fds[fd]
         if data:
             cap.feed(data)
-            if self._kill_on_output and cap.truncated and self.killed_by is None:
+            if self.req.kill_on_output and cap.truncated and self.killed_by is None:
                 self.kill("output")
             if self.on_change:
                 self.on_change()
