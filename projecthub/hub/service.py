@@ -187,7 +187,10 @@ class HubService:
 
         async def run() -> Any:
             handle = await self.host.ensure_running(project_id)
-            remaining = None if budget is None else max(0.001, budget - (time.monotonic() - started))
+            # the daemon gets slightly less than we wait, so its own answer to a spent budget
+            # (an exec turned into a job, with its id) arrives before our bridge timeout
+            remaining = None if budget is None else max(
+                0.001, budget - (time.monotonic() - started) - min(0.25, budget * 0.1))
             return await handle.client.call(name, args, remaining)
 
         if budget is None:
