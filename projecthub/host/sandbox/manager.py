@@ -179,8 +179,11 @@ class Sandbox:
             "start_new_session": True,
             "close_fds": True,
         }
-        if join:
-            kwargs["preexec_fn"] = _cgroup_joiner(join)
+        if join or self.is_root:
+            # Root: pin the daemon's oom_score_adj (and, since root writes it, its
+            # oom_score_adj_min) to 0 -- never the server's own value, and a floor that
+            # user code cannot go below; see tracker.py for why children sit above it.
+            kwargs["preexec_fn"] = _cgroup_joiner(join, oom_score_adj=0 if self.is_root else None)
         return argv, kwargs
 
     # ------------------------------------------------------------------ running projects
@@ -204,6 +207,8 @@ class Sandbox:
         out: dict[str, list[int]] = {}
         if self.driver is not None:
             for pid_ in self.driver.project_ids():
+                if not self._ours(pid_):
+                    continue
                 pids = self.driver.pids(pid_)
                 if pids:
                     out[pid_] = pids
@@ -218,7 +223,10 @@ class Sandbox:
         killed: list[int] = []
         if self.driver is not None:
             for proj in self.driver.project_ids():
-                if proj not in known_project_ids and not proj.startswith("probe-"):
+                # Only groups of THIS data dir: another server on the same machine (a
+                # second data dir, a test run) shares the cgroup root and uid range, and
+                # its projects are not ours to kill just because our store lacks them.
+                if proj not in known_project_ids and self._ours(proj):
                     killed += self.driver.kill(proj)
                     self.driver.remove(proj)
         killed += _kill_matching(lambda proc: (o := self._owner(proc)) is not None
@@ -227,16 +235,31 @@ class Sandbox:
 
     # ------------------------------------------------------------------ fallback matching
 
+    def _ours(self, project_id: str) -> bool:
+        """A project prepared from this data dir (probe groups never are)."""
+        return (not project_id.startswith(("probe-", ".")) and "/" not in project_id
+                and self.project_dir(project_id).is_dir())
+
     def _owner(self, proc: psutil.Process) -> str | None:
-        """The project a process belongs to, by per-project uid or env marker."""
+        """The project a process belongs to, by cgroup, per-project uid or env marker.
+
+        A process inside some project's cgroup belongs to that project -- and to us only
+        if that project is ours: uids are allocated per data dir, so a second server on
+        this machine hands out the same numbers and its processes must not be matched.
+        """
         try:
+            if proc.pid == os.getpid():
+                return None
+            if self.driver is not None:
+                group = _cgroup_project(proc.pid, self.config.cgroup_root_name)
+                if group is not None:
+                    return group if self._ours(group) else None
             if self.is_root:
                 uid = proc.uids().real
                 if self.uids.in_range(uid):
                     by_uid = {u: p for p, u in self.uids.lookup().items()}
-                    return by_uid.get(uid, f"uid-{uid}")
-            if proc.pid == os.getpid():
-                return None
+                    if uid in by_uid:
+                        return by_uid[uid]
             tag, _, project = proc.environ().get(MARKER_ENV, "").partition(":")
             return project if tag == self._tag and project else None
         except (psutil.Error, OSError):
@@ -244,6 +267,21 @@ class Sandbox:
 
     def _belongs(self, proc: psutil.Process, project_id: str) -> bool:
         return self._owner(proc) == project_id
+
+
+def _cgroup_project(pid: int, root_name: str) -> str | None:
+    """The project id in ``/<root_name>/<id>/...`` of the process's cgroup paths, if any."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            text = f.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        parts = line.split(":", 2)[-1].strip("/").split("/")
+        for i, part in enumerate(parts[:-1]):
+            if part == root_name:
+                return parts[i + 1]
+    return None
 
 
 def _kill_matching(match: Callable[[psutil.Process], bool], timeout_s: float) -> list[int]:
@@ -270,8 +308,9 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
-def _cgroup_joiner(dirs: list[str]) -> Callable[[], None]:
+def _cgroup_joiner(dirs: list[str], oom_score_adj: int | None = None) -> Callable[[], None]:
     paths = [os.path.join(d, "cgroup.procs") for d in dirs]
+    adj = None if oom_score_adj is None else str(oom_score_adj).encode()
 
     def join() -> None:
         # Runs in the forked child before exec (root): only os.open/os.write.
@@ -280,6 +319,12 @@ def _cgroup_joiner(dirs: list[str]) -> Callable[[], None]:
             fd = os.open(path, os.O_WRONLY)
             try:
                 os.write(fd, me)
+            finally:
+                os.close(fd)
+        if adj is not None:
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            try:
+                os.write(fd, adj)
             finally:
                 os.close(fd)
     return join

@@ -9,6 +9,24 @@ into the child group, lets ``start()`` fork on the fast vfork/posix_spawn path
 (+0.07-0.17 ms, baselines §2) -- no ``preexec_fn``.  v2 only moves whole
 processes in domain groups, so the whole daemon process hops into the child
 group for the duration of ``start()`` under a lock.
+
+Keeping the daemon alive (the security suite's memory and fork bombs found it was
+the first OOM victim: a ~30 MB python beats a swarm of 12 MB allocators, and a
+fork bomb could take every pid the daemon needs for its own threads):
+
+* every child group gets sub-limits below the project's: ``pids.max`` = the
+  user's limit (the project group's minus ``PIDS_HEADROOM``, which is left for the
+  daemon), ``memory`` = the project's limit minus a reserve for the daemon (its
+  current charge plus a margin, at most half the limit).  One exec's bomb then
+  hits its own group's limit first, and the OOM killer only looks inside it.
+* for project-wide OOMs (several groups together), children are born with
+  ``oom_score_adj`` = ``CHILD_OOM_SCORE_ADJ``: the daemon raises its own value
+  just around ``start()`` (children inherit it from the first instruction; an
+  unprivileged process may always go back down to its ``oom_score_adj_min``,
+  which the host pins to 0 at daemon start) so user code is always chosen before
+  the daemon.  User code can lower itself back to 0 at most -- never below the
+  daemon -- so only a project sabotaging itself could still make its daemon the
+  victim, and the host restarts a dead daemon on the next call.
 """
 
 from __future__ import annotations
@@ -20,7 +38,7 @@ from typing import Callable, TypeVar
 
 from projecthub.project.tracking import GroupUsage
 
-from .cgroups import kill_groups, procs_of, read_int, read_text, remove_tree, write_text
+from .cgroups import PIDS_HEADROOM, kill_groups, procs_of, read_int, read_text, remove_tree, write_text
 
 T = TypeVar("T")
 ENV_VAR = "PROJECTHUB_CGROUPS"
@@ -31,8 +49,77 @@ def _safe_name(name: str) -> str:
     return "g_" + cleaned.lstrip(".")  # prefix keeps names clear of "daemon" and of control files
 
 
-# Per-exec child groups exist for accounting and killing; limits live on the
-# project group.  The "cpu" controller only carries limits (cpuacct does the
+# Memory the daemon keeps out of reach of any one child group: its own charge plus
+# this margin, at least DAEMON_RESERVE_MIN, at most half the project's limit.
+DAEMON_RESERVE_MARGIN = 16 * 2**20
+DAEMON_RESERVE_MIN = 32 * 2**20
+CHILD_OOM_SCORE_ADJ = 500
+_UNLIMITED_V1 = 2**62  # memory.limit_in_bytes reads back as ~2**63 - 4096 when unlimited
+
+
+def child_memory_limit(project_limit: int | None, daemon_charge: int) -> int | None:
+    """A child group's memory limit: the project's minus the daemon's reserve."""
+    if project_limit is None or project_limit <= 0 or project_limit >= _UNLIMITED_V1:
+        return None
+    reserve = max(DAEMON_RESERVE_MIN, daemon_charge + DAEMON_RESERVE_MARGIN)
+    return project_limit - min(reserve, project_limit // 2)
+
+
+def child_pids_limit(project_max: str | None) -> int | None:
+    text = (project_max or "").strip()
+    if not text.isdigit():
+        return None
+    return max(1, int(text) - PIDS_HEADROOM)
+
+
+class _OomBias:
+    """Raises the daemon's oom_score_adj while (possibly concurrent) spawns run, so
+    children inherit CHILD_OOM_SCORE_ADJ; back to the baseline when the last ends."""
+
+    _lock = threading.Lock()
+    _depth = 0
+    _baseline: str | None = None
+    _path = "/proc/self/oom_score_adj"
+
+    @classmethod
+    def enter(cls) -> None:
+        with cls._lock:
+            if cls._depth == 0:
+                try:
+                    if cls._baseline is None:
+                        cls._baseline = (read_text(cls._path) or "0").strip()
+                    if int(cls._baseline) < CHILD_OOM_SCORE_ADJ:
+                        write_text(cls._path, str(CHILD_OOM_SCORE_ADJ))
+                except (OSError, ValueError):
+                    pass
+            cls._depth += 1
+
+    @classmethod
+    def leave(cls) -> None:
+        with cls._lock:
+            cls._depth -= 1
+            if cls._depth == 0 and cls._baseline is not None:
+                try:
+                    write_text(cls._path, cls._baseline)
+                except OSError:
+                    pass
+
+
+def _try_write(path: str, value: str) -> None:
+    try:
+        write_text(path, value)
+    except OSError:
+        pass  # a sub-limit is protection for the daemon, never a reason to fail an exec
+
+
+def _v1_local_charge(memory_dir: str) -> int:
+    """Bytes charged to the project group itself (the daemon), not to its children."""
+    stat = read_text(os.path.join(memory_dir, "memory.stat"))
+    return _field(stat, "rss")
+
+
+# Per-exec child groups exist for accounting, killing and the daemon-protecting
+# sub-limits above; the project's own limits live on the project group.  The "cpu" controller only carries limits (cpuacct does the
 # accounting), so a child there would just cost a mkdir/rmdir per exec.
 V1_GROUP_CONTROLLERS = ("memory", "pids", "cpuacct", "freezer")
 
@@ -46,10 +133,28 @@ class V1Group:
         self._closed = False
         for d in self.dirs.values():
             os.mkdir(d)
+        self._sub_limits()
+
+    def _sub_limits(self) -> None:
+        if "pids" in self.dirs:
+            n = child_pids_limit(read_text(os.path.join(self._parents["pids"], "pids.max")))
+            if n is not None:
+                _try_write(os.path.join(self.dirs["pids"], "pids.max"), str(n))
+        if "memory" in self.dirs:
+            parent = self._parents["memory"]
+            limit = child_memory_limit(read_int(os.path.join(parent, "memory.limit_in_bytes"), -1),
+                                       _v1_local_charge(parent))
+            if limit is not None:
+                d = self.dirs["memory"]
+                # memory first (memsw is still unlimited), then memsw (must stay >= memory)
+                _try_write(os.path.join(d, "memory.limit_in_bytes"), str(limit))
+                if os.path.exists(os.path.join(d, "memory.memsw.limit_in_bytes")):
+                    _try_write(os.path.join(d, "memory.memsw.limit_in_bytes"), str(limit))
 
     def spawn(self, start: Callable[[], T]) -> T:
         tid = str(threading.get_native_id())
         moved: list[str] = []
+        _OomBias.enter()
         try:
             for ctrl, d in self.dirs.items():
                 write_text(os.path.join(d, "tasks"), tid)
@@ -58,6 +163,7 @@ class V1Group:
         finally:
             for ctrl in moved:
                 write_text(os.path.join(self._parents[ctrl], "tasks"), tid)
+            _OomBias.leave()
 
     def env_marker(self) -> dict[str, str]:
         return {}
@@ -101,14 +207,27 @@ class V2Group:
         self._home = home
         self._closed = False
         os.mkdir(self.dir)
+        self._sub_limits(parent)
+
+    def _sub_limits(self, parent: str) -> None:
+        n = child_pids_limit(read_text(os.path.join(parent, "pids.max")))
+        if n is not None:
+            _try_write(os.path.join(self.dir, "pids.max"), str(n))
+        raw = (read_text(os.path.join(parent, "memory.max")) or "").strip()
+        if raw.isdigit():
+            limit = child_memory_limit(int(raw), read_int(os.path.join(self._home, "memory.current")))
+            if limit is not None:
+                _try_write(os.path.join(self.dir, "memory.max"), str(limit))
 
     def spawn(self, start: Callable[[], T]) -> T:
         pid = str(os.getpid())
         with self._move_lock:
             write_text(os.path.join(self.dir, "cgroup.procs"), pid)
+            _OomBias.enter()
             try:
                 return start()
             finally:
+                _OomBias.leave()
                 write_text(os.path.join(self._home, "cgroup.procs"), pid)
 
     def env_marker(self) -> dict[str, str]:
