@@ -105,6 +105,8 @@ class ProjectDaemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
+        from .exec import job_manager
+        jobs = job_manager(self.ctx)  # load now: jobs a dead daemon left running are marked at once
         server = await serve(self.socket_path, self)
         log.info("daemon for %s listening on %s", self.ctx.project_id, self.socket_path)
         try:
@@ -113,6 +115,7 @@ class ProjectDaemon:
             server.close()
             if self._jupyter is not None:
                 await self._jupyter.close()
+            await jobs.shutdown()
             try:
                 self.socket_path.unlink()
             except FileNotFoundError:

@@ -188,7 +188,8 @@ def test_bad_exec_input(server: Server, account, project_id: str, opts: dict, ne
 
 
 def test_signal_only_own_processes(server: Server, account, project_id: str) -> None:
-    job = raw_exec(server, account.api_key, project_id, {"command": "sleep 30", "async_call": True})
+    # direct exec, so the job's pid is sleep itself (a bash job's orphans would keep its output open)
+    job = raw_exec(server, account.api_key, project_id, {"command": "sleep", "args": ["30"], "async_call": True})
     body = {"name": "system.signal", "args": [{"signal": 9, "pid": job["pid"]}], "project_id": project_id}
     headers = {"Authorization": f"Bearer {account.api_key}"}
     assert httpx.post(server.url + "/api/conat/project", json=body, headers=headers).json() is None
