@@ -77,13 +77,18 @@ def create_first_admin(store: Any) -> tuple[str, str] | None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from .api.app import create_app
+    from .api.app import build_sandbox, create_app
     settings = ServerSettings(host=args.host, port=args.port,
                               sandbox_mode=args.sandbox, require_isolation=args.require_isolation)
     if args.data_dir:
         settings.data_dir = Path(args.data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(args.log_level)
+    try:
+        sandbox = build_sandbox(settings)
+    except RuntimeError as exc:  # --require-isolation with a missing layer
+        print(f"projecthub: refusing to start: {exc}", file=sys.stderr)
+        sys.exit(1)
     store = _store(str(settings.data_dir))
     first = create_first_admin(store)
     store.close()
@@ -102,7 +107,7 @@ pid = hub.projects.create_project(title='demo'); \\
 print(cocalc_api.Project(api_key='{key}', host='{url}', project_id=pid).system.exec(command='echo hello'))"
 """, file=sys.stderr, flush=True)
     # The asyncio loop, not uvloop: uvloop spawns with a plain fork (see ARCHITECTURE.md).
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="asyncio",
+    uvicorn.run(create_app(settings, sandbox), host=settings.host, port=settings.port, loop="asyncio",
                 http="httptools", log_config=None, access_log=False, timeout_graceful_shutdown=5)
 
 

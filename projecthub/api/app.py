@@ -29,13 +29,16 @@ def build_sandbox(settings: ServerSettings) -> Sandbox:
                                  require_isolation=settings.require_isolation))
 
 
-def create_app(settings: ServerSettings) -> Starlette:
+def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Starlette:
+    """``sandbox`` may be built by the caller (the CLI does, to refuse to start cleanly)."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.db_url)
         store.migrate()
-        sandbox = build_sandbox(settings)
+        nonlocal sandbox
+        if sandbox is None:
+            sandbox = build_sandbox(settings)
         for line in sandbox.report.to_text().splitlines():
             log.info("isolation: %s", line)
         if not sandbox.report.all_enforced:

@@ -56,3 +56,20 @@ def test_doctor_reports_layers(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["layers"], report
+
+
+def test_require_isolation_refuses_when_a_layer_is_missing(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "projecthub.cli", "serve", "--data-dir", str(tmp_path),
+                          "--port", "1", "--sandbox", "none", "--require-isolation"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "refusing to start" in out.stderr and "[MISSING] bwrap" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_layer_is_announced_loudly(tmp_path: Path) -> None:
+    server = Server(tmp_path, extra_args=["--sandbox", "none"]).start()
+    try:
+        assert "NOT ALL ISOLATION LAYERS ARE ENFORCED" in server.log()
+    finally:
+        server.stop()
