@@ -80,13 +80,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .api.app import build_sandbox, create_app
     settings = ServerSettings(host=args.host, port=args.port,
                               sandbox_mode=args.sandbox, require_isolation=args.require_isolation)
+    if args.default_limits is not None:
+        try:
+            settings.default_limits = json.loads(args.default_limits)
+        except ValueError as exc:
+            sys.exit(f"projecthub: --default-limits must be a JSON object: {exc}")
     if args.data_dir:
         settings.data_dir = Path(args.data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(args.log_level)
     try:
         sandbox = build_sandbox(settings)
-    except RuntimeError as exc:  # --require-isolation with a missing layer
+    except (RuntimeError, ValueError, TypeError) as exc:  # a missing layer, or bad default limits
         print(f"projecthub: refusing to start: {exc}", file=sys.stderr)
         sys.exit(1)
     store = _store(str(settings.data_dir))
@@ -152,6 +157,37 @@ def cmd_project_create(args: argparse.Namespace) -> None:
     _emit({"project_id": store.create_project(args.account, title=args.title or "")})
 
 
+def cmd_project_limits(args: argparse.Namespace) -> None:
+    """Show or override a project's limits (the CLI acts as an admin)."""
+    from .host.sandbox import ProjectLimits
+    store = _store(args.data_dir)
+    project = store.get_project(args.project)
+    if project is None:
+        _fail(f"no project with id {args.project}")
+    settings = dict(project.get("settings") or {})
+    overrides = dict(settings.get("limits", {}))
+    for item in args.set or []:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            _fail(f"--set takes NAME=VALUE, got {item!r}")
+        try:
+            overrides[name] = json.loads(raw)
+        except ValueError:
+            overrides[name] = raw  # sizes such as 2G stay strings; ProjectLimits parses them
+    for name in args.unset or []:
+        overrides.pop(name, None)
+    defaults = ProjectLimits.from_json(json.loads(os.environ.get("PROJECTHUB_DEFAULT_LIMITS") or "{}"))
+    try:
+        effective = ProjectLimits.merged(defaults, overrides)
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc))
+    if args.set or args.unset:
+        settings["limits"] = overrides
+        store.update_project(args.project, settings=settings)
+    _emit({"project_id": args.project, "limits": effective.to_json(), "overrides": overrides,
+           "note": "applied at the project's next start" if args.set or args.unset else None})
+
+
 def cmd_stop_all(args: argparse.Namespace) -> None:
     """Stop every project daemon of a data dir (they outlive the server by design)."""
     from .host.sandbox import Sandbox, SandboxConfig
@@ -180,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                        default=os.environ.get("PROJECTHUB_SANDBOX", "auto"))
     serve.add_argument("--require-isolation", action="store_true",
                        help="refuse to start unless every isolation layer is enforced")
+    serve.add_argument("--default-limits", default=None,
+                       help='per-project default limits as JSON, e.g. \'{"memory_bytes": "2G", "pids": 512}\' '
+                            "(also $PROJECTHUB_DEFAULT_LIMITS)")
     serve.add_argument("--log-level", default=os.environ.get("PROJECTHUB_LOG_LEVEL", "info"))
     serve.set_defaults(func=cmd_serve)
 
@@ -216,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_create.add_argument("--account", required=True)
     p_create.add_argument("--title", default=None)
     p_create.set_defaults(func=cmd_project_create)
+    p_limits = project.add_parser("limits")
+    p_limits.add_argument("--data-dir", default=None)
+    p_limits.add_argument("--project", required=True)
+    p_limits.add_argument("--set", action="append", metavar="NAME=VALUE",
+                          help="e.g. --set memory_bytes=1G --set pids=256 --set network=true")
+    p_limits.add_argument("--unset", action="append", metavar="NAME", help="back to the server default")
+    p_limits.set_defaults(func=cmd_project_limits)
     return parser
 
 

@@ -25,6 +25,20 @@ def _env_float(name: str, default: float) -> float:
         raise SystemExit(f"{name} must be a number, got {raw!r}")
 
 
+def _env_json(name: str) -> dict:
+    raw = os.environ.get(name)
+    if not raw:
+        return {}
+    import json
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be a JSON object: {exc}")
+    if not isinstance(value, dict):
+        raise SystemExit(f"{name} must be a JSON object")
+    return value
+
+
 @dataclass
 class ServerSettings:
     data_dir: Path = field(default_factory=default_data_dir)
@@ -34,6 +48,8 @@ class ServerSettings:
     max_body_bytes: int = 16 * 2**20
     # How long a verified API key is trusted without re-checking its hash (seconds).
     key_cache_ttl: float = 2.0
+    # Server-wide default limits per project (JSON object of ProjectLimits fields, sizes like "2G").
+    default_limits: dict = field(default_factory=lambda: _env_json("PROJECTHUB_DEFAULT_LIMITS"))
     # Sandbox: "auto" (bwrap when it works), "bwrap", or "none".
     sandbox_mode: str = "auto"
     require_isolation: bool = False

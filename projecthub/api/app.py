@@ -14,7 +14,7 @@ from starlette.routing import Route
 from ..auth.resolve import KeyResolver
 from ..config import ServerSettings
 from ..host.host import Host
-from ..host.sandbox import Sandbox, SandboxConfig
+from ..host.sandbox import ProjectLimits, Sandbox, SandboxConfig
 from ..hub.db import AsyncStore
 from ..hub.service import HubService
 from ..store import Store
@@ -25,8 +25,10 @@ log = logging.getLogger("projecthub.server")
 
 
 def build_sandbox(settings: ServerSettings) -> Sandbox:
+    """Raises ValueError for invalid default limits, RuntimeError under --require-isolation."""
+    defaults = ProjectLimits.from_json(settings.default_limits)
     return Sandbox(SandboxConfig(data_dir=settings.data_dir, mode=settings.sandbox_mode,
-                                 require_isolation=settings.require_isolation))
+                                 require_isolation=settings.require_isolation, defaults=defaults))
 
 
 def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Starlette:

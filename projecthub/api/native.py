@@ -68,7 +68,8 @@ def endpoint(handler: Callable[[Request, Identity], Awaitable[Response]]) -> Cal
         except HTTPError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         except RemoteError as exc:
-            return JSONResponse(exc.to_json(), status_code=_status_for(exc))
+            status = exc.extra.pop("status", None) or _status_for(exc)
+            return JSONResponse(exc.to_json(), status_code=status)
     return wrapped
 
 
@@ -177,9 +178,9 @@ async def project_limits(request: Request, identity: Identity) -> Response:
     hub = _hub(request)
     if request.method == "GET":
         return JSONResponse(await hub.get_limits(project_id))
-    _account(identity)  # a project key may not raise its own ceiling
+    account_id = _account(identity)  # a project key may not change its own ceiling
     body = await _json_body(request)
-    return JSONResponse(await hub.set_limits(project_id, body))
+    return JSONResponse(await hub.set_limits(project_id, body, account_id=account_id))
 
 
 # -- exec and jobs ---------------------------------------------------------------------------

@@ -156,16 +156,25 @@ class HubService:
         # project keys that this account created for the project die on next use (spec 2.3)
         self.resolver.invalidate_all()
 
-    async def set_limits(self, project_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    async def set_limits(self, project_id: str, overrides: dict[str, Any], *,
+                         account_id: str | None = None) -> dict[str, Any]:
+        """Per-project overrides.  Anyone on the project may tighten a limit; only an admin
+        (or the CLI, ``account_id=None``) may raise one above the server default."""
         project = await self.db.get_project(project_id)
         if project is None:
             raise RemoteError(f"Error: project {project_id} does not exist")
         settings = dict(project.get("settings") or {})
         merged_overrides = {**settings.get("limits", {}), **overrides}
+        defaults = self.host.sandbox.config.defaults
         try:
-            limits = ProjectLimits.merged(self.host.sandbox.config.defaults, merged_overrides)
+            limits = ProjectLimits.merged(defaults, merged_overrides)
         except ValueError as exc:
             raise RemoteError(f"Error: {exc}")
+        if account_id is not None and not await self._is_admin(account_id):
+            raised = _raised_limits(defaults, limits)
+            if raised:
+                raise RemoteError(f"Error: only an admin may raise {', '.join(raised)} above the "
+                                  "server default", status=403)
         settings["limits"] = merged_overrides
         await self.db.update_project(project_id, settings=settings)
         await self.host.update_limits(project_id, limits)
@@ -253,6 +262,19 @@ class HubService:
             return True
         # any collaborator may delete any key of that project (spec 2.5)
         return bool(row.get("project_id")) and await self.is_collaborator(row["project_id"], account_id)
+
+
+def _raised_limits(defaults: ProjectLimits, limits: ProjectLimits) -> list[str]:
+    """Names of limits that ``limits`` loosens compared with ``defaults``."""
+    raised = []
+    for name, default in defaults.to_json().items():
+        value = getattr(limits, name)
+        if isinstance(default, bool) or isinstance(value, bool):
+            if value and not default:  # e.g. network access where the default is none
+                raised.append(name)
+        elif default is not None and (value is None or value > default):
+            raised.append(name)
+    return raised
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -73,3 +73,23 @@ def test_missing_layer_is_announced_loudly(tmp_path: Path) -> None:
         assert "NOT ALL ISOLATION LAYERS ARE ENFORCED" in server.log()
     finally:
         server.stop()
+
+
+def test_project_limits_cli(tmp_path: Path) -> None:
+    account = cli(tmp_path, "account", "create", "--name", "L")
+    project = cli(tmp_path, "project", "create", "--account", account["account_id"])
+    shown = cli(tmp_path, "project", "limits", "--project", project["project_id"],
+                "--set", "memory_bytes=1G", "--set", "pids=256")
+    assert shown["limits"]["memory_bytes"] == 2**30 and shown["limits"]["pids"] == 256
+    again = cli(tmp_path, "project", "limits", "--project", project["project_id"])
+    assert again["overrides"] == {"memory_bytes": "1G", "pids": 256}
+    bad = run("project", "limits", "--data-dir", str(tmp_path), "--project", project["project_id"],
+              "--set", "pids=0")
+    assert bad.returncode != 0 and "pids" in json.loads(bad.stdout)["error"]
+
+
+def test_invalid_default_limits_refuse_to_start(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "projecthub.cli", "serve", "--data-dir", str(tmp_path),
+                          "--port", "1", "--default-limits", '{"pids": -5}'],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "pids" in out.stderr and "Traceback" not in out.stderr

@@ -183,3 +183,23 @@ def test_job_survives_hub_restart_and_budget_becomes_job(tmp_path: Path, monkeyp
     finally:
         server.stop()
         server.cli("stop-all")
+
+
+def test_only_admins_raise_limits_above_defaults(server: Server, account, project_id: str) -> None:
+    defaults = v3(server, account.api_key, "GET", f"/projects/{project_id}/limits").json()
+    higher = {"memory_bytes": defaults["memory_bytes"] * 2}
+    denied = v3(server, account.api_key, "PUT", f"/projects/{project_id}/limits", json=higher)
+    assert denied.status_code == 403 and "memory_bytes" in denied.json()["error"]
+    assert v3(server, account.api_key, "PUT", f"/projects/{project_id}/limits",
+              json={"network": True}).status_code == 403
+    lower = v3(server, account.api_key, "PUT", f"/projects/{project_id}/limits",
+               json={"memory_bytes": defaults["memory_bytes"] // 2})
+    assert lower.status_code == 200
+    admin = server.cli("account", "create", "--name", "Root Admin", "--admin")
+    assert v3(server, admin["api_key"], "PUT", f"/projects/{project_id}/limits",
+              json=higher).status_code == 403  # an admin who is not on the project is refused first
+    import cocalc_api
+    cocalc_api.Hub(api_key=account.api_key, host=server.url).projects.add_collaborator(
+        project_id, admin["account_id"])
+    raised = v3(server, admin["api_key"], "PUT", f"/projects/{project_id}/limits", json=higher)
+    assert raised.status_code == 200 and raised.json()["memory_bytes"] == higher["memory_bytes"]
