@@ -35,17 +35,24 @@ def test_fork_bomb_is_contained_by_pids_limit(fresh_a, proj_b: Proj) -> None:
     assert a.v3("GET", "/limits").json()["pids"] == 64
     assert a.run("echo ready")["stdout"] == "ready\n"
     uid = a.uid()
+    instance = a.info()["status"]["instance_id"]
     bomb = "bomb() { bomb | bomb & }; bomb; sleep 30"
     peak = 0
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         started = time.monotonic()
         fut = pool.submit(a.run, bomb, 5)
         rtts = pool.submit(_echo_round_trips, proj_b, started + 5.0)
+        time.sleep(2.0)
+        # While the bomb holds every pid it may, A's daemon still has room of its own:
+        # another exec in A works (the bomb's group is capped below the project's limit).
+        during = a.run("echo a-still-serves", timeout=5)
         while not fut.done():
             peak = max(peak, len(procs_of_uid(uid, a.project_id)))  # host-side count of A's processes
             time.sleep(0.1)
         result = fut.result()
         trips = rtts.result()
+    assert during["stdout"] == "a-still-serves\n", during
+    assert a.info()["status"]["instance_id"] == instance
     assert trips and max(trips) < 2.0, f"B's echo round trips during the bomb: {trips}"
     assert result["killed_by"] == "timeout", result
     # 64 for the user plus the sandbox's small fixed headroom; never anything like unbounded
