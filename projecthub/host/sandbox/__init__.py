@@ -24,6 +24,17 @@ Decisions (numbers from this machine, 2 cores under load):
   group leader under bwrap's init (which reaps orphans, so the daemon keeps normal
   signal semantics and need not be pid 1).  ``--new-session`` is redundant with
   that and only used when the setsid binary is missing.
+* the daemon must outlive its own project's bombs (found by tests/security): child
+  groups carry pids/memory sub-limits below the project's, children start with
+  oom_score_adj 500 while the host pins the daemon's to 0 (tracker.py).
+* one machine, several data dirs (test runs, a second server): they share the
+  cgroup root and the uid range, so stray-killing, ``running_projects`` and the
+  fallback sweep only ever touch projects whose directory is in THIS data dir, and a
+  process in another project's cgroup is never matched by uid.  Uids are still
+  allocated per data dir (two servers hand out the same numbers); give each server
+  its own ``uid_range`` when several run on one machine.
+* homes have no disk quota (this filesystem has none); ``/tmp`` is a sized tmpfs
+  charged to the project's memory.  ``doctor`` says so in a note.
 """
 
 from .limits import ProjectLimits

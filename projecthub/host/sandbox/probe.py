@@ -159,7 +159,23 @@ def probe(data_dir: Path | str, *, mode: str = "auto", cgroup_root_name: str = "
                             else "sandboxed uid cannot mkdir in its cgroup"))
     if not use_bwrap:
         report.notes.append("NO SANDBOX: projects see the host filesystem, processes and network")
+    report.notes.append(_disk_note(data_dir))
     return report
+
+
+def _disk_note(data_dir: Path) -> str:
+    """Homes live on the data dir's filesystem with no per-project quota (only /tmp is a
+    sized tmpfs, charged to the project's memory): say which filesystem a project can fill."""
+    best = ("/", "?", "")
+    path = os.path.realpath(data_dir)
+    for line in (read_text("/proc/self/mounts") or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and (path == parts[1] or path.startswith(parts[1].rstrip("/") + "/")):
+            if len(parts[1]) >= len(best[0]):
+                best = (parts[1], parts[2], parts[3])
+    quota = any(o in best[2].split(",") for o in ("usrquota", "prjquota", "pquota", "uquota", "quota"))
+    return (f"home directories have no disk quota: a project can fill {best[1]} at {best[0]} "
+            f"(the data dir's filesystem{'; it has quota support, not used yet' if quota else ', mounted without quotas'})")
 
 
 def _bwrap_works() -> tuple[bool, str]:
