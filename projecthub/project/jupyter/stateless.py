@@ -88,6 +88,8 @@ async def jupyter_execute(ctx: ProjectContext, catalog: SpecCatalog, pool: Kerne
                 await run_cell(kernel, code_cd, _discard, timeout_s=cell_timeout_s,
                                silent=True, store_history=False)
         history = opts.get("history") or []
+        if isinstance(history, str):
+            history = [history]
         if history:
             ran = await run_cell(kernel, "\n".join(str(h) for h in history), _discard,
                                  timeout_s=cell_timeout_s)
@@ -98,5 +100,5 @@ async def jupyter_execute(ctx: ProjectContext, catalog: SpecCatalog, pool: Kerne
             collector.add_message(outcome.reply)  # CoCalc examines the ok reply too
         return collector.items
     finally:
-        kernel.close()  # SIGKILLs now; reaping and file cleanup finish in the background
+        pool.release(kernel)  # SIGKILLs now; reaping and file cleanup finish in the background
 
