@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import ServerSettings, default_data_dir
+from .config import ServerSettings, default_data_dir, parse_range
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -80,6 +80,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .api.app import build_sandbox, create_app
     settings = ServerSettings(host=args.host, port=args.port,
                               sandbox_mode=args.sandbox, require_isolation=args.require_isolation)
+    if args.uid_range is not None:
+        try:
+            settings.uid_range = parse_range(args.uid_range)
+        except ValueError as exc:
+            sys.exit(f"projecthub: --uid-range: {exc}")
     if args.default_limits is not None:
         try:
             settings.default_limits = json.loads(args.default_limits)
@@ -216,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                        default=os.environ.get("PROJECTHUB_SANDBOX", "auto"))
     serve.add_argument("--require-isolation", action="store_true",
                        help="refuse to start unless every isolation layer is enforced")
+    serve.add_argument("--uid-range", default=None, metavar="LOW-HIGH",
+                       help="uids for projects when run as root (default 200000-299999, $PROJECTHUB_UID_RANGE)")
     serve.add_argument("--default-limits", default=None,
                        help='per-project default limits as JSON, e.g. \'{"memory_bytes": "2G", "pids": 512}\' '
                             "(also $PROJECTHUB_DEFAULT_LIMITS)")

@@ -25,6 +25,27 @@ def _env_float(name: str, default: float) -> float:
         raise SystemExit(f"{name} must be a number, got {raw!r}")
 
 
+def parse_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    try:
+        low, high = int(lo), int(hi)
+    except ValueError:
+        raise ValueError(f"expected LOW-HIGH, got {text!r}")
+    if not sep or not 1000 <= low <= high < 2**31:
+        raise ValueError(f"expected LOW-HIGH with 1000 <= LOW <= HIGH, got {text!r}")
+    return low, high
+
+
+def _env_range(name: str, default: tuple[int, int]) -> tuple[int, int]:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return parse_range(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name}: {exc}")
+
+
 def _env_json(name: str) -> dict:
     raw = os.environ.get(name)
     if not raw:
@@ -50,6 +71,8 @@ class ServerSettings:
     key_cache_ttl: float = 2.0
     # Server-wide default limits per project (JSON object of ProjectLimits fields, sizes like "2G").
     default_limits: dict = field(default_factory=lambda: _env_json("PROJECTHUB_DEFAULT_LIMITS"))
+    # Linux uids handed to projects (as root).  Two servers on one machine need disjoint ranges.
+    uid_range: tuple[int, int] = field(default_factory=lambda: _env_range("PROJECTHUB_UID_RANGE", (200000, 299999)))
     # Sandbox: "auto" (bwrap when it works), "bwrap", or "none".
     sandbox_mode: str = "auto"
     require_isolation: bool = False

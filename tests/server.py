@@ -51,9 +51,11 @@ class Server:
     def start(self, timeout: float = 30.0) -> "Server":
         log = open(self.data_dir / "server.log", "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # every test server gets its own uid block, so concurrent servers never share a uid
+        base = 200000 + (self.port % 2000) * 1000
         self.process = subprocess.Popen(
             [*PROJECTHUB, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
-             *self.extra_args], stdout=log, stderr=log, env=env)
+             "--uid-range", f"{base}-{base + 999}", *self.extra_args], stdout=log, stderr=log, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

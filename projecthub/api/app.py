@@ -28,7 +28,8 @@ def build_sandbox(settings: ServerSettings) -> Sandbox:
     """Raises ValueError for invalid default limits, RuntimeError under --require-isolation."""
     defaults = ProjectLimits.from_json(settings.default_limits)
     return Sandbox(SandboxConfig(data_dir=settings.data_dir, mode=settings.sandbox_mode,
-                                 require_isolation=settings.require_isolation, defaults=defaults))
+                                 require_isolation=settings.require_isolation, defaults=defaults,
+                                 uid_range=settings.uid_range))
 
 
 def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Starlette:

@@ -82,6 +82,20 @@ def test_memory_bomb_is_oom_killed_and_daemon_survives(fresh_a, proj_b: Proj) ->
     assert proj_b.client.system.exec(command="echo b")["stdout"] == "b\n"
 
 
+def test_oom_of_a_child_inside_a_script_is_reported(fresh_a) -> None:
+    """The script survives (its child was the victim), but the result still says OOM."""
+    require_sandbox()
+    require_cgroup("memory")
+    a = fresh_a()
+    a.set_limits(memory_bytes=128 * 2**20)
+    py = shlex.quote(venv_python())
+    hog = shlex.quote("x = []\nwhile True: x.append(bytearray(8 * 2**20))")
+    r = a.v3("POST", "/exec", {"command": f"{py} -c {hog}; echo after", "timeout": 30})
+    result = r.json()
+    assert result["stdout"] == "after\n" and result["exit_code"] == 0, result
+    assert result["killed_by"] == "oom" and result["oom_killed"] is True, result
+
+
 def test_many_small_allocators_never_kill_the_daemon(fresh_a) -> None:
     """A bomb of many processes, each smaller than the daemon: the OOM killer must pick
     among them, never the daemon (which would take every other exec of A with it)."""

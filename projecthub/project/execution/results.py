@@ -87,8 +87,12 @@ def native_result(outcome: Outcome) -> dict[str, Any]:
     killed_by = outcome.killed_by
     if killed_by in ("cancelled", "killed"):
         killed_by = "signal"     # stopped on request (caller gone, daemon stop, jobs API)
-    if killed_by is None and outcome.signal is not None:
-        killed_by = "oom" if outcome.oom_killed else "signal"
+    if killed_by is None and outcome.oom_killed:
+        # the OOM killer fired inside this exec's group, even if it took a child (a bash
+        # script's `head` dies and the script itself exits normally)
+        killed_by = "oom"
+    elif killed_by is None and outcome.signal is not None:
+        killed_by = "signal"
     sig = None
     if outcome.signal is not None:
         try:
@@ -110,6 +114,7 @@ def native_result(outcome: Outcome) -> dict[str, Any]:
         "cpu_user_s": round(outcome.cpu_user_s, 6),
         "cpu_sys_s": round(outcome.cpu_sys_s, 6),
         "max_rss_bytes": outcome.max_rss_bytes,
+        "oom_killed": outcome.oom_killed,
     }
     if outcome.spawn_error is not None:
         result["spawn_error"] = outcome.spawn_error
