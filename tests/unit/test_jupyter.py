@@ -425,3 +425,23 @@ def test_idle_sessions_are_culled(tmp_path: Path, mpl_dir: Path) -> None:
         run(lp, service.close())
     finally:
         lp.close()
+
+
+def test_idle_pool_shrinks_to_one(tmp_path: Path, mpl_dir: Path) -> None:
+    lp = asyncio.new_event_loop()
+    try:
+        service = JupyterService(make_ctx(tmp_path, mpl_dir), pool_size=2, pool_idle_timeout_s=60)
+        run(lp, service.start())
+        run(lp, service.jupyter_execute({"input": "1", "kernel": "python3"}))
+        wait_until(lp, lambda: len(service.pool.idle_kernels()) == 2, 30)
+        # no request for longer than the idle timeout (the per-call `pool.timeout_s`
+        # shortens it): down to one warm kernel, never zero
+        service.pool._pools["python3"].timeout_s = 0.2
+        run(lp, asyncio.sleep(0.3))
+        service.pool.housekeeping()   # what the upkeep task runs periodically
+        wait_until(lp, lambda: len(service.pool.idle_kernels()) == 1, 10)
+        run(lp, asyncio.sleep(1.0))
+        assert len(service.pool.idle_kernels()) == 1
+        run(lp, service.close())
+    finally:
+        lp.close()

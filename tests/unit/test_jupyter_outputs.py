@@ -59,6 +59,15 @@ def test_cell_limit_notice_exact_and_repeats() -> None:
                        {"ename": "E", "evalue": "v", "traceback": ["t"]}]
 
 
+def test_notice_once_when_asked() -> None:
+    c = OutputCollector(Limits(max_output_per_cell=40), repeat_notice=False)
+    for text in ("a", "b" * 20, "c", "d"):
+        c.add_message(msg("stream", name="stdout", text=text))
+    c.add_message(msg("error", ename="E", evalue="v", traceback=[]))
+    assert c.items == [{"name": "stdout", "text": "a"}, truncation_notice("cell", 40),
+                       {"ename": "E", "evalue": "v", "traceback": []}]
+
+
 def test_global_limit_notice() -> None:
     c = OutputCollector(Limits(max_output_per_cell=None, max_output=40))
     c.add_message(msg("stream", name="stdout", text="a"))

@@ -335,6 +335,9 @@ class KernelLauncher:
         # libzmq's 100 ms so start-up is not rounded up to the next retry.
         self.zmq_context.setsockopt(zmq.RECONNECT_IVL, 10)
         self.zmq_context.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
+        # Never drop IOPub messages on our side (default high-water mark: 1000 queued):
+        # a dropped "idle" status would leave a cell looking busy until its timeout.
+        self.zmq_context.setsockopt(zmq.RCVHWM, 0)
 
     @staticmethod
     def _pick_runtime_dir(ctx: ProjectContext) -> Path:
@@ -407,12 +410,14 @@ class KernelLauncher:
             popen = group.spawn(lambda: subprocess.Popen(
                 cmd, cwd=run_cwd, env=child_env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True))
-        except BaseException:
+        except BaseException as exc:
             group.close()
             for p in (connection_file, stderr_path):
                 p.unlink(missing_ok=True)
             if scratch_dir is not None:
                 shutil.rmtree(scratch_dir, ignore_errors=True)
+            if isinstance(exc, OSError):   # e.g. the spec's argv[0] does not exist
+                raise KernelStartError(f"Error: could not start kernel '{spec.name}': {exc}") from exc
             raise
         finally:
             stderr.close()

@@ -70,10 +70,15 @@ class OutputCollector:
     """Collects one cell's output items; ``on_item`` sees each kept item as it arrives."""
 
     def __init__(self, limits: Limits | None = None,
-                 on_item: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_item: Callable[[dict[str, Any]], None] | None = None,
+                 repeat_notice: bool = True) -> None:
         self.limits = limits or Limits()
         self.items: list[dict[str, Any]] = []
         self._on_item = on_item
+        # CoCalc repeats the truncation notice for every further message; the native
+        # API says it once (a print loop would otherwise return 100k identical notices).
+        self._repeat_notice = repeat_notice
+        self._truncated = False
         self._cell_chars = 0
         self._total_chars = 0
 
@@ -100,4 +105,10 @@ class OutputCollector:
                 item = truncation_notice("cell", cell_cap)
             elif total_cap is not None and self._total_chars > total_cap:
                 item = truncation_notice("global", total_cap)
+            else:
+                self.add_item(item)
+                return
+            if self._truncated and not self._repeat_notice:
+                return
+            self._truncated = True
         self.add_item(item)

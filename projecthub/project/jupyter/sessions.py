@@ -146,7 +146,7 @@ class SessionManager:
         max_output = int(opts.get("max_output") or DEFAULT_MAX_OUTPUT)
         collector = OutputCollector(Limits(timeout_ms_per_cell=int(timeout_s * 1000),
                                            max_output_per_cell=max_output, max_output=None),
-                                    on_item=on_item)
+                                    on_item=on_item, repeat_notice=False)
         async with session.lock:
             if self._sessions.get(session_id) is not session:
                 raise RemoteError(f"Error: Jupyter session '{session_id}' does not exist.")
