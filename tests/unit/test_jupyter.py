@@ -235,7 +235,7 @@ def test_pool_size_option(loop, svc) -> None:
     execute(loop, svc, "1", pool={"size": 2})
     wait_until(loop, lambda: len(svc.pool.idle_kernels()) == 2, 30)
     execute(loop, svc, "1", pool={"size": 1})
-    svc.pool.housekeeping()
+    loop.call_soon(svc.pool.housekeeping)
     wait_until(loop, lambda: len(svc.pool.idle_kernels()) == 1, 30)
 
 
@@ -438,7 +438,7 @@ def test_idle_pool_shrinks_to_one(tmp_path: Path, mpl_dir: Path) -> None:
         # shortens it): down to one warm kernel, never zero
         service.pool._pools["python3"].timeout_s = 0.2
         run(lp, asyncio.sleep(0.3))
-        service.pool.housekeeping()   # what the upkeep task runs periodically
+        lp.call_soon(service.pool.housekeeping)   # what the upkeep task runs periodically
         wait_until(lp, lambda: len(service.pool.idle_kernels()) == 1, 10)
         run(lp, asyncio.sleep(1.0))
         assert len(service.pool.idle_kernels()) == 1

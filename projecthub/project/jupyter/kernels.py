@@ -92,7 +92,8 @@ class Kernel:
         self.cwd = cwd
         self.created = time.time()
         self.killed_by_us = False
-        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int] = self._loop.create_future()
         self._closed: asyncio.Future[None] | None = None
         self._closing = closing   # the launcher awaits these on shutdown
         self._watch_exit()
@@ -273,7 +274,7 @@ class Kernel:
         future may be ignored (the kill itself happens before this returns)."""
         if self._closed is None:
             self.kill_now()
-            self._closed = asyncio.ensure_future(self._finish_close())
+            self._closed = self._loop.create_task(self._finish_close())
             self._closing.add(self._closed)
             self._closed.add_done_callback(self._closing.discard)
         return self._closed
