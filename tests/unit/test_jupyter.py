@@ -352,6 +352,7 @@ def test_session_interrupt_and_restart_calls(loop, svc) -> None:
 
         r, _ = run(loop, both())
         assert r["status"] == "error" and r["outputs"][-1]["ename"] == "KeyboardInterrupt"
+        assert r["interrupted"] and r["state_survived"] and not r["timed_out"]
         old_pid = run(loop, svc.get_session(sid))["pid"]
         rec = run(loop, svc.restart_session(sid))
         assert rec["pid"] != old_pid and rec["state"] == "idle"

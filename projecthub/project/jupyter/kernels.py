@@ -103,7 +103,17 @@ class Kernel:
     @property
     def alive(self) -> bool:
         # A kernel we have sent SIGKILL is dead to us even before the kernel reaps it.
-        return not (self.killed_by_us or self.exited.done()) and self.popen.poll() is None
+        return not (self.killed_by_us or self.exited.done() or self._has_exited())
+
+    def _has_exited(self) -> bool:
+        """Exited but maybe not reaped yet (the pidfd callback may still be queued).
+        WNOWAIT leaves the zombie for ``_reap``, whose wait4 collects the rusage."""
+        if self.popen.returncode is not None:
+            return True
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
 
     def _watch_exit(self) -> None:
         loop = asyncio.get_running_loop()

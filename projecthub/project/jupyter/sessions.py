@@ -37,6 +37,7 @@ class Session:
     kernel: Kernel | None = None
     busy: bool = False
     starting: bool = False
+    interrupt_requested: bool = False   # interrupt_session() hit the running cell
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -130,6 +131,7 @@ class SessionManager:
     async def interrupt(self, session_id: str) -> dict[str, Any]:
         session = self.get(session_id)
         if session.kernel is not None and session.kernel.alive:
+            session.interrupt_requested = session.busy
             session.kernel.interrupt()
         return session.record()
 
@@ -158,6 +160,7 @@ class SessionManager:
             kernel = session.kernel
             assert kernel is not None
             session.busy = True
+            session.interrupt_requested = False
             try:
                 outcome = await run_cell(kernel, code, collector.add_message, timeout_s=timeout_s)
                 if outcome.killed:
@@ -171,7 +174,7 @@ class SessionManager:
             "status": "timeout" if outcome.timed_out else outcome.status,
             "execution_count": outcome.execution_count,
             "timed_out": outcome.timed_out,
-            "interrupted": outcome.interrupted,
+            "interrupted": outcome.interrupted or session.interrupt_requested,
             "restarted": restarted,
             "state_survived": not restarted,
         }
