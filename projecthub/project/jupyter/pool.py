@@ -70,7 +70,7 @@ class KernelPool:
             pool.timeout_s = float(timeout_s)
         if pool.size <= 0:
             self._trim(pool, 0)
-            return await self._start(spec)
+            return await self._start(spec, warm=False)
         while pool.idle:
             kernel = pool.idle.popleft()
             if kernel.alive:
@@ -90,7 +90,7 @@ class KernelPool:
                 raise
             except Exception:
                 pass  # that refill failed: start our own below
-        kernel = await self._start(spec)
+        kernel = await self._start(spec, warm=False)
         self._refill_later()
         return kernel
 
@@ -105,8 +105,10 @@ class KernelPool:
         kernel.close()
         self._wake.set()
 
-    async def _start(self, spec: KernelSpecInfo) -> Kernel:
-        return await self.launcher.start(spec, rlimits=self.rlimits, scratch=True)
+    async def _start(self, spec: KernelSpecInfo, *, warm: bool) -> Kernel:
+        # Warm-up (a first cell) only pays off for kernels that wait in the pool: a
+        # caller who is waiting runs its own cell at once, which warms just as well.
+        return await self.launcher.start(spec, rlimits=self.rlimits, scratch=True, warm=warm)
 
     def _pool(self, spec: KernelSpecInfo) -> _Pool:
         pool = self._pools.get(spec.name)
@@ -160,7 +162,7 @@ class KernelPool:
     async def _refill_one(self, pool: _Pool, loop: asyncio.AbstractEventLoop) -> None:
         pool.booting = True
         try:
-            kernel = await self._start(pool.spec)
+            kernel = await self._start(pool.spec, warm=True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
