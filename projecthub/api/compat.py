@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -89,60 +89,58 @@ def _call_fields(body: dict[str, Any]) -> tuple[str, list[Any]]:
     return name, args
 
 
-async def conat_project(request: Request) -> JSONResponse:
-    hub = _hub(request)
-    try:
-        body = parse_json_object(await read_body(request, request.app.state.settings.max_body_bytes))
-    except HTTPError as exc:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
-    try:
-        identity = await authenticate(request)
-        if identity is None or not (identity.account_id or identity.project_id):
-            raise RemoteError("must sign in as project or account")
-        project_id = await hub.authorize_project(identity, body.get("project_id") or None)
-        compute_server_id = body.get("compute_server_id", 0)
-        if compute_server_id not in (0, None):
-            raise RemoteError(f"Error: no connection to compute server {compute_server_id} -- "
-                              "this server has no such compute server")
-        name, args = _call_fields(body)
-        if name != "ping" and name not in PUBLIC_FUNCTIONS:
-            raise RemoteError(f"Error: unknown function '{name}'")
-        if name == "system.test":
-            first = args[0] if args and isinstance(args[0], dict) else {}
-            args = [{**first, "project_id": project_id}, *args[1:]]
-        budget = call_budget(request, body, name, args)
-        return _ok(await hub.project_call(project_id, name, args, budget))
-    except RemoteError as exc:
-        return _err(exc)
-    except Exception as exc:
-        return _err(_unexpected(request, exc))
-
-
-async def conat_hub(request: Request) -> JSONResponse:
-    hub = _hub(request)
-    try:
-        body = parse_json_object(await read_body(request, request.app.state.settings.max_body_bytes))
-    except HTTPError as exc:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
-    try:
-        identity = await authenticate(request)
-        if identity is None or not identity.account_id:
-            raise RemoteError("must be signed in and MUST provide an api key (cookies are not allowed)")
-        name, args = _call_fields(body)
-        function = HUB_FUNCTIONS.get(name)
-        if function is None:
-            raise RemoteError(f"Error: unknown function '{name}'")
-        budget = call_budget(request, body, name, args)
+def conat_endpoint(handler: Callable[[Request, HubService, dict[str, Any]], Awaitable[Any]]
+                   ) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """Body decoding and CoCalc's error model shared by the two conat routes: framework
+    failures (bad JSON, too large) get 400/413, everything else HTTP 200 ``{"error": ...}``."""
+    async def endpoint(request: Request) -> JSONResponse:
         try:
-            result = await asyncio.wait_for(function(hub, identity.account_id, args, budget), budget)
-        except asyncio.TimeoutError:
-            subject = f"hub.account.{identity.account_id}.api"
-            raise RemoteError(f"timeout - callHub: subject='{subject}', name='{name}', code='408' ")
-        return _ok(result)
-    except RemoteError as exc:
-        return _err(exc)
-    except Exception as exc:
-        return _err(_unexpected(request, exc))
+            body = parse_json_object(await read_body(request, request.app.state.settings.max_body_bytes))
+        except HTTPError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        try:
+            return _ok(await handler(request, _hub(request), body))
+        except RemoteError as exc:
+            return _err(exc)
+        except Exception as exc:
+            return _err(_unexpected(request, exc))
+    return endpoint
+
+
+@conat_endpoint
+async def conat_project(request: Request, hub: HubService, body: dict[str, Any]) -> Any:
+    identity = await authenticate(request)
+    if identity is None or not (identity.account_id or identity.project_id):
+        raise RemoteError("must sign in as project or account")
+    project_id = await hub.authorize_project(identity, body.get("project_id") or None)
+    compute_server_id = body.get("compute_server_id", 0)
+    if compute_server_id not in (0, None):
+        raise RemoteError(f"Error: no connection to compute server {compute_server_id} -- "
+                          "this server has no such compute server")
+    name, args = _call_fields(body)
+    if name != "ping" and name not in PUBLIC_FUNCTIONS:
+        raise RemoteError(f"Error: unknown function '{name}'")
+    if name == "system.test":
+        first = args[0] if args and isinstance(args[0], dict) else {}
+        args = [{**first, "project_id": project_id}, *args[1:]]
+    return await hub.project_call(project_id, name, args, call_budget(request, body, name, args))
+
+
+@conat_endpoint
+async def conat_hub(request: Request, hub: HubService, body: dict[str, Any]) -> Any:
+    identity = await authenticate(request)
+    if identity is None or not identity.account_id:
+        raise RemoteError("must be signed in and MUST provide an api key (cookies are not allowed)")
+    name, args = _call_fields(body)
+    function = HUB_FUNCTIONS.get(name)
+    if function is None:
+        raise RemoteError(f"Error: unknown function '{name}'")
+    budget = call_budget(request, body, name, args)
+    try:
+        return await asyncio.wait_for(function(hub, identity.account_id, args, budget), budget)
+    except asyncio.TimeoutError:
+        subject = f"hub.account.{identity.account_id}.api"
+        raise RemoteError(f"timeout - callHub: subject='{subject}', name='{name}', code='408' ")
 
 
 # -- legacy v1 and v2 exec ----------------------------------------------------------------

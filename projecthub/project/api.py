@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 from .. import BUILD_VERSION
 from ..errors import RemoteError
+from .args import options as _opts
 from . import files
 
 if TYPE_CHECKING:
@@ -22,14 +23,6 @@ Function = Callable[["ProjectDaemon", list[Any], "float | None"], Awaitable[Any]
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _opts(args: list[Any]) -> dict[str, Any]:
-    if not args or args[0] is None:
-        return {}
-    if not isinstance(args[0], dict):
-        raise RemoteError("Error: expected an options object as the first argument")
-    return args[0]
 
 
 async def _ping(d: "ProjectDaemon", args: list[Any], budget: float | None) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RemoteError
+from .args import options as _opts
 from .context import ProjectContext
 
 
@@ -23,14 +24,6 @@ def _require_str(value: Any, field: str) -> str:
     if "\x00" in value:
         raise RemoteError(f"Error: '{field}' must not contain NUL bytes")
     return value
-
-
-def _opts(args: list[Any]) -> dict[str, Any]:
-    if not args or args[0] is None:
-        return {}
-    if not isinstance(args[0], dict):
-        raise RemoteError("Error: expected an options object as the first argument")
-    return args[0]
 
 
 def _under_home(ctx: ProjectContext, path: str) -> Path:
