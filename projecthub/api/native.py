@@ -255,7 +255,7 @@ async def job_output(request: Request, identity: Identity) -> Response:
     opts = {**_job_opts(request), "stream": stream, "offset": _int_param(request, "offset", 0),
             "length": _int_param(request, "length", 1 << 20)}
     result = await _hub(request).project_call(project_id, "native.jobOutput", [opts], 30.0)
-    # result: {"data": str (latin-1 safe text of the bytes), "offset", "total"}
+    # {"data": UTF-8 text of bytes [offset, end), "offset", "end", "total"}: continue from "end"
     return JSONResponse(result)
 
 
