@@ -141,7 +141,9 @@ OPENAPI: dict[str, Any] = {
         "/api/v3/projects/{project_id}/jobs/{job_id}/output": {
             "get": _op("A byte range of a job's full output (kept on disk beyond the JSON cap)",
                        {"200": _json({"type": "object", "properties": {
-                           "data": {"type": "string"}, "offset": {"type": "integer"},
+                           "data": {"type": "string", "description": "UTF-8 text of bytes [offset, end)"},
+                           "offset": {"type": "integer"},
+                           "end": {"type": "integer", "description": "where to continue reading"},
                            "total": {"type": "integer"}}})},
                        params=[_PROJECT_ID, _JOB_ID,
                                {"name": "stream", "in": "query", "schema": {"enum": ["stdout", "stderr"]}},
