@@ -80,7 +80,7 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
 
     async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": f"method {request.method} not allowed on {request.url.path}"},
-                            status_code=405)
+                            status_code=405, headers=getattr(exc, "headers", None))  # keeps Allow
 
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path, exc_info=exc)

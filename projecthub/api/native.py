@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
@@ -43,6 +44,10 @@ def _status_for(exc: RemoteError) -> int:
         return 504
     if "does not exist" in text or "no such" in text or "unknown session" in text:
         return 404
+    if "no spec available for kernel" in text:
+        return 404
+    if "kernel last" in text:  # the user's code ended its own kernel: a state conflict, not bad input
+        return 409
     return 400
 
 
@@ -71,6 +76,44 @@ def endpoint(handler: Callable[[Request, Identity], Awaitable[Response]]) -> Cal
             status = exc.extra.pop("status", None) or _status_for(exc)
             return JSONResponse(exc.to_json(), status_code=status)
     return wrapped
+
+
+# Field types of request bodies (the OpenAPI document says the same); unknown fields are ignored.
+_NUMBER = (int, float)
+MAX_NUMBER = 1e9  # seconds or characters: far beyond any sane value, and safely an int
+NULLABLE_FIELDS = {"limits"}
+EXEC_FIELDS: dict[str, tuple[type, ...]] = {
+    "command": (str,), "args": (list,), "bash": (bool,), "path": (str,), "cwd": (str,), "env": (dict,),
+    "timeout": _NUMBER, "max_output": (int,), "yield_after": _NUMBER, "async": (bool,)}
+PROJECT_FIELDS: dict[str, tuple[type, ...]] = {
+    "title": (str,), "description": (str,), "start": (bool,), "limits": (dict,)}
+SESSION_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,), "kernel": (str,), "cwd": (str,), "env": (dict,), "code": (str,),
+    "timeout_s": _NUMBER, "max_output": (int,)}
+
+
+def check_fields(body: dict[str, Any], spec: dict[str, tuple[type, ...]]) -> None:
+    """400 for a field of the wrong type, instead of a confusing failure further in."""
+    for field, types in spec.items():
+        if field not in body or (body[field] is None and field in NULLABLE_FIELDS):
+            continue
+        value = body[field]
+        if isinstance(value, float) and not math.isfinite(value) or \
+                isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_NUMBER:
+            raise ApiError(400, f"{field} must be at most {MAX_NUMBER:g}")
+        if int in types and float not in types and isinstance(value, float) and value.is_integer():
+            body[field] = value = int(value)  # JSON has one number type: 1000.0 is an integer
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise ApiError(400, f"{field} must be of type {' or '.join(t.__name__ for t in types)}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ApiError(400, f"{field} must not be negative")
+    env = body.get("env")
+    if isinstance(env, dict) and not all(isinstance(k, str) and k and "=" not in k and isinstance(v, str)
+                                         for k, v in env.items()):
+        raise ApiError(400, "env must map variable names (non-empty, no '=') to strings")
+    args = body.get("args")
+    if isinstance(args, list) and not all(isinstance(a, str) for a in args):
+        raise ApiError(400, "args must be a list of strings")
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -128,14 +171,20 @@ async def _project_json(hub: HubService, row: dict[str, Any]) -> dict[str, Any]:
 @endpoint
 async def create_project(request: Request, identity: Identity) -> Response:
     body = await _json_body(request)
-    title, description = body.get("title", ""), body.get("description", "")
-    if not isinstance(title, str) or not isinstance(description, str):
-        raise ApiError(400, "title and description must be strings")
+    check_fields(body, PROJECT_FIELDS)
+    title, description = body.get("title") or "", body.get("description") or ""
     hub = _hub(request)
-    project_id = await hub.create_project(_account(identity), title=title, description=description,
-                                          start=bool(body.get("start")))
-    if isinstance(body.get("limits"), dict):
-        await hub.set_limits(project_id, body["limits"])
+    limits = body.get("limits")
+    account_id = _account(identity)
+    project_id = await hub.create_project(account_id, title=title, description=description)
+    try:
+        if limits:
+            await hub.set_limits(project_id, limits, account_id=account_id)
+        if body.get("start"):
+            await hub.start_project(project_id)
+    except BaseException:
+        await hub.delete_project(project_id)  # a rejected request leaves no half-made project
+        raise
     return JSONResponse({"project_id": project_id}, status_code=201)
 
 
@@ -189,6 +238,9 @@ async def project_limits(request: Request, identity: Identity) -> Response:
 async def exec_command(request: Request, identity: Identity) -> Response:
     project_id = await _project(request, identity)
     body = await _json_body(request)
+    check_fields(body, EXEC_FIELDS)
+    if not body.get("command"):
+        raise ApiError(400, "command is required and must be a non-empty string")
     key = request.headers.get("idempotency-key")
     if key is not None:
         if not key or len(key) > 200:
@@ -340,6 +392,7 @@ def _session_call(name: str, with_body: bool = False, status: int = 200) -> Call
     async def handler(request: Request, identity: Identity) -> Response:
         project_id = await _project(request, identity)
         opts: dict[str, Any] = await _json_body(request) if with_body else {}
+        check_fields(opts, SESSION_FIELDS)
         if "session_id" in request.path_params:
             opts["session_id"] = request.path_params["session_id"]
         budget = request.app.state.settings.max_call_timeout_s
@@ -354,6 +407,7 @@ def _session_call(name: str, with_body: bool = False, status: int = 200) -> Call
 async def session_stream(request: Request, identity: Identity) -> Response:
     project_id = await _project(request, identity)
     opts = await _json_body(request)
+    check_fields(opts, SESSION_FIELDS)
     opts["session_id"] = request.path_params["session_id"]
     hub = _hub(request)
 
@@ -377,30 +431,34 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(OPENAPI)
 
 
+def _by_method(handlers: dict[str, Callable[[Request], Awaitable[Response]]]) -> Callable[[Request], Awaitable[Response]]:
+    """One route per path, so a 405 lists every method the path supports in ``Allow``."""
+    async def dispatch(request: Request) -> Response:
+        return await handlers[request.method](request)
+    return dispatch
+
+
 def routes() -> list[Route]:
     p = "/api/v3/projects/{project_id}"
-    return [
-        Route("/api/v3/openapi.json", openapi, methods=["GET"]),
-        Route("/api/v3/projects", list_projects, methods=["GET"]),
-        Route("/api/v3/projects", create_project, methods=["POST"]),
-        Route(p, get_project, methods=["GET"]),
-        Route(p, delete_project, methods=["DELETE"]),
-        Route(p + "/start", start_project, methods=["POST"]),
-        Route(p + "/stop", stop_project, methods=["POST"]),
-        Route(p + "/limits", project_limits, methods=["GET", "PUT"]),
-        Route(p + "/exec", exec_command, methods=["POST"]),
-        Route(p + "/jobs", list_jobs, methods=["GET"]),
-        Route(p + "/jobs/{job_id}", get_job, methods=["GET"]),
-        Route(p + "/jobs/{job_id}", kill_job, methods=["DELETE"]),
-        Route(p + "/jobs/{job_id}/output", job_output, methods=["GET"]),
-        Route(p + "/jobs/{job_id}/events", job_events, methods=["GET"]),
-        Route(p + "/sessions", _session_call("native.session.create", with_body=True, status=201), methods=["POST"]),
-        Route(p + "/sessions", _session_call("native.session.list"), methods=["GET"]),
-        Route(p + "/sessions/{session_id}", _session_call("native.session.get"), methods=["GET"]),
-        Route(p + "/sessions/{session_id}", _session_call("native.session.delete"), methods=["DELETE"]),
-        Route(p + "/sessions/{session_id}/execute", _session_call("native.session.execute", with_body=True),
-              methods=["POST"]),
-        Route(p + "/sessions/{session_id}/stream", session_stream, methods=["POST"]),
-        Route(p + "/sessions/{session_id}/interrupt", _session_call("native.session.interrupt"), methods=["POST"]),
-        Route(p + "/sessions/{session_id}/restart", _session_call("native.session.restart"), methods=["POST"]),
-    ]
+    table: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {
+        "/api/v3/openapi.json": {"GET": openapi},
+        "/api/v3/projects": {"GET": list_projects, "POST": create_project},
+        p: {"GET": get_project, "DELETE": delete_project},
+        p + "/start": {"POST": start_project},
+        p + "/stop": {"POST": stop_project},
+        p + "/limits": {"GET": project_limits, "PUT": project_limits},
+        p + "/exec": {"POST": exec_command},
+        p + "/jobs": {"GET": list_jobs},
+        p + "/jobs/{job_id}": {"GET": get_job, "DELETE": kill_job},
+        p + "/jobs/{job_id}/output": {"GET": job_output},
+        p + "/jobs/{job_id}/events": {"GET": job_events},
+        p + "/sessions": {"POST": _session_call("native.session.create", with_body=True, status=201),
+                          "GET": _session_call("native.session.list")},
+        p + "/sessions/{session_id}": {"GET": _session_call("native.session.get"),
+                                       "DELETE": _session_call("native.session.delete")},
+        p + "/sessions/{session_id}/execute": {"POST": _session_call("native.session.execute", with_body=True)},
+        p + "/sessions/{session_id}/stream": {"POST": session_stream},
+        p + "/sessions/{session_id}/interrupt": {"POST": _session_call("native.session.interrupt")},
+        p + "/sessions/{session_id}/restart": {"POST": _session_call("native.session.restart")},
+    }
+    return [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in table.items()]

@@ -24,17 +24,21 @@ _ERRORS = {
     "504": _json(_ref("Error"), "The call's time budget ran out"),
 }
 
+# one Server-Sent Event as clients see it; ``data`` is a JSON document
+_SSE_EVENT = {"type": "object", "properties": {
+    "event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"}}}
+
 _PROJECT_ID = {"name": "project_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
 def _op(summary: str, responses: dict[str, Any], *, params: list[dict[str, Any]] | None = None,
-        body: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] | None = None, body_required: bool = True) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "parameters": params or [],
                           "responses": {**responses, **_ERRORS}, "security": [{"bearer": []}, {"basic": []}]}
     if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["requestBody"] = {"required": body_required, "content": {"application/json": {"schema": body}}}
     return op
 
 
@@ -42,15 +46,17 @@ EXEC_REQUEST = {
     "type": "object",
     "required": ["command"],
     "properties": {
-        "command": {"type": "string", "description": "Program, or a bash script when it has whitespace and no args"},
+        "command": {"type": "string", "minLength": 1, "description": "Program, or a bash script when it has whitespace and no args"},
         "args": {"type": "array", "items": {"type": "string"}},
         "bash": {"type": "boolean"},
         "path": {"type": "string", "description": "Working directory, relative to HOME"},
         "cwd": {"type": "string", "description": "Working directory; overrides path"},
-        "env": {"type": "object", "additionalProperties": {"type": "string"}},
-        "timeout": {"type": "number", "minimum": 0, "description": "Seconds; 0 = no limit; default 60"},
-        "max_output": {"type": "integer", "minimum": 0, "description": "Characters kept per stream"},
-        "yield_after": {"type": "number", "minimum": 0,
+        "env": {"type": "object", "additionalProperties": {"type": "string"},
+                "propertyNames": {"pattern": "^[^=\\x00]+$"}},
+        "timeout": {"type": "number", "minimum": 0, "maximum": 1e9,
+                    "description": "Seconds; 0 = no limit; default 60"},
+        "max_output": {"type": "integer", "minimum": 0, "maximum": 1e9, "description": "Characters kept per stream"},
+        "yield_after": {"type": "number", "minimum": 0, "maximum": 1e9,
                         "description": "Return a job record if still running after this many seconds"},
         "async": {"type": "boolean", "description": "Start as a durable job and return its record at once"},
     },
@@ -86,24 +92,32 @@ OPENAPI: dict[str, Any] = {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
             "ExecRequest": EXEC_REQUEST,
             "ExecResult": EXEC_RESULT,
-            "Limits": {"type": "object", "properties": {
-                "memory_bytes": {"type": ["integer", "null"]}, "pids": {"type": ["integer", "null"]},
-                "cpu_cores": {"type": ["number", "null"]}, "cpu_shares": {"type": ["integer", "null"]},
-                "tmp_bytes": {"type": ["integer", "null"]}, "network": {"type": "boolean"}}},
+            "Limits": {"type": "object", "additionalProperties": False, "properties": {
+                "memory_bytes": {"oneOf": [{"type": "integer", "minimum": 32 * 2**20}, {"type": "null"},
+                                           {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[KMGT]i?B?$"}],
+                                 "description": "bytes, or a size like 512M / 2GiB; null = unlimited (admins)"},
+                "pids": {"type": ["integer", "null"], "minimum": 8},
+                "cpu_cores": {"type": ["number", "null"], "minimum": 0.01, "maximum": 4096},
+                "cpu_shares": {"type": ["integer", "null"], "minimum": 2, "maximum": 262144},
+                "tmp_bytes": {"oneOf": [{"type": "integer", "minimum": 2**20}, {"type": "null"},
+                                        {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[KMGT]i?B?$"}]},
+                "network": {"type": "boolean", "description": "true = full host network (admins)"}}},
             "SessionRequest": {"type": "object", "properties": {
                 "name": {"type": "string"}, "kernel": {"type": "string", "default": "python3"},
-                "cwd": {"type": "string"}, "env": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                "cwd": {"type": "string"}, "env": {"type": "object", "additionalProperties": {"type": "string"},
+                                                   "propertyNames": {"pattern": "^[^=\\x00]+$"}}}},
             "CellRequest": {"type": "object", "required": ["code"], "properties": {
-                "code": {"type": "string"}, "timeout_s": {"type": "number"}, "max_output": {"type": "integer"}}},
+                "code": {"type": "string"}, "timeout_s": {"type": "number", "minimum": 0, "maximum": 1e9},
+                "max_output": {"type": "integer", "minimum": 0, "maximum": 1e9}}},
         },
     },
     "paths": {
         "/api/v3/projects": {
             "get": _op("List your projects", {"200": _json({"type": "array", "items": {"type": "object"}})}),
             "post": _op("Create a project", {"201": _json({"type": "object", "properties": {
-                "project_id": {"type": "string"}}})}, body={"type": "object", "properties": {
+                "project_id": {"type": "string"}}})}, body_required=False, body={"type": "object", "properties": {
                     "title": {"type": "string"}, "description": {"type": "string"},
-                    "start": {"type": "boolean"}, "limits": _ref("Limits")}}),
+                    "start": {"type": "boolean"}, "limits": {"oneOf": [_ref("Limits"), {"type": "null"}]}}}),
         },
         "/api/v3/projects/{project_id}": {
             "get": _op("Project details, state and status", {"200": _json({"type": "object"})}, params=[_PROJECT_ID]),
@@ -124,7 +138,7 @@ OPENAPI: dict[str, Any] = {
             "post": _op("Run a command; rich result, or a job record with yield_after/async",
                         {"200": _json(_ref("ExecResult"))},
                         params=[_PROJECT_ID, {"name": "Idempotency-Key", "in": "header", "required": False,
-                                              "schema": {"type": "string"}}],
+                                              "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
                         body=_ref("ExecRequest"))},
         "/api/v3/projects/{project_id}/jobs": {
             "get": _op("List jobs", {"200": _json({"type": "array", "items": {"type": "object"}})},
@@ -153,7 +167,7 @@ OPENAPI: dict[str, Any] = {
             "get": _op("Server-Sent Events: stdout, stderr, stats, then one done or error. Resume with "
                        "Last-Event-ID ('<stdout offset>:<stderr offset>') or ?offset=&stderr_offset=",
                        {"200": {"description": "text/event-stream",
-                                "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                                "content": {"text/event-stream": {"schema": _SSE_EVENT}}}},
                        params=[_PROJECT_ID, _JOB_ID,
                                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                                {"name": "stderr_offset", "in": "query",
@@ -162,7 +176,7 @@ OPENAPI: dict[str, Any] = {
             "get": _op("List kernel sessions", {"200": _json({"type": "array", "items": {"type": "object"}})},
                        params=[_PROJECT_ID]),
             "post": _op("Create a persistent kernel session", {"201": _json({"type": "object"})},
-                        params=[_PROJECT_ID], body=_ref("SessionRequest")),
+                        params=[_PROJECT_ID], body=_ref("SessionRequest"), body_required=False),
         },
         "/api/v3/projects/{project_id}/sessions/{session_id}": {
             "get": _op("A session", {"200": _json({"type": "object"})}, params=[_PROJECT_ID, _SESSION_ID]),
@@ -175,7 +189,7 @@ OPENAPI: dict[str, Any] = {
         "/api/v3/projects/{project_id}/sessions/{session_id}/stream": {
             "post": _op("Execute a cell and stream its outputs as Server-Sent Events",
                         {"200": {"description": "text/event-stream",
-                                 "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                                 "content": {"text/event-stream": {"schema": _SSE_EVENT}}}},
                         params=[_PROJECT_ID, _SESSION_ID], body=_ref("CellRequest"))},
         "/api/v3/projects/{project_id}/sessions/{session_id}/interrupt": {
             "post": _op("Interrupt the running cell", {"200": _json({"type": "object"})},

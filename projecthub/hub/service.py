@@ -123,9 +123,11 @@ class HubService:
         await self.host.stop(project_id)
 
     async def delete_project(self, project_id: str) -> None:
-        await self.host.stop(project_id)
+        # mark it deleted first: a call racing with us then cannot start a new daemon after
+        # the stop below (the host refuses to launch deleted projects)
         await self.db.delete_project(project_id)
         self._forget_collaborators(project_id)
+        await self.host.stop(project_id)
 
     async def project_state(self, project_id: str) -> dict[str, Any]:
         project = await self.db.get_project(project_id)

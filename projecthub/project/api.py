@@ -132,8 +132,13 @@ async def _kernel_specs(d: "ProjectDaemon", args: list[Any], budget: float | Non
 
 def _session(method: str, with_opts: bool = True) -> Function:
     async def call(d: "ProjectDaemon", args: list[Any], budget: float | None) -> Any:
-        service = await d.jupyter()
         opts = _opts(args)
+        if d.jupyter_started is None and method != "create_session":
+            # no session can exist yet: answer without paying the jupyter import
+            if method == "list_sessions":
+                return []
+            raise RemoteError(f"Error: Jupyter session '{opts.get('session_id')}' does not exist.")
+        service = await d.jupyter()
         fn = getattr(service, method)
         if method in ("create_session", "list_sessions"):
             return await (fn(opts) if with_opts else fn())
