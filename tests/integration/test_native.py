@@ -203,3 +203,29 @@ def test_only_admins_raise_limits_above_defaults(server: Server, account, projec
         project_id, admin["account_id"])
     raised = v3(server, admin["api_key"], "PUT", f"/projects/{project_id}/limits", json=higher)
     assert raised.status_code == 200 and raised.json()["memory_bytes"] == higher["memory_bytes"]
+
+
+def test_rejected_create_leaves_no_project_and_types_are_checked(server: Server, account) -> None:
+    before = {p["project_id"] for p in v3(server, account.api_key, "GET", "/projects").json()}
+    bad = v3(server, account.api_key, "POST", "/projects", json={"title": "x", "limits": {"pids": -3}})
+    assert bad.status_code == 400 and "pids" in bad.json()["error"]
+    assert {p["project_id"] for p in v3(server, account.api_key, "GET", "/projects").json()} == before
+    assert v3(server, account.api_key, "POST", "/projects", json={"start": "yes"}).status_code == 400
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({}, "command"),
+    ({"command": "echo", "async": {}}, "async"),
+    ({"command": "echo", "timeout": 1e300}, "timeout"),
+    ({"command": "echo", "env": {"": "x"}}, "env"),
+    ({"command": "echo", "args": [1]}, "args"),
+])
+def test_native_exec_field_validation(server: Server, account, project_id: str, body: dict, needle: str) -> None:
+    response = v3(server, account.api_key, "POST", f"/projects/{project_id}/exec", json=body)
+    assert response.status_code == 400 and needle in response.json()["error"]
+
+
+def test_405_lists_allowed_methods(server: Server, account) -> None:
+    response = v3(server, account.api_key, "PATCH", "/projects")
+    assert response.status_code == 405
+    assert set(response.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
