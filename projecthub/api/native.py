@@ -157,7 +157,7 @@ def _budget(request: Request, opts: dict[str, Any] | None = None) -> float:
 async def list_projects(request: Request, identity: Identity) -> Response:
     hub = _hub(request)
     rows = await hub.db.list_projects(_account(identity), recent_days=None, limit=None)
-    return JSONResponse([await _project_json(hub, r) for r in rows])
+    return JSONResponse([await _project_json(hub, r) for r in rows if not r.get("deleted")])
 
 
 async def _project_json(hub: HubService, row: dict[str, Any]) -> dict[str, Any]:
