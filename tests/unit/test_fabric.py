@@ -1,0 +1,119 @@
+"""The fabric over a real Unix socket: multiplexing, streams, cancellation, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+from projecthub.errors import RemoteError
+from projecthub.fabric.local import ConnectionLost, FabricClient, serve
+
+
+class Handler:
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+        self.budgets: list[float | None] = []
+
+    async def call(self, name: str, args: list[Any], budget: float | None) -> Any:
+        self.budgets.append(budget)
+        if name == "echo":
+            return args
+        if name == "sleep":
+            try:
+                await asyncio.sleep(args[0])
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+            return "slept"
+        if name == "fail":
+            raise RemoteError("plain text error", job_id="j1")
+        if name == "bug":
+            raise KeyError("oops")
+        raise RemoteError(f"Error: unknown function '{name}'")
+
+    def stream(self, name: str, args: list[Any]) -> AsyncIterator[Any]:
+        async def numbers() -> AsyncIterator[Any]:
+            for i in range(args[0]):
+                yield {"i": i}
+            if name == "stream_fail":
+                raise RemoteError("stream broke")
+        return numbers()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+def test_requests_are_multiplexed_and_errors_keep_their_text(tmp_path: Path) -> None:
+    async def main() -> None:
+        handler = Handler()
+        server = await serve(tmp_path / "d.sock", handler)
+        client = await FabricClient.connect(tmp_path / "d.sock")
+        slow = asyncio.ensure_future(client.call("sleep", [0.5], 3.0))
+        assert await client.call("echo", [1, "two", {"x": None}]) == [1, "two", {"x": None}]
+        assert not slow.done()  # a slow call never blocks a quick one
+        assert await slow == "slept"
+        with pytest.raises(RemoteError) as info:
+            await client.call("fail", [])
+        assert info.value.message == "plain text error" and info.value.extra == {"job_id": "j1"}
+        with pytest.raises(RemoteError, match="KeyError"):
+            await client.call("bug", [])
+        assert 3.0 in handler.budgets
+        await client.close()
+        server.close()
+    run(main())
+
+
+def test_streams_and_cancellation(tmp_path: Path) -> None:
+    async def main() -> None:
+        handler = Handler()
+        server = await serve(tmp_path / "d.sock", handler)
+        client = await FabricClient.connect(tmp_path / "d.sock")
+        assert [item async for item in client.stream("numbers", [3])] == [{"i": 0}, {"i": 1}, {"i": 2}]
+        with pytest.raises(RemoteError, match="stream broke"):
+            async for _ in client.stream("stream_fail", [1]):
+                pass
+        task = asyncio.ensure_future(client.call("sleep", [30], None))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.wait_for(handler.cancelled.wait(), 5)  # the far side stopped working too
+        await client.close()
+        server.close()
+    run(main())
+
+
+def test_connection_loss_fails_pending_calls(tmp_path: Path) -> None:
+    async def main() -> None:
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1)  # a request arrives; the "daemon" dies before answering
+            writer.close()
+
+        server = await asyncio.start_unix_server(hang_up, path=str(tmp_path / "d.sock"))
+        client = await FabricClient.connect(tmp_path / "d.sock")
+        with pytest.raises(ConnectionLost):
+            await client.call("sleep", [30], None)
+        assert client.closed
+        with pytest.raises(ConnectionLost):
+            await client.call("echo", [])
+        server.close()
+    run(main())
+
+
+def test_long_socket_paths_work(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    path = deep / "daemon.sock"
+    assert len(str(path)) > 108
+
+    async def main() -> None:
+        server = await serve(path, Handler())
+        assert path.exists() and oct(os.stat(path).st_mode & 0o777) == "0o600"
+        client = await FabricClient.connect(path)
+        assert await client.call("echo", ["far"]) == ["far"]
+        await client.close()
+        server.close()
+    run(main())
