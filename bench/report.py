@@ -138,9 +138,12 @@ def markdown(res: dict[str, Any], json_path: Path | None = None, plots: list[Pat
         L.append("### 1. exec round trip (ratio: p50 over the direct asyncio spawn at the same concurrency)")
         L.append("")
         L.append(LAT_HEAD)
-        for lbl, key, fkey in (("`true`, c=1", "true_c1", "true_c1"), ("1 MB output, c=1", "1mb_c1", "1mb_c1"),
-                               ("`true`, c=8", "true_c8", "true_c8"), ("`true`, c=64", "true_c64", "true_c64")):
+        for lbl, fkey in (("`true`, c=1", "true_c1"), ("`echo hi`, c=1", "echo_c1"), ("1 MB output, c=1", "1mb_c1"),
+                          ("`true`, c=8", "true_c8"), ("`echo hi`, c=8", "echo_c8"),
+                          ("`true`, c=64", "true_c64"), ("`echo hi`, c=64", "echo_c64")):
             base = g(fs, fkey)
+            if base is None and g(ph, f"raw_{fkey}") is None:
+                continue   # a results file from before this row existed
             L.append(_lat_row(f"floor: direct asyncio spawn, {lbl}", base, base))
             L.append(_lat_row(f"floor: spawn inside an equivalent project sandbox, {lbl}", g(fb, fkey), base,
                               "bwrap + cgroup + uid drop, spawner inside"))
@@ -371,6 +374,11 @@ def plots(res: dict[str, Any], out_dir: Path, prefix: str = "") -> list[Path]:
           ("exec true, raw HTTP, --sandbox none", g(pn, "raw_true_c1")),
           ("exec true, raw HTTP", g(ph, "raw_true_c1")),
           ("exec true, official client", g(ph, "official_true_c1")),
+          ("floor: direct spawn echo hi", g(fs, "echo_c1")),
+          ("floor: spawn in sandbox echo hi", g(fb, "echo_c1")),
+          ("exec echo hi, raw HTTP, --sandbox none", g(pn, "raw_echo_c1")),
+          ("exec echo hi, raw HTTP", g(ph, "raw_echo_c1")),
+          ("exec echo hi, official client", g(ph, "official_echo_c1")),
           ("floor: direct spawn 1 MB", g(fs, "1mb_c1")),
           ("floor: spawn in sandbox 1 MB", g(fb, "1mb_c1")),
           ("floor: HTTP + spawn 1 MB", g(fh, "spawn_1mb_c1")),
@@ -382,7 +390,8 @@ def plots(res: dict[str, Any], out_dir: Path, prefix: str = "") -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4))
         for lbl, src, pre in (("floor: direct spawn", fs, "true_c"), ("floor: spawn in sandbox", fb, "true_c"),
                               ("floor: HTTP + spawn", fh, "spawn_true_c"), ("floor: HTTP JSON POST", fh, "echo_c"),
-                              ("projecthub raw HTTP", ph, "raw_true_c"), ("projecthub official client", ph, "official_true_c")):
+                              ("projecthub raw HTTP", ph, "raw_true_c"), ("projecthub official client", ph, "official_true_c"),
+                              ("floor: direct spawn, echo hi", fs, "echo_c"), ("projecthub raw HTTP, echo hi", ph, "raw_echo_c")):
             pts = [(c, g(src, f"{pre}{c}", "per_s")) for c in (1, 8, 64)]
             pts = [(c, v) for c, v in pts if v]
             if pts:
@@ -394,7 +403,7 @@ def plots(res: dict[str, Any], out_dir: Path, prefix: str = "") -> list[Path]:
         ax.set_xticklabels(["1", "8", "64"])
         ax.set_xlabel("concurrency")
         ax.set_ylabel("calls/s (log)")
-        ax.set_title(f"exec `true` throughput\n{date}", fontsize=10)
+        ax.set_title(f"exec `true` / `echo hi` throughput\n{date}", fontsize=10)
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = out_dir / f"{prefix}exec_concurrency.png"

@@ -122,7 +122,8 @@ def exec_body(project_id: str, command: str, **opts: Any) -> dict[str, Any]:
 async def raw_exec(server: Server, project_id: str, command: str, n: int, c: int, max_s: float,
                    check: Callable[[Any], bool] | None = None, **opts: Any) -> dict[str, Any]:
     """POST /api/conat/project (what the official client sends) from c keep-alive
-    connections of the small asyncio client."""
+    connections of the small asyncio client.  ``check`` (if given) must accept every
+    answer, the warm-up ones and the timed ones."""
     body = exec_body(project_id, command, **opts)
     clients = [RawHTTP(server.port, server.api_key) for _ in range(c)]
     try:
@@ -133,7 +134,7 @@ async def raw_exec(server: Server, project_id: str, command: str, n: int, c: int
 
         async def call(w: int) -> None:
             status, out = await clients[w].post("/api/conat/project", body)
-            if status != 200 or "error" in out:
+            if status != 200 or "error" in out or (check and not check(out)):
                 raise RuntimeError(f"exec failed: {status} {str(out)[:300]}")
 
         lat, wall = await timed_concurrent(n, c, call, max_s)
@@ -154,6 +155,20 @@ def _1mb_ok(out: Any) -> bool:
     return isinstance(out, dict) and len(out.get("stdout", "")) == 1_000_000
 
 
+ECHO_ARGV = ["echo", "hi"]            # direct exec (no shell): {"command": "echo", "args": ["hi"]}
+ECHO_OPTS = {"args": ["hi"]}
+
+
+def _echo_ok(out: Any) -> bool:
+    return isinstance(out, dict) and out.get("stdout") == "hi\n" and out.get("exit_code", 0) == 0
+
+
+def official_echo(p: cocalc_api.Project) -> None:
+    r = p.system.exec(command="echo", args=["hi"])
+    if not _echo_ok(r):
+        raise RuntimeError(f"unexpected echo answer: {str(r)[:300]}")
+
+
 # ================================================================================ 1. exec
 
 def scenario_exec(ctx: Ctx) -> dict[str, Any]:
@@ -165,12 +180,16 @@ def scenario_exec(ctx: Ctx) -> dict[str, Any]:
     nmb = ctx.q(20, 100) // rounds
     nconc = {8: ctx.q(200, 1000), 64: ctx.q(320, 2000)}
     max_s = ctx.q(15, 60)
-    res: dict[str, Any] = {"params": {"n_true": n1 * rounds, "n_1mb": nmb * rounds, "rounds": rounds,
-                                      "n_conc": nconc}}
+    res: dict[str, Any] = {"params": {"n_true": n1 * rounds, "n_echo": n1 * rounds, "n_1mb": nmb * rounds,
+                                      "rounds": rounds, "n_conc": nconc}}
     true_argv, mb_argv = ["true"], ["bash", "-c", ONE_MB_CMD]
+    c1_keys = ["true_c1", "echo_c1", "1mb_c1"]
     c1_cases = [{"mode": "lat", "argv": true_argv, "n": n1, "c": 1, "max_s": max_s},
+                {"mode": "lat", "argv": ECHO_ARGV, "n": n1, "c": 1, "max_s": max_s},
                 {"mode": "lat", "argv": mb_argv, "n": nmb, "c": 1, "max_s": max_s}]
-    conc_cases = [{"mode": "lat", "argv": true_argv, "n": nconc[c], "c": c, "max_s": max_s} for c in (8, 64)]
+    conc_keys = [f"{what}_c{c}" for c in (8, 64) for what in ("true", "echo")]
+    conc_cases = [{"mode": "lat", "argv": argv, "n": nconc[c], "c": c, "max_s": max_s}
+                  for c in (8, 64) for argv in (true_argv, ECHO_ARGV)]
     parts: dict[str, dict[str, list]] = {}
 
     def keep(group: str, values: dict[str, Any]) -> None:
@@ -185,6 +204,7 @@ def scenario_exec(ctx: Ctx) -> dict[str, Any]:
         p = official(server, pid)
         for _ in range(20):
             p.system.exec(command="true")
+        official_echo(p)
         r = p.system.exec(command=ONE_MB_CMD, bash=True)
         p.client.close()
         if len(r["stdout"]) != 1_000_000:
@@ -196,10 +216,13 @@ def scenario_exec(ctx: Ctx) -> dict[str, Any]:
         p = official(server, pid)
         lat = timed_sync(n1, lambda: p.system.exec(command="true"), max_s)
         out["official_true_c1"] = summarize(lat, sum(lat), c=1)
+        lat = timed_sync(n1, lambda: official_echo(p), max_s)
+        out["official_echo_c1"] = summarize(lat, sum(lat), c=1)
         lat = timed_sync(nmb, lambda: p.system.exec(command=ONE_MB_CMD, bash=True), max_s)
         out["official_1mb_c1"] = summarize(lat, sum(lat), c=1)
         p.client.close()
         out["raw_true_c1"] = asyncio.run(raw_exec(server, pid, "true", n1, 1, max_s))
+        out["raw_echo_c1"] = asyncio.run(raw_exec(server, pid, "echo", n1, 1, max_s, check=_echo_ok, **ECHO_OPTS))
         out["raw_1mb_c1"] = asyncio.run(raw_exec(server, pid, ONE_MB_CMD, nmb, 1, max_s, check=_1mb_ok,
                                                  bash=True))
         return out
@@ -215,8 +238,8 @@ def scenario_exec(ctx: Ctx) -> dict[str, Any]:
         for r in range(rounds):
             log(f"  round {r + 1}/{rounds}")
             try:
-                keep("floor_spawn", dict(zip(["true_c1", "1mb_c1"], floors.direct_spawn(c1_cases))))
-                keep("floor_sandbox_spawn", dict(zip(["true_c1", "1mb_c1"], floors.sandboxed_spawn(c1_cases))))
+                keep("floor_spawn", dict(zip(c1_keys, floors.direct_spawn(c1_cases))))
+                keep("floor_sandbox_spawn", dict(zip(c1_keys, floors.sandboxed_spawn(c1_cases))))
                 keep("floor_http", {
                     "echo_c1": asyncio.run(floor_http.measure("/echo", {"x": 1}, n1 * 4, 1, max_s)),
                     "spawn_true_c1": asyncio.run(floor_http.measure("/spawn", {"argv": true_argv}, n1, 1, max_s)),
@@ -231,7 +254,7 @@ def scenario_exec(ctx: Ctx) -> dict[str, Any]:
 
         # concurrency blocks: floors first, then projecthub
         def conc_floor(fn: Callable) -> None:
-            for k, v in zip(["true_c8", "true_c64"], fn(conc_cases)):
+            for k, v in zip(conc_keys, fn(conc_cases)):
                 res.setdefault(fn.__name__ == "direct_spawn" and "floor_spawn" or "floor_sandbox_spawn", {})[k] = v
         attempt(res, "conc_floor_spawn", lambda: conc_floor(floors.direct_spawn))
         attempt(res, "conc_floor_sandbox_spawn", lambda: conc_floor(floors.sandboxed_spawn))
@@ -251,6 +274,8 @@ def scenario_exec(ctx: Ctx) -> dict[str, Any]:
         out = res.setdefault("projecthub", {})
         for c in (8, 64):
             out[f"raw_true_c{c}"] = asyncio.run(raw_exec(server, pid, "true", nconc[c], c, max_s))
+            out[f"raw_echo_c{c}"] = asyncio.run(raw_exec(server, pid, "echo", nconc[c], c, max_s,
+                                                         check=_echo_ok, **ECHO_OPTS))
         for c in (8, 64):
             out[f"official_true_c{c}"] = official_concurrent(
                 server, pid, lambda cl: cl.system.exec(command="true"), nconc[c], c, max_s)
