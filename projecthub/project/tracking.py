@@ -35,6 +35,11 @@ class ProcessGroup(Protocol):
         """Call ``start()`` (which forks, e.g. ``subprocess.Popen``) so every process it
         creates lands in this group.  Must not yield to the event loop."""
 
+    def adopt(self, pid: int) -> None:
+        """Move the already running, single-threaded process ``pid`` (not started through
+        ``spawn``, e.g. forked by a kernel zygote) and its future children into this
+        group.  Raises OSError when that is not possible."""
+
     def env_marker(self) -> dict[str, str]:
         """Extra environment variables the spawned process must carry (may be empty)."""
 

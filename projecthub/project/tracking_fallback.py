@@ -163,6 +163,9 @@ class MarkerTracker:
         self._daemon = os.getpid()
         self._session = os.getsid(0)
         self._owned: dict[int, str | None] = {}     # pid -> group name (None: foreign owner)
+        # pid -> (starttime, group): processes moved into a group after they started
+        # (kernels a zygote forked); they and their subtrees leave their ancestors' group.
+        self._adopted: dict[int, tuple[int, str]] = {}
         self._groups: dict[str, MarkerGroup] = {}
         self._reaper_task: asyncio.Task[None] | None = None
         self._reaper_loop: asyncio.AbstractEventLoop | None = None
@@ -189,17 +192,50 @@ class MarkerTracker:
         """Live pids of group ``name`` among the daemon's descendants."""
         return [st.pid for st in self._group_stats(name)]
 
+    def _adopter(self, pid: int) -> str | None:
+        entry = self._adopted.get(pid)
+        if entry is None:
+            return None
+        st = read_stat(pid)
+        if st is None or st.starttime != entry[0]:
+            del self._adopted[pid]   # exited (and maybe recycled)
+            return None
+        return entry[1]
+
+    def _subtree(self, pid: int, name: str) -> list[int]:
+        """``subtree`` minus the subtrees of processes adopted by other groups."""
+        if not self._adopted:
+            return subtree(pid)
+        seen = [pid]
+        i = 0
+        while i < len(seen):
+            for c in children_of(seen[i]):
+                owner = self._adopter(c)
+                if owner is None or owner == name:
+                    seen.append(c)
+            i += 1
+        return seen
+
     def _group_stats(self, name: str) -> list[ProcStat]:
         found: list[ProcStat] = []
+        roots: list[int] = []
         for child in children_of(self._daemon):
+            adopter = self._adopter(child) if self._adopted else None
+            if adopter is not None:
+                if adopter == name:
+                    roots.append(child)           # adopted, then re-parented to us
+                continue
             if child in self._owned:
                 if self._owned[child] != name:
                     continue                      # another group's (or a foreign) root
-                members = subtree(child)          # a live root: its tree is the group
+                roots.append(child)               # a live root: its tree is the group
             elif read_marker(child) == name:
-                members = subtree(child)          # an orphan carrying our marker
-            else:
-                continue
+                roots.append(child)               # an orphan carrying our marker
+        for pid, (_start, owner) in list(self._adopted.items()):
+            if owner == name and pid not in roots and self._adopter(pid) == name:
+                roots.append(pid)                 # adopted, still below its old parent
+        for root in roots:
+            members = self._subtree(root, name)
             for pid in members:
                 st = read_stat(pid)
                 if _alive(st):
@@ -276,6 +312,9 @@ class MarkerTracker:
 
     def _forget(self, group: "MarkerGroup") -> None:
         self._groups.pop(group.name, None)
+        for pid in group.adopted:
+            if self._adopted.get(pid, (0, ""))[1] == group.name:
+                del self._adopted[pid]
         for pid in group.roots:
             if self._owned.get(pid) == group.name:
                 del self._owned[pid]
@@ -286,6 +325,7 @@ class MarkerGroup:
     tracker: MarkerTracker
     name: str
     roots: list[int] = field(default_factory=list)
+    adopted: list[int] = field(default_factory=list)
     closed: bool = False
     _drained: bool = False
     _ru_user: float = 0.0
@@ -302,6 +342,16 @@ class MarkerGroup:
             self.tracker.own(pid, self.name)
         return proc
 
+    def adopt(self, pid: int) -> None:
+        """Track ``pid`` (e.g. a kernel forked by a zygote in another group) here.  Its
+        /proc environ still shows its parent's marker, so membership is explicit."""
+        st = read_stat(pid)
+        if not _alive(st):
+            raise ProcessLookupError(pid)
+        self._drained = False
+        self.adopted.append(pid)
+        self.tracker._adopted[pid] = (st.starttime, self.name)  # type: ignore[union-attr]
+
     def env_marker(self) -> dict[str, str]:
         return {MARKER_ENV: self.name}
 
@@ -313,7 +363,7 @@ class MarkerGroup:
             return
         # The roots lead their own process groups: one killpg reaches every member that
         # did not change its process group, before the (costlier) tree scan.
-        for root in self.roots:
+        for root in self.roots + self.adopted:
             try:
                 os.killpg(root, signal.SIGKILL)
             except OSError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +74,15 @@ def procs_of(group_dir: str, recursive: bool = True) -> list[int]:
 
 def walk_groups(group_dir: str) -> list[str]:
     """``group_dir`` and every descendant group, parents first."""
-    if not os.path.isdir(group_dir):
+    try:
+        st = os.stat(group_dir)
+    except OSError:
+        return []
+    if not stat.S_ISDIR(st.st_mode):
         return []
     out = [group_dir]
+    if st.st_nlink == 2:  # cgroupfs (kernfs) counts sub-groups in nlink: a leaf, skip the scandir
+        return out
     for entry in os.scandir(group_dir):
         if entry.is_dir(follow_symlinks=False):
             out.extend(walk_groups(entry.path))

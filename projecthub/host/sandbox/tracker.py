@@ -165,6 +165,13 @@ class V1Group:
                 write_text(os.path.join(self._parents[ctrl], "tasks"), tid)
             _OomBias.leave()
 
+    def adopt(self, pid: int) -> None:
+        """Move a running process in (a kernel forked by a zygote): v1 moves a whole
+        thread group through ``cgroup.procs``; we own the delegated groups."""
+        self._verified_empty = False
+        for d in self.dirs.values():
+            write_text(os.path.join(d, "cgroup.procs"), str(pid))
+
     def env_marker(self) -> dict[str, str]:
         return {}
 
@@ -229,6 +236,10 @@ class V2Group:
             finally:
                 _OomBias.leave()
                 write_text(os.path.join(self._home, "cgroup.procs"), pid)
+
+    def adopt(self, pid: int) -> None:
+        """Move a running process in (a kernel forked by a zygote)."""
+        write_text(os.path.join(self.dir, "cgroup.procs"), str(pid))
 
     def env_marker(self) -> dict[str, str]:
         return {}

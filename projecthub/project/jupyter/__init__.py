@@ -29,7 +29,8 @@ class JupyterService:
         self.catalog = SpecCatalog()
         self.launcher = KernelLauncher(
             ctx, start_timeout_s=float(settings.get("jupyter_start_timeout_s", 60)),
-            max_concurrent_starts=int(settings.get("jupyter_max_concurrent_starts", 4)))
+            max_concurrent_starts=int(settings.get("jupyter_max_concurrent_starts", 4)),
+            zygote=bool(settings.get("jupyter_zygote", True)))
         self.pool = KernelPool(self.launcher, size=pool_size, timeout_s=pool_idle_timeout_s,
                                rlimits=settings.get("jupyter_stateless_rlimits", STATELESS_RLIMITS))
         self.sessions = SessionManager(ctx, self.catalog, self.launcher,

@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -38,6 +39,7 @@ from jupyter_client.connect import write_connection_file
 from ...errors import RemoteError
 from ..context import ProjectContext
 from ..tracking import ProcessGroup
+from .forking import ForkedProcess, ZygoteManager, ZygoteProcess
 from .specs import KernelSpecInfo
 
 T = TypeVar("T")
@@ -76,7 +78,8 @@ def _signal_name(signum: int) -> str:
 class Kernel:
     """A running kernel process and the client connected to it."""
 
-    def __init__(self, *, spec: KernelSpecInfo, group: ProcessGroup, popen: subprocess.Popen,
+    def __init__(self, *, spec: KernelSpecInfo, group: ProcessGroup,
+                 popen: "subprocess.Popen | ForkedProcess",
                  client: AsyncKernelClient, connection_file: Path, ipc_prefix: str | None,
                  stderr_path: Path, scratch_dir: Path | None, cwd: str,
                  closing: set[asyncio.Future[None]]) -> None:
@@ -110,6 +113,8 @@ class Kernel:
         WNOWAIT leaves the zombie for ``_reap``, whose wait4 collects the rusage."""
         if self.popen.returncode is not None:
             return True
+        if isinstance(self.popen, ForkedProcess):
+            return self.popen.has_exited()
         try:
             return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
@@ -137,6 +142,9 @@ class Kernel:
         self._reap()
 
     def _reap(self) -> None:
+        if isinstance(self.popen, ForkedProcess):
+            self._reap_forked(self.popen)
+            return
         code = self.popen.returncode
         if code is None:
             # wait4 rather than Popen.wait: the rusage (cpu, peak rss of the kernel and
@@ -156,6 +164,18 @@ class Kernel:
                     code = self.popen.wait()
         if not self.exited.done():
             self.exited.set_result(code)
+
+    def _reap_forked(self, proc: ForkedProcess) -> None:
+        """The zygote reaps its children and reports their codes just after the pidfd
+        fires; wait briefly for that report (none comes if the zygote died)."""
+        def settle(_f: object = None) -> None:
+            if not self.exited.done():
+                self.exited.set_result(proc.returncode)
+        if proc.reported.done():
+            settle()
+            return
+        proc.reported.add_done_callback(settle)
+        self._loop.call_later(1.0, settle)
 
     def death_message(self) -> str:
         code = self.popen.returncode
@@ -329,7 +349,7 @@ class KernelLauncher:
 
     def __init__(self, ctx: ProjectContext, *, transport: str | None = None,
                  start_timeout_s: float = START_TIMEOUT_S,
-                 max_concurrent_starts: int = MAX_CONCURRENT_STARTS) -> None:
+                 max_concurrent_starts: int = MAX_CONCURRENT_STARTS, zygote: bool = False) -> None:
         self.ctx = ctx
         self.start_timeout_s = start_timeout_s
         self.runtime_dir = self._pick_runtime_dir(ctx)
@@ -337,6 +357,7 @@ class KernelLauncher:
         if transport == "ipc" and len(str(self.runtime_dir)) + 12 > IPC_PATH_MAX:
             transport = "tcp"  # socket path would not fit in sun_path
         self.transport = transport
+        self.zygotes = ZygoteManager(ctx, self.runtime_dir, start_timeout_s=start_timeout_s) if zygote else None
         self.live: dict[int, Kernel] = {}
         self._closing: set[asyncio.Future[None]] = set()
         self._slots = asyncio.Semaphore(max_concurrent_starts)
@@ -345,7 +366,9 @@ class KernelLauncher:
         # The client connects before the kernel binds; retry every 10 ms instead of
         # libzmq's 100 ms so start-up is not rounded up to the next retry.
         self.zmq_context.setsockopt(zmq.RECONNECT_IVL, 10)
-        self.zmq_context.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
+        # No exponential back-off either: a forked kernel binds ~50 ms after we connect,
+        # and backing off to 20-40 ms steps would add that much to its start.
+        self.zmq_context.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
         # Never drop IOPub messages on our side (default high-water mark: 1000 queued):
         # a dropped "idle" status would leave a cell looking busy until its timeout.
         self.zmq_context.setsockopt(zmq.RCVHWM, 0)
@@ -361,10 +384,26 @@ class KernelLauncher:
 
     async def start(self, spec: KernelSpecInfo, *, cwd: str | None = None,
                     env: dict[str, str] | None = None, rlimits: dict[str, int] | None = None,
-                    scratch: bool = False, warm: bool = True) -> Kernel:
+                    scratch: bool = False, warm: bool = True, fork: bool = False) -> Kernel:
         """Start a kernel and return it ready (and warm).  ``scratch``: run it in a fresh
-        temp dir under the project's tmp, removed when the kernel is closed."""
+        temp dir under the project's tmp, removed when the kernel is closed.  ``fork``:
+        fork it from the spec's zygote when one is ready (fresh kernel in a few ms),
+        else launch it normally."""
         async with self._slots:
+            if fork and not env and self.zygotes is not None:
+                zygote = self.zygotes.get(spec)
+                if zygote is not None:
+                    kernel = await self._fork(zygote, spec, cwd=cwd, rlimits=rlimits, scratch=scratch)
+                    if kernel is not None:
+                        try:
+                            await kernel.until_exit(self._ready(kernel, warm),
+                                                    timeout=min(10.0, self.start_timeout_s))
+                            return kernel
+                        except asyncio.CancelledError:
+                            kernel.close()
+                            raise
+                        except Exception:
+                            kernel.close()   # a zygote problem: launch normally below
             kernel = self._spawn(spec, cwd=cwd, env=env, rlimits=rlimits, scratch=scratch)
             try:
                 await kernel.until_exit(self._ready(kernel, warm), timeout=self.start_timeout_s)
@@ -384,8 +423,8 @@ class KernelLauncher:
         if warm:
             await kernel.warm_up()
 
-    def _spawn(self, spec: KernelSpecInfo, *, cwd: str | None, env: dict[str, str] | None,
-               rlimits: dict[str, int] | None, scratch: bool) -> Kernel:
+    def _prepare(self, spec: KernelSpecInfo, *, cwd: str | None, env: dict[str, str] | None,
+                 scratch: bool) -> "_Launch":
         kid = uuid.uuid4().hex[:12]
         connection_file = self.runtime_dir / f"kernel-{kid}.json"
         ipc_prefix = str(self.runtime_dir / kid) if self.transport == "ipc" else None
@@ -406,27 +445,52 @@ class KernelLauncher:
             # Kernels here are short-lived or concurrent: keep IPython history in memory
             # instead of 20 kernels contending for one history.sqlite in HOME.
             extra.append("--HistoryManager.hist_file=:memory:")
-        cmd = spec.command(str(connection_file), extra)
-
-        group = self.ctx.tracker.new_group(f"jupyter-{kid}")
+        try:
+            group = self.ctx.tracker.new_group(f"jupyter-{kid}")
+        except BaseException:
+            connection_file.unlink(missing_ok=True)
+            if scratch_dir is not None:
+                shutil.rmtree(scratch_dir, ignore_errors=True)
+            raise
         child_env = self.ctx.child_env({**spec.env, **(env or {})})
         child_env.update(group.env_marker())
         child_env.setdefault("PLOTLY_RENDERER", "colab")
         child_env["COCALC_JUPYTER_KERNELNAME"] = spec.name
         # ipykernel exits by itself when this process (its parent) goes away.
         child_env["JPY_PARENT_PID"] = str(os.getpid())
+        return _Launch(spec, connection_file, info, ipc_prefix, stderr_path, scratch_dir,
+                       run_cwd, extra, group, child_env)
 
-        stderr = open(stderr_path, "wb")
+    async def _fork(self, zygote: ZygoteProcess, spec: KernelSpecInfo, *, cwd: str | None,
+                    rlimits: dict[str, int] | None, scratch: bool) -> Kernel | None:
+        """A kernel forked by ``zygote``, or None (nothing left behind) if that failed."""
+        prep = self._prepare(spec, cwd=cwd, env=None, scratch=scratch)
+        env = zygote.env()
+        env.update(prep.group.env_marker())
+        env["JPY_PARENT_PID"] = str(zygote.pid)
         try:
-            popen = group.spawn(lambda: subprocess.Popen(
-                cmd, cwd=run_cwd, env=child_env, stdin=subprocess.DEVNULL,
+            proc = await zygote.fork(group=prep.group, connection_file=str(prep.connection_file),
+                                     cwd=prep.run_cwd, env=env, rlimits=rlimits,
+                                     stderr=str(prep.stderr_path), argv=prep.extra)
+        except asyncio.CancelledError:
+            prep.discard()
+            raise
+        except Exception:
+            prep.discard()
+            return None
+        return self._make_kernel(prep, proc)
+
+    def _spawn(self, spec: KernelSpecInfo, *, cwd: str | None, env: dict[str, str] | None,
+               rlimits: dict[str, int] | None, scratch: bool) -> Kernel:
+        prep = self._prepare(spec, cwd=cwd, env=env, scratch=scratch)
+        cmd = spec.command(str(prep.connection_file), prep.extra)
+        stderr = open(prep.stderr_path, "wb")
+        try:
+            popen = prep.group.spawn(lambda: subprocess.Popen(
+                cmd, cwd=prep.run_cwd, env=prep.env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True))
         except BaseException as exc:
-            group.close()
-            for p in (connection_file, stderr_path):
-                p.unlink(missing_ok=True)
-            if scratch_dir is not None:
-                shutil.rmtree(scratch_dir, ignore_errors=True)
+            prep.discard()
             if isinstance(exc, OSError):   # e.g. the spec's argv[0] does not exist
                 raise KernelStartError(f"Error: could not start kernel '{spec.name}': {exc}") from exc
             raise
@@ -434,14 +498,16 @@ class KernelLauncher:
             stderr.close()
         if rlimits:
             _apply_rlimits(popen.pid, rlimits)
+        return self._make_kernel(prep, popen)
 
+    def _make_kernel(self, prep: "_Launch", popen: "subprocess.Popen | ForkedProcess") -> Kernel:
         client = AsyncKernelClient(context=self.zmq_context)
-        client.load_connection_info(info)
+        client.load_connection_info(prep.info)
         client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
-        kernel = Kernel(spec=spec, group=group, popen=popen, client=client,
-                        connection_file=connection_file, ipc_prefix=ipc_prefix,
-                        stderr_path=stderr_path, scratch_dir=scratch_dir, cwd=run_cwd,
-                        closing=self._closing)
+        kernel = Kernel(spec=prep.spec, group=prep.group, popen=popen, client=client,
+                        connection_file=prep.connection_file, ipc_prefix=prep.ipc_prefix,
+                        stderr_path=prep.stderr_path, scratch_dir=prep.scratch_dir,
+                        cwd=prep.run_cwd, closing=self._closing)
         self.live[kernel.pid] = kernel
         kernel.exited.add_done_callback(lambda _f: self.live.pop(kernel.pid, None))
         return kernel
@@ -457,7 +523,31 @@ class KernelLauncher:
         kernels = list(self.live.values())
         await asyncio.gather(*(k.close() for k in kernels), return_exceptions=True)
         await asyncio.gather(*list(self._closing), return_exceptions=True)
+        if self.zygotes is not None:
+            await self.zygotes.close()
         self.zmq_context.destroy(linger=0)
+
+
+@dataclass
+class _Launch:
+    """Everything a kernel needs before its process exists (files, group, env)."""
+    spec: KernelSpecInfo
+    connection_file: Path
+    info: dict[str, Any]
+    ipc_prefix: str | None
+    stderr_path: Path
+    scratch_dir: Path | None
+    run_cwd: str
+    extra: list[str]
+    group: ProcessGroup
+    env: dict[str, str]
+
+    def discard(self) -> None:
+        self.group.close()
+        for p in (self.connection_file, self.stderr_path):
+            p.unlink(missing_ok=True)
+        if self.scratch_dir is not None:
+            shutil.rmtree(self.scratch_dir, ignore_errors=True)
 
 
 def _apply_rlimits(pid: int, rlimits: dict[str, int]) -> None:

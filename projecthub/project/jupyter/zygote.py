@@ -1,0 +1,255 @@
+"""Kernel zygote: a pre-imported Python that forks brand-new ipykernels in milliseconds.
+
+This file is the *zygote process's* program, run with ``runpy.run_path`` (see
+``forking.ZYGOTE_BOOT``; the control socket's fd is the last argument)
+(stdlib and ipykernel only: it must not import projecthub, which would end up in every
+kernel's ``sys.modules``).  The daemon side lives in ``forking.py``.
+
+Lifecycle of one kernel:
+
+1. The daemon sends ``{"op": "spawn", "id", "connection_file", "cwd", "env", "rlimits",
+   "stderr", "argv"}`` over the control socket (newline-delimited JSON).
+2. The zygote checks that it is still single-threaded and ``os.fork()``s.  The child
+   blocks on a private pipe; the zygote answers ``{"id", "pid"}``.
+3. The daemon moves the pid into the kernel's own ProcessGroup (cgroup or marker) and
+   sends ``{"op": "release", "pid"}``; the zygote writes one byte to the child's pipe.
+   So the kernel starts no thread and forks nothing before it sits in its own group.
+4. The child becomes a clean ipykernel: own session (``setsid``), default signal
+   handlers, stdio on /dev/null + its stderr file, every other fd closed, its cwd, its
+   environment, its rlimits, then ``IPKernelApp.launch_instance`` in-process.
+5. The zygote stays the kernel's parent and reaps it (single fork: the zygote is the one
+   process that can ``wait4`` it without the daemon being a subreaper); it reports
+   ``{"exit": pid, "code", "utime", "stime", "maxrss"}`` so the daemon keeps exit codes
+   and rusage.  Kernels get ``parent_handle`` = the zygote, so ipykernel's own parent
+   poller ends them if the zygote dies; the zygote exits when the daemon closes the
+   socket.
+
+Kernels never fork from a used kernel: the zygote itself never runs user code, starts
+no thread, opens no ZMQ context and has no event loop.
+"""
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+
+
+def warm_up() -> None:
+    """Import what every kernel needs; nothing that starts a thread or opens a socket."""
+    import IPython  # noqa: F401
+    import ipykernel.ipkernel  # noqa: F401
+    import ipykernel.kernelapp  # noqa: F401
+    import ipykernel.zmqshell  # noqa: F401
+    import jupyter_client  # noqa: F401
+    import tornado  # noqa: F401
+    import zmq  # noqa: F401
+    for name in ("ipykernel.comm", "ipykernel.displayhook", "ipykernel.iostream",
+                 "ipykernel.heartbeat", "ipykernel.parentpoller", "ipykernel.eventloops",
+                 "ipykernel.jsonutil", "IPython.core.completer", "IPython.core.formatters",
+                 "IPython.core.magics", "IPython.core.history", "IPython.core.payloadpage",
+                 "IPython.core.interactiveshell", "comm", "jupyter_client.session",
+                 "zmq.eventloop.zmqstream", "tornado.ioloop", "asyncio", "sqlite3",
+                 "pickle", "pydoc", "matplotlib_inline.backend_inline",
+                 # the kernel's debugger (debugpy/pydevd: ~90 ms of a kernel start)
+                 "ipykernel.debugger", "bdb", "cmd", "code", "pdb", "faulthandler",
+                 "mimetypes", "resource", "runpy", "psutil", "pwd", "email.utils",
+                 "http.client", "xmlrpc.client", "stringprep"):
+        try:
+            __import__(name)
+        except Exception:
+            pass
+
+
+class Zygote:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.pending: dict[int, int] = {}   # pid -> write end of its release pipe
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        os.set_blocking(self.wake_r, False)
+
+    def send(self, msg: dict) -> None:
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+
+    def run(self) -> None:
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # interrupts are for kernels
+        self.send({"ready": True, "pid": os.getpid(), "threads": threading.active_count()})
+        while True:
+            try:
+                readable, _, _ = select.select([self.sock, self.wake_r], [], [])
+            except InterruptedError:
+                continue
+            if self.wake_r in readable:
+                try:
+                    while os.read(self.wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            self.reap()
+            if self.sock in readable:
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    return   # the daemon is gone: so are we (kernels follow via their poller)
+                self.buf += data
+                while b"\n" in self.buf:
+                    line, self.buf = self.buf.split(b"\n", 1)
+                    if line.strip():
+                        self.handle(json.loads(line))
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status, ru = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            wfd = self.pending.pop(pid, None)
+            if wfd is not None:
+                os.close(wfd)
+            self.send({"exit": pid, "code": os.waitstatus_to_exitcode(status),
+                       "utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss": ru.ru_maxrss})
+
+    def handle(self, msg: dict) -> None:
+        op = msg.get("op")
+        if op == "spawn":
+            self.spawn(msg)
+        elif op == "release":
+            wfd = self.pending.pop(int(msg["pid"]), None)
+            if wfd is not None:
+                try:
+                    os.write(wfd, b"go" if msg.get("go", True) else b"")
+                finally:
+                    os.close(wfd)
+        elif op == "ping":
+            self.send({"id": msg.get("id"), "pong": True, "threads": threading.active_count()})
+
+    def spawn(self, req: dict) -> None:
+        threads = threading.active_count()
+        if threads != 1:
+            # Forking a multi-threaded process can copy a held lock: refuse, the daemon
+            # falls back to a normal launch.
+            self.send({"id": req["id"], "error": f"zygote has {threads} threads"})
+            return
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        rfd, wfd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(rfd)
+            os.close(wfd)
+            self.send({"id": req["id"], "error": f"fork: {exc}"})
+            return
+        if pid == 0:
+            code = 1
+            try:
+                os.close(wfd)
+                code = become_kernel(self, req, rfd)
+            except BaseException:
+                try:
+                    import traceback
+                    traceback.print_exc()
+                    sys.stderr.flush()
+                except BaseException:
+                    pass
+            finally:
+                os._exit(code)
+        os.close(rfd)
+        self.pending[pid] = wfd
+        self.send({"id": req["id"], "pid": pid})
+
+
+IMPORT_ENV: dict = {}
+
+_RLIMITS = {"nofile": "RLIMIT_NOFILE", "fsize": "RLIMIT_FSIZE", "cpu": "RLIMIT_CPU",
+            "as": "RLIMIT_AS"}
+
+
+def become_kernel(zygote: Zygote, req: dict, release_fd: int) -> int:
+    """In the forked child: wait to be adopted, shed the zygote, run one ipykernel."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.setsid()   # own session and process group: killpg(pid) reaches the kernel's children
+    # Wait until the daemon has moved us into our own ProcessGroup.
+    go = os.read(release_fd, 2)
+    if go != b"go":
+        return 0
+    zygote.sock.detach()   # the fd is closed below; the object must never close a reused fd
+    devnull = os.open(os.devnull, os.O_RDWR)
+    err = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.dup2(err, 2)
+    os.closerange(3, 1 << 16)
+    os.chdir(req["cwd"])
+    os.environ.clear()
+    os.environ.update(req["env"])
+    for key, value in IMPORT_ENV.items():
+        os.environ.setdefault(key, value)
+    import resource
+    for name, value in (req.get("rlimits") or {}).items():
+        rid = getattr(resource, _RLIMITS.get(name, ""), None)
+        if rid is None:
+            continue
+        try:
+            _soft, hard = resource.getrlimit(rid)
+            if hard != resource.RLIM_INFINITY:
+                value = min(value, hard)
+            resource.setrlimit(rid, (value, value))
+        except (OSError, ValueError):
+            pass
+    import random
+    random.seed()   # the fork handler already reseeds; be explicit about it
+    import ipykernel.kernelapp
+    launcher = os.path.join(os.path.dirname(os.path.dirname(ipykernel.__file__)),
+                            "ipykernel_launcher.py")
+    argv = ["-f", req["connection_file"], f"--IPKernelApp.parent_handle={os.getppid()}",
+            *req.get("argv", [])]
+    sys.argv = [launcher, *argv]
+    ipykernel.kernelapp.IPKernelApp.launch_instance(argv=argv)
+    import atexit
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    return 0
+
+
+def main() -> None:
+    # Like ipykernel_launcher: no cwd on sys.path while importing (IPython adds '' back).
+    if sys.path and sys.path[0] == "":
+        del sys.path[0]
+    sock = socket.socket(fileno=int(sys.argv[-1]))
+    import gc
+    gc.disable()
+    before = dict(os.environ)
+    warm_up()
+    # Variables the imports set (debugpy sets PYDEVD_USE_FRAME_EVAL): a launched kernel
+    # has them too, so every child gets them on top of its own environment.
+    IMPORT_ENV.update({k: v for k, v in os.environ.items() if before.get(k) != v})
+    # Move everything imported so far out of the collector's reach: a child's first
+    # collections would otherwise touch every object header and copy the whole shared
+    # heap (copy-on-write), costing each fresh kernel tens of ms and its memory.
+    gc.collect()
+    gc.freeze()
+    gc.enable()
+    Zygote(sock).run()
+
+
+if __name__ == "__main__":
+    main()
