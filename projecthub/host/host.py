@@ -195,20 +195,33 @@ class Host:
                  "--tmp-dir", prepared.tmp_inside, "--settings", json.dumps(settings)]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": os.environ.get("LANG", "C.UTF-8"),
                "PYTHONDONTWRITEBYTECODE": "1"}
-        argv, popen_kwargs = self.sandbox.daemon_command(prepared, inner, env)
-        run_dir = self._run_dir(project_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        socket_path = Path(prepared.socket_outside)
-        with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
-        log_path = run_dir / "daemon.out"
-        with open(log_path, "ab") as out:
-            popen_kwargs.setdefault("start_new_session", True)
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                       env=popen_kwargs.pop("env", env), **popen_kwargs)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            inner += ["--ready-fd", str(ready_w)]
+            argv, popen_kwargs = self.sandbox.daemon_command(prepared, inner, env)
+            popen_kwargs["pass_fds"] = (*popen_kwargs.get("pass_fds", ()), ready_w)
+            run_dir = self._run_dir(project_id)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            socket_path = Path(prepared.socket_outside)
+            with contextlib.suppress(FileNotFoundError):
+                socket_path.unlink()
+            log_path = run_dir / "daemon.out"
+            with open(log_path, "ab") as out:
+                popen_kwargs.setdefault("start_new_session", True)
+                process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                           env=popen_kwargs.pop("env", env), **popen_kwargs)
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)
         started = time.time()
         _write_json(run_dir / "host.json", {"pid": process.pid, "socket": str(socket_path),
                                              "started": started})
+        try:
+            await self._wait_for_ready(ready_r, process)
+        finally:
+            os.close(ready_r)
         client = await self._wait_for_socket(process, socket_path, log_path)
         info = await client.call("daemon.info", [], 5.0)
         handle = DaemonHandle(project_id, client, process.pid, info["instance_id"], started, process)
@@ -217,6 +230,24 @@ class Host:
         log.info("started daemon of %s (pid %s) in %.0f ms", project_id, process.pid,
                  (time.time() - started) * 1000)
         return handle
+
+    async def _wait_for_ready(self, fd: int, process: subprocess.Popen[bytes]) -> None:
+        """Until the daemon writes its ready byte or the pipe closes (it died, or the fd did
+        not reach it): either way ``_wait_for_socket`` then connects or reports why not."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+
+        def on_readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+        loop.add_reader(fd, on_readable)
+        try:
+            await asyncio.wait_for(ready, _START_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            process.kill()
+            raise RemoteError(f"timeout: project daemon did not start within {_START_TIMEOUT_S:.0f} s") from None
+        finally:
+            loop.remove_reader(fd)
 
     async def _wait_for_socket(self, process: subprocess.Popen[bytes], socket_path: Path,
                                log_path: Path) -> FabricClient:

@@ -5,7 +5,10 @@ serves the project API over the fabric.  It is started detached from the hub (ow
 so a hub restart reconnects to it instead of killing running jobs and kernels.
 
     python -m projecthub.project.daemon --project-id ID --home H --socket S \
-        --state-dir D --tmp-dir T [--settings JSON]
+        --state-dir D --tmp-dir T [--settings JSON] [--ready-fd N]
+
+``--ready-fd``: an inherited pipe end; the daemon writes one byte to it and closes it
+once its socket listens (the host waits on it instead of polling for the socket).
 """
 
 from __future__ import annotations
@@ -49,9 +52,10 @@ def choose_tracker() -> ProcessTracker:
 
 
 class ProjectDaemon:
-    def __init__(self, ctx: ProjectContext, socket_path: Path) -> None:
+    def __init__(self, ctx: ProjectContext, socket_path: Path, ready_fd: int = -1) -> None:
         self.ctx = ctx
         self.socket_path = socket_path
+        self.ready_fd = ready_fd
         self.instance_id = uuid.uuid4().hex
         self.started = time.time()
         self.jupyter_started: float | None = None
@@ -109,6 +113,13 @@ class ProjectDaemon:
         jobs = job_manager(self.ctx)  # load now: jobs a dead daemon left running are marked at once
         server = await serve(self.socket_path, self)
         log.info("daemon for %s listening on %s", self.ctx.project_id, self.socket_path)
+        if self.ready_fd >= 0:  # the host waits on this pipe instead of polling for the socket
+            try:
+                os.write(self.ready_fd, b"R")
+                os.close(self.ready_fd)
+            except OSError:
+                pass
+            self.ready_fd = -1
         try:
             await self._stop.wait()
         finally:
@@ -131,11 +142,17 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--tmp-dir", default="/tmp")
     parser.add_argument("--settings", default="{}")
+    parser.add_argument("--ready-fd", type=int, default=-1)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     opts = _parse(sys.argv[1:] if argv is None else argv)
+    if opts.ready_fd >= 0:
+        try:
+            os.set_inheritable(opts.ready_fd, False)   # never into user processes
+        except OSError:
+            opts.ready_fd = -1
     state_dir = Path(opts.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
@@ -155,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
-    asyncio.run(ProjectDaemon(ctx, Path(opts.socket)).run())
+    asyncio.run(ProjectDaemon(ctx, Path(opts.socket), opts.ready_fd).run())
 
 
 if __name__ == "__main__":
