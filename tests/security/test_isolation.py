@@ -13,9 +13,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.security.conftest import (CANARY_NAME, CANARY_VALUE, Proj, procs_of_uid, require_sandbox,
+from tests.security.conftest import (new_project, CANARY_NAME, CANARY_VALUE, Proj, procs_of_uid, require_sandbox,
                                      wait_until)
-from tests.server import Server
+from tests.server import Account, Server
 
 
 def _b_daemon_host_pid(b: Proj) -> int:
@@ -136,7 +136,7 @@ def test_a_sees_no_server_environment_data_dir_or_keys(server: Server, alice, pr
     assert grep["stdout"].strip() == "", grep["stdout"]
 
 
-def test_no_network_means_no_host_loopback(proj_a: Proj, fresh_a) -> None:
+def test_no_network_means_no_host_loopback(server: Server, proj_a: Proj) -> None:
     require_sandbox()
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -167,8 +167,13 @@ def test_no_network_means_no_host_loopback(proj_a: Proj, fresh_a) -> None:
         assert not accepted, f"A reached the host listener from {accepted}"
         # Control: the same probe from a project with networking on does connect, so the
         # negative result above is the namespace, not a broken probe.
-        open_p = fresh_a(network=True)
-        ok = open_p.run(f"timeout 3 bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}' && echo CONNECTED")
+        # Network access is above the server default, so only an admin may grant it.
+        admin = server.cli("account", "create", "--name", "Net Admin", "--admin")
+        open_p = new_project(server, Account(admin["account_id"], admin["api_key"]), "open", network=True)
+        try:
+            ok = open_p.run(f"timeout 3 bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}' && echo CONNECTED")
+        finally:
+            open_p.stop()
         assert "CONNECTED" in ok["stdout"], ok
         assert wait_until(lambda: bool(accepted), 3)
     finally:
