@@ -10,6 +10,10 @@ Measures `1+1` round trips (ms, perf_counter around the whole call):
 * stateless   : JupyterService.jupyter_execute with a warm pooled kernel ready (the
                 pool refill is allowed to finish between calls, untimed);
 * stateless back-to-back : same, no pause (the pool may be empty: shows refill limits);
+* 100 sequential stateless : the issue's target, 100 calls in a row after one warm call,
+                with the kernel zygote (pool refills fork pre-imported kernels) and
+                without it (``jupyter_zygote: False``: every refill is a full launch);
+* memory      : PSS of the zygote and of one idle forked kernel (copy-on-write sharing);
 * cold        : a kernel per call, stock jupyter_client (start_kernel + wait_for_ready +
                 execute + shutdown_kernel(now=True));
 * cold (ours) : JupyterService with pool size 0 (launch + kernel_info + warm-up + execute + kill).
@@ -60,14 +64,14 @@ async def timed(n: int, call: Callable[[], Awaitable[object]],
     return out
 
 
-def make_ctx(transport: str) -> ProjectContext:
+def make_ctx(transport: str, **settings: object) -> ProjectContext:
     root = Path(tempfile.mkdtemp(prefix="jbench"))
     for d in ("home", "state", "tmp"):
         (root / d).mkdir()
     return ProjectContext(project_id="bench", home=root / "home", state_dir=root / "state",
                           tmp_dir=root / "tmp", tracker=MarkerTracker(subreaper=False),
                           base_env=ProjectContext.default_base_env("bench", root / "home"),
-                          settings={"jupyter_transport": transport})
+                          settings={"jupyter_transport": transport, **settings})
 
 
 async def bench_direct(n: int) -> list[str]:
@@ -125,6 +129,27 @@ async def bench_service(transport: str, n: int, starts: int) -> list[str]:
     finally:
         await svc.close()
 
+    for zygote, size in ((True, 1), (True, 2), (False, 1)):
+        svc = JupyterService(make_ctx(transport, jupyter_zygote=zygote), pool_size=size)
+        await svc.start()
+        try:
+            call = lambda: svc.jupyter_execute({"input": "1+1", "kernel": "python3"})  # noqa: E731
+            if zygote:
+                await svc.launcher.zygotes.ready(svc.catalog.get("python3"))
+            await call()
+            while not svc.pool.idle_kernels():
+                await asyncio.sleep(0.01)
+            label = f"{'zygote' if zygote else 'no zygote'}, pool {size}"
+            lines.append(summary(f"100 sequential stateless, {label} ({transport})",
+                                 await timed(100, call)))
+            if zygote and size == 1:
+                while not svc.pool.idle_kernels():
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.5)
+                lines.append(memory_line(svc))
+        finally:
+            await svc.close()
+
     cold = JupyterService(make_ctx(transport), pool_size=0)
     await cold.start()
     try:
@@ -133,6 +158,25 @@ async def bench_service(transport: str, n: int, starts: int) -> list[str]:
     finally:
         await cold.close()
     return lines
+
+
+def pss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def memory_line(svc: JupyterService) -> str:
+    zygotes = svc.launcher.zygotes.zygotes() if svc.launcher.zygotes else []
+    kernels = svc.pool.idle_kernels()
+    z = ", ".join(f"{pss_mib(x.pid):.1f}" for x in zygotes if x.pid)
+    k = ", ".join(f"{pss_mib(x.pid):.1f}" for x in kernels)
+    return f"{'memory: PSS MiB zygote / idle forked kernel':<44} zygote={z}  kernel={k}"
 
 
 async def main() -> None:

@@ -3,7 +3,8 @@
 Each pooled kernel is started, warmed and parked in its own fresh temp dir; it serves
 exactly one stateless call and is then killed.  Refills run in ONE background worker
 that boots one kernel at a time: on 2 cores, booting several at once only slows down
-the kernel somebody is waiting for.  A caller that finds the pool empty either takes
+the kernel somebody is waiting for.  Kernels forked from the spec's zygote are the
+exception: a fork-boot is ~60 ms of CPU on one core, so two run side by side.  A caller that finds the pool empty either takes
 the kernel the worker is booting for that same spec (it started earlier, so it is the
 fastest one to get) or starts its own; it never waits for an unrelated refill.
 """
@@ -21,6 +22,7 @@ from .specs import KernelSpecInfo
 
 MAX_POOL_SIZE = 10
 RETRY_DELAYS_S = (1.0, 5.0, 30.0, 120.0)   # after failed refills, so a broken spec cannot spin
+FORKED_PARALLEL_BOOTS = 2                   # concurrent refills when the spec has a zygote
 REFILL_DELAY_S = 0.25                       # refill this long after a hit if not released sooner
 
 
@@ -31,7 +33,7 @@ class _Pool:
     timeout_s: float
     last_request: float = field(default_factory=time.monotonic)
     idle: collections.deque[Kernel] = field(default_factory=collections.deque)
-    booting: bool = False
+    booting: int = 0
     waiters: collections.deque[asyncio.Future[Kernel]] = field(default_factory=collections.deque)
     failures: int = 0
     retry_at: float = 0.0
@@ -51,6 +53,7 @@ class KernelPool:
         self._pools: dict[str, _Pool] = {}
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self._boots: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def start(self) -> None:
@@ -77,7 +80,7 @@ class KernelPool:
                 self._refill_later()
                 return kernel
             kernel.close()
-        if pool.booting and not pool.waiters:
+        if pool.booting > len(pool.waiters):
             waiter: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
             pool.waiters.append(waiter)
             try:
@@ -143,27 +146,40 @@ class KernelPool:
         while len(pool.idle) > keep:
             pool.idle.popleft().close()   # oldest first
 
+    def _parallel(self, pool: _Pool) -> int:
+        zygotes = getattr(self.launcher, "zygotes", None)
+        if zygotes is not None and zygotes.get(pool.spec) is not None:
+            return FORKED_PARALLEL_BOOTS
+        return 1
+
     def _next_deficit(self, now: float) -> _Pool | None:
         for pool in self._pools.values():
-            if pool.retry_at > now:
+            if pool.retry_at > now or pool.booting >= self._parallel(pool):
                 continue
-            if len(pool.idle) < pool.target(now) or pool.waiters:
+            if len(pool.idle) + pool.booting < pool.target(now) or len(pool.waiters) > pool.booting:
                 return pool
         return None
 
     async def _refill_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while not self._closed:
-            await self._wake.wait()
-            self._wake.clear()
+        try:
             while not self._closed:
-                pool = self._next_deficit(time.monotonic())
-                if pool is None:
-                    break
-                await self._refill_one(pool, loop)
+                await self._wake.wait()
+                self._wake.clear()
+                while not self._closed:
+                    pool = self._next_deficit(time.monotonic())
+                    if pool is None:
+                        break
+                    pool.booting += 1
+                    task = loop.create_task(self._refill_one(pool, loop))
+                    self._boots.add(task)
+                    task.add_done_callback(self._boots.discard)
+        finally:
+            for task in list(self._boots):
+                task.cancel()
+            await asyncio.gather(*self._boots, return_exceptions=True)
 
     async def _refill_one(self, pool: _Pool, loop: asyncio.AbstractEventLoop) -> None:
-        pool.booting = True
         try:
             kernel = await self._start(pool.spec, warm=True)
         except asyncio.CancelledError:
@@ -179,7 +195,8 @@ class KernelPool:
                     waiter.set_exception(exc)
             return
         finally:
-            pool.booting = False
+            pool.booting -= 1
+            self._wake.set()   # the worker may start the next boot
         pool.failures = 0
         if self._closed or self._pools.get(pool.spec.name) is not pool:
             kernel.close()
