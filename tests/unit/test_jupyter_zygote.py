@@ -200,6 +200,34 @@ def test_zygote_death_falls_back_and_restarts(loop, svc) -> None:
     assert new in parents   # forks come from the new zygote again
 
 
+def test_adopt_failure_falls_back_and_disables_forking(tmp_path: Path, mpl_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from projecthub.project.tracking_fallback import MarkerGroup
+
+    def refuse(self, pid: int) -> None:
+        raise PermissionError(13, "cgroup.procs")
+    monkeypatch.setattr(MarkerGroup, "adopt", refuse)
+    lp = asyncio.new_event_loop()
+    try:
+        ctx = make_ctx(tmp_path, mpl_dir)
+        service = JupyterService(ctx, pool_size=0)
+        run(lp, service.start())
+        spec = service.catalog.get("python3")
+        z = run(lp, service.launcher.zygotes.ready(spec))
+        assert z is not None
+        # The forked child is told to exit, the call gets a normally launched kernel.
+        ppid = int(out_text(execute(lp, service, "import os; print(os.getppid())")))
+        assert ppid == os.getpid()
+        assert service.launcher.zygotes.get(spec) is None   # no more attempts
+        assert execute(lp, service, "1+1") == [{"data": {"text/plain": "2"}}]
+        wait_until(lp, lambda: psutil.Process(z.pid).children() == [])
+        run(lp, service.close())
+        assert gone(z.pid)
+        assert list(Path(ctx.tmp_dir).iterdir()) == []
+    finally:
+        lp.close()
+
+
 def test_disabled_by_setting(tmp_path: Path, mpl_dir: Path) -> None:
     lp = asyncio.new_event_loop()
     try:

@@ -39,6 +39,7 @@ ZYGOTE_BOOT = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__
 IPYKERNEL_ARGV = ["-m", "ipykernel_launcher", "-f", "{connection_file}"]
 SPAWN_TIMEOUT_S = 5.0
 RESTART_DELAYS_S = (0.0, 1.0, 5.0, 30.0, 120.0)
+STABLE_AFTER_S = 60.0     # a zygote that lived this long resets the restart back-off
 
 
 def eligible(spec: KernelSpecInfo) -> bool:
@@ -104,11 +105,13 @@ class ZygoteProcess:
         self.pid: int | None = None
         self.ready = False
         self.dead = False
+        self.started = time.monotonic()
         self.stderr_path = runtime_dir / f"zygote-{uuid.uuid4().hex[:8]}.stderr"
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._next_id = 0
+        self.adopt_failed = False
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.children: dict[int, tuple[ForkedProcess, ProcessGroup]] = {}
 
@@ -218,7 +221,9 @@ class ZygoteProcess:
         self.children[pid] = (proc, group)
         try:
             group.adopt(pid)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, OSError):
+                self.adopt_failed = True   # e.g. no permission: forking is useless here
             # Not in its own group: it must never run.  Closing its release pipe ends it.
             self.children.pop(pid, None)
             proc.close_fd()
@@ -259,6 +264,8 @@ class ZygoteManager:
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
+        self._closed_specs: set[str] = set()
+        self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def get(self, spec: KernelSpecInfo) -> ZygoteProcess | None:
@@ -266,8 +273,23 @@ class ZygoteManager:
         if self._closed or not eligible(spec):
             return None
         z = self._zygotes.get(spec.name)
+        if z is not None and z.adopt_failed:
+            self._closed_specs.add(spec.name)   # the tracker cannot move processes: give up
+        if spec.name in self._closed_specs:
+            return None
         if z is not None and z.ready and not z.dead and z.spec == spec:
             return z
+        if z is not None and z.dead and spec.name not in self._starting:
+            # Died under us: restart, backing off if it keeps dying young.
+            now = time.monotonic()
+            n = 0 if now - z.started > STABLE_AFTER_S else self._failures.get(spec.name, 0) + 1
+            self._failures[spec.name] = n
+            self._retry_at[spec.name] = max(self._retry_at.get(spec.name, 0),
+                                            now + RESTART_DELAYS_S[min(max(n - 1, 0), len(RESTART_DELAYS_S) - 1)])
+            self._zygotes.pop(spec.name, None)
+            task = asyncio.get_running_loop().create_task(z.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         if spec.name not in self._starting and time.monotonic() >= self._retry_at.get(spec.name, 0):
             self._starting[spec.name] = asyncio.get_running_loop().create_task(self._start(spec))
         return None
@@ -299,7 +321,6 @@ class ZygoteManager:
         if self._closed:
             await z.close()
             return
-        self._failures[spec.name] = 0
         self._zygotes[spec.name] = z
 
     def zygotes(self) -> list[ZygoteProcess]:
@@ -311,5 +332,6 @@ class ZygoteManager:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-        await asyncio.gather(*(z.close() for z in self._zygotes.values()), return_exceptions=True)
+        await asyncio.gather(*(z.close() for z in self._zygotes.values()), *self._closing,
+                             return_exceptions=True)
         self._zygotes.clear()
