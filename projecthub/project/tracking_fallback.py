@@ -37,8 +37,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, TypeVar
 
-import psutil
-
 from .tracking import GroupUsage
 
 T = TypeVar("T")
@@ -396,6 +394,8 @@ class MarkerGroup:
     def usage(self) -> GroupUsage:
         user, sys_, rss = self._ru_user, self._ru_sys, 0
         pids = self.pids() if not (self.closed or self._drained) else []
+        if pids:
+            import psutil   # on first use: the daemon's start (exec.py imports this module) skips it
         for pid in pids:
             try:
                 p = psutil.Process(pid)

@@ -37,10 +37,35 @@ Decisions (numbers from this machine, 2 cores under load):
   charged to the project's memory.  ``doctor`` says so in a note.
 """
 
-from .limits import ProjectLimits
-from .manager import PreparedProject, Sandbox, SandboxConfig
-from .probe import CapabilityReport, Layer, probe
-from .tracker import tracker_for_daemon
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .limits import ProjectLimits
+    from .manager import PreparedProject, Sandbox, SandboxConfig
+    from .probe import CapabilityReport, Layer, probe
+    from .tracker import tracker_for_daemon
+
+# Imported on first use: the project daemon only needs ``tracker_for_daemon`` and must not
+# pay for the host side (manager, probe, psutil) at every project start.
+_EXPORTS = {"ProjectLimits": ".limits", "PreparedProject": ".manager", "Sandbox": ".manager",
+            "SandboxConfig": ".manager", "CapabilityReport": ".probe", "Layer": ".probe",
+            "probe": ".probe", "tracker_for_daemon": ".tracker"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    import sys
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    # importing the ``probe`` submodule (manager does) binds the module to our ``probe``
+    # attribute; the package exports the function of that name
+    probe_module = sys.modules.get(__name__ + ".probe")
+    if probe_module is not None:
+        globals()["probe"] = probe_module.probe
+    return value
 
 __all__ = ["CapabilityReport", "Layer", "PreparedProject", "ProjectLimits", "Sandbox",
            "SandboxConfig", "probe", "tracker_for_daemon"]
