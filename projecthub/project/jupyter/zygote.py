@@ -1,9 +1,19 @@
 """Kernel zygote: a pre-imported Python that forks brand-new ipykernels in milliseconds.
 
 This file is the *zygote process's* program, run with ``runpy.run_path`` (see
-``forking.ZYGOTE_BOOT``; the control socket's fd is the last argument)
-(stdlib and ipykernel only: it must not import projecthub, which would end up in every
-kernel's ``sys.modules``).  The daemon side lives in ``forking.py``.
+``forking.ZYGOTE_BOOT``; the control socket's fd is the last argument).  It uses the
+stdlib and ipykernel only: importing projecthub would put it in every kernel's
+``sys.modules``.  The daemon side lives in ``forking.py``.
+
+Cost (2 vCPUs, see ``bench/jupyter_micro.py``): a forked kernel answers
+``kernel_info`` ~50-80 ms after the request and costs ~60 ms of CPU (IPKernelApp's own
+initialisation plus ~6000 copy-on-write page faults: CPython 3.11 refcounts write to
+shared pages), against ~0.3-0.5 s for a launched one.
+
+What children do share with each other: the str hash seed (fixed at interpreter start)
+and the zygote's heap layout, so ``id()`` of objects created the same way may coincide
+across calls.  Neither carries state from an earlier call: no child ever forks from a
+kernel that ran user code.
 
 Lifecycle of one kernel:
 
