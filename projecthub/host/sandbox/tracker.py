@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import threading
 from typing import Callable, TypeVar
 
@@ -124,14 +125,67 @@ def _v1_local_charge(memory_dir: str) -> int:
 V1_GROUP_CONTROLLERS = ("memory", "pids", "cpuacct", "freezer")
 
 
+class _Spawner:
+    """A daemon thread parked in one pooled group's cgroups, which runs that group's spawns.
+
+    Why: in cgroup v1 every migration (a write to ``tasks``) takes the global
+    cgroup_threadgroup_rwsem for writing, and the first writer after a quiet spell waits
+    for an RCU grace period: ~13 ms here, on every exec that follows an idle moment (a
+    thread-join spawn moves the spawning thread in and out).  A thread that already sits
+    in the group spawns without migrating; it moves itself in once, in the background.
+    In v1 memory is charged to the process's mm owner and the OOM killer only looks at
+    thread-group leaders, so the parked thread adds no charge and is never a victim."""
+
+    def __init__(self, dirs: dict[str, str]):
+        self._dirs = dirs
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.ready = False          # moved into every controller's group
+        self._thread = threading.Thread(target=self._run, name="cgroup-spawner", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        tid = str(threading.get_native_id())
+        try:
+            for d in self._dirs.values():
+                write_text(os.path.join(d, "tasks"), tid)
+            self.ready = True
+        except OSError:
+            return   # stays unready: spawns keep the thread-join path
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            start, box, done = job
+            try:
+                box.append((True, start()))
+            except BaseException as exc:  # handed back to the caller
+                box.append((False, exc))
+            done.set()
+
+    def call(self, start: Callable[[], T]) -> T:
+        box: list = []
+        done = threading.Event()
+        self._jobs.put((start, box, done))
+        done.wait()
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(2.0)
+
+
 class _V1Slot:
     """An empty per-exec child group kept for the next exec (see ``V1Pool``)."""
 
-    __slots__ = ("dirs", "written")
+    __slots__ = ("dirs", "written", "spawner")
 
     def __init__(self, dirs: dict[str, str]):
         self.dirs = dirs
         self.written: dict[str, str] = {}   # sub-limit file -> value last written
+        self.spawner: _Spawner | None = None
 
 
 class V1Pool:
@@ -163,22 +217,28 @@ class V1Pool:
                     write_text(os.path.join(slot.dirs["cpuacct"], "cpuacct.usage"), "0")
                 return slot
             except OSError:
-                _discard(slot.dirs)
+                _discard(slot)
 
     def give(self, slot: _V1Slot) -> bool:
         with self._lock:
             if len(self._free) >= self.MAX:
                 return False
             self._free.append(slot)
-            return True
+        if slot.spawner is None:
+            slot.spawner = _Spawner(slot.dirs)
+        return True
 
 
-def _discard(dirs: dict[str, str]) -> None:
-    for d in dirs.values():
+def _discard(slot: _V1Slot, strict: bool = False) -> None:
+    if slot.spawner is not None:
+        slot.spawner.stop()   # a live thread keeps the group busy (rmdir: EBUSY)
+        slot.spawner = None
+    for d in slot.dirs.values():
         try:
             remove_tree(d)
         except OSError:
-            pass
+            if strict:
+                raise
 
 
 class V1Group:
@@ -211,6 +271,8 @@ class V1Group:
         if "pids" in self.dirs:
             n = child_pids_limit(read_text(os.path.join(self._parents["pids"], "pids.max")))
             if n is not None:
+                if self._slot.spawner is not None:
+                    n += 1   # the parked spawner thread counts as a task of the group
                 self._write_limit(os.path.join(self.dirs["pids"], "pids.max"), str(n))
         if "memory" in self.dirs:
             parent = self._parents["memory"]
@@ -232,9 +294,16 @@ class V1Group:
                     self._slot.written[mem] = str(limit)
 
     def spawn(self, start: Callable[[], T]) -> T:
+        self._verified_empty = False
+        spawner = self._slot.spawner
+        if spawner is not None and spawner.ready:
+            _OomBias.enter()
+            try:
+                return spawner.call(start)
+            finally:
+                _OomBias.leave()
         tid = str(threading.get_native_id())
         moved: list[str] = []
-        self._verified_empty = False
         _OomBias.enter()
         try:
             for ctrl, d in self.dirs.items():
@@ -260,7 +329,8 @@ class V1Group:
         if self._verified_empty:
             return []
         d = self.dirs.get("pids") or self.dirs.get("memory") or next(iter(self.dirs.values()))
-        return sorted(procs_of(d))
+        me = os.getpid()   # a parked spawner thread (or a spawn in progress) lists the daemon
+        return sorted(p for p in procs_of(d) if p != me)
 
     def _empty_now(self) -> bool:
         """No task in any controller's group and no sub-group (nlink 2 on cgroupfs)."""
@@ -309,8 +379,7 @@ class V1Group:
         self._closed = True
         if self._reusable() and self._pool is not None and self._pool.give(self._slot):
             return
-        for d in self.dirs.values():
-            remove_tree(d)
+        _discard(self._slot, strict=True)
 
     def _reusable(self) -> bool:
         if self._pool is None or self._had_kill or not self._verified_empty or self._oom_seen:
