@@ -6,6 +6,7 @@
 * direct:   ``subprocess.run(["true"])`` in this process, c=1 (interleaved rounds)
 * ping:     ``system.ping`` of the official client (HTTP + hub)
 * fabric only: ``system.exec`` / ``ping`` straight over the daemon's socket (no hub, no HTTP)
+* sporadic: official exec / direct spawn, each after 0.5 s of quiet
 * cold:     create project -> first exec answered (conat system.exec), sequential
 * idle RSS of the project daemon
 ``--spy N`` also records py-spy samples (collapsed stacks, results/hotpath-daemon.txt) of
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cold", type=int, default=8)
     ap.add_argument("--spy", type=int, default=0)
+    ap.add_argument("--sporadic", type=int, default=10)
     args = ap.parse_args()
     try:
         server = common.Server().start()
@@ -93,6 +95,18 @@ def main() -> None:
             return ex, pg
         fex, fpg = asyncio.run(fabric_only(args.n))
         print(f"fabric only: exec true p50 {p50(fex):.2f} ms, ping p50 {p50(fpg):.2f} ms")
+
+        # sporadic: each call after 0.5 s of quiet (cgroup v1 migrations pay an RCU grace
+        # period after idle; back-to-back loops never see it)
+        spor, spor_direct = [], []
+        for _ in range(args.sporadic):
+            time.sleep(0.5)
+            spor += timed(1, lambda: proj.system.exec(command="true", args=[]))
+            time.sleep(0.5)
+            spor_direct += timed(1, lambda: subprocess.run(["true"]))
+        if spor:
+            print(f"sporadic (0.5 s idle before each): official exec p50 {p50(spor):.2f} ms | "
+                  f"direct p50 {p50(spor_direct):.2f} ms")
 
         # throughput at c=8 threads of the official client vs direct spawning
         def burst(fn, threads=8, per=60) -> float:
