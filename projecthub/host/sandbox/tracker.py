@@ -478,6 +478,29 @@ class CgroupTracker:
         self.dirs = dirs
         self.home = home
         self._v1_pool = V1Pool() if version == "v1" else None
+        if self._v1_pool is not None:
+            self._prewarm_v1()
+
+    def _prewarm_v1(self) -> None:
+        """One empty group (and its spawner, which moves itself in the background) made
+        at daemon start, so the project's first exec neither mkdirs nor migrates.
+        Best effort: any failure just leaves the pool empty."""
+        assert self._v1_pool is not None
+        dirs = {c: os.path.join(p, f"g_pool-{os.getpid()}")
+                for c, p in self.dirs.items() if c in V1_GROUP_CONTROLLERS}
+        made: list[str] = []
+        try:
+            for d in dirs.values():
+                os.mkdir(d)
+                made.append(d)
+        except OSError:
+            for d in made:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+            return
+        self._v1_pool.give(_V1Slot(dirs))
 
     def new_group(self, name: str):
         if self.version == "v1":
