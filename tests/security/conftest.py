@@ -205,16 +205,8 @@ def procs_of_uid(uid: int, project_id: str | None = None) -> list[psutil.Process
 
 
 def _projecthub_group(pid: int, root_name: str = "projecthub") -> str | None:
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            text = f.read()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        parts = line.split(":", 2)[-1].strip("/").split("/")
-        if root_name in parts[:-1]:
-            return parts[parts.index(root_name) + 1]
-    return None
+    from projecthub.host.sandbox.manager import _cgroup_project  # the server's own reading
+    return _cgroup_project(pid, root_name)
 
 
 def project_cgroup_dirs(project_id: str, root_name: str = "projecthub") -> list[str]:

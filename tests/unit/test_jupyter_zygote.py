@@ -20,19 +20,7 @@ from projecthub.project.jupyter import JupyterService
 from projecthub.project.jupyter.forking import ForkedProcess, eligible
 from projecthub.project.tracking_fallback import MarkerTracker
 
-from test_jupyter import execute, gone, make_ctx, no_zombie_children, run, wait_until
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp = asyncio.new_event_loop()
-    yield lp
-    lp.close()
-
-
-@pytest.fixture(scope="module")
-def mpl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("mpl")
+from test_jupyter import execute, gone, loop, make_ctx, mpl_dir, no_zombie_children, run, wait_until  # noqa: F401
 
 
 @pytest.fixture(scope="module")
