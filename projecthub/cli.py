@@ -193,6 +193,23 @@ def cmd_project_limits(args: argparse.Namespace) -> None:
            "note": "applied at the project's next start" if args.set or args.unset else None})
 
 
+def cmd_jupyter_api(args: argparse.Namespace) -> None:
+    """Enable or disable hub jupyter.execute without a project_id, in one shared project."""
+    store = _store(args.data_dir)
+    if args.action == "disable":
+        store.set_setting("jupyter_api_enabled", False)
+        _emit({"jupyter_api_enabled": False, "project_id": store.get_setting("jupyter_project_id")})
+        return
+    project_id = args.project or store.get_setting("jupyter_project_id")
+    if project_id is None or store.get_project(project_id) is None:
+        # a server-owned project: its owner is an account made for it, with no API key
+        owner = store.create_account(first_name="Jupyter", last_name="API", is_admin=False)
+        project_id = store.create_project(owner, title="[Jupyter API Server v1]")
+    store.set_setting("jupyter_project_id", project_id)
+    store.set_setting("jupyter_api_enabled", True)
+    _emit({"jupyter_api_enabled": True, "project_id": project_id})
+
+
 def cmd_stop_all(args: argparse.Namespace) -> None:
     """Stop every project daemon of a data dir (they outlive the server by design)."""
     from .host.sandbox import Sandbox, SandboxConfig
@@ -234,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true")
     doctor.add_argument("--strict", action="store_true", help="exit 1 unless every layer is enforced")
     doctor.set_defaults(func=cmd_doctor)
+
+    jupyter = sub.add_parser("jupyter-api", help="hub jupyter.execute without a project_id (shared project)")
+    jupyter.add_argument("action", choices=["enable", "disable"])
+    jupyter.add_argument("--data-dir", default=None)
+    jupyter.add_argument("--project", default=None, help="use this project instead of a new server-owned one")
+    jupyter.set_defaults(func=cmd_jupyter_api)
 
     stop_all = sub.add_parser("stop-all", help="stop every running project of a data dir")
     stop_all.add_argument("--data-dir", default=None)

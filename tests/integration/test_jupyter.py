@@ -145,3 +145,15 @@ def test_persistent_session(server: Server, account, project_id: str) -> None:
     assert [s["session_id"] for s in listed] == [sid]
     assert v3(server, account.api_key, "DELETE", f"{base}/{sid}").status_code == 204
     assert v3(server, account.api_key, "GET", f"{base}/{sid}").status_code == 404
+
+
+def test_hub_jupyter_without_project_in_shared_project(server: Server, hub) -> None:
+    enabled = server.cli("jupyter-api", "enable")
+    try:
+        assert enabled["jupyter_api_enabled"] is True
+        assert hub.jupyter.execute(input="2**10", kernel="python3")["output"] == [{"data": {"text/plain": "1024"}}]
+        assert any(spec["name"] == "python3" for spec in hub.jupyter.kernels())
+    finally:
+        server.cli("jupyter-api", "disable")
+    with pytest.raises(RuntimeError, match="Jupyter API is not enabled on this server"):
+        hub.jupyter.execute(input="1", kernel="python3")
