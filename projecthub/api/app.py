@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
@@ -49,7 +50,9 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
         db = AsyncStore(store)
         host = Host(settings.data_dir, sandbox, db, jupyter_pool_size=settings.jupyter_pool_size)
         resolver = KeyResolver(store, cache_ttl=settings.key_cache_ttl)
-        hub = HubService(db, host, resolver)
+        # register this machine as a host: projects record where they run (scale-out routes on it)
+        host_id = await db.ensure_host(socket.gethostname(), address=f"unix:{settings.data_dir / 'run'}")
+        hub = HubService(db, host, resolver, host_id=host_id)
         app.state.settings = settings
         app.state.hub = hub
         app.state.throttle = BadKeyThrottle(settings.bad_key_limit_per_minute)

@@ -105,6 +105,8 @@ class HubService:
     async def create_project(self, account_id: str, title: str = "", description: str = "",
                              start: bool = False) -> str:
         project_id = await self.db.create_project(account_id, title=title, description=description)
+        if self.host_id:  # the host that will run it (the only one, in the embedded server)
+            await self.db.update_project(project_id, host_id=self.host_id)
         if start:
             await self.host.ensure_running(project_id)
         return project_id

@@ -106,3 +106,15 @@ def test_get_names(server: Server, hub, account) -> None:
     names = hub.system.get_names([account.account_id, unknown])
     assert names[account.account_id] == {"first_name": "Test", "last_name": "User"}
     assert names[unknown] == {"first_name": "Deleted", "last_name": "User"}
+
+
+def test_projects_record_their_host(server: Server, project_id: str) -> None:
+    import socket
+
+    from projecthub.store import Store
+    store = Store.for_data_dir(server.data_dir)
+    try:
+        hosts = {h["host_id"]: h["name"] for h in store.list_hosts()}
+        assert hosts[store.get_project(project_id)["host_id"]] == socket.gethostname()
+    finally:
+        store.close()
