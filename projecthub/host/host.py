@@ -193,7 +193,7 @@ class Host:
                  "--project-id", project_id, "--home", prepared.home_inside,
                  "--socket", prepared.socket_inside, "--state-dir", prepared.state_inside,
                  "--tmp-dir", prepared.tmp_inside, "--settings", json.dumps(settings)]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": os.environ.get("LANG", "C.UTF-8"),
+        env = {"PATH": project_path(), "LANG": os.environ.get("LANG", "C.UTF-8"),
                "PYTHONDONTWRITEBYTECODE": "1"}
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -274,6 +274,17 @@ class Host:
     async def _set_state(self, project_id: str, state: str) -> None:
         from datetime import datetime, timezone
         await self.db.update_project(project_id, state=state, state_time=datetime.now(timezone.utc))
+
+
+_SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def project_path() -> str:
+    """PATH inside projects: the server's Python environment (python3, pip, jupyter with the
+    kernel's packages) then the system directories.  Not the server's own PATH: its entries
+    leak host layout and mostly do not exist in the sandbox (each miss is a failed execve)."""
+    dirs = [os.path.dirname(sys.executable), *_SYSTEM_PATH]
+    return ":".join(d for d in dict.fromkeys(dirs) if os.path.isdir(d))
 
 
 def _alive(pid: Any) -> bool:

@@ -205,3 +205,10 @@ def test_compute_server_id(server: Server, account, project_id: str) -> None:
     headers = {"Authorization": f"Bearer {account.api_key}"}
     body = {"name": "system.ping", "args": [{}], "project_id": project_id, "compute_server_id": 3}
     assert "compute server 3" in httpx.post(server.url + "/api/conat/project", json=body, headers=headers).json()["error"]
+
+
+def test_project_path_is_clean_and_has_python(project) -> None:
+    path = project.system.exec(command="echo $PATH")["stdout"].strip().split(":")
+    assert "/usr/bin" in path and not any(".pyenv" in d for d in path)
+    out = project.system.exec(command="python3 -c 'import ipykernel, sys; print(sys.prefix)'")
+    assert out["stdout"].strip()
