@@ -113,7 +113,7 @@ async def _system_exec(ctx: ProjectContext, opts: dict[str, Any],
         record = job_manager(ctx).start(req, native=False).live_record()
         record.pop("stats", None)
         return record
-    ran = await _run(ctx, req, budget_s=budget_s, yield_after=None, native=False)
+    ran = await _run(ctx, req, budget_s=budget_s, yield_after=None, native=False, accounting=False)
     if isinstance(ran, Job):
         raise _budget_error(budget_s, ran.job_id)
     return blocking_result(req, ran)
@@ -144,10 +144,12 @@ def _budget_error(budget_s: float | None, job_id: str) -> RemoteError:
 
 
 async def _run(ctx: ProjectContext, req: ExecRequest, *, budget_s: float | None,
-               yield_after: float | None, native: bool) -> Outcome | Job:
+               yield_after: float | None, native: bool, accounting: bool = True) -> Outcome | Job:
     """Run ``req`` and wait for it, at most min(budget_s, yield_after); past that it
-    becomes a job (which keeps its own timeout) and the Job is returned."""
+    becomes a job (which keeps its own timeout) and the Job is returned.  Without
+    ``accounting`` the Outcome has no cpu/memory/OOM figures (unless it becomes a job)."""
     execution = Execution(ctx, req, name="x" + secrets.token_hex(8))
+    execution.accounting = accounting
     execution.start()
     limits = [t for t in (budget_s, yield_after) if t is not None]
     try:
@@ -155,6 +157,7 @@ async def _run(ctx: ProjectContext, req: ExecRequest, *, budget_s: float | None,
     except asyncio.TimeoutError:
         if execution.finished:
             return execution.done.result()
+        execution.accounting = True   # job records and results carry the stats
         return job_manager(ctx).adopt(execution, req, native=native)
     except asyncio.CancelledError:
         execution.kill("cancelled")   # the caller went away: every child is owned

@@ -38,11 +38,24 @@ V2_DAEMON_LEAF = "daemon"
 # --------------------------------------------------------------------- fs helpers
 
 def read_text(path: str) -> str | None:
+    # Raw open/read/close: the exec hot path reads a dozen control files per exec, and a
+    # text-mode open() adds fstat x2, ioctl(TCGETS), lseek x2 and an io object to each.
     try:
-        with open(path) as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "surrogateescape")
 
 
 def read_int(path: str, default: int = 0) -> int:

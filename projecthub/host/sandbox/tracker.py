@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import threading
+import time
 from typing import Callable, TypeVar
 
 from projecthub.project.tracking import GroupUsage
@@ -113,10 +113,22 @@ def _try_write(path: str, value: str) -> None:
         pass  # a sub-limit is protection for the daemon, never a reason to fail an exec
 
 
+# memory.stat is the costliest control file to read (the kernel sums every counter
+# over the subtree) and the daemon's charge only feeds a reserve with a 16 MiB margin:
+# read it at most this often instead of on every exec.
+CHARGE_TTL_S = 1.0
+_charges: dict[str, tuple[float, int]] = {}
+
+
 def _v1_local_charge(memory_dir: str) -> int:
     """Bytes charged to the project group itself (the daemon), not to its children."""
-    stat = read_text(os.path.join(memory_dir, "memory.stat"))
-    return _field(stat, "rss")
+    now = time.monotonic()
+    cached = _charges.get(memory_dir)
+    if cached is not None and now - cached[0] < CHARGE_TTL_S:
+        return cached[1]
+    charge = _field(read_text(os.path.join(memory_dir, "memory.stat")), "rss")
+    _charges[memory_dir] = (now, charge)
+    return charge
 
 
 # Per-exec child groups exist for accounting, killing and the daemon-protecting
@@ -138,7 +150,16 @@ class _Spawner:
 
     def __init__(self, dirs: dict[str, str]):
         self._dirs = dirs
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        # Hand-off without a queue or an Event: ``_go`` is released to give the parked
+        # thread one spawn, ``_done`` to hand the result back (two futex wake-ups per spawn).
+        self._go = threading.Lock()
+        self._go.acquire()
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._calls = threading.Lock()   # one spawn at a time (kernels spawn from threads)
+        self._start: Callable[[], object] | None = None
+        self._result: tuple[bool, object] = (False, None)
+        self._stopping = False
         self.ready = False          # moved into every controller's group
         self._thread = threading.Thread(target=self._run, name="cgroup-spawner", daemon=True)
         self._thread.start()
@@ -152,28 +173,29 @@ class _Spawner:
         except OSError:
             return   # stays unready: spawns keep the thread-join path
         while True:
-            job = self._jobs.get()
-            if job is None:
+            self._go.acquire()
+            if self._stopping:
                 return
-            start, box, done = job
+            start, self._start = self._start, None
             try:
-                box.append((True, start()))
+                self._result = (True, start())   # type: ignore[misc]
             except BaseException as exc:  # handed back to the caller
-                box.append((False, exc))
-            done.set()
+                self._result = (False, exc)
+            self._done.release()
 
     def call(self, start: Callable[[], T]) -> T:
-        box: list = []
-        done = threading.Event()
-        self._jobs.put((start, box, done))
-        done.wait()
-        ok, value = box[0]
+        with self._calls:
+            self._start = start
+            self._go.release()
+            self._done.acquire()
+            (ok, value), self._result = self._result, (False, None)
         if ok:
-            return value
-        raise value
+            return value   # type: ignore[return-value]
+        raise value   # type: ignore[misc]
 
     def stop(self) -> None:
-        self._jobs.put(None)
+        self._stopping = True
+        self._go.release()
         self._thread.join(2.0)
 
 

@@ -103,6 +103,10 @@ class Execution:
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[Outcome] = self.loop.create_future()
         self.on_change = on_change          # called on new output and at the end
+        # Group accounting (cpu, peak memory, OOM) for the Outcome.  CoCalc's blocking
+        # system.exec reply carries none of it, so that path turns it off and saves the
+        # control-file reads; an execution that becomes a job turns it back on.
+        self.accounting = True
         spill_limit = int(ctx.settings.get("job_output_spill_limit", 1 << 30))
         self.stdout = StreamCapture(req.output_limit, spill_limit)
         self.stderr = StreamCapture(req.output_limit, spill_limit)
@@ -253,7 +257,8 @@ class Execution:
         if self._group is not None:
             # Nothing of a finished exec survives: background children die with it.
             self._group.kill_all()
-            usage = self._group.usage()
+            if self.accounting:
+                usage = self._group.usage()
             self._group.close()
         if self._pidfd is not None:
             # Root not reaped yet (forced finish): leave it to the tracker's orphan reaper.
