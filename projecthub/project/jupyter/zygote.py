@@ -66,11 +66,147 @@ def warm_up() -> None:
                  # the kernel's debugger (debugpy/pydevd: ~90 ms of a kernel start)
                  "ipykernel.debugger", "bdb", "cmd", "code", "pdb", "faulthandler",
                  "mimetypes", "resource", "runpy", "psutil", "pwd", "email.utils",
-                 "http.client", "xmlrpc.client", "stringprep"):
+                 "http.client", "xmlrpc.client", "stringprep",
+                 # imported lazily by IPKernelApp.initialize/start and the first cells:
+                 # ~10 ms of every child's CPU when left to the child
+                 "tornado.platform.asyncio", "IPython.core.completerlib",
+                 "IPython.core.debugger", "IPython.core.logger", "IPython.core.oinspect",
+                 "IPython.extensions.storemagic", "IPython.utils.wildcard",
+                 "encodings.utf_16_be"):
         try:
             __import__(name)
         except Exception:
             pass
+
+
+# The argv (besides -f and parent_handle) the daemon gives every stateless kernel; the
+# prebuilt app below is configured with exactly this.
+PREBUILT_ARGV = ["--HistoryManager.hist_file=:memory:"]
+# Kernel traits that shape how the shell is built: if the user's config sets any, the
+# shell cannot be built ahead of the kernel and children start the ordinary way.
+_SHELL_SHAPING = {"shell_class", "compiler_class", "user_module", "user_ns", "kernel_class"}
+
+
+class Prebuilt:
+    """An IPKernelApp configured and its shell constructed here, before any fork.
+
+    Constructing ZMQInteractiveShell (magics, history, formatters, completer, traceback
+    handlers) and parsing the command line and config files is ~15-20 ms of every
+    kernel's start and creates no thread, socket or event loop, so children inherit it
+    ready-made.  Everything with a thread, a ZMQ socket or an fd (sockets, iopub, control
+    and heartbeat threads, stdio capture) and everything that may run user code
+    (startup files, exec_lines, extensions) still happens in the child, in ipykernel's
+    own order (``run``).  Only for ipykernel 7, whose ``IPKernelApp.initialize`` ``run``
+    mirrors.
+    """
+
+    def __init__(self) -> None:
+        import copy
+
+        import ipykernel
+        from ipykernel.compiler import XCachingCompiler
+        from ipykernel.ipkernel import IPythonKernel
+        from ipykernel.kernelapp import IPKernelApp
+        from ipykernel.zmqshell import ZMQInteractiveShell
+        if not ipykernel.__version__.startswith("7."):
+            raise RuntimeError(f"prebuilding is written for ipykernel 7, not {ipykernel.__version__}")
+        app = IPKernelApp.instance()
+        # BaseIPythonApplication.initialize without the crash handler (the child's job).
+        app.parse_command_line(PREBUILT_ARGV)
+        cl_config = copy.deepcopy(app.config)
+        app.init_profile_dir()
+        app.init_config_files()
+        app.load_config_file()
+        app.update_config(cl_config)
+        for section in ("IPKernelApp", "IPythonKernel", "Kernel"):
+            if _SHELL_SHAPING & set(app.config.get(section, {})):
+                raise RuntimeError(f"config sets {section} traits that shape the shell")
+        if app.subapp is not None or app.kernel_class is not IPythonKernel:
+            raise RuntimeError("not a plain IPythonKernel app")
+        self.config_stamp = self._config_stamp(app)
+        # Session construction (trait defaults, packer checks) is ~4 ms: build it here
+        # too; the child gives it its own identity and load_connection_info its key.
+        app.session  # noqa: B018  (the trait default creates it)
+        # What IPythonKernel.__init__ would build; its own instance() call returns this.
+        ZMQInteractiveShell.instance(parent=app, profile_dir=app.profile_dir, user_module=None,
+                                     user_ns=app.user_ns, kernel=None,
+                                     compiler_class=XCachingCompiler)
+        self.app = app
+
+    @staticmethod
+    def _config_stamp(app: object) -> list:
+        names = ["ipython_config", getattr(app, "config_file_name", "").rsplit(".", 1)[0]]
+        stamp = []
+        for d in getattr(app, "config_file_paths", []):
+            for name in names:
+                for ext in (".py", ".json"):
+                    try:
+                        st = os.stat(os.path.join(d, name + ext))
+                        stamp.append((d, name + ext, st.st_mtime_ns, st.st_size))
+                    except OSError:
+                        pass
+        return stamp
+
+    def fresh(self) -> bool:
+        """False once a config file the app loaded (or could load) changed on disk."""
+        return self._config_stamp(self.app) == self.config_stamp
+
+    def run(self, connection_file: str, parent_handle: int) -> None:
+        """In the child: what IPKernelApp.launch_instance does after the prebuilt part."""
+        app = self.app
+        app.connection_file = connection_file
+        app.parent_handle = parent_handle
+        self._renew_session(app.session)
+        app.init_crash_handler()
+        # IPKernelApp.initialize (ipykernel 7.x), after BaseIPythonApplication.initialize
+        app.init_pdb()
+        app.init_blackhole()
+        app.init_connection_file()
+        app.init_poller()
+        app.init_sockets()
+        app.init_heartbeat()
+        app.write_connection_file()
+        app.log_connection_info()
+        app.init_io()
+        try:
+            app.init_signal()
+        except Exception:
+            pass
+        app.init_kernel()
+        self._adopt_shell(app.kernel)
+        app.init_path()
+        app.init_shell()
+        if app.shell:
+            app.init_gui_pylab()
+            app.init_extensions()
+            app.init_code()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        app.start()
+
+    @staticmethod
+    def _renew_session(session: object) -> None:
+        """A Session of this process: its own id, pid (Session.send refuses to send
+        from a pid it was not made in) and message counter."""
+        from jupyter_client.session import new_id
+        session.pid = os.getpid()
+        session.session = new_id()   # the observer updates bsession
+        session.message_count = 0
+        session.digest_history = set()
+
+    @staticmethod
+    def _adopt_shell(kernel: object) -> None:
+        """Make the prebuilt shell look as if ``kernel`` had constructed it just now."""
+        shell = kernel.shell
+        shell.kernel = kernel
+        shell.parent = kernel
+        shell.starting_dir = os.getcwd()
+        # A launched kernel builds its shell after init_io: it saved the kernel's streams.
+        shell._orig_sys_module_state.update(stdin=sys.stdin, stdout=sys.stdout,
+                                            stderr=sys.stderr, excepthook=sys.excepthook)
+
+
+PREBUILT: "Prebuilt | None" = None
 
 
 class Zygote:
@@ -147,6 +283,11 @@ class Zygote:
             # falls back to a normal launch.
             self.send({"id": req["id"], "error": f"zygote has {threads} threads"})
             return
+        if PREBUILT is not None and not PREBUILT.fresh():
+            # The kernel config changed on disk: children of this zygote would miss it.
+            # Refuse and exit; the daemon launches this kernel normally and restarts us.
+            self.send({"id": req["id"], "error": "kernel config changed: zygote restarting"})
+            raise SystemExit(0)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -229,7 +370,15 @@ def become_kernel(zygote: Zygote, req: dict, release_fd: int) -> int:
     argv = ["-f", req["connection_file"], f"--IPKernelApp.parent_handle={os.getppid()}",
             *req.get("argv", [])]
     sys.argv = [launcher, *argv]
+    if PREBUILT is not None and req.get("argv", []) == PREBUILT_ARGV:
+        PREBUILT.run(req["connection_file"], os.getppid())
+        return finish_kernel()
     ipykernel.kernelapp.IPKernelApp.launch_instance(argv=argv)
+    return finish_kernel()
+
+
+def finish_kernel() -> int:
+    """The kernel's event loop ended: run its exit handlers as an interpreter exit would."""
     import atexit
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
@@ -238,6 +387,16 @@ def become_kernel(zygote: Zygote, req: dict, release_fd: int) -> int:
         except Exception:
             pass
     return 0
+
+
+def _drop_singletons() -> None:
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+        from ipykernel.zmqshell import ZMQInteractiveShell
+        IPKernelApp.clear_instance()
+        ZMQInteractiveShell.clear_instance()
+    except Exception:
+        pass
 
 
 def main() -> None:
@@ -249,6 +408,14 @@ def main() -> None:
     gc.disable()
     before = dict(os.environ)
     warm_up()
+    global PREBUILT
+    try:
+        PREBUILT = Prebuilt()
+    except Exception as exc:
+        # Children start the ordinary way (launch_instance); a half-built app or shell
+        # would leak into them, so none may remain.
+        print(f"zygote: not prebuilding the kernel app: {exc!r}", file=sys.stderr, flush=True)
+        _drop_singletons()
     # Variables the imports set (debugpy sets PYDEVD_USE_FRAME_EVAL): a launched kernel
     # has them too, so every child gets them on top of its own environment.
     IMPORT_ENV.update({k: v for k, v in os.environ.items() if before.get(k) != v})
