@@ -72,6 +72,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         f"{f(g(se, 'kernel_gateway', 'ws_execute', 'p50_ms'))} ms / {f(ss)} ms")
     v = g(co, "projecthub", "create_to_first_exec", "p50_ms")
     add("cold start: create project → first exec answered (p50)", v, "≤ 100 ms", v is not None and v <= 100,
+        f"creates 2.5 s apart; back to back: {f(g(co, 'projecthub', 'burst_create_to_first_exec', 'p50_ms'))} ms; "
         f"stopped project's first exec: {f(g(co, 'projecthub', 'stopped_first_exec', 'p50_ms'))} ms")
     levels = [k for k in sc if k.startswith("projects_") and isinstance(sc[k], dict) and "projects" in sc[k]]
     big = max(levels, key=lambda k: sc[k]["projects"]) if levels else None
@@ -232,7 +233,10 @@ def markdown(res: dict[str, Any], json_path: Path | None = None, plots: list[Pat
                           g(fl, "sandboxed_python_import_daemon")))
         L.append(_lat_row("**projecthub** `projects.create_project`", g(ours, "create")))
         L.append(_lat_row("**projecthub** new project's first `exec true`", g(ours, "first_exec")))
-        L.append(_lat_row("**projecthub** create → first exec answered", g(ours, "create_to_first_exec")))
+        L.append(_lat_row("**projecthub** create → first exec answered", g(ours, "create_to_first_exec"),
+                          extra="creates 2.5 s apart (untimed): each finds a spare project"))
+        L.append(_lat_row("**projecthub** create → first exec, creates back to back", g(ours, "burst_create_to_first_exec"),
+                          extra="burst: most creates find no ready spare"))
         L.append(_lat_row("  of which: daemon spawn → socket answers (server log)", g(ours, "daemon_start_logged")))
         L.append(_lat_row("**projecthub** `projects.stop`", g(ours, "stop_call")))
         L.append(_lat_row("**projecthub** stopped project's first `exec true`", g(ours, "stopped_first_exec")))

@@ -92,6 +92,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
             sys.exit(f"projecthub: --default-limits must be a JSON object: {exc}")
     if args.data_dir:
         settings.data_dir = Path(args.data_dir)
+    if args.spare_projects is not None:
+        if args.spare_projects < 0:
+            sys.exit("projecthub: --spare-projects must be >= 0")
+        settings.spare_projects = args.spare_projects
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(args.log_level)
     try:
@@ -213,11 +217,18 @@ def cmd_jupyter_api(args: argparse.Namespace) -> None:
 def cmd_stop_all(args: argparse.Namespace) -> None:
     """Stop every project daemon of a data dir (they outlive the server by design)."""
     from .host.sandbox import Sandbox, SandboxConfig
+    from .host.spares import remove_spare_dirs
+    from .store.store import SPARE_STATE
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     store = _store(str(data_dir))
     sandbox = Sandbox(SandboxConfig(data_dir=data_dir))
     stopped = []
     for project in store.list_all_projects():
+        if project.get("state") == SPARE_STATE:   # pre-started, nobody's project: remove it
+            sandbox.stop_project(project["project_id"])
+            remove_spare_dirs(data_dir, project["project_id"])
+            store.discard_spare(project["project_id"])
+            continue
         if (data_dir / "run" / project["project_id"]).exists() or project.get("state") != "stopped":
             sandbox.stop_project(project["project_id"])
             store.update_project(project["project_id"], state="stopped",
@@ -240,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="refuse to start unless every isolation layer is enforced")
     serve.add_argument("--uid-range", default=None, metavar="LOW-HIGH",
                        help="uids for projects when run as root (default 200000-299999, $PROJECTHUB_UID_RANGE)")
+    serve.add_argument("--spare-projects", type=int, default=None, metavar="N",
+                       help="projects kept started ahead of create_project, for a fast first call "
+                            "(default 1, $PROJECTHUB_SPARE_PROJECTS; 0 disables)")
     serve.add_argument("--default-limits", default=None,
                        help='per-project default limits as JSON, e.g. \'{"memory_bytes": "2G", "pids": 512}\' '
                             "(also $PROJECTHUB_DEFAULT_LIMITS)")

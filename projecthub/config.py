@@ -83,6 +83,9 @@ class ServerSettings:
     max_call_timeout_s: float = field(default_factory=lambda: _env_float("PROJECTHUB_MAX_CALL_TIMEOUT_S", 110.0))
     # Stateless jupyter pool size per kernelspec in each project (CoCalc: 2).
     jupyter_pool_size: int = 1
+    # Projects kept started ahead of create_project (host/spares.py): a new project's first
+    # call then skips the ~150 ms sandbox + daemon start.  0 disables.
+    spare_projects: int = field(default_factory=lambda: int(_env_float("PROJECTHUB_SPARE_PROJECTS", 1)))
     # Repeated bad keys from one client address are slowed down after this many per minute.
     bad_key_limit_per_minute: int = 30
 

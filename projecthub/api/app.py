@@ -48,7 +48,8 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
         if not sandbox.report.all_enforced:
             log.warning("NOT ALL ISOLATION LAYERS ARE ENFORCED: see `projecthub doctor`")
         db = AsyncStore(store)
-        host = Host(settings.data_dir, sandbox, db, jupyter_pool_size=settings.jupyter_pool_size)
+        host = Host(settings.data_dir, sandbox, db, jupyter_pool_size=settings.jupyter_pool_size,
+                    spare_projects=settings.spare_projects)
         resolver = KeyResolver(store, cache_ttl=settings.key_cache_ttl)
         # register this machine as a host: projects record where they run (scale-out routes on it)
         host_id = await db.ensure_host(socket.gethostname(), address=f"unix:{settings.data_dir / 'run'}")

@@ -24,7 +24,9 @@ import psutil
 from ..errors import RemoteError
 from ..fabric.local import FabricClient
 from ..hub.db import AsyncStore
+from ..store.store import SPARE_STATE
 from .sandbox import PreparedProject, ProjectLimits, Sandbox
+from .spares import SparePool
 
 log = logging.getLogger("projecthub.host")
 
@@ -43,32 +45,42 @@ class DaemonHandle:
 
 class Host:
     def __init__(self, data_dir: Path, sandbox: Sandbox, db: AsyncStore, *,
-                 jupyter_pool_size: int = 1) -> None:
+                 jupyter_pool_size: int = 1, spare_projects: int = 1) -> None:
         self.data_dir = data_dir
         self.sandbox = sandbox
         self.db = db
         self.jupyter_pool_size = jupyter_pool_size
         self._handles: dict[str, DaemonHandle] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.spares = SparePool(db, data_dir, self._spawn, self._stop_unowned, size=spare_projects)
 
     # -- lifecycle of the host itself ---------------------------------------------------
     async def start(self) -> None:
         """Adopt daemons that survived a restart; kill processes of no known project."""
         projects = await self.db.list_all_projects()
-        known = {p["project_id"] for p in projects if not p.get("deleted")}
+        spare_ids = [p["project_id"] for p in projects if p.get("state") == SPARE_STATE]
+        known = {p["project_id"] for p in projects if not p.get("deleted")} - set(spare_ids)
         for project in projects:
-            if project.get("deleted") or project.get("state") not in ("running", "starting"):
+            project_id = project["project_id"]
+            if project.get("deleted") or project_id in spare_ids:
                 continue
-            handle = await self._adopt(project["project_id"])
-            if handle is None:
-                await self._set_state(project["project_id"], "stopped")
+            if project.get("state") in ("running", "starting"):
+                if await self._adopt(project_id) is None:
+                    await self._set_state(project_id, "stopped")
+            elif (self._run_dir(project_id) / "host.json").exists():
+                # A stopped project whose daemon is alive was parked by the previous server
+                # (see spares.py): nobody started it, so it must not keep running.
+                await self._stop_unowned(project_id, None)
+        await self.spares.start(spare_ids)
         with contextlib.suppress(Exception):
             killed = await asyncio.to_thread(self.sandbox.kill_strays, known)
             if killed:
                 log.warning("killed %d stray processes of unknown projects", len(killed))
 
     async def close(self) -> None:
-        """Drop connections; the daemons keep running for the next hub process to adopt."""
+        """Drop connections; the daemons of running projects keep running for the next hub
+        process to adopt (spare and parked ones are stopped: nobody is using them)."""
+        await self.spares.close()
         for handle in list(self._handles.values()):
             await handle.client.close()
         self._handles.clear()
@@ -92,6 +104,11 @@ class Host:
             if handle is not None:
                 self._handles.pop(project_id, None)
                 self._reap(handle)
+            handle = self.spares.unpark(project_id)
+            if handle is not None:   # a new project's pre-started daemon: just promote it
+                self._handles[project_id] = handle
+                await self._set_state(project_id, "running")
+                return handle
             handle = await self._adopt(project_id)
             if handle is None:
                 handle = await self._launch(project_id)
@@ -109,18 +126,32 @@ class Host:
 
     async def stop(self, project_id: str) -> None:
         async with self._lock(project_id):
-            handle = self._handles.pop(project_id, None)
-            if handle is None:
-                handle = await self._adopt(project_id, register=False)
-            if handle is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(handle.client.call("daemon.shutdown", [], 5.0), 5.0)
-                await handle.client.close()
-                await asyncio.to_thread(_wait_gone, handle.host_pid, 5.0)
-                self._reap(handle)
-            # Whatever is left (kernels, jobs, escaped children) dies with the sandbox.
-            await asyncio.to_thread(self.sandbox.stop_project, project_id)
+            handle = self._handles.pop(project_id, None) or self.spares.unpark(project_id)
+            await self._stop_daemon(project_id, handle)
             await self._set_state(project_id, "stopped")
+
+    async def _stop_unowned(self, project_id: str, handle: DaemonHandle | None) -> None:
+        """Stop a spare's or a parked project's daemon, unless the project is running by now."""
+        async with self._lock(project_id):
+            if self.is_running(project_id):
+                if handle is not None and handle is not self._handles.get(project_id):
+                    await handle.client.close()
+                return
+            await self._stop_daemon(project_id, handle)
+
+    async def _stop_daemon(self, project_id: str, handle: DaemonHandle | None) -> None:
+        if handle is None:
+            handle = await self._adopt(project_id, register=False)
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(handle.client.call("daemon.shutdown", [], 5.0), 5.0)
+            await handle.client.close()
+            await asyncio.to_thread(_wait_gone, handle.host_pid, 5.0)
+            self._reap(handle)
+        # Whatever is left (kernels, jobs, escaped children) dies with the sandbox.
+        await asyncio.to_thread(self.sandbox.stop_project, project_id)
+        with contextlib.suppress(FileNotFoundError):
+            (self._run_dir(project_id) / "host.json").unlink()
 
     async def status(self, project_id: str) -> dict[str, Any]:
         handle = self._handles.get(project_id)
@@ -139,6 +170,11 @@ class Host:
     async def update_limits(self, project_id: str, limits: ProjectLimits) -> None:
         if self.is_running(project_id):
             await asyncio.to_thread(self.sandbox.update_limits, project_id, limits)
+        elif self.spares.is_parked(project_id):
+            # Some limits are fixed when the sandbox starts (network, /tmp size): a parked
+            # daemon started with the old ones, so the first start launches a fresh one.
+            handle = self.spares.unpark(project_id)
+            await self._stop_unowned(project_id, handle)
 
     # -- internals --------------------------------------------------------------------------
     def _run_dir(self, project_id: str) -> Path:
@@ -167,7 +203,10 @@ class Host:
             raise RemoteError(f"Error: project {project_id} does not exist")
         await self._set_state(project_id, "starting")
         try:
-            return await self._spawn(project)
+            handle = await self._spawn(project)
+            self._handles[project_id] = handle
+            await self._set_state(project_id, "running")
+            return handle
         except RemoteError:
             await self._set_state(project_id, "stopped")
             raise
@@ -180,6 +219,7 @@ class Host:
             raise
 
     async def _spawn(self, project: dict[str, Any]) -> DaemonHandle:
+        """Start ``project``'s daemon in its sandbox; the caller registers the handle."""
         project_id = project["project_id"]
         uid = None
         if os.geteuid() == 0:  # as root every project gets its own uid (rootless: the server's)
@@ -225,8 +265,6 @@ class Host:
         client = await self._wait_for_socket(process, socket_path, log_path)
         info = await client.call("daemon.info", [], 5.0)
         handle = DaemonHandle(project_id, client, process.pid, info["instance_id"], started, process)
-        self._handles[project_id] = handle
-        await self._set_state(project_id, "running")
         log.info("started daemon of %s (pid %s) in %.0f ms", project_id, process.pid,
                  (time.time() - started) * 1000)
         return handle

@@ -104,12 +104,30 @@ class HubService:
     # -- projects ----------------------------------------------------------------------------
     async def create_project(self, account_id: str, title: str = "", description: str = "",
                              start: bool = False) -> str:
-        project_id = await self.db.create_project(account_id, title=title, description=description)
+        project_id = await self._claim_spare(account_id, title, description)
+        if project_id is None:
+            project_id = await self.db.create_project(account_id, title=title, description=description)
         if self.host_id:  # the host that will run it (the only one, in the embedded server)
             await self.db.update_project(project_id, host_id=self.host_id)
         if start:
             await self.host.ensure_running(project_id)
         return project_id
+
+    async def _claim_spare(self, account_id: str, title: str, description: str) -> str | None:
+        """A pre-started spare becomes the new project (see host/spares.py), if one is ready."""
+        spare = self.host.spares.take()
+        if spare is None:
+            return None
+        try:
+            claimed = await self.db.claim_spare(spare.project_id, account_id, title, description)
+        except BaseException:
+            self.host.spares.give_back(spare)   # e.g. no such account: the row is unchanged
+            raise
+        if not claimed:
+            self.host.spares.drop(spare)
+            return None
+        self.host.spares.park(spare)
+        return spare.project_id
 
     async def touch(self, project_id: str, force: bool = False) -> None:
         now = time.monotonic()

@@ -13,12 +13,22 @@ once its socket listens (the host waits on it instead of polling for the socket)
 
 from __future__ import annotations
 
-import asyncio
+import sys
+
+if "asyncio" not in sys.modules and "ssl" not in sys.modules:
+    # asyncio imports ssl only for TLS transports, and a daemon never opens one (its one
+    # socket is a Unix socket).  Hiding ssl while asyncio loads saves ~5 MiB of resident
+    # memory per running project and ~15 ms of its start.  The real module stays
+    # importable afterwards for libraries that want it (jupyter_client -> tornado).
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    import asyncio
+    del sys.modules["ssl"]
+
+import asyncio  # noqa: E402  (already loaded above when this is the daemon's entry point)
 import json
 import logging
 import os
 import signal
-import sys
 import time
 import uuid
 from pathlib import Path

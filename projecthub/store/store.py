@@ -29,6 +29,8 @@ GROUPS: Final = ("owner", "collaborator")
 # SQLite allows far more bound parameters nowadays, but old builds stop at 999.
 _IN_CHUNK: Final = 500
 _UID_ATTEMPTS: Final = 5
+# State of a pre-started project that no account owns yet (see Host spares).
+SPARE_STATE: Final = "spare"
 
 _UNSET: Any = object()
 
@@ -234,12 +236,53 @@ class Store:
             )
         return project_id
 
+    # -- spare projects: pre-started sandboxes waiting for a create_project ---------
+
+    def create_spare_project(self) -> str:
+        """A project row in state ``spare``: no users (so nobody sees it), a uid of its own
+        once the host allocates one.  ``claim_spare`` turns it into a real project."""
+        project_id = str(uuid.uuid4())
+        now = utcnow()
+        with self._write() as conn:
+            conn.execute(insert(projects).values(
+                project_id=project_id, title="", description="", created=now, last_edited=now,
+                deleted=False, state=SPARE_STATE, state_time=now, settings={}))
+        return project_id
+
+    def claim_spare(self, project_id: str, owner_id: str, title: str = "",
+                    description: str = "") -> bool:
+        """Make a spare the owner's new (stopped) project; False if it is no spare (any more)."""
+        now = utcnow()
+        with self._write() as conn:
+            self._require_account(conn, owner_id)
+            done = conn.execute(
+                update(projects)
+                .where(projects.c.project_id == project_id, projects.c.state == SPARE_STATE)
+                .values(title=title, description=description, created=now, last_edited=now,
+                        state="stopped", state_time=now))
+            if done.rowcount != 1:
+                return False
+            conn.execute(insert(project_users).values(
+                project_id=project_id, account_id=owner_id, group="owner", hide=False))
+        return True
+
+    def list_spare_projects(self) -> list[str]:
+        with self._read() as conn:
+            return list(conn.execute(
+                select(projects.c.project_id).where(projects.c.state == SPARE_STATE)).scalars())
+
+    def discard_spare(self, project_id: str) -> None:
+        """Delete a spare's row (never a claimed project's)."""
+        with self._write() as conn:
+            conn.execute(delete(projects).where(projects.c.project_id == project_id,
+                                                projects.c.state == SPARE_STATE))
+
     def get_project(self, project_id: str) -> dict[str, Any] | None:
         if not _is_uuid(project_id):
             return None
         with self._read() as conn:
             row = conn.execute(select(projects).where(projects.c.project_id == project_id)).first()
-            if row is None:
+            if row is None or row.state == SPARE_STATE:   # nobody's project yet: invisible
                 return None
             return self._with_users(conn, [_as_dict(row)])[0]
 

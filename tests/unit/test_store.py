@@ -432,3 +432,25 @@ def test_foreign_keys_enforced(store: Store) -> None:
                 text("INSERT INTO project_users (project_id, account_id, \"group\", hide) "
                      "VALUES ('x', 'y', 'owner', 0)")
             )
+
+
+def test_spare_projects_are_invisible_until_claimed(store: Store) -> None:
+    owner = store.create_account(first_name="O", last_name="W")
+    spare = store.create_spare_project()
+    assert store.list_spare_projects() == [spare]
+    assert store.get_project(spare) is None                   # nobody's project yet
+    assert store.list_projects(owner) == []
+    uid = store.allocate_uid(spare, 1000, 1010)                # the host gives it a uid
+    with pytest.raises(ValueError):
+        store.claim_spare(spare, "00000000-0000-4000-8000-000000000000")   # no such account
+    assert store.list_spare_projects() == [spare]              # a failed claim changes nothing
+    assert store.claim_spare(spare, owner, title="mine", description="d") is True
+    project = store.get_project(spare)
+    assert project is not None and project["title"] == "mine" and project["state"] == "stopped"
+    assert project["users"] == {owner: {"group": "owner"}} and project["uid"] == uid
+    assert store.claim_spare(spare, owner) is False            # only once
+    store.discard_spare(spare)                                 # never deletes a claimed project
+    assert store.get_project(spare) is not None
+    other = store.create_spare_project()
+    store.discard_spare(other)
+    assert store.list_spare_projects() == []
