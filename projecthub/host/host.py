@@ -67,7 +67,7 @@ class Host:
             if project.get("state") in ("running", "starting"):
                 if await self._adopt(project_id) is None:
                     await self._set_state(project_id, "stopped")
-            elif (self._run_dir(project_id) / "host.json").exists():
+            elif _alive((_read_json(self._run_dir(project_id) / "host.json") or {}).get("pid")):
                 # A stopped project whose daemon is alive was parked by the previous server
                 # (see spares.py): nobody started it, so it must not keep running.
                 await self._stop_unowned(project_id, None)
