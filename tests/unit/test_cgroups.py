@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from projecthub.host.sandbox.cgroups import V2Driver, discover_mounts, remove_tree, write_text
+from projecthub.host.sandbox.cgroups import PIDS_HEADROOM, V2Driver, discover_mounts, remove_tree, write_text
 from projecthub.host.sandbox.limits import ProjectLimits
 from tests.unit.test_sandbox_support import IS_ROOT, SandboxEnv, bwrap_works, cgroups_work, require
 
@@ -137,7 +137,7 @@ def test_memory_hog_is_oom_killed_inside_the_group(env, proj):
 
 def test_fork_bomb_is_bounded_by_pids_max(env, proj):
     out = _run(env, proj, "forkbomb")
-    assert out["fail"] > 0 and out["ok"] < 64 + 32
+    assert out["fail"] > 0 and out["ok"] < 64 + PIDS_HEADROOM
     assert out["after_kill"] == 0
 
 
@@ -151,7 +151,7 @@ def test_kill_all_reaches_setsid_double_forked_sleeper(env, proj):
 def test_project_group_has_limits_and_is_delegated(env, proj):
     mem, pids = proj.cgroup["memory"], proj.cgroup["pids"]
     assert int(open(os.path.join(mem, "memory.limit_in_bytes")).read()) == 256 * 2**20
-    assert int(open(os.path.join(pids, "pids.max")).read()) == 64 + 32
+    assert int(open(os.path.join(pids, "pids.max")).read()) == 64 + PIDS_HEADROOM
     assert os.stat(mem).st_uid == proj.uid
     # Limits stay root-owned: the project cannot raise its own ceiling.
     assert os.stat(os.path.join(mem, "memory.limit_in_bytes")).st_uid == 0

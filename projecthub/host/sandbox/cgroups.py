@@ -26,9 +26,10 @@ from .limits import ProjectLimits
 
 # Room in pids.max for the sandbox's own tasks on top of the user's limit: the
 # outer bwrap, its in-namespace init, and the daemon's threads (pids counts
-# threads).  bwrap's own zombies (baselines §2) only pile up with a bwrap per
-# exec; the daemon design starts one bwrap per project, so a fixed margin is enough.
-PIDS_HEADROOM = 32
+# threads), which include up to 64 parked spawner threads (tracker.V1Pool.MAX, one
+# per pooled exec group).  bwrap's own zombies (baselines §2) only pile up with a bwrap
+# per exec; the daemon design starts one bwrap per project, so a fixed margin is enough.
+PIDS_HEADROOM = 32 + 64
 CFS_PERIOD_US = 100_000
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
 V2_CONTROLLERS = ("memory", "pids", "cpu")

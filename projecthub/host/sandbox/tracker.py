@@ -211,24 +211,36 @@ class _V1Slot:
 
 
 class V1Pool:
-    """A few empty child groups per daemon, reused instead of mkdir + rmdir per exec
+    """Empty child groups per daemon, reused instead of mkdir + rmdir per exec
     (4 controllers: ~0.2-0.4 ms and a good share of the daemon's exec cpu).
 
     A group goes back only when it is verifiably clean: no task and no sub-group in
     any controller, it never needed a kill, no OOM kill happened in it and it holds
     (almost) no memory charge.  Taking one resets the peak memory and cpu counters;
-    if a reset fails the group is removed and a fresh one made."""
+    if a reset fails the group is removed and a fresh one made.
 
-    MAX = 8
+    Size: up to ``MAX`` slots, so a burst of concurrent execs keeps finding pooled
+    groups with parked spawners (a group made on demand costs mkdir x4, 8 thread
+    migrations on the event loop and later rmdir x4: about a third of the daemon's cpu
+    per exec at 64 concurrent calls).  Once no burst needed more than ``KEEP`` slots
+    for ``IDLE_S``, every give-back retires the coldest extra slot (in a background
+    thread: rmdir may have to wait for the spawner thread to leave the group)."""
+
+    MAX = 64
+    KEEP = 8
+    IDLE_S = 30.0
     MAX_CHARGE = 2**20
 
     def __init__(self) -> None:
-        self._free: list[_V1Slot] = []
+        self._free: list[_V1Slot] = []   # a stack: the hottest slot is taken first
         self._lock = threading.Lock()
+        self._busy_at = 0.0               # last take() that left at most KEEP free slots
 
     def take(self) -> _V1Slot | None:
         while True:
             with self._lock:
+                if len(self._free) <= self.KEEP:
+                    self._busy_at = time.monotonic()
                 if not self._free:
                     return None
                 slot = self._free.pop()
@@ -242,12 +254,17 @@ class V1Pool:
                 _discard(slot)
 
     def give(self, slot: _V1Slot) -> bool:
+        retired: _V1Slot | None = None
         with self._lock:
             if len(self._free) >= self.MAX:
                 return False
             self._free.append(slot)
+            if len(self._free) > self.KEEP and time.monotonic() - self._busy_at > self.IDLE_S:
+                retired = self._free.pop(0)
         if slot.spawner is None:
             slot.spawner = _Spawner(slot.dirs)
+        if retired is not None:
+            threading.Thread(target=_discard, args=(retired,), name="cgroup-retire", daemon=True).start()
         return True
 
 
