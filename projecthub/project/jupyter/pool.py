@@ -7,6 +7,9 @@ the kernel somebody is waiting for.  Kernels forked from the spec's zygote are t
 exception: a fork-boot is ~60 ms of CPU on one core, so two run side by side.  A caller that finds the pool empty either takes
 the kernel the worker is booting for that same spec (it started earlier, so it is the
 fastest one to get) or starts its own; it never waits for an unrelated refill.
+While calls keep finding the pool empty it holds BURST_SIZE kernels instead of
+the default size (see ``_Pool.target``), shrinking back once the burst is over; a
+size the caller chose (``pool.size``) is kept exactly.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ MAX_POOL_SIZE = 10
 RETRY_DELAYS_S = (1.0, 5.0, 30.0, 120.0)   # after failed refills, so a broken spec cannot spin
 FORKED_PARALLEL_BOOTS = 2                   # concurrent refills when the spec has a zygote
 REFILL_DELAY_S = 0.25                       # refill this long after a hit if not released sooner
+# Calls that outrun the pool (one finds it empty) make it "hot": it then keeps
+# BURST_SIZE kernels ready until BURST_HOLD_S after the last such call.  Back-to-back
+# callers then find a kernel that refills booted while earlier calls ran, and refills
+# use both cores, instead of each call waiting for the one kernel booting for it.
+BURST_SIZE = 4
+BURST_HOLD_S = 30.0
+WARM_UP_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -37,10 +47,22 @@ class _Pool:
     waiters: collections.deque[asyncio.Future[Kernel]] = field(default_factory=collections.deque)
     failures: int = 0
     retry_at: float = 0.0
+    primed: bool = False       # a refill has delivered a kernel (misses before are cold starts)
+    hot_until: float = 0.0
+    chosen_size: bool = False  # a caller set `size`: keep exactly that many, never burst
 
     def target(self, now: float) -> int:
         # Idle for timeout_s: shrink to one warm kernel (CoCalc never goes to zero).
-        return min(self.size, 1) if now - self.last_request > self.timeout_s else self.size
+        if now - self.last_request > self.timeout_s:
+            return min(self.size, 1)
+        if self.size >= 1 and not self.chosen_size and now < self.hot_until:
+            return max(self.size, BURST_SIZE)
+        return self.size
+
+    def missed(self, now: float) -> None:
+        """A call found no ready kernel: demand outruns the pool."""
+        if self.primed:
+            self.hot_until = now + BURST_HOLD_S
 
 
 class KernelPool:
@@ -69,6 +91,7 @@ class KernelPool:
         pool.last_request = time.monotonic()
         if size is not None:
             pool.size = max(0, min(int(size), MAX_POOL_SIZE))
+            pool.chosen_size = True
         if timeout_s is not None:
             pool.timeout_s = float(timeout_s)
         if pool.size <= 0:
@@ -80,6 +103,7 @@ class KernelPool:
                 self._refill_later()
                 return kernel
             kernel.close()
+        pool.missed(pool.last_request)
         if pool.booting > len(pool.waiters):
             waiter: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
             pool.waiters.append(waiter)
@@ -181,7 +205,7 @@ class KernelPool:
 
     async def _refill_one(self, pool: _Pool, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            kernel = await self._start(pool.spec, warm=True)
+            kernel = await self._boot(pool)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -198,17 +222,41 @@ class KernelPool:
             pool.booting -= 1
             self._wake.set()   # the worker may start the next boot
         pool.failures = 0
+        if kernel is None:
+            return   # handed to a waiter
         if self._closed or self._pools.get(pool.spec.name) is not pool:
             kernel.close()
             return
-        while pool.waiters:   # somebody is already waiting for exactly this kernel
-            waiter = pool.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(kernel)
-                return
+        if self._hand_over(pool, kernel):
+            return
         pool.idle.append(kernel)
         # A parked kernel that dies must leave the pool and be replaced at once.
         kernel.exited.add_done_callback(lambda _f: self._on_idle_exit(pool, kernel))
+
+    async def _boot(self, pool: _Pool) -> Kernel | None:
+        """A ready kernel for the pool, warmed up unless a waiting caller took it first
+        (None then): a caller who waits runs its own cell at once, which warms just as
+        well, so it should not also wait for the warm-up cells."""
+        kernel = await self._start(pool.spec, warm=False)
+        pool.primed = True
+        if self._hand_over(pool, kernel):
+            return None
+        try:
+            await kernel.until_exit(kernel.warm_up(), timeout=WARM_UP_TIMEOUT_S)
+        except BaseException:
+            kernel.close()
+            raise
+        return kernel
+
+    @staticmethod
+    def _hand_over(pool: _Pool, kernel: Kernel) -> bool:
+        """Give ``kernel`` to the oldest caller waiting for a refill, if any."""
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(kernel)
+                return True
+        return False
 
     def _on_idle_exit(self, pool: _Pool, kernel: Kernel) -> None:
         if kernel in pool.idle:
