@@ -216,6 +216,32 @@ def test_adopt_failure_falls_back_and_disables_forking(tmp_path: Path, mpl_dir: 
         lp.close()
 
 
+def test_kernel_config_change_reaches_the_next_kernel(tmp_path: Path, mpl_dir: Path) -> None:
+    """The zygote parses the kernel config once (prebuilt app); a config file changed
+    afterwards must still apply to the next kernel: the zygote refuses, the call gets
+    a normally launched kernel, and a restarted zygote forks with the new config."""
+    lp = asyncio.new_event_loop()
+    try:
+        service = JupyterService(make_ctx(tmp_path, mpl_dir), pool_size=0)
+        run(lp, service.start())
+        spec = service.catalog.get("python3")
+        old = run(lp, service.launcher.zygotes.ready(spec))
+        assert old is not None
+        code = "import os; print(os.getppid(), get_ipython().profile_dir.location)"
+        ppid, profile = out_text(execute(lp, service, code)).split()
+        assert int(ppid) == old.pid
+        Path(profile, "ipython_kernel_config.py").write_text("c.IPKernelApp.exec_lines = ['zz = 42']\n")
+        assert execute(lp, service, "zz") == [{"data": {"text/plain": "42"}}]
+        wait_until(lp, lambda: gone(old.pid))
+        new = run(lp, service.launcher.zygotes.ready(spec))
+        assert new is not None and new.pid != old.pid
+        assert execute(lp, service, "import os; (zz, os.getppid())") == [
+            {"data": {"text/plain": f"(42, {new.pid})"}}]
+        run(lp, service.close())
+    finally:
+        lp.close()
+
+
 def test_disabled_by_setting(tmp_path: Path, mpl_dir: Path) -> None:
     lp = asyncio.new_event_loop()
     try:

@@ -128,10 +128,11 @@ class Prebuilt:
         # too; the child gives it its own identity and load_connection_info its key.
         app.session  # noqa: B018  (the trait default creates it)
         # What IPythonKernel.__init__ would build; its own instance() call returns this.
-        ZMQInteractiveShell.instance(parent=app, profile_dir=app.profile_dir, user_module=None,
-                                     user_ns=app.user_ns, kernel=None,
-                                     compiler_class=XCachingCompiler)
+        shell = ZMQInteractiveShell.instance(parent=app, profile_dir=app.profile_dir,
+                                             user_module=None, user_ns=app.user_ns,
+                                             kernel=None, compiler_class=XCachingCompiler)
         self.app = app
+        _warm_cell_machinery(shell)
 
     @staticmethod
     def _config_stamp(app: object) -> list:
@@ -204,6 +205,18 @@ class Prebuilt:
         # A launched kernel builds its shell after init_io: it saved the kernel's streams.
         shell._orig_sys_module_state.update(stdin=sys.stdin, stdout=sys.stdout,
                                             stderr=sys.stderr, excepthook=sys.excepthook)
+
+
+def _warm_cell_machinery(shell: object) -> None:
+    """Run the stateless parts of a cell's path once (input transformers, parsing, the
+    async check, result formatting: lazy trait defaults and caches, ~2 ms of each
+    child's first cell).  Nothing is executed, compiled into the shell's cache, counted
+    or stored: the shell stays as new."""
+    from IPython.core.async_helpers import _should_be_async
+    cell = shell.transform_cell("1+1\n")
+    shell.compile.ast_parse(cell)
+    _should_be_async(cell)
+    shell.display_formatter.format(2)
 
 
 PREBUILT: "Prebuilt | None" = None
