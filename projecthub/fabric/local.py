@@ -12,17 +12,14 @@ import contextlib
 import itertools
 import logging
 import os
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+from typing import Any, AsyncIterator, Callable, Coroutine, Protocol
 
 from ..errors import RemoteError, error_text
-from .messages import FrameError, encode, read_frame
+from .messages import FrameBuffer, FrameError, encode
 
 log = logging.getLogger(__name__)
 
 _STREAM_END = object()
-# Unix sockets carry big replies (a 1 MB exec output) in one frame; the default 64 KiB
-# StreamReader limit only matters for readline(), but a large buffer avoids many wakeups.
-_READ_LIMIT = 4 * 2**20
 _MAX_UNIX_PATH = 100  # bytes; the kernel's limit is 108 including the terminator
 
 
@@ -31,31 +28,120 @@ class ConnectionLost(RemoteError):
         super().__init__(detail)
 
 
+class _FrameProtocol(asyncio.Protocol):
+    """Frames parsed straight in ``data_received`` and handed to ``on_message``: no
+    StreamReader, no reader task, no coroutine resumption per frame (every exec crosses
+    the fabric twice, so each saved loop hop counts).  ``drain`` gives writers the same
+    back-pressure as ``StreamWriter.drain``."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._frames = FrameBuffer()
+        self._paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._frames.feed(data)
+        except FrameError as exc:
+            self.on_broken(exc)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for message in messages:
+            self.on_message(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._wake_writers()
+        self.on_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode(message))
+
+    async def drain(self) -> None:
+        if self.lost:
+            raise ConnectionResetError("Connection lost")
+        if not self._paused:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- for subclasses
+    def on_message(self, message: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def on_broken(self, exc: Exception) -> None:
+        log.warning("fabric connection failed: %s", exc)
+
+    def on_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+class _ClientProtocol(_FrameProtocol):
+    def __init__(self) -> None:
+        super().__init__()
+        self.client: FabricClient | None = None
+
+    def on_message(self, message: dict[str, Any]) -> None:
+        if self.client is not None:
+            self.client._dispatch(message)
+
+    def on_lost(self, exc: Exception | None) -> None:
+        if self.client is not None:
+            self.client._fail_all()
+
+
 class FabricClient:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, protocol: _ClientProtocol) -> None:
+        self._protocol = protocol
+        protocol.client = self
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._streams: dict[int, asyncio.Queue[Any]] = {}
-        self._closed = False
-        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+        self._closed = protocol.lost
+        if self._closed:
+            self._fail_all()
 
     @classmethod
     async def connect(cls, path: str | os.PathLike[str]) -> "FabricClient":
+        loop = asyncio.get_running_loop()
         path = os.fspath(path)
         if len(path.encode()) < _MAX_UNIX_PATH:
-            reader, writer = await asyncio.open_unix_connection(path, limit=_READ_LIMIT)
-            return cls(reader, writer)
+            _, protocol = await loop.create_unix_connection(_ClientProtocol, path)
+            return cls(protocol)
         # sun_path holds only 108 bytes, and data dirs can be deep: reach the socket through
         # a short /proc/self/fd/N/<name> alias of its directory instead.
         directory = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
         try:
             short = f"/proc/self/fd/{directory}/{os.path.basename(path)}"
-            reader, writer = await asyncio.open_unix_connection(short, limit=_READ_LIMIT)
+            _, protocol = await loop.create_unix_connection(_ClientProtocol, short)
         finally:
             os.close(directory)
-        return cls(reader, writer)
+        return cls(protocol)
 
     @property
     def closed(self) -> bool:
@@ -69,8 +155,8 @@ class FabricClient:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            self._writer.write(encode({"t": "req", "id": request_id, "name": name,
-                                       "args": args, "budget": budget}))
+            self._protocol.send({"t": "req", "id": request_id, "name": name,
+                                 "args": args, "budget": budget})
             return await future
         except asyncio.CancelledError:
             self._send_cancel(request_id)
@@ -87,7 +173,7 @@ class FabricClient:
         self._streams[request_id] = queue
         finished = False
         try:
-            self._writer.write(encode({"t": "sub", "id": request_id, "name": name, "args": args}))
+            self._protocol.send({"t": "sub", "id": request_id, "name": name, "args": args})
             while True:
                 item = await queue.get()
                 if item is _STREAM_END:
@@ -105,19 +191,7 @@ class FabricClient:
     def _send_cancel(self, request_id: int) -> None:
         if not self._closed:
             with contextlib.suppress(Exception):
-                self._writer.write(encode({"t": "cancel", "id": request_id}))
-
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                message = await read_frame(self._reader)
-                if message is None:
-                    break
-                self._dispatch(message)
-        except (ConnectionError, FrameError, asyncio.IncompleteReadError, ValueError) as exc:
-            log.warning("fabric connection failed: %s", exc)
-        finally:
-            self._fail_all()
+                self._protocol.send({"t": "cancel", "id": request_id})
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("t")
@@ -151,12 +225,8 @@ class FabricClient:
 
     async def close(self) -> None:
         self._closed = True
-        self._writer.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
-        self._reader_task.cancel()
-        with contextlib.suppress(BaseException):
-            await self._reader_task
+        self._protocol.close()
+        await asyncio.sleep(0)   # let connection_lost run (it fails what is still pending)
 
 
 def _error_from(payload: Any) -> RemoteError:
@@ -172,46 +242,42 @@ class Handler(Protocol):
     def stream(self, name: str, args: list[Any]) -> AsyncIterator[Any]: ...
 
 
-class _Connection:
+class _Connection(_FrameProtocol):
     """Server side of one client connection: runs each request as its own task."""
 
-    def __init__(self, handler: Handler, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+    def __init__(self, handler: Handler, on_connect: Callable[[], None] | None) -> None:
+        super().__init__()
         self.handler = handler
-        self.reader = reader
-        self.writer = writer
+        self.on_connect = on_connect
         self.tasks: dict[int, asyncio.Task[None]] = {}
 
-    def send(self, message: dict[str, Any]) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(encode(message))
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.on_connect:
+            self.on_connect()
 
-    async def run(self) -> None:
-        try:
-            while True:
-                message = await read_frame(self.reader)
-                if message is None:
-                    break
-                kind, request_id = message.get("t"), message.get("id")
-                if not isinstance(request_id, int):
-                    continue
-                if kind == "req":
-                    self._start(request_id, self._answer(request_id, message))
-                elif kind == "sub":
-                    self._start(request_id, self._feed(request_id, message))
-                elif kind == "cancel":
-                    task = self.tasks.get(request_id)
-                    if task:
-                        task.cancel()
-        except (ConnectionError, FrameError, asyncio.IncompleteReadError, ValueError) as exc:
-            log.info("fabric client went away: %s", exc)
-        finally:
-            for task in list(self.tasks.values()):
+    def on_message(self, message: dict[str, Any]) -> None:
+        kind, request_id = message.get("t"), message.get("id")
+        if not isinstance(request_id, int):
+            return
+        if kind == "req":
+            self._start(request_id, self._answer(request_id, message))
+        elif kind == "sub":
+            self._start(request_id, self._feed(request_id, message))
+        elif kind == "cancel":
+            task = self.tasks.get(request_id)
+            if task:
                 task.cancel()
-            self.writer.close()
 
-    def _start(self, request_id: int, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
+    def on_broken(self, exc: Exception) -> None:
+        log.info("fabric client went away: %s", exc)
+
+    def on_lost(self, exc: Exception | None) -> None:
+        for task in list(self.tasks.values()):
+            task.cancel()
+
+    def _start(self, request_id: int, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self.tasks[request_id] = task
         task.add_done_callback(lambda _t: self.tasks.pop(request_id, None))
 
@@ -233,7 +299,8 @@ class _Connection:
             self.send({"t": "res", "id": request_id, "ok": False, "error": {"error": error_text(exc)}})
             return
         self.send({"t": "res", "id": request_id, "ok": True, "result": result})
-        await self.writer.drain()
+        with contextlib.suppress(ConnectionError):
+            await self.drain()
 
     async def _feed(self, request_id: int, message: dict[str, Any]) -> None:
         name = message.get("name")
@@ -243,7 +310,7 @@ class _Connection:
                 raise RemoteError("Error: malformed request")
             async for item in self.handler.stream(name, args):
                 self.send({"t": "item", "id": request_id, "data": item})
-                await self.writer.drain()  # back-pressure: a slow reader slows the stream
+                await self.drain()  # back-pressure: a slow reader slows the stream
         except asyncio.CancelledError:
             return
         except RemoteError as exc:
@@ -262,19 +329,18 @@ async def serve(path: str | os.PathLike[str], handler: Handler,
     path = os.fspath(path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+    loop = asyncio.get_running_loop()
 
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if on_connect:
-            on_connect()
-        await _Connection(handler, reader, writer).run()
+    def factory() -> _Connection:
+        return _Connection(handler, on_connect)
 
     if len(path.encode()) < _MAX_UNIX_PATH:
-        server = await asyncio.start_unix_server(accept, path=path, limit=_READ_LIMIT)
+        server = await loop.create_unix_server(factory, path=path)
     else:  # bind through a short alias of the directory, as connect() does
         directory = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
         try:
             short = f"/proc/self/fd/{directory}/{os.path.basename(path)}"
-            server = await asyncio.start_unix_server(accept, path=short, limit=_READ_LIMIT)
+            server = await loop.create_unix_server(factory, path=short)
         finally:
             os.close(directory)
     os.chmod(path, 0o600)  # only the project uid (and root) may talk to the daemon

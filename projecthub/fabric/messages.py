@@ -16,7 +16,6 @@ on NATS subjects later; only the framing here is Unix-socket specific.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 from typing import Any
@@ -29,24 +28,50 @@ class FrameError(Exception):
     pass
 
 
+# One encoder for every frame: json.dumps with non-default options builds a new
+# JSONEncoder per call.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    body = _encode_json(message).encode()
     return HEADER.pack(len(body)) + body
 
 
-async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
-    """Next frame, or None at a clean end of stream."""
-    try:
-        header = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise FrameError("truncated frame header") from exc
-        return None
-    (length,) = HEADER.unpack(header)
-    if length > MAX_FRAME:
-        raise FrameError(f"frame of {length} bytes exceeds the {MAX_FRAME} byte limit")
-    body = await reader.readexactly(length)
-    message = json.loads(body)
+def decode(body: bytes | bytearray) -> dict[str, Any]:
+    """One frame's JSON body (UTF-8, as ``encode`` writes it) -> the message dict.
+    Decoding to str first skips json.loads' encoding detection on bytes."""
+    message = json.loads(body.decode("utf-8", "surrogatepass"))
     if not isinstance(message, dict):
         raise FrameError("frame is not a JSON object")
     return message
+
+
+class FrameBuffer:
+    """Incremental frame parser for ``Protocol.data_received``: feed bytes, get every
+    complete message.  Raises FrameError on an oversized or malformed frame."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        buf = self._buf
+        buf += data
+        out: list[dict[str, Any]] = []
+        start = 0
+        size = len(buf)
+        while size - start >= HEADER.size:
+            (length,) = HEADER.unpack_from(buf, start)
+            if length > MAX_FRAME:
+                raise FrameError(f"frame of {length} bytes exceeds the {MAX_FRAME} byte limit")
+            end = start + HEADER.size + length
+            if end > size:
+                break
+            try:
+                out.append(decode(buf[start + HEADER.size:end]))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise FrameError(f"malformed frame: {exc}") from exc
+            start = end
+        if start:
+            del buf[:start]
+        return out
