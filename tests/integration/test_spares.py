@@ -9,9 +9,12 @@ import sqlite3
 import time
 from pathlib import Path
 
+from typing import Iterator
+
 import cocalc_api
 import httpx
 import psutil
+import pytest
 
 from tests.server import Account, Server
 
@@ -59,128 +62,122 @@ def wait_gone(pid: int, timeout: float = 15.0) -> bool:
     return False
 
 
+@pytest.fixture
+def spare_server(tmp_path: Path) -> Iterator[Server]:
+    server = Server(tmp_path, extra_args=["--spare-projects", "1"]).start()
+    yield server
+    if server.process and server.process.poll() is None:
+        server.stop()
+    server.cli("stop-all")
+
+
 def clients(server: Server, account: Account, project_id: str):
     return (cocalc_api.Hub(api_key=account.api_key, host=server.url),
             cocalc_api.Project(api_key=account.api_key, host=server.url, project_id=project_id))
 
 
-def test_new_project_takes_the_prestarted_daemon(tmp_path: Path) -> None:
-    server = Server(tmp_path, extra_args=["--spare-projects", "1"]).start()
-    try:
-        spare_id, spare_pid = wait_for_ready_spare(server)
-        account = server.new_account()
-        hub = cocalc_api.Hub(api_key=account.api_key, host=server.url)
-        project_id = hub.projects.create_project(title="fast")
-        assert project_id == spare_id
-        # Nobody started it: it reports stopped, and lists like any new project.
-        assert hub.projects.state(project_id)["state"] == "stopped"
-        assert [p["title"] for p in hub.projects.get(project_id=project_id)] == ["fast"]
-        hub_, project = clients(server, account, project_id)
-        out = project.system.exec(command="echo $HOME; ls -A ~ | wc -l; id -u")
-        home, entries, uid = out["stdout"].split()
-        assert entries == "0", "a spare's home must be empty"
-        assert hub.projects.state(project_id)["state"] == "running"
-        assert hub.projects.status(project_id)["project.pid"] == spare_pid   # the very same daemon
-        # the next spare is a different project with a different uid
-        next_id, _ = wait_for_ready_spare(server)
-        assert next_id != project_id
-        other = hub.projects.create_project(title="second")
-        assert other == next_id
-        _, project2 = clients(server, account, other)
-        assert project2.system.exec(command="id -u")["stdout"].strip() != uid
-        # a spare is nobody's: not even an admin can address it
-        spare3, _ = wait_for_ready_spare(server)
-        admin = server.cli("account", "create", "--name", "Admin", "--admin")
-        r = httpx.post(server.url + "/api/conat/project", timeout=30,
-                       headers={"Authorization": f"Bearer {admin['api_key']}"},
-                       json={"project_id": spare3, "name": "system.exec", "args": [{"command": "true"}]})
-        assert "error" in r.json(), r.text
-    finally:
-        server.stop()
-        server.cli("stop-all")
+def test_new_project_takes_the_prestarted_daemon(spare_server: Server) -> None:
+    server = spare_server
+    spare_id, spare_pid = wait_for_ready_spare(server)
+    account = server.new_account()
+    hub = cocalc_api.Hub(api_key=account.api_key, host=server.url)
+    project_id = hub.projects.create_project(title="fast")
+    assert project_id == spare_id
+    # Nobody started it: it reports stopped, and lists like any new project.
+    assert hub.projects.state(project_id)["state"] == "stopped"
+    assert [p["title"] for p in hub.projects.get(project_id=project_id)] == ["fast"]
+    _, project = clients(server, account, project_id)
+    out = project.system.exec(command="ls -A ~ | wc -l; id -u")
+    entries, uid = out["stdout"].split()
+    assert entries == "0", "a spare's home must be empty"
+    assert hub.projects.state(project_id)["state"] == "running"
+    assert hub.projects.status(project_id)["project.pid"] == spare_pid   # the very same daemon
+    # the next spare is a different project with a different uid
+    next_id, _ = wait_for_ready_spare(server)
+    assert next_id != project_id
+    other = hub.projects.create_project(title="second")
+    assert other == next_id
+    _, project2 = clients(server, account, other)
+    assert project2.system.exec(command="id -u")["stdout"].strip() != uid
+    # a spare is nobody's: not even an admin can address it
+    spare3, _ = wait_for_ready_spare(server)
+    admin = server.cli("account", "create", "--name", "Admin", "--admin")
+    r = httpx.post(server.url + "/api/conat/project", timeout=30,
+                   headers={"Authorization": f"Bearer {admin['api_key']}"},
+                   json={"project_id": spare3, "name": "system.exec", "args": [{"command": "true"}]})
+    assert "error" in r.json(), r.text
 
 
-def test_unstarted_projects_do_not_keep_daemons_and_stop_works(tmp_path: Path) -> None:
-    server = Server(tmp_path, extra_args=["--spare-projects", "1"]).start()
-    try:
-        account = server.new_account()
-        hub = cocalc_api.Hub(api_key=account.api_key, host=server.url)
-        created = []
-        for i in range(5):
-            wait_for_ready_spare(server)
-            created.append(hub.projects.create_project(title=f"bulk{i}"))
-        time.sleep(1.0)
-        alive_daemons = [p for p in created if daemon_pid(server, p) is not None]
-        assert len(alive_daemons) <= 2, alive_daemons   # at most max_parked (size + 1)
-        assert created[-1] in alive_daemons
-        for p in created:
-            assert hub.projects.state(p)["state"] == "stopped"
-        # stopping a parked project stops its daemon; it then starts fresh
-        parked_pid = daemon_pid(server, created[-1])
-        assert parked_pid is not None
-        hub.projects.stop(created[-1])
-        assert wait_gone(parked_pid)
-        _, project = clients(server, account, created[0])   # an evicted one starts normally
-        assert project.system.exec(command="echo ok")["stdout"] == "ok\n"
-    finally:
-        server.stop()
-        server.cli("stop-all")
-
-
-def test_limits_changed_before_first_start_give_a_fresh_daemon(tmp_path: Path) -> None:
-    server = Server(tmp_path, extra_args=["--spare-projects", "1"]).start()
-    try:
+def test_unstarted_projects_do_not_keep_daemons_and_stop_works(spare_server: Server) -> None:
+    server = spare_server
+    account = server.new_account()
+    hub = cocalc_api.Hub(api_key=account.api_key, host=server.url)
+    created = []
+    for i in range(5):
         wait_for_ready_spare(server)
-        account = server.new_account()
-        hub = cocalc_api.Hub(api_key=account.api_key, host=server.url)
-        project_id = hub.projects.create_project(title="limited")
-        parked_pid = daemon_pid(server, project_id)
-        assert parked_pid is not None
-        pids_max = Path(f"/sys/fs/cgroup/pids/projecthub/{project_id}/pids.max")
-        before = int(pids_max.read_text()) if pids_max.exists() else None
-        r = httpx.put(f"{server.url}/api/v3/projects/{project_id}/limits", json={"pids": 77},
-                      headers={"Authorization": f"Bearer {account.api_key}"}, timeout=30)
-        assert r.status_code == 200, r.text
-        assert wait_gone(parked_pid)
-        _, project = clients(server, account, project_id)
-        assert project.system.exec(command="echo fresh")["stdout"] == "fresh\n"
-        assert hub.projects.status(project_id)["project.pid"] != parked_pid
-        if before is not None:   # cgroup v1 here: the fresh sandbox has the new, lower limit
-            assert int(pids_max.read_text()) < before
-    finally:
-        server.stop()
-        server.cli("stop-all")
+        created.append(hub.projects.create_project(title=f"bulk{i}"))
+    time.sleep(1.0)
+    alive_daemons = [p for p in created if daemon_pid(server, p) is not None]
+    assert len(alive_daemons) <= 2, alive_daemons   # at most max_parked (size + 1)
+    assert created[-1] in alive_daemons
+    for p in created:
+        assert hub.projects.state(p)["state"] == "stopped"
+    # stopping a parked project stops its daemon; it then starts fresh
+    parked_pid = daemon_pid(server, created[-1])
+    assert parked_pid is not None
+    hub.projects.stop(created[-1])
+    assert wait_gone(parked_pid)
+    _, project = clients(server, account, created[0])   # an evicted one starts normally
+    assert project.system.exec(command="echo ok")["stdout"] == "ok\n"
 
 
-def test_restart_discards_spares_and_stops_parked_daemons(tmp_path: Path) -> None:
-    server = Server(tmp_path, extra_args=["--spare-projects", "1"]).start()
-    try:
-        wait_for_ready_spare(server)
-        account = server.new_account()
-        hub = cocalc_api.Hub(api_key=account.api_key, host=server.url)
-        parked = hub.projects.create_project(title="parked")
-        parked_pid = daemon_pid(server, parked)
-        old_spare, old_spare_pid = wait_for_ready_spare(server)
-        server.process.send_signal(signal.SIGKILL)   # no clean shutdown: the restart must clean up
-        server.process.wait(10)
-        assert alive(parked_pid) and alive(old_spare_pid)
-        server.start()
-        assert wait_gone(parked_pid) and wait_gone(old_spare_pid)
-        assert not (server.data_dir / "projects" / old_spare).exists()
-        new_spare, _ = wait_for_ready_spare(server)
-        assert new_spare != old_spare and old_spare not in spare_ids(server)
-        assert hub.projects.state(parked)["state"] == "stopped"
-        _, project = clients(server, account, parked)
-        assert project.system.exec(command="echo back")["stdout"] == "back\n"
-        # a clean stop removes the spare too; stop-all leaves no spare rows or dirs
-        server.stop()
-        assert not (server.data_dir / "projects" / new_spare).exists()
-        server.cli("stop-all")
-        assert spare_ids(server) == []
-    finally:
-        if server.process and server.process.poll() is None:
-            server.stop()
-        server.cli("stop-all")
+def new_parked_project(server: Server, title: str):
+    """A new project made from a ready spare: (account, hub client, project id, daemon pid)."""
+    wait_for_ready_spare(server)
+    account = server.new_account()
+    hub = cocalc_api.Hub(api_key=account.api_key, host=server.url)
+    project_id = hub.projects.create_project(title=title)
+    pid = daemon_pid(server, project_id)
+    assert pid is not None, "a new project keeps its spare's daemon parked"
+    return account, hub, project_id, pid
+
+
+def test_limits_changed_before_first_start_give_a_fresh_daemon(spare_server: Server) -> None:
+    server = spare_server
+    account, hub, project_id, parked_pid = new_parked_project(server, "limited")
+    pids_max = Path(f"/sys/fs/cgroup/pids/projecthub/{project_id}/pids.max")
+    before = int(pids_max.read_text()) if pids_max.exists() else None
+    r = httpx.put(f"{server.url}/api/v3/projects/{project_id}/limits", json={"pids": 77},
+                  headers={"Authorization": f"Bearer {account.api_key}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert wait_gone(parked_pid)
+    _, project = clients(server, account, project_id)
+    assert project.system.exec(command="echo fresh")["stdout"] == "fresh\n"
+    assert hub.projects.status(project_id)["project.pid"] != parked_pid
+    if before is not None:   # cgroup v1 here: the fresh sandbox has the new, lower limit
+        assert int(pids_max.read_text()) < before
+
+
+def test_restart_discards_spares_and_stops_parked_daemons(spare_server: Server) -> None:
+    server = spare_server
+    account, hub, parked, parked_pid = new_parked_project(server, "parked")
+    old_spare, old_spare_pid = wait_for_ready_spare(server)
+    server.process.send_signal(signal.SIGKILL)   # no clean shutdown: the restart must clean up
+    server.process.wait(10)
+    assert alive(parked_pid) and alive(old_spare_pid)
+    server.start()
+    assert wait_gone(parked_pid) and wait_gone(old_spare_pid)
+    assert not (server.data_dir / "projects" / old_spare).exists()
+    new_spare, _ = wait_for_ready_spare(server)
+    assert new_spare != old_spare and old_spare not in spare_ids(server)
+    assert hub.projects.state(parked)["state"] == "stopped"
+    _, project = clients(server, account, parked)
+    assert project.system.exec(command="echo back")["stdout"] == "back\n"
+    # a clean stop removes the spare too; stop-all leaves no spare rows or dirs
+    server.stop()
+    assert not (server.data_dir / "projects" / new_spare).exists()
+    server.cli("stop-all")
+    assert spare_ids(server) == []
 
 
 def test_spares_can_be_disabled(tmp_path: Path) -> None:
