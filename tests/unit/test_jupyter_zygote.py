@@ -265,7 +265,8 @@ def test_close_leaves_no_process(tmp_path: Path, mpl_dir: Path) -> None:
         assert z is not None
         for _ in range(3):
             execute(lp, service, "1+1")
-        wait_until(lp, lambda: len(service.pool.idle_kernels()) == 2)
+        # (2, or BURST_SIZE if those calls outran the pool)
+        wait_until(lp, lambda: len(service.pool.idle_kernels()) >= 2)
         pids = [k.pid for k in service.launcher.list_alive()] + [z.pid]
         assert any(isinstance(k.popen, ForkedProcess) for k in service.launcher.list_alive())
         run(lp, service.close())
