@@ -156,8 +156,14 @@ async def _run(ctx: ProjectContext, req: ExecRequest, *, budget_s: float | None,
         await _wait_at_most(execution.done, min(limits) if limits else None)
     except asyncio.CancelledError:
         execution.kill("cancelled")   # the caller went away: every child is owned
+        if execution.finished:
+            execution.release()
         raise
     if execution.finished:
+        # The rest of this task step (result shaping, the fabric reply) runs before the
+        # next loop iteration, so giving the group back overlaps with the reply's way
+        # back instead of delaying it; it still happens before a later request is read.
+        asyncio.get_running_loop().call_soon(execution.release)
         return execution.done.result()
     execution.accounting = True   # job records and results carry the stats
     return job_manager(ctx).adopt(execution, req, native=native)

@@ -40,6 +40,9 @@ from .options import ExecRequest
 # After a kill, give the streams this long to reach EOF; a process we could not find
 # (e.g. one that cleared its marker and escaped) may still hold a pipe open.
 KILL_GRACE_S = 0.3
+# Without accounting the group is given back by the caller right after its reply; at
+# the latest this long after the end.
+RELEASE_FALLBACK_S = 0.5
 _READ_SIZE = 1 << 16
 _DEVNULL: int | None = None
 
@@ -107,6 +110,8 @@ class Execution:
         # system.exec reply carries none of it, so that path turns it off and saves the
         # control-file reads; an execution that becomes a job turns it back on.
         self.accounting = True
+        self._released = False
+        self._release_timer: asyncio.TimerHandle | None = None
         spill_limit = int(ctx.settings.get("job_output_spill_limit", 1 << 30))
         self.stdout = StreamCapture(req.output_limit, spill_limit)
         self.stderr = StreamCapture(req.output_limit, spill_limit)
@@ -259,7 +264,12 @@ class Execution:
             self._group.kill_all()
             if self.accounting:
                 usage = self._group.usage()
-            self._group.close()
+                self.release()
+            else:
+                # Giving the (now empty) group back is not part of the answer: the caller
+                # replies first and then calls release() (exec._run); the timer is the
+                # safety net if it never does.
+                self._release_timer = self.loop.call_later(RELEASE_FALLBACK_S, self.release)
         if self._pidfd is not None:
             # Root not reaped yet (forced finish): leave it to the tracker's orphan reaper.
             self.loop.remove_reader(self._pidfd)
@@ -299,6 +309,18 @@ class Execution:
         self.done.set_result(outcome)
         if self.on_change:
             self.on_change()
+
+    def release(self) -> None:
+        """Give a finished execution's group back (to the pool, or remove it).  Idempotent.
+        ``_finish`` has already killed what was left in it; with ``accounting`` on it also
+        releases at once (after reading the usage)."""
+        if self._released:
+            return
+        self._released = True
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+        if self._group is not None:
+            self._group.close()
 
     @property
     def group(self) -> ProcessGroup | None:
