@@ -202,12 +202,14 @@ class _Spawner:
 class _V1Slot:
     """An empty per-exec child group kept for the next exec (see ``V1Pool``)."""
 
-    __slots__ = ("dirs", "written", "spawner")
+    __slots__ = ("dirs", "written", "spawner", "procs")
 
     def __init__(self, dirs: dict[str, str]):
         self.dirs = dirs
         self.written: dict[str, str] = {}   # sub-limit file -> value last written
         self.spawner: _Spawner | None = None
+        # (group dir, its cgroup.procs) per controller: checked at the end of every exec
+        self.procs = tuple((d, os.path.join(d, "cgroup.procs")) for d in dirs.values())
 
 
 class V1Pool:
@@ -216,8 +218,8 @@ class V1Pool:
 
     A group goes back only when it is verifiably clean: no task and no sub-group in
     any controller, it never needed a kill, no OOM kill happened in it and it holds
-    (almost) no memory charge.  Taking one resets the peak memory and cpu counters;
-    if a reset fails the group is removed and a fresh one made.
+    (almost) no memory charge.  Giving one back resets its peak memory and cpu
+    counters; if a reset fails the group is removed instead.
 
     Size: up to ``MAX`` slots, so a burst of concurrent execs keeps finding pooled
     groups with parked spawners (a group made on demand costs mkdir x4, 8 thread
@@ -238,23 +240,22 @@ class V1Pool:
         self._busy_at = 0.0               # last take() that left at most KEEP free slots
 
     def take(self) -> _V1Slot | None:
-        while True:
-            with self._lock:
-                if len(self._free) <= self.KEEP:
-                    self._busy_at = time.monotonic()
-                if not self._free:
-                    return None
-                slot = self._free.pop()
-            try:
-                if "memory" in slot.dirs:
-                    write_text(os.path.join(slot.dirs["memory"], "memory.max_usage_in_bytes"), "0")
-                if "cpuacct" in slot.dirs:
-                    write_text(os.path.join(slot.dirs["cpuacct"], "cpuacct.usage"), "0")
-                return slot
-            except OSError:
-                _discard(slot)
+        with self._lock:
+            if len(self._free) <= self.KEEP:
+                self._busy_at = time.monotonic()
+            return self._free.pop() if self._free else None
 
     def give(self, slot: _V1Slot) -> bool:
+        """Keep ``slot`` (True) or refuse it (False: the caller removes it).  The peak
+        memory and cpu counters are reset here rather than in take(): a blocking exec
+        gives its group back after its reply (exec._run), off the next exec's path."""
+        try:
+            if "memory" in slot.dirs:
+                write_text(os.path.join(slot.dirs["memory"], "memory.max_usage_in_bytes"), "0")
+            if "cpuacct" in slot.dirs:
+                write_text(os.path.join(slot.dirs["cpuacct"], "cpuacct.usage"), "0")
+        except OSError:
+            return False
         retired: _V1Slot | None = None
         with self._lock:
             if len(self._free) >= self.MAX:
@@ -375,13 +376,13 @@ class V1Group:
     def _empty_now(self) -> bool:
         """No task in any controller's group and no sub-group (nlink 2 on cgroupfs)."""
         me = os.getpid()
-        for d in self.dirs.values():
+        for d, procs in self._slot.procs:
             try:
                 if os.stat(d).st_nlink > 2:
                     return False
             except FileNotFoundError:
                 continue
-            text = read_text(os.path.join(d, "cgroup.procs"))
+            text = read_text(procs)
             if text and any(int(x) != me for x in text.split()):
                 return False
         return True
