@@ -189,3 +189,71 @@ def test_v2_tracker_kill_and_usage_on_unified_mount():
     finally:
         drv.kill("p1")
         remove_tree(os.path.join(mount, name))
+
+
+# ------------------------------------------------------- the exec-group pool (no cgroupfs needed)
+
+def _fake_slot(root, name: str):
+    """A pool slot over plain directories: the control files it writes are plain files."""
+    from projecthub.host.sandbox.tracker import _V1Slot
+    dirs = {}
+    for ctrl, files in (("memory", ("memory.max_usage_in_bytes", "tasks")), ("cpuacct", ("cpuacct.usage", "tasks"))):
+        d = os.path.join(root, ctrl, name)
+        os.makedirs(d)
+        for f in files:
+            open(os.path.join(d, f), "w").close()
+        dirs[ctrl] = d
+    return _V1Slot(dirs)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def test_pool_resets_counters_on_give_back_and_keeps_a_burst(tmp_path, monkeypatch):
+    import time as time_mod
+
+    from projecthub.host.sandbox.tracker import V1Pool
+    monkeypatch.setattr(V1Pool, "KEEP", 2)
+    pool = V1Pool()
+    assert pool.take() is None                 # a busy moment: the pool ran dry
+    slots = [_fake_slot(str(tmp_path), f"s{i}") for i in range(5)]
+    for s in slots:
+        assert pool.give(s)
+    assert len(pool._free) == 5                # a burst's groups are all kept
+    assert _read(os.path.join(slots[0].dirs["memory"], "memory.max_usage_in_bytes")) == "0"
+    assert _read(os.path.join(slots[0].dirs["cpuacct"], "cpuacct.usage")) == "0"
+    assert pool.take() is slots[-1]            # the hottest slot first
+    # no burst for IDLE_S: each give-back retires the coldest extra slot, in the background
+    pool._busy_at = time_mod.monotonic() - V1Pool.IDLE_S - 1
+    assert pool.give(slots[-1])
+    assert len(pool._free) == 4 and slots[0] not in pool._free
+    deadline = time_mod.monotonic() + 5
+    while slots[0].spawner is not None and time_mod.monotonic() < deadline:
+        time_mod.sleep(0.01)
+    assert slots[0].spawner is None            # its parked thread was stopped
+    for s in pool._free:
+        s.spawner.stop()
+
+
+def test_pool_refuses_a_group_whose_counters_cannot_be_reset(tmp_path):
+    from projecthub.host.sandbox.tracker import V1Pool
+    slot = _fake_slot(str(tmp_path), "s")
+    os.remove(os.path.join(slot.dirs["cpuacct"], "cpuacct.usage"))
+    assert not V1Pool().give(slot)
+
+
+def test_kernel_memory_noise_does_not_make_a_group_dirty(tmp_path):
+    from projecthub.host.sandbox.tracker import V1Group, V1Pool
+    group = V1Group.__new__(V1Group)
+    mem = str(tmp_path)
+    kmem = os.path.join(mem, "memory.kmem.usage_in_bytes")
+    for charge, kernel, clean in ((3 << 20, (5 << 19), True),     # 0.5 MiB of pages, 2.5 MiB of slab
+                                  (3 << 20, 1 << 20, False),      # 2 MiB of pages
+                                  (6 << 20, 5 << 20, False)):     # too much slab
+        with open(kmem, "w") as f:
+            f.write(str(kernel))
+        group._charge = charge
+        assert group._only_kernel_noise(mem) is clean
+    assert V1Pool.MAX_CHARGE == 1 << 20

@@ -420,3 +420,35 @@ async def test_100_concurrent_execs_unmixed(ctx):
     for i, r in results:
         assert r["stdout"] == f"{i}\n" * 20000 and r["stderr"] == f"e{i}\n" and r["exit_code"] == 0
     assert not marked_processes()
+
+
+# ---------------------------------------------------------------- group release
+
+def _exec_groups(ctx) -> set[str]:
+    # the marker tracker is shared by every test in this process: compare before/after
+    return {name for name in ctx.tracker._groups if name.startswith("x")}
+
+
+async def test_blocking_exec_gives_its_group_back_right_after_the_reply(ctx):
+    # Background children are killed before the reply; the group itself is released in
+    # the next loop iteration (after the fabric reply is sent), never later than that.
+    before = _exec_groups(ctx)
+    r = await system_exec(ctx, {"command": "sleep 100 > /dev/null 2>&1 & echo bg"})
+    assert r["stdout"] == "bg\n"
+    assert not marked_processes()
+    await asyncio.sleep(0)
+    assert _exec_groups(ctx) <= before
+
+
+async def test_failed_and_cancelled_execs_give_their_groups_back(ctx):
+    before = _exec_groups(ctx)
+    await exec_error(ctx, {"command": "false"})
+    await exec_error(ctx, {"command": "sleep 30", "timeout": 0.2})
+    task = asyncio.ensure_future(system_exec(ctx, {"command": "sleep 30"}))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.6)   # a cancelled exec finishes after the kill; the fallback timer releases it
+    assert _exec_groups(ctx) <= before
+    assert not marked_processes()

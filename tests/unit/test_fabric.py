@@ -117,3 +117,62 @@ def test_long_socket_paths_work(tmp_path: Path) -> None:
         await client.close()
         server.close()
     run(main())
+
+
+def test_frame_buffer_reassembles_split_and_batched_frames() -> None:
+    from projecthub.fabric.messages import FrameBuffer, encode
+    frames = [encode({"t": "res", "id": i, "ok": True, "result": "é" * i}) for i in range(1, 6)]
+    wire = b"".join(frames)
+    buf = FrameBuffer()
+    got = []
+    for i in range(0, len(wire), 3):          # byte dribbles, headers split too
+        got.extend(buf.feed(wire[i:i + 3]))
+    assert [m["id"] for m in got] == [1, 2, 3, 4, 5] and got[2]["result"] == "ééé"
+    assert [m["id"] for m in FrameBuffer().feed(wire)] == [1, 2, 3, 4, 5]   # all in one read
+
+
+def test_frame_buffer_rejects_bad_frames() -> None:
+    from projecthub.fabric.messages import HEADER, MAX_FRAME, FrameBuffer, FrameError
+    with pytest.raises(FrameError):
+        FrameBuffer().feed(HEADER.pack(MAX_FRAME + 1))
+    with pytest.raises(FrameError):
+        FrameBuffer().feed(HEADER.pack(2) + b"[]")
+    with pytest.raises(FrameError):
+        FrameBuffer().feed(HEADER.pack(3) + b"{x}")
+
+
+def test_big_streams_keep_back_pressure_and_order(tmp_path: Path) -> None:
+    class Big(Handler):
+        def stream(self, name: str, args: list[Any]) -> AsyncIterator[Any]:
+            async def chunks() -> AsyncIterator[Any]:
+                for i in range(args[0]):
+                    yield {"i": i, "data": "x" * 200_000}   # fills the socket buffer: pauses writing
+            return chunks()
+
+    async def main() -> None:
+        server = await serve(tmp_path / "d.sock", Big())
+        client = await FabricClient.connect(tmp_path / "d.sock")
+        items = []
+        async for item in client.stream("big", [60]):
+            items.append(item["i"])
+            if len(items) % 10 == 0:
+                await asyncio.sleep(0.01)   # a slow reader
+        assert items == list(range(60))
+        assert await client.call("echo", ["after"]) == ["after"]
+        await client.close()
+        server.close()
+    run(main())
+
+
+def test_garbage_from_a_client_closes_only_that_connection(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = await serve(tmp_path / "d.sock", Handler())
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "d.sock"))
+        writer.write(b"\x00\x00\x00\x03{x}")
+        assert await asyncio.wait_for(reader.read(), 5) == b""   # the daemon hung up on it
+        writer.close()
+        client = await FabricClient.connect(tmp_path / "d.sock")
+        assert await client.call("echo", [1]) == [1]            # others are served as before
+        await client.close()
+        server.close()
+    run(main())
