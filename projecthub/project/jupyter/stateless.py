@@ -100,5 +100,5 @@ async def jupyter_execute(ctx: ProjectContext, catalog: SpecCatalog, pool: Kerne
             collector.add_message(outcome.reply)  # CoCalc examines the ok reply too
         return collector.items
     finally:
-        pool.release(kernel)  # SIGKILLs now; reaping and file cleanup finish in the background
+        pool.release(kernel)  # SIGKILL on the next loop turn, after our reply is sent
 
