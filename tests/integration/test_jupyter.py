@@ -77,7 +77,10 @@ def test_path_changes_directory(project) -> None:
 
 def test_list_and_stop_kernels(project) -> None:
     project.system.jupyter_execute(input="1", kernel="python3")  # fills the pool
-    kernels = project.system.list_jupyter_kernels()
+    # The refill boots in the background, after the call has answered.
+    deadline = time.monotonic() + 10
+    while not (kernels := project.system.list_jupyter_kernels()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert kernels, "a warm pool kernel should be listed"
     for kernel in kernels:
         assert isinstance(kernel["pid"], int) and kernel["pid"] > 0

@@ -55,9 +55,12 @@ class _Pool:
         # Idle for timeout_s: shrink to one warm kernel (CoCalc never goes to zero).
         if now - self.last_request > self.timeout_s:
             return min(self.size, 1)
-        if self.size >= 1 and not self.chosen_size and now < self.hot_until:
+        if self.bursting(now):
             return max(self.size, BURST_SIZE)
         return self.size
+
+    def bursting(self, now: float) -> bool:
+        return self.size >= 1 and not self.chosen_size and now < self.hot_until
 
     def missed(self, now: float) -> None:
         """A call found no ready kernel: demand outruns the pool."""
@@ -242,11 +245,16 @@ class KernelPool:
     async def _boot(self, pool: _Pool) -> Kernel | None:
         """A ready kernel for the pool, warmed up unless a waiting caller took it first
         (None then): a caller who waits runs its own cell at once, which warms just as
-        well, so it should not also wait for the warm-up cells."""
+        well, so it should not also wait for the warm-up cells.  Nor is a kernel warmed
+        that a burst will take next (none other is parked): the warm-up request (~5 ms
+        of CPU, kernel and daemon) is worth more to the calls queueing for the cores
+        than the ~1 ms it saves on a first cell."""
         kernel = await self._start(pool.spec, warm=False)
         pool.primed = True
         if self._hand_over(pool, kernel):
             return None
+        if pool.bursting(time.monotonic()) and not pool.idle:
+            return kernel
         try:
             await kernel.until_exit(kernel.warm_up(), timeout=WARM_UP_TIMEOUT_S)
         except BaseException:
