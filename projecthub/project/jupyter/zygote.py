@@ -175,7 +175,9 @@ class Prebuilt:
             app.init_signal()
         except Exception:
             pass
-        with self.module_files.lent_to_ipkernel():
+        import IPython.core.shellapp as shellapp
+        import ipykernel.ipkernel as ipkernel
+        with self.module_files.lent_to(ipkernel):   # it reads sys only for that list
             app.init_kernel()
         self._adopt_shell(app.kernel)
         app.init_path()
@@ -183,7 +185,8 @@ class Prebuilt:
         if app.shell:
             app.init_gui_pylab()
             app.init_extensions()
-            app.init_code()
+            with self.module_files.lent_to(shellapp):
+                app.init_code()
         sys.stdout.flush()
         sys.stderr.flush()
         app.start()
@@ -218,20 +221,23 @@ class _FileOf:
 
 
 class _ModuleFiles:
-    """The files of the zygote's modules, packed into a few pages, standing in for
-    ``sys.modules`` while IPythonKernel.__init__ runs in a child.
+    """The zygote's module names and files, packed into a few pages, standing in for
+    ``sys.modules`` where ipykernel and IPython list every module while a child starts.
 
-    That __init__ lists ``[m.__file__ for m in sys.modules.copy().values() ...]`` (for
-    the debugger).  In a fork that reference-counts ~900 module objects and their
-    ``__file__`` strings, scattered over the shared heap: ~1700 copy-on-write page
-    faults, ~8-10 ms of every kernel's start on a VM.  Fresh copies allocated one
-    after another here give ipykernel the same list for a few dozen faults.
+    IPythonKernel.__init__ lists ``[m.__file__ for m in sys.modules.copy().values()
+    ...]`` (for its debugger) and InteractiveShellApp.init_code keeps
+    ``set(sys.modules.keys())`` (for ``%reset -a``).  In a fork that reference-counts
+    ~900 module objects, names and ``__file__`` strings scattered over the shared heap:
+    ~2200 copy-on-write page faults, ~10 ms of every kernel's start on a VM.  Fresh
+    copies allocated one after another here give the same lists for a few dozen.
     """
 
     def __init__(self) -> None:
-        files = [m.__file__ for m in sys.modules.copy().values()
-                 if hasattr(m, "__file__") and m.__file__]
-        self._holders = tuple(_FileOf((f + "\0")[:-1]) for f in files)   # new str objects
+        modules = sys.modules.copy()
+        self._count = len(modules)
+        self._names = tuple((name + "\0")[:-1] for name in modules)   # new str objects
+        self._holders = tuple(_FileOf((m.__file__ + "\0")[:-1]) for m in modules.values()
+                              if hasattr(m, "__file__") and m.__file__)
 
     def copy(self) -> "_ModuleFiles":
         return self
@@ -239,24 +245,31 @@ class _ModuleFiles:
     def values(self) -> tuple:
         return self._holders
 
+    def keys(self) -> object:
+        if len(sys.modules) != self._count:   # the child imported something since
+            return sys.modules.keys()
+        return self._names
+
     @contextlib.contextmanager
-    def lent_to_ipkernel(self):  # type: ignore[no-untyped-def]
-        """Within: ``ipykernel.ipkernel`` sees this as ``sys.modules`` (that module
-        reads ``sys`` only for this list while a kernel is constructed)."""
-        import ipykernel.ipkernel as ipkernel
-        ipkernel.sys = _SysWithModules(self)
+    def lent_to(self, module: object):  # type: ignore[no-untyped-def]
+        """Within: ``module`` sees this as ``sys.modules``; every other ``sys``
+        attribute it reads or sets is the real one's."""
+        module.sys = _SysWithModules(self)
         try:
             yield
         finally:
-            ipkernel.sys = sys
+            module.sys = sys
 
 
 class _SysWithModules:
     def __init__(self, modules: _ModuleFiles) -> None:
-        self.modules = modules
+        object.__setattr__(self, "modules", modules)
 
     def __getattr__(self, name: str) -> object:
         return getattr(sys, name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        setattr(sys, name, value)   # e.g. shellapp's sys.argv save/restore
 
 
 def _warm_cell_machinery(shell: object) -> None:
