@@ -158,16 +158,17 @@ class SparePool:
 
     async def _start_one(self) -> DaemonHandle:
         project_id = await self.db.create_spare_project()
+        handle: DaemonHandle | None = None
         try:
             handle = await self._launch({"project_id": project_id, "settings": {}})
-        except BaseException:
-            await asyncio.shield(self._discard(project_id, None))
+            # One throwaway exec loads the daemon's exec path (lazy imports, the first
+            # pooled cgroup): otherwise the new project's first call pays for it.
+            with contextlib.suppress(Exception):
+                await handle.client.call("system.exec", [{"command": "true"}], 10.0)
+            return handle
+        except BaseException:   # also cancellation (server shutdown): leave nothing behind
+            await asyncio.shield(self._discard(project_id, handle))
             raise
-        # One throwaway exec loads the daemon's exec path (lazy imports, the first pooled
-        # cgroup): otherwise the new project's first call pays ~20 ms for it.
-        with contextlib.suppress(Exception):
-            await handle.client.call("system.exec", [{"command": "true"}], 10.0)
-        return handle
 
     async def _discard(self, project_id: str, handle: DaemonHandle | None) -> None:
         """Stop a spare and remove every trace of it: it never belonged to anybody."""
