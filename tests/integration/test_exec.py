@@ -84,6 +84,19 @@ def test_timeout_kills_whole_tree(server: Server, account, project_id: str) -> N
     assert survivors == []
 
 
+def test_finished_exec_leaves_nothing_behind(server: Server, account, project_id: str) -> None:
+    # Background children, also setsid'd and double-forked ones, are dead before the
+    # answer arrives (checked right after it, from the host).
+    marker = uuid.uuid4().hex
+    for command in (f"setsid sleep 300 {marker} > /dev/null 2>&1 & (sleep 301 {marker} > /dev/null 2>&1 &); echo bg",
+                    f"sleep 302 {marker} > /dev/null 2>&1 & echo bg"):
+        result = raw_exec(server, account.api_key, project_id, {"command": command})
+        assert result["stdout"] == "bg\n", result
+        survivors = [p for p in psutil.process_iter(["cmdline", "status"])
+                     if marker in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]
+        assert survivors == []
+
+
 def test_max_output(project) -> None:
     assert project.system.exec(command="echo", args=["xyz", "abc"], max_output=3)["stdout"] == \
         "xyz (truncated at 3 characters)"

@@ -202,7 +202,7 @@ class _Spawner:
 class _V1Slot:
     """An empty per-exec child group kept for the next exec (see ``V1Pool``)."""
 
-    __slots__ = ("dirs", "written", "spawner", "procs")
+    __slots__ = ("dirs", "written", "spawner", "procs", "pids_current")
 
     def __init__(self, dirs: dict[str, str]):
         self.dirs = dirs
@@ -210,6 +210,7 @@ class _V1Slot:
         self.spawner: _Spawner | None = None
         # (group dir, its cgroup.procs) per controller: checked at the end of every exec
         self.procs = tuple((d, os.path.join(d, "cgroup.procs")) for d in dirs.values())
+        self.pids_current = os.path.join(dirs["pids"], "pids.current") if "pids" in dirs else None
 
 
 class V1Pool:
@@ -395,6 +396,21 @@ class V1Group:
             return
         if kill_groups(self.dirs.values(), freezer_dir=self.dirs.get("freezer")):
             self._had_kill = True
+
+    def kill_all_but_migrants(self) -> None:
+        """``kill_all`` for an exec that is answered before its group is released
+        (``close`` then runs the complete ``kill_all``): one read of ``pids.current``
+        -- every task in this pids group and its sub-groups -- instead of a stat and a
+        cgroup.procs read per controller.  Only a process that moved itself out of the
+        pids group (it could as well leave every group) is left for ``close``."""
+        path = self._slot.pids_current
+        if path is None or self._verified_empty:
+            self.kill_all()
+            return
+        spawner = self._slot.spawner
+        parked = 1 if spawner is not None and spawner.ready else 0   # the parked thread is a task
+        if read_int(path, -1) != parked:
+            self.kill_all()
 
     def usage(self) -> GroupUsage:
         u = GroupUsage()

@@ -261,14 +261,16 @@ class Execution:
         usage = None
         if self._group is not None:
             # Nothing of a finished exec survives: background children die with it.
-            self._group.kill_all()
             if self.accounting:
+                self._group.kill_all()
                 usage = self._group.usage()
                 self.release()
             else:
-                # Giving the (now empty) group back is not part of the answer: the caller
-                # replies first and then calls release() (exec._run); the timer is the
-                # safety net if it never does.
+                # Giving the group back is not part of the answer: the caller replies first
+                # and then calls release() (exec._run), whose close() runs the complete
+                # kill_all; the timer is the safety net if it never does.  Before the reply
+                # a cgroup group may only look where its processes were started.
+                getattr(self._group, "kill_all_but_migrants", self._group.kill_all)()
                 self._release_timer = self.loop.call_later(RELEASE_FALLBACK_S, self.release)
         if self._pidfd is not None:
             # Root not reaped yet (forced finish): leave it to the tracker's orphan reaper.
