@@ -211,11 +211,12 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def test_pool_resets_counters_on_give_back_and_keeps_a_burst(tmp_path, monkeypatch):
+def test_pool_resets_counters_on_give_back_keeps_a_burst_and_trims_when_idle(tmp_path, monkeypatch):
     import time as time_mod
 
     from projecthub.host.sandbox.tracker import V1Pool
     monkeypatch.setattr(V1Pool, "KEEP", 2)
+    monkeypatch.setattr(V1Pool, "IDLE_S", 0.4)
     pool = V1Pool()
     assert pool.take() is None                 # a busy moment: the pool ran dry
     slots = [_fake_slot(str(tmp_path), f"s{i}") for i in range(5)]
@@ -225,14 +226,13 @@ def test_pool_resets_counters_on_give_back_and_keeps_a_burst(tmp_path, monkeypat
     assert _read(os.path.join(slots[0].dirs["memory"], "memory.max_usage_in_bytes")) == "0"
     assert _read(os.path.join(slots[0].dirs["cpuacct"], "cpuacct.usage")) == "0"
     assert pool.take() is slots[-1]            # the hottest slot first
-    # no burst for IDLE_S: each give-back retires the coldest extra slot, in the background
-    pool._busy_at = time_mod.monotonic() - V1Pool.IDLE_S - 1
     assert pool.give(slots[-1])
-    assert len(pool._free) == 4 and slots[0] not in pool._free
+    # no burst for IDLE_S: the janitor removes the extra (coldest) slots and their threads
     deadline = time_mod.monotonic() + 5
-    while slots[0].spawner is not None and time_mod.monotonic() < deadline:
-        time_mod.sleep(0.01)
-    assert slots[0].spawner is None            # its parked thread was stopped
+    while (len(pool._free) > 2 or any(s.spawner for s in slots[:3])) and time_mod.monotonic() < deadline:
+        time_mod.sleep(0.02)
+    assert pool._free == slots[3:] and pool._janitor is None
+    assert all(s.spawner is None for s in slots[:3])
     for s in pool._free:
         s.spawner.stop()
 

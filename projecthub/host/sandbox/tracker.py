@@ -225,9 +225,10 @@ class V1Pool:
     Size: up to ``MAX`` slots, so a burst of concurrent execs keeps finding pooled
     groups with parked spawners (a group made on demand costs mkdir x4, 8 thread
     migrations on the event loop and later rmdir x4: about a third of the daemon's cpu
-    per exec at 64 concurrent calls).  Once no burst needed more than ``KEEP`` slots
-    for ``IDLE_S``, every give-back retires the coldest extra slot (in a background
-    thread: rmdir may have to wait for the spawner thread to leave the group)."""
+    per exec at 64 concurrent calls).  While more than ``KEEP`` slots are free, a
+    janitor thread watches: once no burst needed more than ``KEEP`` for ``IDLE_S`` it
+    removes the extra slots (rmdir may have to wait for their spawner threads to leave),
+    so an idle daemon keeps at most ``KEEP`` groups and parked threads."""
 
     MAX = 64
     KEEP = 8
@@ -239,6 +240,7 @@ class V1Pool:
         self._free: list[_V1Slot] = []   # a stack: the hottest slot is taken first
         self._lock = threading.Lock()
         self._busy_at = 0.0               # last take() that left at most KEEP free slots
+        self._janitor: threading.Thread | None = None
 
     def take(self) -> _V1Slot | None:
         with self._lock:
@@ -257,18 +259,35 @@ class V1Pool:
                 write_text(os.path.join(slot.dirs["cpuacct"], "cpuacct.usage"), "0")
         except OSError:
             return False
-        retired: _V1Slot | None = None
+        janitor: threading.Thread | None = None
         with self._lock:
             if len(self._free) >= self.MAX:
                 return False
             self._free.append(slot)
-            if len(self._free) > self.KEEP and time.monotonic() - self._busy_at > self.IDLE_S:
-                retired = self._free.pop(0)
+            if len(self._free) > self.KEEP and self._janitor is None:
+                janitor = self._janitor = threading.Thread(
+                    target=self._retire_extras, name="cgroup-pool-janitor", daemon=True)
         if slot.spawner is None:
             slot.spawner = _Spawner(slot.dirs)
-        if retired is not None:
-            threading.Thread(target=_discard, args=(retired,), name="cgroup-retire", daemon=True).start()
+        if janitor is not None:
+            janitor.start()
         return True
+
+    def _retire_extras(self) -> None:
+        """Janitor thread: wait until no burst needed more than KEEP slots for IDLE_S,
+        then remove the extra (coldest) slots and end."""
+        while True:
+            time.sleep(self.IDLE_S / 4)
+            with self._lock:
+                extra = len(self._free) - self.KEEP
+                if extra > 0 and time.monotonic() - self._busy_at <= self.IDLE_S:
+                    continue
+                retired = self._free[:max(extra, 0)]
+                del self._free[:len(retired)]
+                self._janitor = None
+            for slot in retired:
+                _discard(slot)
+            return
 
 
 def _discard(slot: _V1Slot, strict: bool = False) -> None:
