@@ -66,8 +66,9 @@ def main() -> None:
         server = common.Server().start()
         pid = scenarios.new_project(server, "profile")
         assert server.process is not None
+        # the project's own daemon (a server may also run pre-started spare projects)
         daemon = next(p for p in psutil.Process(server.process.pid).children(recursive=True)
-                      if common.classify(" ".join(p.cmdline())) == "daemon")
+                      if common.classify(" ".join(p.cmdline())) == "daemon" and pid in p.cmdline())
         targets = (("server", server.process.pid), ("daemon", daemon.pid))
         spies = [subprocess.Popen([spy, "record", "-o", str(out / f"profile-exec-{name}{suffix}"), "--pid",
                                    str(target), "-d", str(args.seconds + 2), "-r", str(args.rate),
