@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import secrets
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -148,7 +147,7 @@ async def _run(ctx: ProjectContext, req: ExecRequest, *, budget_s: float | None,
     """Run ``req`` and wait for it, at most min(budget_s, yield_after); past that it
     becomes a job (which keeps its own timeout) and the Job is returned.  Without
     ``accounting`` the Outcome has no cpu/memory/OOM figures (unless it becomes a job)."""
-    execution = Execution(ctx, req, name="x" + secrets.token_hex(8))
+    execution = Execution(ctx, req, name="x" + os.urandom(8).hex())
     execution.accounting = accounting
     execution.start()
     limits = [t for t in (budget_s, yield_after) if t is not None]

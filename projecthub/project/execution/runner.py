@@ -23,7 +23,7 @@ import errno as errno_mod
 import json
 import math
 import os
-import secrets
+import random
 import shutil
 import signal
 import string
@@ -82,13 +82,17 @@ def spawn_error_object(exc: OSError, program: str, spawnargs: list[str]) -> dict
     return {"errno": -code, "code": errno_mod.errorcode.get(code, "EIO"),
             "syscall": f"spawn {program}", "path": program, "spawnargs": spawnargs}
 
+# Not `secrets`: it imports hmac/hashlib, which maps OpenSSL's libcrypto (~3 MiB resident)
+# into every project daemon.  SystemRandom reads the same os.urandom.
+_RNG = random.SystemRandom()
+
 
 def _make_script_dir(tmp_dir: str) -> str:
     """``<tmp>/cocalc-XXXXXX`` with 6 random characters, mode 0700."""
     os.makedirs(tmp_dir, exist_ok=True)
     alphabet = string.ascii_letters + string.digits
     for _ in range(100):
-        path = os.path.join(tmp_dir, "cocalc-" + "".join(secrets.choice(alphabet) for _ in range(6)))
+        path = os.path.join(tmp_dir, "cocalc-" + "".join(_RNG.choice(alphabet) for _ in range(6)))
         try:
             os.mkdir(path, 0o700)
             return path
