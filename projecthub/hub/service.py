@@ -227,8 +227,9 @@ class HubService:
         if budget is None:
             return await run()
         try:
-            return await asyncio.wait_for(run(), budget)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(budget):   # no extra task, unlike wait_for on 3.11
+                return await run()
+        except TimeoutError:
             subject = f"project.{project_id}.0.api.-"
             raise RemoteError(f"timeout - callHub: subject='{subject}', name='{name}', code='408' ")
 
