@@ -4,6 +4,7 @@ sub-measurement is recorded as {"error": ...} and the rest goes on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import statistics
@@ -286,8 +287,9 @@ def scenario_exec(ctx: Ctx) -> dict[str, Any]:
         for name, (server, pid) in servers.items():
             assert server.process is not None
             procs = {"server": psutil.Process(server.process.pid)}
+            # the project's own daemon: the server also keeps a spare project's daemon
             daemons = [p for p in procs["server"].children(recursive=True)
-                       if classify(" ".join(p.cmdline())) == "daemon"]
+                       if classify(cmd := " ".join(p.cmdline())) == "daemon" and pid in cmd]
             if len(daemons) != 1:
                 out[name] = {"error": f"expected one daemon, found {len(daemons)}"}
                 continue
@@ -636,6 +638,18 @@ def scenario_scale(ctx: Ctx) -> dict[str, Any]:
         server.stop()
 
 
+def _daemons_of(server: Server, project_ids: set[str]) -> int:
+    assert server.process is not None
+    count = 0
+    for p in psutil.Process(server.process.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cmd = p.cmdline()
+            if classify(" ".join(cmd)) == "daemon" and "--project-id" in cmd \
+                    and cmd[cmd.index("--project-id") + 1] in project_ids:
+                count += 1
+    return count
+
+
 def _scale(ctx: Ctx, server: Server, levels: list[int], job_counts: list[int],
            res: dict[str, Any]) -> dict[str, Any]:
     assert server.process is not None
@@ -650,7 +664,8 @@ def _scale(ctx: Ctx, server: Server, levels: list[int], job_counts: list[int],
         mem = tree_memory(server.process.pid)
         lat = asyncio.run(_exec_round_robin(server, pids, ctx.q(50, 200)))
         out = {"projects": len(pids), "bring_up_s": round(up, 2), "exec_true": lat, "memory": mem,
-               "daemons_alive": mem.get("daemon_count", 0)}
+               "daemons_alive": _daemons_of(server, set(pids)),   # not counting the spare's
+               "daemons_total": mem.get("daemon_count", 0)}
         daemons = mem.get("daemon_rss_each_mib") or []
         if daemons:
             out["daemon_rss_median_mib"] = statistics.median(daemons)
