@@ -6,6 +6,12 @@ keyed by a SHA-256 of the presented key, never the key itself, and entries carry
 the key's expiry so expiry is honoured even on a cache hit.  Failures are not
 cached: a key created a moment ago must work at once.
 
+When a cached resolution ages out, the key's row, account, collaborator status and
+expiry are read again from the store, but the secret is not re-hashed if the stored
+hash is the very one it was verified against before (``_verified``): the hash is what
+made the secret cost 1000 rounds, and an unchanged hash cannot stop matching it.  So
+a client that calls every few seconds pays store reads, not ~5 ms of hashing per call.
+
 Revocations that happen elsewhere (key deleted or edited, collaborator removed,
 account banned) are made effective immediately by the server calling
 ``invalidate_key`` / ``invalidate_all``; the TTL only bounds staleness when some
@@ -84,6 +90,8 @@ class KeyResolver:
         self._touch_interval = touch_interval
         self._lock = threading.Lock()
         self._cache: dict[str, _Entry] = {}
+        # digest of a presented key -> the stored hash it was verified against (see above)
+        self._verified: dict[str, str] = {}
         self._digests_by_key: dict[int, set[str]] = {}
         self._last_touch: dict[int, float] = {}
         # Bumped by every invalidation, so a resolution that raced with one is not cached.
@@ -111,7 +119,7 @@ class KeyResolver:
             self._touch(entry.key_id, now)
             return entry.identity
 
-        found = self._resolve_uncached(key)
+        found = self._resolve_uncached(key, digest)
         if found is None:
             return None
         identity, key_id, expire = found
@@ -156,7 +164,7 @@ class KeyResolver:
 
     # -- internals ----------------------------------------------------------
 
-    def _resolve_uncached(self, key: str) -> tuple[Identity, int, datetime | None] | None:
+    def _resolve_uncached(self, key: str, digest: str) -> tuple[Identity, int, datetime | None] | None:
         # Spec 2.3 step 2 (legacy plain-text keys in accounts.api_key, matched by
         # string equality) is deliberately NOT supported: we never store secrets in
         # plain text, and there are no legacy keys to honour.
@@ -169,7 +177,7 @@ class KeyResolver:
         account = self._store.get_account(row["account_id"])
         if account is None or account["banned"]:
             return None
-        if not verify_secret(key, row["hash"]):
+        if not self._secret_matches(key, digest, row["hash"]):
             return None
         project_id = row["project_id"]
         if project_id is not None and not self._store.is_collaborator(project_id, row["account_id"]):
@@ -189,6 +197,18 @@ class KeyResolver:
                 is_admin=bool(account["is_admin"]),
             )
         return identity, key_id, row["expire"]
+
+    def _secret_matches(self, key: str, digest: str, stored_hash: str) -> bool:
+        with self._lock:
+            if self._verified.get(digest) == stored_hash:
+                return True
+        if not verify_secret(key, stored_hash):
+            return False
+        with self._lock:
+            if len(self._verified) >= _SWEEP_THRESHOLD:
+                self._verified.clear()   # rare; only costs one more hash per key
+            self._verified[digest] = stored_hash
+        return True
 
     def _fresh_entry(self, digest: str, now: float) -> _Entry | None:
         """Caller holds the lock."""

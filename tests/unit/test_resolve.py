@@ -266,3 +266,30 @@ def test_concurrent_resolves(store: Store) -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_aged_out_entry_rechecks_the_store_but_not_the_hash(
+        store: Store, resolver: KeyResolver, clocks: Clocks, monkeypatch: pytest.MonkeyPatch) -> None:
+    import projecthub.auth.resolve as resolve_mod
+    calls = []
+    real = resolve_mod.verify_secret
+    monkeypatch.setattr(resolve_mod, "verify_secret", lambda *a: calls.append(1) or real(*a))
+    account = store.create_account()
+    row, secret = store.create_api_key(account)
+    assert resolver.resolve(secret) is not None and len(calls) == 1
+    clocks.advance(2.0)
+    assert resolver.resolve(secret) is not None and len(calls) == 1   # same stored hash: no rehash
+    store.set_banned(account, True)          # not invalidated: the aged-out check must see it
+    clocks.advance(2.0)
+    assert resolver.resolve(secret) is None
+    store.set_banned(account, False)
+    # The stored hash changes (the key was re-issued under the same row id): old secret fails.
+    store.create_api_key(account)
+    from sqlalchemy import select, update
+    from projecthub.store.schema import api_keys
+    with store.engine.begin() as conn:
+        other_hash = conn.execute(select(api_keys.c.hash).where(api_keys.c.id == row["id"] + 1)).scalar_one()
+        conn.execute(update(api_keys).where(api_keys.c.id == row["id"]).values(hash=other_hash))
+    clocks.advance(2.0)
+    assert resolver.resolve(secret) is None and len(calls) == 2
+    assert resolver.resolve(forged(secret)) is None   # a different secret is always hashed
