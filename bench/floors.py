@@ -167,10 +167,13 @@ async def _execute(kc: Any, code: str = "1+1", timeout: float = 30) -> None:
     assert reply["content"]["status"] == "ok", reply
 
 
-async def jupyter_floor(n_seq: int, n_conc: int, c: int, max_s: float) -> dict[str, Any]:
+async def jupyter_floor(n_seq: int, n_conc: int, c: int, max_s: float, n_paced: int = 0,
+                        pause_s: float = 2.5) -> dict[str, Any]:
     """Execute ``1+1`` on warm kernels with stock jupyter_client (AsyncKernelManager +
     execute_interactive, which waits for the reply and the idle status): sequential on one
-    kernel, then c clients each on its own warm kernel.  Also kernel memory when idle."""
+    kernel, then ``n_paced`` calls each after an untimed ``pause_s`` pause (what an idle
+    machine adds to any round trip: the paced stateless row's like-for-like floor), then c
+    clients each on its own warm kernel.  Also kernel memory when idle."""
     from jupyter_client.manager import AsyncKernelManager
     import psutil
 
@@ -191,6 +194,14 @@ async def jupyter_floor(n_seq: int, n_conc: int, c: int, max_s: float) -> dict[s
             await _execute(kcs[0])
         lat, wall = await timed_concurrent(n_seq, 1, lambda w: _execute(kcs[0]), max_s)
         out["seq"] = summarize(lat, wall, c=1)
+        if n_paced:
+            paced = []
+            for _ in range(n_paced):
+                await asyncio.sleep(pause_s)
+                t0 = time.perf_counter()
+                await _execute(kcs[0])
+                paced.append(time.perf_counter() - t0)
+            out["seq_paced"] = summarize(paced, pause_s=pause_s)
         if c > 1:
             for kc in kcs[1:]:
                 for _ in range(5):

@@ -317,7 +317,8 @@ def scenario_exec(ctx: Ctx) -> dict[str, Any]:
 # ================================================================================ 2./3. Jupyter
 
 def _jupyter_floor(ctx: Ctx) -> dict[str, Any]:
-    return asyncio.run(floors.jupyter_floor(ctx.q(100, 500), ctx.q(40, 400), 8, ctx.q(20, 60)))
+    return asyncio.run(floors.jupyter_floor(ctx.q(100, 500), ctx.q(40, 400), 8, ctx.q(20, 60),
+                                            n_paced=ctx.q(2, 10), pause_s=PACE_S))
 
 
 def _kg(ctx: Ctx) -> dict[str, Any]:
