@@ -317,10 +317,7 @@ class Kernel:
             await asyncio.wait_for(asyncio.shield(self.exited), 10)
         except asyncio.TimeoutError:
             pass  # unkillable (D state): still release what we can
-        try:
-            self.client.stop_channels()
-        except Exception:
-            pass
+        _stop_started_channels(self.client)
         try:
             self.group.kill_all()   # descendants that left the kernel's process group
             self.group.close()
@@ -551,6 +548,27 @@ class _Launch:
             p.unlink(missing_ok=True)
         if self.scratch_dir is not None:
             shutil.rmtree(self.scratch_dir, ignore_errors=True)
+
+
+def _stop_started_channels(client: AsyncKernelClient) -> None:
+    """Close the channels this client started.  ``KernelClient.stop_channels`` asks each
+    channel property whether it is alive, and asking creates (and connects) a socket for
+    every channel never started (stdin, hb): two sockets made only to be closed, for
+    every kernel."""
+    try:
+        channels = [getattr(client, f"_{name}_channel")
+                    for name in ("shell", "iopub", "stdin", "hb", "control")]
+    except AttributeError:   # another jupyter_client layout: take the public way
+        channels = None
+    try:
+        if channels is None:
+            client.stop_channels()
+            return
+        for channel in channels:
+            if channel is not None and channel.is_alive():
+                channel.stop()
+    except Exception:
+        pass
 
 
 def _apply_rlimits(pid: int, rlimits: dict[str, int]) -> None:

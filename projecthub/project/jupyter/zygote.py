@@ -67,7 +67,13 @@ def warm_up() -> None:
                  "IPython.core.magics", "IPython.core.history", "IPython.core.payloadpage",
                  "IPython.core.interactiveshell", "comm", "jupyter_client.session",
                  "zmq.eventloop.zmqstream", "tornado.ioloop", "asyncio", "sqlite3",
-                 "pickle", "pydoc", "matplotlib_inline.backend_inline",
+                 "pickle", "pydoc",
+                 # Not matplotlib (matplotlib_inline): it brings numpy, OpenBLAS (whose
+                 # thread the fork check cannot see) and a font cache, doubling the
+                 # zygote's anonymous memory (36 -> 67 MB).  Every fork copies page tables
+                 # and every exit tears down what is mapped: ~1.2 ms more per fork and
+                 # ~5 ms more CPU per kernel, for every stateless call, to save the ~0.4 s
+                 # import in the few cells that plot.
                  # the kernel's debugger (debugpy/pydevd: ~90 ms of a kernel start)
                  "ipykernel.debugger", "bdb", "cmd", "code", "pdb", "faulthandler",
                  "mimetypes", "resource", "runpy", "psutil", "pwd", "email.utils",
