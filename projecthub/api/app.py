@@ -58,11 +58,13 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
         app.state.hub = hub
         app.state.throttle = BadKeyThrottle(settings.bad_key_limit_per_minute)
         await host.start()
+        hub.start_key_refresh()
         log.info("projecthub listening on http://%s:%s (data dir %s)", settings.host, settings.port,
                  settings.data_dir)
         try:
             yield
         finally:
+            await hub.stop_key_refresh()  # before db.close(): a pass may be on the store thread
             await host.close()
             db.close()
 

@@ -12,22 +12,32 @@ hash is the very one it was verified against before (``_verified``): the hash is
 made the secret cost 1000 rounds, and an unchanged hash cannot stop matching it.  So
 a client that calls every few seconds pays store reads, not ~5 ms of hashing per call.
 
+Even those reads cost a request ~1.4 ms, and a client calling every few seconds
+would pay them on almost every call.  So entries of keys used recently are
+refreshed ahead (``refresh_recent``, run in the background on the store thread):
+once half their TTL old they are re-validated the same way, without the secret,
+and re-cached as of the moment the check began.  The staleness bound is unchanged:
+an entry is still never served once older than the TTL, and a refreshed entry's
+age counts from a moment before the store was read.  Keys that fail the check are
+dropped, so their next request takes the full path.
+
 Revocations that happen elsewhere (key deleted or edited, collaborator removed,
 account banned) are made effective immediately by the server calling
 ``invalidate_key`` / ``invalidate_all``; the TTL only bounds staleness when some
-path forgets to.
+path forgets to, or when another process changes the database.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -43,6 +53,11 @@ log = logging.getLogger(__name__)
 TOUCH_INTERVAL = 60.0
 # Above this many cache entries, stale ones are swept on insert.
 _SWEEP_THRESHOLD = 4096
+# Refresh-ahead: only keys used this recently are kept warm (an idle key costs no
+# background reads), and at most this many per refresh pass, most recent first, so
+# one pass cannot hold the store thread for long.
+RECENT_WINDOW = 10.0
+_REFRESH_LIMIT = 256
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,8 @@ class KeyResolver:
         *,
         wall_clock: Callable[[], datetime] = _utcnow,
         touch_interval: float = TOUCH_INTERVAL,
+        recent_window: float = RECENT_WINDOW,
+        refresh_limit: int = _REFRESH_LIMIT,
     ) -> None:
         self._store = store
         self._ttl = cache_ttl
@@ -94,6 +111,12 @@ class KeyResolver:
         self._verified: dict[str, str] = {}
         self._digests_by_key: dict[int, set[str]] = {}
         self._last_touch: dict[int, float] = {}
+        self._recent_window = recent_window
+        self._refresh_limit = refresh_limit
+        # digest -> when its cache entry last answered a request (refresh-ahead picks
+        # from these); holds only digests that are in _cache.
+        self._last_used: dict[str, float] = {}
+        self._latest_use = float("-inf")  # lets refresh_due skip a pass without the lock
         # Bumped by every invalidation, so a resolution that raced with one is not cached.
         self._epoch = 0
 
@@ -112,6 +135,8 @@ class KeyResolver:
         with self._lock:
             entry = self._fresh_entry(digest, now)
             epoch = self._epoch
+            if entry is not None:
+                self._mark_used(digest, now)
         if entry is not None:
             if _expired(entry.expire, self._wall_clock()):
                 self._revoke(entry.key_id)
@@ -128,6 +153,7 @@ class KeyResolver:
             with self._lock:
                 if self._epoch == epoch:
                     self._insert(digest, _Entry(identity, key_id, expire, now))
+                    self._mark_used(digest, now)
         return identity
 
     def peek(self, key: str | None) -> Identity | None:
@@ -138,14 +164,64 @@ class KeyResolver:
         if not isinstance(key, str) or not key:
             return None
         now = self._clock()
+        digest = _digest(key)
         with self._lock:
-            entry = self._fresh_entry(_digest(key), now)
+            entry = self._fresh_entry(digest, now)
             if entry is None or _expired(entry.expire, self._wall_clock()):
                 return None
+            self._mark_used(digest, now)
             last = self._last_touch.get(entry.key_id)
             if last is None or now - last >= self._touch_interval:
                 return None
             return entry.identity
+
+    @property
+    def refresh_interval(self) -> float | None:
+        """How often to call ``refresh_recent``; None when there is no cache.  A
+        quarter TTL: an entry becomes due at half its TTL, so it meets at least one
+        pass before aging out even when a pass runs late by a quarter TTL."""
+        return self._ttl / 4 if self._ttl > 0 else None
+
+    def refresh_due(self) -> bool:
+        """Cheap, lock-free check for the event loop: has any key been used within
+        the recent window?  If not, ``refresh_recent`` would have nothing to do."""
+        return self._ttl > 0 and self._clock() - self._latest_use < self._recent_window
+
+    def refresh_recent(self) -> int:
+        """Re-validate, without the secret, the cached entries used within the recent
+        window that are at least half their TTL old; re-cache the valid ones as of
+        when their check began and drop the others.  Reads the store: run it on the
+        store thread.  Returns how many entries were refreshed."""
+        if self._ttl <= 0:
+            return 0
+        now = self._clock()
+        with self._lock:
+            due = [
+                (used, digest, entry)
+                for digest, used in self._last_used.items()
+                if now - used < self._recent_window
+                and (entry := self._cache.get(digest)) is not None
+                and self._ttl / 2 <= now - entry.cached_at < self._ttl
+            ]
+        refreshed = 0
+        for _, digest, entry in heapq.nlargest(self._refresh_limit, due, key=lambda d: d[0]):
+            with self._lock:
+                epoch = self._epoch
+                verified = self._verified.get(digest)
+            # Taken before the reads: the new entry's age covers everything they saw.
+            started = self._clock()
+            checked = self._recheck(entry, verified) if verified is not None else None
+            with self._lock:
+                if self._cache.get(digest) is not entry:
+                    continue  # aged out, invalidated or re-resolved meanwhile
+                if checked is None:
+                    self._drop(digest, entry.key_id)  # the next request resolves in full
+                elif self._epoch == epoch:  # an invalidation that raced the reads wins
+                    identity, expire = checked
+                    self._cache[digest] = replace(entry, identity=identity, expire=expire,
+                                                  cached_at=started)
+                    refreshed += 1
+        return refreshed
 
     def invalidate_key(self, key_id: int) -> None:
         """Forget cached resolutions of ``key_id`` now (deleted/edited key, removed
@@ -154,6 +230,7 @@ class KeyResolver:
             self._epoch += 1
             for digest in self._digests_by_key.pop(key_id, ()):
                 self._cache.pop(digest, None)
+                self._last_used.pop(digest, None)
             self._last_touch.pop(key_id, None)
 
     def invalidate_all(self) -> None:
@@ -161,6 +238,7 @@ class KeyResolver:
             self._epoch += 1
             self._cache.clear()
             self._digests_by_key.clear()
+            self._last_used.clear()
 
     # -- internals ----------------------------------------------------------
 
@@ -187,16 +265,24 @@ class KeyResolver:
         if _expired(row["expire"], self._wall_clock()):
             self._revoke(key_id)
             return None
-        if project_id is not None:
-            identity = Identity(account_id=None, project_id=project_id, key_id=key_id)
-        else:
-            identity = Identity(
-                account_id=row["account_id"],
-                project_id=None,
-                key_id=key_id,
-                is_admin=bool(account["is_admin"]),
-            )
-        return identity, key_id, row["expire"]
+        return _identity(row, account), key_id, row["expire"]
+
+    def _recheck(self, entry: _Entry, verified: str) -> tuple[Identity, datetime | None] | None:
+        """What ``_resolve_uncached`` checks, minus the secret: the stored hash must
+        still be the one the secret was verified against.  Never revokes: a failing
+        key is only dropped from the cache, and its next request revokes as usual."""
+        row = self._store.get_api_key(entry.key_id)
+        if row is None or row["hash"] != verified:
+            return None
+        account = self._store.get_account(row["account_id"])
+        if account is None or account["banned"]:
+            return None
+        project_id = row["project_id"]
+        if project_id is not None and not self._store.is_collaborator(project_id, row["account_id"]):
+            return None
+        if _expired(row["expire"], self._wall_clock()):
+            return None
+        return _identity(row, account), row["expire"]
 
     def _secret_matches(self, key: str, digest: str, stored_hash: str) -> bool:
         with self._lock:
@@ -227,9 +313,15 @@ class KeyResolver:
         self._cache[digest] = entry
         self._digests_by_key.setdefault(entry.key_id, set()).add(digest)
 
+    def _mark_used(self, digest: str, now: float) -> None:
+        """Caller holds the lock."""
+        self._last_used[digest] = now
+        self._latest_use = now
+
     def _drop(self, digest: str, key_id: int) -> None:
         """Caller holds the lock."""
         self._cache.pop(digest, None)
+        self._last_used.pop(digest, None)
         digests = self._digests_by_key.get(key_id)
         if digests is not None:
             digests.discard(digest)
@@ -260,6 +352,13 @@ class KeyResolver:
         except SQLAlchemyError:
             # Bookkeeping only: a busy database must not turn into a failed login.
             log.warning("could not record last_active for api key %s", key_id, exc_info=True)
+
+
+def _identity(row: dict[str, Any], account: dict[str, Any]) -> Identity:
+    if row["project_id"] is not None:
+        return Identity(account_id=None, project_id=row["project_id"], key_id=row["id"])
+    return Identity(account_id=row["account_id"], project_id=None, key_id=row["id"],
+                    is_admin=bool(account["is_admin"]))
 
 
 def _expired(expire: datetime | None, now: datetime) -> bool:

@@ -8,6 +8,7 @@ Authorization errors use CoCalc's exact strings because the compat surfaces pass
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -51,6 +52,33 @@ class HubService:
         self._touched: dict[str, float] = {}
         # collaborator checks are on every project call; cache them briefly, drop on change
         self._collab_cache: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._key_refresh: asyncio.Task[None] | None = None
+
+    # -- background key refresh ----------------------------------------------------------
+    def start_key_refresh(self) -> None:
+        """Keep recently used keys' cache entries fresh in the background, so a client
+        calling every few seconds never waits for its key to be re-checked."""
+        interval = self.resolver.refresh_interval
+        if interval is not None and self._key_refresh is None:
+            self._key_refresh = asyncio.create_task(self._refresh_keys(interval), name="key-refresh")
+
+    async def stop_key_refresh(self) -> None:
+        task, self._key_refresh = self._key_refresh, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _refresh_keys(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if not self.resolver.refresh_due():  # idle server: no thread hop at all
+                continue
+            try:
+                await self.db.run(self.resolver.refresh_recent)
+            except Exception:
+                # Only an optimisation: on failure requests just re-check keys themselves.
+                log.warning("refreshing cached api keys failed", exc_info=True)
 
     # -- identity and authorization ------------------------------------------------------
     async def resolve_key(self, key: str | None) -> Identity | None:

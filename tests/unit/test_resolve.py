@@ -293,3 +293,190 @@ def test_aged_out_entry_rechecks_the_store_but_not_the_hash(
     clocks.advance(2.0)
     assert resolver.resolve(secret) is None and len(calls) == 2
     assert resolver.resolve(forged(secret)) is None   # a different secret is always hashed
+
+
+# -- refresh-ahead ------------------------------------------------------------------------
+
+def test_refresh_keeps_used_key_served_past_ttl(
+        store: Store, resolver: KeyResolver, clocks: Clocks, monkeypatch: pytest.MonkeyPatch) -> None:
+    account = store.create_account()
+    _, secret = store.create_api_key(account)
+    identity = resolver.resolve(secret)
+    assert resolver.refresh_due()
+    clocks.advance(0.5)
+    assert resolver.refresh_recent() == 0  # too young to be worth a check
+    clocks.advance(0.7)
+    assert resolver.peek(secret) == identity  # used
+    assert resolver.refresh_recent() == 1
+    clocks.advance(1.5)  # 2.7 s after the resolve, 1.5 s after the refresh
+    # The request path must not touch the store at all.
+    monkeypatch.setattr(store, "get_api_key", lambda *a: pytest.fail("store read on a hit"))
+    assert resolver.peek(secret) == identity
+
+
+def test_refresh_picks_up_changed_admin_flag_and_expiry(
+        store: Store, resolver: KeyResolver, clocks: Clocks) -> None:
+    account = store.create_account()
+    row, secret = store.create_api_key(account)
+    assert not resolver.resolve(secret).is_admin  # type: ignore[union-attr]
+    store.set_admin(account, True)  # out of band: refreshed entries carry the new state
+    store.edit_api_key(row["id"], expire=clocks.wall + timedelta(seconds=2))
+    clocks.advance(1.0)
+    assert resolver.refresh_recent() == 1
+    assert resolver.peek(secret).is_admin  # type: ignore[union-attr]
+    clocks.wall += timedelta(seconds=1.5)  # past the new expiry: the entry must not be served
+    assert resolver.peek(secret) is None
+
+
+def _set_hash_of(store: Store, key_id: int, other_id: int) -> None:
+    from sqlalchemy import select, update
+    from projecthub.store.schema import api_keys
+    with store.engine.begin() as conn:
+        other = conn.execute(select(api_keys.c.hash).where(api_keys.c.id == other_id)).scalar_one()
+        conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(hash=other))
+
+
+@pytest.mark.parametrize("change", ["banned", "deleted", "hash", "collaborator", "expired"])
+def test_refresh_drops_key_revoked_out_of_band(
+        store: Store, resolver: KeyResolver, clocks: Clocks, change: str) -> None:
+    owner = store.create_account()
+    account = store.create_account()
+    pid = store.create_project(owner)
+    store.add_user(pid, account)
+    row, secret = store.create_api_key(account, project_id=pid)
+    assert resolver.resolve(secret) is not None
+    # Changed behind the resolver's back (another process): no invalidation.
+    if change == "banned":
+        store.set_banned(account, True)
+    elif change == "deleted":
+        store.delete_api_key(row["id"])
+    elif change == "hash":
+        other, _ = store.create_api_key(account)
+        _set_hash_of(store, row["id"], other["id"])
+    elif change == "collaborator":
+        store.remove_user(pid, account)
+    elif change == "expired":
+        store.edit_api_key(row["id"], expire=clocks.wall + timedelta(seconds=0.5))
+    clocks.advance(1.0)
+    assert resolver.refresh_recent() == 0
+    assert resolver.peek(secret) is None  # without the refresh the entry would still serve
+    assert resolver.resolve(secret) is None
+
+
+def test_unused_entry_is_not_refreshed_and_ages_out(
+        store: Store, clocks: Clocks) -> None:
+    resolver = KeyResolver(store, cache_ttl=2.0, clock=clocks.monotonic, wall_clock=clocks.now,
+                           recent_window=1.0)
+    account = store.create_account()
+    _, secret = store.create_api_key(account)
+    assert resolver.resolve(secret) is not None
+    clocks.advance(1.5)  # half the TTL old, but last used 1.5 s ago: outside the window
+    assert not resolver.refresh_due()
+    assert resolver.refresh_recent() == 0
+    clocks.advance(0.5)
+    assert resolver.peek(secret) is None
+
+
+def test_invalidation_racing_a_refresh_wins(
+        store: Store, resolver: KeyResolver, clocks: Clocks, monkeypatch: pytest.MonkeyPatch) -> None:
+    account = store.create_account()
+    row, secret = store.create_api_key(account)
+    assert resolver.resolve(secret) is not None
+    real = store.get_api_key
+
+    def get_api_key(key_id: int) -> dict | None:
+        found = real(key_id)  # read the still-valid row...
+        store.delete_api_key(key_id)  # ...then the key is deleted and invalidated
+        resolver.invalidate_key(key_id)
+        return found
+
+    monkeypatch.setattr(store, "get_api_key", get_api_key)
+    clocks.advance(1.0)
+    assert resolver.refresh_recent() == 0
+    monkeypatch.setattr(store, "get_api_key", real)
+    assert resolver.peek(secret) is None
+    assert resolver.resolve(secret) is None
+
+
+def test_any_invalidation_during_a_check_skips_its_write(
+        store: Store, resolver: KeyResolver, clocks: Clocks, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The epoch guard: the entry itself survives (another key was invalidated), but
+    # what the check read may predate that invalidation, so it is not re-cached.
+    account = store.create_account()
+    _, secret = store.create_api_key(account)
+    other, _ = store.create_api_key(account)
+    identity = resolver.resolve(secret)
+    real = store.get_account
+
+    def get_account(account_id: str) -> dict | None:
+        found = real(account_id)
+        resolver.invalidate_key(other["id"])
+        return found
+
+    monkeypatch.setattr(store, "get_account", get_account)
+    clocks.advance(1.0)
+    assert resolver.refresh_recent() == 0
+    assert resolver.peek(secret) == identity  # untouched: still the original entry...
+    clocks.advance(1.0)
+    assert resolver.peek(secret) is None  # ...which ages out on its original schedule
+
+
+def test_refreshed_entry_still_ages_out_without_refresh(
+        store: Store, resolver: KeyResolver, clocks: Clocks) -> None:
+    account = store.create_account()
+    row, secret = store.create_api_key(account)
+    assert resolver.resolve(secret) is not None
+    clocks.advance(1.0)
+    assert resolver.refresh_recent() == 1
+    store.set_banned(account, True)  # out of band, and no further refresh runs
+    clocks.advance(1.999)
+    assert resolver.peek(secret) is not None  # within the bound of the refresh
+    clocks.advance(0.001)
+    assert resolver.peek(secret) is None  # age == ttl: never served
+    assert resolver.resolve(secret) is None
+
+
+def test_refresh_age_counts_from_before_the_reads(
+        store: Store, resolver: KeyResolver, clocks: Clocks, monkeypatch: pytest.MonkeyPatch) -> None:
+    account = store.create_account()
+    _, secret = store.create_api_key(account)
+    assert resolver.resolve(secret) is not None
+    real = store.get_account
+
+    def slow_get_account(account_id: str) -> dict | None:
+        clocks.advance(0.5)  # the store is slow
+        return real(account_id)
+
+    monkeypatch.setattr(store, "get_account", slow_get_account)
+    clocks.advance(1.0)
+    assert resolver.refresh_recent() == 1  # began at 1.0, finished at 1.5
+    clocks.advance(1.5)  # 2.0 s after the check began
+    assert resolver.peek(secret) is None
+
+
+def test_refresh_is_bounded_most_recent_first(store: Store, clocks: Clocks) -> None:
+    resolver = KeyResolver(store, cache_ttl=2.0, clock=clocks.monotonic, wall_clock=clocks.now,
+                           refresh_limit=2)
+    account = store.create_account()
+    secrets_ = [store.create_api_key(account)[1] for _ in range(3)]
+    for secret in secrets_:
+        assert resolver.resolve(secret) is not None
+    clocks.advance(1.0)
+    for secret in reversed(secrets_):  # secrets_[0] is used last
+        clocks.advance(0.1)
+        assert resolver.peek(secret) is not None
+    assert resolver.refresh_recent() == 2
+    clocks.advance(0.8)  # 2.1 s after the resolves
+    assert resolver.peek(secrets_[0]) is not None
+    assert resolver.peek(secrets_[1]) is not None
+    assert resolver.peek(secrets_[2]) is None
+
+
+def test_zero_ttl_never_refreshes(store: Store, clocks: Clocks) -> None:
+    resolver = KeyResolver(store, cache_ttl=0, clock=clocks.monotonic, wall_clock=clocks.now)
+    account = store.create_account()
+    _, secret = store.create_api_key(account)
+    assert resolver.resolve(secret) is not None
+    assert resolver.refresh_interval is None
+    assert not resolver.refresh_due()
+    assert resolver.refresh_recent() == 0
