@@ -75,6 +75,11 @@ def _signal_name(signum: int) -> str:
         return str(signum)
 
 
+# How long a forked kernel gets to greet our IOPub subscription before we fall back to
+# kernel_info (a fork-boot takes ~20-40 ms; a busy machine may need more).
+WELCOME_TIMEOUT_S = 2.0
+
+
 class Kernel:
     """A running kernel process and the client connected to it."""
 
@@ -224,8 +229,21 @@ class Kernel:
                 return msg
 
     async def wait_ready(self) -> None:
-        """kernel_info_reply, then one IOPub message so outputs are known to flow."""
+        """kernel_info_reply, then one IOPub message so outputs are known to flow.
+
+        A kernel forked from our zygote is an ipykernel 7, which greets every IOPub
+        subscription with an ``iopub_welcome``: that alone proves outputs will flow, and
+        requests sent before its shell loop runs wait in the shell socket's queue.  So
+        the kernel_info round trip (a request, its reply and two status messages, ~1-2 ms
+        of CPU across kernel and daemon for every stateless call) is skipped for it."""
         iopub = self.client.iopub_channel
+        if isinstance(self.popen, ForkedProcess):
+            try:
+                msg = await asyncio.wait_for(iopub.get_msg(), WELCOME_TIMEOUT_S)
+                if msg.get("msg_type") == "iopub_welcome":
+                    return
+            except asyncio.TimeoutError:
+                pass   # no welcome (another ipykernel): ask the usual way
         while True:
             await self._shell_reply(self.client.kernel_info())
             try:
