@@ -25,6 +25,13 @@ log = logging.getLogger("projecthub.hub")
 
 # Activity is recorded at most this often per project: it is a write on the hot path.
 _TOUCH_INTERVAL_S = 30.0
+# Collaborator checks are on every project call: answers are cached this long (in-process
+# changes drop them at once; the TTL bounds what another process changes), and pairs
+# used within _COLLAB_RECENT_S are re-checked in the background once half that old, so
+# a client calling every few seconds does not wait for the store (like api keys).
+_COLLAB_TTL_S = 5.0
+_COLLAB_RECENT_S = 10.0
+_COLLAB_REFRESH_LIMIT = 256
 
 
 def is_uuid(value: Any) -> bool:
@@ -44,14 +51,17 @@ def iso(value: datetime | None) -> str | None:
 
 class HubService:
     def __init__(self, db: AsyncStore, host: Host, resolver: KeyResolver, *,
-                 host_id: int = 0) -> None:
+                 host_id: int = 0, collab_ttl_s: float = _COLLAB_TTL_S) -> None:
         self.db = db
         self.host = host
         self.resolver = resolver
         self.host_id = host_id
         self._touched: dict[str, float] = {}
         # collaborator checks are on every project call; cache them briefly, drop on change
-        self._collab_cache: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._collab_cache: dict[tuple[str, str], tuple[float, bool]] = {}   # -> (expires, allowed)
+        self._collab_used: dict[tuple[str, str], float] = {}   # -> last request it answered
+        self._collab_epoch = 0   # bumped by every drop: a check that raced one is not cached
+        self._collab_ttl = collab_ttl_s
         self._key_refresh: asyncio.Task[None] | None = None
 
     # -- background key refresh ----------------------------------------------------------
@@ -76,9 +86,31 @@ class HubService:
                 continue
             try:
                 await self.db.run(self.resolver.refresh_recent)
+                await self._refresh_collaborators()
             except Exception:
                 # Only an optimisation: on failure requests just re-check keys themselves.
                 log.warning("refreshing cached api keys failed", exc_info=True)
+
+    async def _refresh_collaborators(self) -> None:
+        """Re-check, in one store round trip, the cached collaborator answers used
+        recently that are at least half their TTL old; forget pairs unused for long."""
+        now = time.monotonic()
+        for key in [k for k, used in self._collab_used.items() if now - used >= _COLLAB_RECENT_S]:
+            del self._collab_used[key]
+        for key in [k for k, (expires, _) in self._collab_cache.items() if expires <= now]:
+            del self._collab_cache[key]
+        due = [k for k in self._collab_used
+               if k in self._collab_cache and self._collab_cache[k][0] - now <= self._collab_ttl / 2]
+        if not due:
+            return
+        due = due[:_COLLAB_REFRESH_LIMIT]
+        epoch, started = self._collab_epoch, time.monotonic()
+        answers = await self.db.run(lambda: [self.db.store.is_collaborator(*k) for k in due])
+        if epoch != self._collab_epoch:
+            return   # membership changed meanwhile: requests re-check for themselves
+        for key, allowed in zip(due, answers):
+            if key in self._collab_cache:
+                self._collab_cache[key] = (started + self._collab_ttl, allowed)
 
     # -- identity and authorization ------------------------------------------------------
     async def resolve_key(self, key: str | None) -> Identity | None:
@@ -92,14 +124,20 @@ class HubService:
         cached = self._collab_cache.get(key)
         now = time.monotonic()
         if cached and cached[0] > now:
+            self._collab_used[key] = now
             return cached[1]
+        epoch = self._collab_epoch
         allowed = await self.db.is_collaborator(project_id, account_id)
-        self._collab_cache[key] = (now + 5.0, allowed)
+        if epoch == self._collab_epoch:
+            self._collab_cache[key] = (now + self._collab_ttl, allowed)
+            self._collab_used[key] = now
         return allowed
 
     def _forget_collaborators(self, project_id: str) -> None:
+        self._collab_epoch += 1
         for key in [k for k in self._collab_cache if k[0] == project_id]:
             del self._collab_cache[key]
+            self._collab_used.pop(key, None)
 
     async def authorize_project(self, identity: Identity, requested: Any) -> str:
         """CoCalc's /api/conat/project rules (spec 1.4), returning the project to use."""

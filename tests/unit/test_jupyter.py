@@ -463,6 +463,12 @@ def test_pool_bursts_while_calls_outrun_it(tmp_path: Path, mpl_dir: Path) -> Non
                 for _ in range(6)]
         assert len({str(p) for p in pids}) == 6
         wait_until(lp, lambda: len(service.pool.idle_kernels()) == BURST_SIZE, 60)
+        # a burst parks its first refill unwarmed (the next call is expected at once);
+        # once nobody has taken it for DEFERRED_WARM_S it is warmed after all
+        wait_until(lp, lambda: len(service.pool.idle_kernels()) == BURST_SIZE
+                   and all(k.warmed for k in service.pool.idle_kernels()), 10)
+        out = run(lp, service.jupyter_execute({"input": "1+1", "kernel": "python3"}))
+        assert out == [{"data": {"text/plain": "2"}}]   # the warm-up left no trace
         service.pool._pools["python3"].hot_until = 0.0   # the burst is over
         lp.call_soon(service.pool.housekeeping)
         wait_until(lp, lambda: len(service.pool.idle_kernels()) == 1, 10)

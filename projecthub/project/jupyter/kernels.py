@@ -100,6 +100,7 @@ class Kernel:
         self.cwd = cwd
         self.created = time.time()
         self.killed_by_us = False
+        self.warmed = False   # a first cell has run (warm_up): lazy imports and caches are paid
         self._loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int] = self._loop.create_future()
         self._closed: asyncio.Future[None] | None = None
@@ -298,6 +299,7 @@ class Kernel:
             await self.collect(msg_id, noop)
         else:
             await self.collect(self.send_execute("", store_history=False), noop)
+        self.warmed = True
 
     # --- teardown ---------------------------------------------------------------------
 

@@ -28,6 +28,10 @@ MAX_POOL_SIZE = 10
 RETRY_DELAYS_S = (1.0, 5.0, 30.0, 120.0)   # after failed refills, so a broken spec cannot spin
 FORKED_PARALLEL_BOOTS = 2                   # concurrent refills when the spec has a zygote
 REFILL_DELAY_S = 0.25                       # refill this long after a hit if not released sooner
+# A kernel parked unwarmed during a burst (see ``_boot``) that nobody has taken after this
+# long is warmed after all: calls are no longer queueing for it, and its first cell would
+# otherwise pay ~3 ms of first-run costs on the caller's latency.
+DEFERRED_WARM_S = 0.25
 # Calls that outrun the pool (one finds it empty) make it "hot": it then keeps
 # BURST_SIZE kernels ready until BURST_HOLD_S after the last such call.  Back-to-back
 # callers then find a kernel that refills booted while earlier calls ran, and refills
@@ -101,12 +105,10 @@ class KernelPool:
         if pool.size <= 0:
             self._trim(pool, 0)
             return await self._start(spec, warm=False)
-        while pool.idle:
-            kernel = pool.idle.popleft()
-            if kernel.alive:
-                self._refill_later()
-                return kernel
-            kernel.close()
+        kernel = self._take_idle(pool)
+        if kernel is not None:
+            self._refill_later()
+            return kernel
         pool.missed(pool.last_request)
         if pool.booting > len(pool.waiters):
             waiter: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
@@ -124,6 +126,19 @@ class KernelPool:
         kernel = await self._start(spec, warm=False)
         self._refill_later()
         return kernel
+
+    @staticmethod
+    def _take_idle(pool: _Pool) -> Kernel | None:
+        """The oldest warmed parked kernel, else the oldest parked one; dead ones are
+        dropped on the way."""
+        for kernel in [k for k in pool.idle if not k.alive]:
+            pool.idle.remove(kernel)
+            kernel.close()
+        for kernel in pool.idle:
+            if kernel.warmed:
+                pool.idle.remove(kernel)
+                return kernel
+        return pool.idle.popleft() if pool.idle else None
 
     def _refill_later(self) -> None:
         # Refill when the caller releases its kernel: booting the replacement right now
@@ -242,6 +257,37 @@ class KernelPool:
         pool.idle.append(kernel)
         # A parked kernel that dies must leave the pool and be replaced at once.
         kernel.exited.add_done_callback(lambda _f: self._on_idle_exit(pool, kernel))
+        if not kernel.warmed:
+            loop.call_later(DEFERRED_WARM_S, self._warm_parked, pool, kernel)
+
+    def _warm_parked(self, pool: _Pool, kernel: Kernel) -> None:
+        """Warm a kernel a burst parked unwarmed, if it is still waiting.  While its
+        warm-up cell runs it counts as booting, so a caller arriving meanwhile waits for
+        it (``acquire``) instead of forking another."""
+        if self._closed or kernel.warmed or kernel not in pool.idle or not kernel.alive:
+            return
+        pool.idle.remove(kernel)
+        pool.booting += 1
+        task = asyncio.get_running_loop().create_task(self._finish_warming(pool, kernel))
+        self._boots.add(task)
+        task.add_done_callback(self._boots.discard)
+
+    async def _finish_warming(self, pool: _Pool, kernel: Kernel) -> None:
+        try:
+            await kernel.until_exit(kernel.warm_up(), timeout=WARM_UP_TIMEOUT_S)
+        except asyncio.CancelledError:
+            kernel.close()
+            raise
+        except Exception:
+            kernel.close()   # died or hung in its first cell: never hand it out
+            return
+        finally:
+            pool.booting -= 1
+            self._wake.set()
+        if self._closed or self._pools.get(pool.spec.name) is not pool:
+            kernel.close()
+        elif not self._hand_over(pool, kernel):
+            pool.idle.appendleft(kernel)   # it is the oldest parked kernel
 
     async def _boot(self, pool: _Pool) -> Kernel | None:
         """A ready kernel for the pool, warmed up unless a waiting caller took it first
@@ -249,7 +295,8 @@ class KernelPool:
         well, so it should not also wait for the warm-up cells.  Nor is a kernel warmed
         that a burst will take next (none other is parked): the warm-up request (~5 ms
         of CPU, kernel and daemon) is worth more to the calls queueing for the cores
-        than the ~1 ms it saves on a first cell."""
+        than the ~1-3 ms it saves on a first cell.  If no call takes it within
+        DEFERRED_WARM_S, it is warmed after all (``_warm_parked``)."""
         kernel = await self._start(pool.spec, warm=False)
         pool.primed = True
         if self._hand_over(pool, kernel):
