@@ -318,7 +318,7 @@ def scenario_exec(ctx: Ctx) -> dict[str, Any]:
 
 def _jupyter_floor(ctx: Ctx) -> dict[str, Any]:
     return asyncio.run(floors.jupyter_floor(ctx.q(100, 500), ctx.q(40, 400), 8, ctx.q(20, 60),
-                                            n_paced=ctx.q(2, 10), pause_s=PACE_S))
+                                            n_paced=ctx.q(2, 20), pause_s=PACE_S))
 
 
 def _kg(ctx: Ctx) -> dict[str, Any]:
@@ -362,7 +362,7 @@ def scenario_jupyter(ctx: Ctx) -> dict[str, Any]:
         # paced: a pause before each call lets the pool refill, so this is the latency of a
         # call that finds a warm pooled kernel (what a bursty, not back-to-back, client sees)
         paced: list[float] = []
-        for _ in range(ctx.q(2, 10)):
+        for _ in range(ctx.q(2, 20)):
             time.sleep(PACE_S)
             t0 = time.perf_counter()
             call()
