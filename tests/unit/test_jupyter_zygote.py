@@ -84,7 +84,9 @@ def kernel_output(loop, kernel, code: str) -> str:
 def test_forked_kernel_looks_like_a_launched_one(loop, svc) -> None:
     spec = svc.catalog.get("python3")
     code = ("import os, sys, json; print(json.dumps([sys.path, sys.argv[1:2], "
-            "sorted(k for k in os.environ if k not in ('PROJECTHUB_GROUP', 'JPY_PARENT_PID')), "
+            # PYDEVD_USE_FRAME_EVAL: set by debugpy's import, which forked kernels skip
+            "sorted(k for k in os.environ if k not in ('PROJECTHUB_GROUP', 'JPY_PARENT_PID', "
+            "'PYDEVD_USE_FRAME_EVAL')), "
             "get_ipython().__class__.__name__, os.path.basename(os.getcwd())[:6]]))")
     forked = run(loop, svc.launcher.start(spec, scratch=True, warm=False, fork=True))
     normal = run(loop, svc.launcher.start(spec, scratch=True, warm=False, fork=False))
@@ -95,6 +97,24 @@ def test_forked_kernel_looks_like_a_launched_one(loop, svc) -> None:
     finally:
         forked.close()
         normal.close()
+
+
+def test_forked_kernel_is_lean(loop, svc) -> None:
+    """No debugger, no parent-poller thread (a parent-death SIGKILL instead), the
+    heartbeat on the kernel's own ZMQ context; debugpy stays importable for user code."""
+    spec = svc.catalog.get("python3")
+    kernel = run(loop, svc.launcher.start(spec, scratch=True, warm=False, fork=True))
+    try:
+        code = ("import ctypes, json; from ipykernel.kernelapp import IPKernelApp; "
+                "app = IPKernelApp.instance(); sig = ctypes.c_int(); "
+                "ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0); "   # PR_GET_PDEATHSIG
+                "print(json.dumps([sig.value, app.poller is None, "
+                "app.heartbeat.context.underlying == app.context.underlying, "
+                "'debugger' in get_ipython().kernel.kernel_info['supported_features']]))")
+        assert kernel_output(loop, kernel, code).strip() == f"[{int(signal.SIGKILL)}, true, true, false]"
+        assert kernel_output(loop, kernel, "import debugpy; print('importable')").strip() == "importable"
+    finally:
+        kernel.close()
 
 
 def test_seed_examples_exact(loop, svc) -> None:
@@ -193,7 +213,10 @@ def test_kernel_death_reports_code_signal_and_stderr(loop, svc) -> None:
 
 def test_zygote_death_falls_back_and_restarts(loop, svc) -> None:
     old = zygote_pid(loop, svc)
+    parked = [k.pid for k in svc.pool.idle_kernels() if isinstance(k.popen, ForkedProcess)]
     os.kill(old, signal.SIGKILL)
+    # its kernels die with it (parent-death signal), whether parked or not
+    wait_until(loop, lambda: all(gone_or_reaped_orphan(p) for p in parked))
     wait_until(loop, lambda: gone(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE)
     for _ in range(3):   # served anyway: pool kernel, normal launch or the new zygote
         assert execute(loop, svc, "1+1") == [{"data": {"text/plain": "2"}}]

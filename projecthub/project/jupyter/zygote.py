@@ -34,9 +34,14 @@ Lifecycle of one kernel:
 5. The zygote stays the kernel's parent and reaps it (single fork: the zygote is the one
    process that can ``wait4`` it without the daemon being a subreaper); it reports
    ``{"exit": pid, "code", "utime", "stime", "maxrss"}`` so the daemon keeps exit codes
-   and rusage.  Kernels get ``parent_handle`` = the zygote, so ipykernel's own parent
-   poller ends them if the zygote dies; the zygote exits when the daemon closes the
-   socket.
+   and rusage.  A kernel dies with the zygote (a parent-death SIGKILL; ipykernel's
+   parent poller thread where that is unavailable); the zygote exits when the daemon
+   closes the socket.
+
+What a forked stateless kernel leaves out, being one call's kernel that only our daemon
+talks to: the debugger (``_without_debugger``), the parent poller thread and the
+heartbeat's second ZMQ context (``Prebuilt._init_heartbeat``).  Each is memory that
+every fork copies page tables for, or threads every kernel starts and tears down.
 
 Kernels never fork from a used kernel: the zygote itself never runs user code, starts
 no thread, opens no ZMQ context and has no event loop.
@@ -74,7 +79,7 @@ def warm_up() -> None:
                  # and every exit tears down what is mapped: ~1.2 ms more per fork and
                  # ~5 ms more CPU per kernel, for every stateless call, to save the ~0.4 s
                  # import in the few cells that plot.
-                 # the kernel's debugger (debugpy/pydevd: ~90 ms of a kernel start)
+                 # (not debugpy: see _without_debugger)
                  "ipykernel.debugger", "bdb", "cmd", "code", "pdb", "faulthandler",
                  "mimetypes", "resource", "runpy", "psutil", "pwd", "email.utils",
                  "http.client", "xmlrpc.client", "stringprep",
@@ -88,6 +93,25 @@ def warm_up() -> None:
             __import__(name)
         except Exception:
             pass
+
+
+def _without_debugger() -> None:
+    """Stateless kernels get no debugger: ipykernel decides at import whether debugpy is
+    available, so hide it while ``ipykernel.debugger`` is imported.  Nobody can attach a
+    debugger to a kernel that serves one call, and debugpy/pydevd would be ~6 MB of the
+    zygote's memory that every fork copies page tables for and every exit tears down,
+    plus a Debugger object per kernel.  User code can still ``import debugpy``: the
+    hiding entry is removed at once."""
+    hidden = "debugpy" not in sys.modules
+    if hidden:
+        sys.modules["debugpy"] = None  # type: ignore[assignment]  (import raises ImportError)
+    try:
+        import ipykernel.debugger  # noqa: F401
+    except Exception:
+        pass
+    finally:
+        if hidden:
+            del sys.modules["debugpy"]
 
 
 # The argv (besides -f and parent_handle) the daemon gives every stateless kernel; the
@@ -177,7 +201,7 @@ class Prebuilt:
         app.init_connection_file()
         app.init_poller()
         app.init_sockets()
-        app.init_heartbeat()
+        self._init_heartbeat(app)
         app.write_connection_file()
         app.log_connection_info()
         app.init_io()
@@ -202,6 +226,21 @@ class Prebuilt:
         app.start()
 
     @staticmethod
+    def _init_heartbeat(app: object) -> None:
+        """IPKernelApp.init_heartbeat, on the kernel's own ZMQ context.  ipykernel gives
+        the heartbeat a context of its own (two more native threads per kernel) so a
+        long-held GIL cannot delay its echoes; nobody watches a stateless kernel's
+        heartbeat (it lives for one call), so it shares the kernel's context.  The
+        wrapper keeps ``IPKernelApp.close`` (atexit) from terminating that context before
+        the other sockets are closed, which would hang the kernel's exit."""
+        from ipykernel.heartbeat import Heartbeat
+        app.heartbeat = Heartbeat(_BorrowedContext(app.context), (app.transport, app.ip, app.hb_port),
+                                  curve_publickey=app.curve_publickey,
+                                  curve_secretkey=app.curve_secretkey)
+        app.hb_port = app.heartbeat.port
+        app.heartbeat.start()
+
+    @staticmethod
     def _renew_session(session: object) -> None:
         """A Session of this process: its own id, pid (Session.send refuses to send
         from a pid it was not made in) and message counter."""
@@ -221,6 +260,19 @@ class Prebuilt:
         # A launched kernel builds its shell after init_io: it saved the kernel's streams.
         shell._orig_sys_module_state.update(stdin=sys.stdin, stdout=sys.stdout,
                                             stderr=sys.stderr, excepthook=sys.excepthook)
+
+
+class _BorrowedContext:
+    """A ZMQ context lent to the heartbeat: everything but ``term`` is the real one's."""
+
+    def __init__(self, context: object) -> None:
+        self._context = context
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._context, name)
+
+    def term(self) -> None:
+        pass   # the owner (IPKernelApp.context) terminates it, after closing its sockets
 
 
 class _FileOf:
@@ -416,6 +468,7 @@ _RLIMITS = {"nofile": "RLIMIT_NOFILE", "fsize": "RLIMIT_FSIZE", "cpu": "RLIMIT_C
 
 def become_kernel(zygote: Zygote, req: dict, release_fd: int) -> int:
     """In the forked child: wait to be adopted, shed the zygote, run one ipykernel."""
+    zygote_pid = os.getppid()
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
                 signal.SIGUSR2, signal.SIGALRM):
@@ -459,10 +512,27 @@ def become_kernel(zygote: Zygote, req: dict, release_fd: int) -> int:
             *req.get("argv", [])]
     sys.argv = [launcher, *argv]
     if PREBUILT is not None and req.get("argv", []) == PREBUILT_ARGV:
-        PREBUILT.run(req["connection_file"], os.getppid())
+        # No parent poller thread: the kernel gets SIGKILL when the zygote dies.
+        PREBUILT.run(req["connection_file"], 0 if _die_with_parent(zygote_pid) else zygote_pid)
         return finish_kernel()
     ipykernel.kernelapp.IPKernelApp.launch_instance(argv=argv)
     return finish_kernel()
+
+
+def _die_with_parent(zygote_pid: int) -> bool:
+    """PR_SET_PDEATHSIG: SIGKILL when the zygote dies, instead of ipykernel's parent
+    poller (a thread that wakes every second to compare getppid()).  The zygote is
+    single-threaded, so its death is the parent thread's.  False if unavailable."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:   # 1 = PR_SET_PDEATHSIG
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != zygote_pid:   # the zygote died before the signal was armed
+        os._exit(1)
+    return True
 
 
 def finish_kernel() -> int:
@@ -495,6 +565,7 @@ def main() -> None:
     import gc
     gc.disable()
     before = dict(os.environ)
+    _without_debugger()
     warm_up()
     global PREBUILT
     try:
