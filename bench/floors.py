@@ -226,6 +226,67 @@ async def jupyter_floor(n_seq: int, n_conc: int, c: int, max_s: float, n_paced: 
     return out
 
 
+class WarmKernelFloor:
+    """The warm-kernel floor kept at hand while projecthub is measured, so floor calls can
+    bracket (or alternate with) projecthub's: this shared 2-core VM drifts by tens of
+    percent over minutes, and a floor measured minutes earlier would carry that drift
+    into the ratio.  Stock jupyter_client on a kernel it launched, driven from a thread
+    with its own event loop; ``measure`` blocks the caller."""
+
+    def __init__(self) -> None:
+        import threading
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="floor-kernel", daemon=True)
+        self._km: Any = None
+        self._kc: Any = None
+
+    def __enter__(self) -> "WarmKernelFloor":
+        self._thread.start()
+        self._run(self._start())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._run(self._stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def _run(self, coro: Any, timeout: float = 180) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _start(self) -> None:
+        from jupyter_client.manager import AsyncKernelManager
+        self._km = AsyncKernelManager(kernel_name="python3")
+        await self._km.start_kernel(stderr=subprocess.DEVNULL)
+        self._kc = self._km.client()
+        self._kc.start_channels()
+        await self._kc.wait_for_ready(timeout=120)
+        for _ in range(50):
+            await _execute(self._kc)
+
+    async def _stop(self) -> None:
+        if self._kc is not None:
+            self._kc.stop_channels()
+        if self._km is not None:
+            try:
+                await self._km.shutdown_kernel(now=True)
+            except Exception:
+                pass
+
+    async def _timed(self, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            await _execute(self._kc)
+            out.append(time.perf_counter() - t0)
+        return out
+
+    def measure(self, n: int) -> list[float]:
+        """``n`` sequential ``1+1`` round trips (seconds each)."""
+        return self._run(self._timed(n))
+
+
 async def kernel_per_call(n: int, max_s: float) -> dict[str, Any]:
     """The naive stateless execute: start a kernel, wait for it, run 1+1, kill it."""
     from jupyter_client.manager import AsyncKernelManager
