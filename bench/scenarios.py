@@ -360,6 +360,7 @@ def scenario_jupyter(ctx: Ctx) -> dict[str, Any]:
             # The floor right before and right after the back-to-back calls (the ratio's
             # base): the machine's drift over the minutes between the floor block above
             # and this one would otherwise go into the ratio.
+            time.sleep(ctx.q(0.5, 3.0))   # the pool's refills after the warm-up calls settle first
             before = floor.measure(nseq)
             lat = timed_sync(nseq, call, ctx.q(30, 150))
             after = floor.measure(nseq)
