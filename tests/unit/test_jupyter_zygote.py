@@ -100,18 +100,22 @@ def test_forked_kernel_looks_like_a_launched_one(loop, svc) -> None:
 
 
 def test_forked_kernel_is_lean(loop, svc) -> None:
-    """No debugger, no parent-poller thread (a parent-death SIGKILL instead), the
-    heartbeat on the kernel's own ZMQ context; debugpy stays importable for user code."""
+    """No debugger, no subshells (no shell channel thread), no parent-poller thread (a
+    parent-death SIGKILL instead), the heartbeat on the kernel's own ZMQ context;
+    debugpy stays importable for user code."""
     spec = svc.catalog.get("python3")
     kernel = run(loop, svc.launcher.start(spec, scratch=True, warm=False, fork=True))
     try:
         code = ("import ctypes, json; from ipykernel.kernelapp import IPKernelApp; "
                 "app = IPKernelApp.instance(); sig = ctypes.c_int(); "
                 "ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0); "   # PR_GET_PDEATHSIG
+                "features = get_ipython().kernel.kernel_info['supported_features']; "
                 "print(json.dumps([sig.value, app.poller is None, "
                 "app.heartbeat.context.underlying == app.context.underlying, "
-                "'debugger' in get_ipython().kernel.kernel_info['supported_features']]))")
-        assert kernel_output(loop, kernel, code).strip() == f"[{int(signal.SIGKILL)}, true, true, false]"
+                "app.shell_channel_thread is None, 'debugger' in features, "
+                "'kernel subshells' in features]))")
+        assert kernel_output(loop, kernel, code).strip() == \
+            f"[{int(signal.SIGKILL)}, true, true, true, false, false]"
         assert kernel_output(loop, kernel, "import debugpy; print('importable')").strip() == "importable"
     finally:
         kernel.close()

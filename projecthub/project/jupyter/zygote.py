@@ -39,8 +39,9 @@ Lifecycle of one kernel:
    closes the socket.
 
 What a forked stateless kernel leaves out, being one call's kernel that only our daemon
-talks to: the debugger (``_without_debugger``), the parent poller thread and the
-heartbeat's second ZMQ context (``Prebuilt._init_heartbeat``).  Each is memory that
+talks to: the debugger (``_without_debugger``), subshells and their shell channel
+thread (``Prebuilt._without_subshells``), the parent poller thread and the heartbeat's
+second ZMQ context (``Prebuilt._init_heartbeat``).  Each is memory that
 every fork copies page tables for, or threads every kernel starts and tears down.
 
 Kernels never fork from a used kernel: the zygote itself never runs user code, starts
@@ -201,6 +202,7 @@ class Prebuilt:
         app.init_connection_file()
         app.init_poller()
         app.init_sockets()
+        self._without_subshells(app)
         self._init_heartbeat(app)
         app.write_connection_file()
         app.log_connection_info()
@@ -224,6 +226,20 @@ class Prebuilt:
         sys.stdout.flush()
         sys.stderr.flush()
         app.start()
+
+    @staticmethod
+    def _without_subshells(app: object) -> None:
+        """ipykernel 7 reads the shell socket in a "shell channel" thread that forwards
+        each request to the main thread over inproc sockets, so that subshells can run
+        beside it.  Without that thread (``shell_channel_thread`` None) ipykernel reads
+        the shell socket on its main thread, as it does when subshells are unsupported.
+        A one-call kernel needs no subshells: one thread and event loop fewer, and one
+        thread hop fewer for every request and reply."""
+        thread = getattr(app, "shell_channel_thread", None)
+        if thread is None or thread.is_alive():
+            return
+        app.shell_channel_thread = None
+        thread.io_loop.close()   # made in its constructor; nothing else was opened yet
 
     @staticmethod
     def _init_heartbeat(app: object) -> None:
