@@ -4,7 +4,7 @@ Each pooled kernel is started, warmed and parked in its own fresh temp dir; it s
 exactly one stateless call and is then killed.  Refills run in ONE background worker
 that boots one kernel at a time: on 2 cores, booting several at once only slows down
 the kernel somebody is waiting for.  Kernels forked from the spec's zygote are the
-exception: a fork-boot is ~30-35 ms of CPU on one core, so two run side by side.  A
+exception: a fork-boot is ~25-30 ms of CPU on one core, so two run side by side.  A
 caller that finds the pool empty either takes the kernel the worker is booting for that
 same spec (it started earlier, so it is the fastest one to get) or starts its own; it
 never waits for an unrelated refill.

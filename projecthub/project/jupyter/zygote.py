@@ -5,14 +5,15 @@ This file is the *zygote process's* program, run with ``runpy.run_path`` (see
 stdlib and ipykernel only: importing projecthub would put it in every kernel's
 ``sys.modules``.  The daemon side lives in ``forking.py``.
 
-Cost (2 vCPUs, see ``bench/jupyter_micro.py``): a forked kernel costs ~30-35 ms of
-CPU over its whole life of one stateless call, against ~0.3-0.5 s for a launched one:
-~17 ms in the rest of IPKernelApp's initialisation (sockets and threads, the kernel
-object, extensions; the app, its config, session and shell are prebuilt here, see
-``Prebuilt``), the rest in its first requests.  Much of it is copy-on-write faults
-(~3700 per kernel, ~3-4 us each on this VM: CPython 3.11 refcounts write to shared
-pages), which is why hot spots that touch every module are served from packed copies
-(``_ModuleFiles``).
+Cost (2 vCPUs, see ``bench/jupyter_micro.py``): a forked kernel costs ~25-30 ms of
+CPU over its whole life of one stateless call (it varies by a third with this VM's
+load), against ~0.3-0.5 s for a launched one: ~14 ms in the rest of IPKernelApp's
+initialisation (sockets and threads, the kernel object, extensions; the app, its
+config, session and shell are prebuilt here, see ``Prebuilt``), ~5 ms in its first
+execute and ~3-4 ms tearing down its address space at exit.  Much of it is
+copy-on-write faults (~3100 per kernel, ~2-3 us each on this VM: CPython 3.11 refcounts
+write to shared pages), which is why hot spots that touch every module are served from
+packed copies (``_ModuleFiles``), and why the zygote maps as little as it can.
 
 What children do share with each other: the str hash seed (fixed at interpreter start)
 and the zygote's heap layout, so ``id()`` of objects created the same way may coincide
