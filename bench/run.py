@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small counts (about a minute)")
     ap.add_argument("--only", default="", help="comma-separated scenarios: " + ",".join(SCENARIOS))
-    ap.add_argument("--no-readme", action="store_true", help="do not touch bench/README.md")
+    ap.add_argument("--no-readme", action="store_true",
+                    help="do not touch bench/README.md (plots go to results/<out stem>-*.png)")
     ap.add_argument("--out", default="", help="results JSON path (default bench/results/<date>.json)")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(SCENARIOS)
@@ -81,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else out_dir / f"{stem}.json"
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     log(f"results: {out}")
-    plots = report.plots(results, out_dir, prefix="quick-" if args.quick else "")
+    # The README embeds results/<name>.png: a run that leaves the README alone draws its
+    # plots under its own prefix, so the README's plots keep matching its Results.
+    prefix = "quick-" if args.quick else ""
+    if args.no_readme:
+        prefix = out.stem + "-"
+    plots = report.plots(results, out_dir, prefix=prefix)
     log(f"plots: {', '.join(p.name for p in plots)}")
     if not args.no_readme:
         report.update_readme(results, BENCH / "README.md", out, plots)
