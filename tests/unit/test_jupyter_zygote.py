@@ -106,6 +106,8 @@ def test_forked_kernel_is_lean(loop, svc) -> None:
     spec = svc.catalog.get("python3")
     kernel = run(loop, svc.launcher.start(spec, scratch=True, warm=False, fork=True))
     try:
+        # ipykernel 7 greets IOPub subscribers: the daemon takes that as "ready"
+        assert kernel.popen.greets is True
         code = ("import ctypes, json; from ipykernel.kernelapp import IPKernelApp; "
                 "app = IPKernelApp.instance(); sig = ctypes.c_int(); "
                 "ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0); "   # PR_GET_PDEATHSIG

@@ -56,6 +56,7 @@ class ForkedProcess:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        self.greets = False   # its ipykernel sends iopub_welcome (the zygote says so)
         self.reported: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         try:
             self._pidfd: int | None = os.pidfd_open(pid)
@@ -112,6 +113,7 @@ class ZygoteProcess:
         self._task: asyncio.Task[None] | None = None
         self._next_id = 0
         self.adopt_failed = False
+        self.welcome = False   # its kernels greet IOPub subscribers (from the hello)
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.children: dict[int, tuple[ForkedProcess, ProcessGroup]] = {}
 
@@ -136,6 +138,7 @@ class ZygoteProcess:
         hello = json.loads(line) if line else {}
         if not hello.get("ready") or hello.get("threads") != 1:
             raise RuntimeError(f"zygote did not start: {hello!r}")
+        self.welcome = bool(hello.get("welcome"))
         self.ready = True
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
@@ -218,6 +221,7 @@ class ZygoteProcess:
             raise RuntimeError(f"zygote could not fork: {reply.get('error')}")
         pid = int(reply["pid"])
         proc = ForkedProcess(pid)
+        proc.greets = self.welcome
         self.children[pid] = (proc, group)
         try:
             group.adopt(pid)

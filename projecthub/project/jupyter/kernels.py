@@ -232,19 +232,22 @@ class Kernel:
     async def wait_ready(self) -> None:
         """kernel_info_reply, then one IOPub message so outputs are known to flow.
 
-        A kernel forked from our zygote is an ipykernel 7, which greets every IOPub
-        subscription with an ``iopub_welcome``: that alone proves outputs will flow, and
-        requests sent before its shell loop runs wait in the shell socket's queue.  So
-        the kernel_info round trip (a request, its reply and two status messages, ~1-2 ms
-        of CPU across kernel and daemon for every stateless call) is skipped for it."""
+        A kernel forked from our zygote whose ipykernel greets every IOPub subscription
+        with an ``iopub_welcome`` (7.x; the zygote says so) needs no more: the welcome
+        proves outputs will flow, and requests sent before its shell loop runs wait in
+        the shell socket's queue.  So the kernel_info round trip (a request, its reply and
+        two status messages, ~1-2 ms of CPU across kernel and daemon for every stateless
+        call) is skipped for it."""
         iopub = self.client.iopub_channel
-        if isinstance(self.popen, ForkedProcess):
+        if getattr(self.popen, "greets", False):
+            deadline = self._loop.time() + WELCOME_TIMEOUT_S
             try:
-                msg = await asyncio.wait_for(iopub.get_msg(), WELCOME_TIMEOUT_S)
-                if msg.get("msg_type") == "iopub_welcome":
-                    return
+                while True:   # a "starting" status may come first
+                    msg = await asyncio.wait_for(iopub.get_msg(), max(0.0, deadline - self._loop.time()))
+                    if msg.get("msg_type") == "iopub_welcome":
+                        return
             except asyncio.TimeoutError:
-                pass   # no welcome (another ipykernel): ask the usual way
+                pass   # no welcome after all: ask the usual way
         while True:
             await self._shell_reply(self.client.kernel_info())
             try:

@@ -382,7 +382,8 @@ class Zygote:
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # interrupts are for kernels
-        self.send({"ready": True, "pid": os.getpid(), "threads": threading.active_count()})
+        self.send({"ready": True, "pid": os.getpid(), "threads": threading.active_count(),
+                   "welcome": _kernels_send_iopub_welcome()})
         while True:
             try:
                 readable, _, _ = select.select([self.sock, self.wake_r], [], [])
@@ -475,6 +476,16 @@ class Zygote:
         os.close(rfd)
         self.pending[pid] = wfd
         self.send({"id": req["id"], "pid": pid})
+
+
+def _kernels_send_iopub_welcome() -> bool:
+    """Whether this ipykernel greets every IOPub subscription (``iopub_welcome``): then
+    the daemon may take that message alone as the sign a kernel is ready."""
+    try:
+        from ipykernel.iostream import IOPubThread
+    except Exception:
+        return False
+    return hasattr(IOPubThread, "_send_welcome_message")
 
 
 IMPORT_ENV: dict = {}
