@@ -96,6 +96,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if args.spare_projects < 0:
             sys.exit("projecthub: --spare-projects must be >= 0")
         settings.spare_projects = args.spare_projects
+    if args.keep_alive is not None:
+        if args.keep_alive < 1:
+            sys.exit("projecthub: --keep-alive must be >= 1 second")
+        settings.keep_alive_s = args.keep_alive
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(args.log_level)
     try:
@@ -122,7 +126,8 @@ print(cocalc_api.Project(api_key='{key}', host='{url}', project_id=pid).system.e
 """, file=sys.stderr, flush=True)
     # The asyncio loop, not uvloop: uvloop spawns with a plain fork (see ARCHITECTURE.md).
     uvicorn.run(create_app(settings, sandbox), host=settings.host, port=settings.port, loop="asyncio",
-                http="httptools", log_config=None, access_log=False, timeout_graceful_shutdown=5)
+                http="httptools", log_config=None, access_log=False, timeout_graceful_shutdown=5,
+                timeout_keep_alive=settings.keep_alive_s)
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
@@ -254,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--spare-projects", type=int, default=None, metavar="N",
                        help="projects kept started ahead of create_project, for a fast first call "
                             "(default 1, $PROJECTHUB_SPARE_PROJECTS; 0 disables)")
+    serve.add_argument("--keep-alive", type=int, default=None, metavar="SECONDS",
+                       help="idle HTTP keep-alive connections are closed after this long "
+                            "(default 75, $PROJECTHUB_KEEP_ALIVE_S)")
     serve.add_argument("--default-limits", default=None,
                        help='per-project default limits as JSON, e.g. \'{"memory_bytes": "2G", "pids": 512}\' '
                             "(also $PROJECTHUB_DEFAULT_LIMITS)")

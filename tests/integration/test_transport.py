@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import re
+import socket
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -245,7 +247,6 @@ def test_get_requests_are_not_calls(server: Server, account) -> None:
 
 
 def test_repeated_bad_keys_are_slowed_but_good_keys_are_not(tmp_path) -> None:
-    import time
     server = Server(tmp_path).start()  # its own server: the throttle is per client address
     account = server.new_account()
     for _ in range(40):
@@ -266,3 +267,38 @@ def test_random_uuid_project_that_does_not_exist(server: Server, account) -> Non
     response = post(server, "/api/conat/project", {"name": "system.ping", "project_id": str(uuid.uuid4())},
                     basic(account.api_key))
     assert response.json() == {"error": "user must be a collaborator on the project"}
+
+
+def _get_on(sock: socket.socket) -> bytes:
+    """One GET /healthz on an open connection; b"" if the server had closed it."""
+    try:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        data = b""
+        while not data.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+    except (BrokenPipeError, ConnectionResetError):
+        return b""
+
+
+def test_idle_keep_alive_connection_outlives_uvicorns_five_seconds(server: Server) -> None:
+    # A client calling every few seconds reuses its connection instead of reconnecting.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        assert _get_on(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(5.5)
+        assert _get_on(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_keep_alive_is_configurable(tmp_path) -> None:
+    own = Server(tmp_path, extra_args=["--sandbox", "none", "--spare-projects", "0",
+                                       "--keep-alive", "1"]).start()
+    try:
+        with socket.create_connection(("127.0.0.1", own.port), timeout=10) as sock:
+            assert _get_on(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(2.0)
+            assert _get_on(sock) == b""   # closed by the server after 1 s idle
+    finally:
+        own.stop()
