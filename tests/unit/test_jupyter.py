@@ -475,3 +475,31 @@ def test_pool_bursts_while_calls_outrun_it(tmp_path: Path, mpl_dir: Path) -> Non
         run(lp, service.close())
     finally:
         lp.close()
+
+
+def test_interrupt_by_message_opens_the_control_channel(tmp_path: Path, mpl_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Kernels get no control channel until one is needed: a spec asking for interrupts
+    # as messages must still have its timed-out cell interrupted (not killed).
+    import json
+    import sys
+    spec_dir = tmp_path / "share" / "kernels" / "pymsg"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python (interrupt by message)", "language": "python",
+        "interrupt_mode": "message"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share"))
+    lp = asyncio.new_event_loop()
+    try:
+        service = JupyterService(make_ctx(tmp_path / "p", mpl_dir), pool_size=0)
+        run(lp, service.start())
+        assert service.catalog.get("pymsg").interrupt_by_message
+        out = run(lp, service.jupyter_execute({"input": "print('on', flush=True)\nwhile True: pass",
+                                               "kernel": "pymsg",
+                                               "limits": {"timeout_ms_per_cell": 500}}))
+        assert out[0] == {"name": "stdout", "text": "on\n"}
+        assert out[-1]["ename"] == "KeyboardInterrupt"
+        run(lp, service.close())
+    finally:
+        lp.close()

@@ -223,9 +223,17 @@ class Kernel:
 
     # --- protocol -------------------------------------------------------------------
 
+    async def _next_msg(self, channel: Any) -> dict[str, Any]:
+        """The channel's next message.  ``get_msg`` would first await a poll and only
+        then receive: two futures and one more loop turn for every message."""
+        session = self.client.session
+        _idents, parts = session.feed_identities(await channel.socket.recv_multipart())
+        return session.deserialize(parts)
+
     async def _shell_reply(self, msg_id: str) -> dict[str, Any]:
+        shell = self.client.shell_channel
         while True:
-            msg = await self.client.shell_channel.get_msg()
+            msg = await self._next_msg(shell)
             if msg["parent_header"].get("msg_id") == msg_id:
                 return msg
 
@@ -243,7 +251,8 @@ class Kernel:
             deadline = self._loop.time() + WELCOME_TIMEOUT_S
             try:
                 while True:   # a "starting" status may come first
-                    msg = await asyncio.wait_for(iopub.get_msg(), max(0.0, deadline - self._loop.time()))
+                    msg = await asyncio.wait_for(self._next_msg(iopub),
+                                                 max(0.0, deadline - self._loop.time()))
                     if msg.get("msg_type") == "iopub_welcome":
                         return
             except asyncio.TimeoutError:
@@ -251,7 +260,7 @@ class Kernel:
         while True:
             await self._shell_reply(self.client.kernel_info())
             try:
-                await asyncio.wait_for(iopub.get_msg(), 0.5)
+                await asyncio.wait_for(self._next_msg(iopub), 0.5)
                 return
             except asyncio.TimeoutError:
                 continue  # subscription not through yet: ask again (pre-7 kernels)
@@ -265,7 +274,7 @@ class Kernel:
         return the shell ``execute_reply``."""
         iopub = self.client.iopub_channel
         while True:
-            msg = await iopub.get_msg()
+            msg = await self._next_msg(iopub)
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue  # leftovers of an earlier (interrupted) cell, or a welcome
             if msg["msg_type"] == "status":
@@ -352,7 +361,10 @@ class Kernel:
             except OSError:
                 pass
         if self.scratch_dir is not None:
-            shutil.rmtree(self.scratch_dir, ignore_errors=True)
+            try:
+                os.rmdir(self.scratch_dir)   # usually empty: skip rmtree's walk
+            except OSError:
+                shutil.rmtree(self.scratch_dir, ignore_errors=True)
 
     def _files(self) -> list[str]:
         files = [str(self.connection_file), str(self.stderr_path)]
@@ -526,7 +538,9 @@ class KernelLauncher:
     def _make_kernel(self, prep: "_Launch", popen: "subprocess.Popen | ForkedProcess") -> Kernel:
         client = AsyncKernelClient(context=self.zmq_context)
         client.load_connection_info(prep.info)
-        client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=True)
+        # The control channel only carries interrupts for kernels that want them as
+        # messages; ``interrupt`` opens it on first use (the client creates it lazily).
+        client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
         kernel = Kernel(spec=prep.spec, group=prep.group, popen=popen, client=client,
                         connection_file=prep.connection_file, ipc_prefix=prep.ipc_prefix,
                         stderr_path=prep.stderr_path, scratch_dir=prep.scratch_dir,
