@@ -351,39 +351,64 @@ def scenario_jupyter(ctx: Ctx) -> dict[str, Any]:
             if not (isinstance(r, list) and r and r[0].get("data", {}).get("text/plain") == "2"):
                 raise RuntimeError(f"unexpected jupyter_execute answer: {str(r)[:300]}")
 
+        # The same call over a minimal keep-alive HTTP client (as the session rows use):
+        # what the HTTP API itself costs, without httpx's own ~0.5 ms (more when cold).
+        loop = asyncio.new_event_loop()
+        raw = RawHTTP(server.port, server.api_key)
+        raw_body = {"project_id": pid, "name": "system.jupyterExecute",
+                    "args": [{"input": "1+1", "kernel": "python3"}]}
+
+        def raw_call() -> None:
+            status, r = loop.run_until_complete(raw.post("/api/conat/project", raw_body))
+            if status != 200 or not (isinstance(r, list) and r and r[0].get("data", {}).get("text/plain") == "2"):
+                raise RuntimeError(f"unexpected jupyter_execute answer: {status} {str(r)[:300]}")
+
         t0 = time.perf_counter()
         call()
         out["first_call_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         for _ in range(ctx.q(1, 3)):
             call()
-        with floors.WarmKernelFloor() as floor:
-            # The floor right before and right after the back-to-back calls (the ratio's
-            # base): the machine's drift over the minutes between the floor block above
-            # and this one would otherwise go into the ratio.
-            time.sleep(ctx.q(0.5, 3.0))   # the pool's refills after the warm-up calls settle first
-            before = floor.measure(nseq)
-            lat = timed_sync(nseq, call, ctx.q(30, 150))
-            after = floor.measure(nseq)
-            out["official_seq"] = summarize(lat, sum(lat), c=1)
-            out["floor_bracket"] = summarize(before + after, before_p50_ms=summarize(before)["p50_ms"],
-                                             after_p50_ms=summarize(after)["p50_ms"])
-            out["official_c8"] = official_concurrent(server, pid, call, nconc, 8, ctx.q(40, 150),
-                                                     warm=not ctx.quick)
-            # paced: a pause before each call lets the pool refill, so this is the latency of
-            # a call that finds a warm pooled kernel (what a bursty, not back-to-back, client
-            # sees).  Each is followed, after the same pause, by one floor call: an idle
-            # machine slows every round trip, so the floor must be paced alike.
-            paced: list[float] = []
-            floor_paced: list[float] = []
-            for _ in range(ctx.q(2, 20)):
-                time.sleep(PACE_S)
-                t0 = time.perf_counter()
-                call()
-                paced.append(time.perf_counter() - t0)
-                time.sleep(PACE_S)
-                floor_paced += floor.measure(1)
-            out["official_paced"] = summarize(paced, pause_s=PACE_S)
-            out["floor_paced_alternating"] = summarize(floor_paced, pause_s=PACE_S)
+            raw_call()
+        settle_s = ctx.q(0.5, 3.0)   # the pool's refills after earlier calls settle first
+        try:
+            with floors.WarmKernelFloor() as floor:
+                # The floor right before and right after the back-to-back calls (the ratio's
+                # base): the machine's drift over the minutes between the floor block above
+                # and this one would otherwise go into the ratio.
+                time.sleep(settle_s)
+                before = floor.measure(nseq)
+                lat = timed_sync(nseq, call, ctx.q(30, 150))
+                time.sleep(settle_s)
+                lat_raw = timed_sync(nseq, raw_call, ctx.q(30, 150))
+                after = floor.measure(nseq)
+                out["official_seq"] = summarize(lat, sum(lat), c=1)
+                out["raw_seq"] = summarize(lat_raw, sum(lat_raw), c=1)
+                out["floor_bracket"] = summarize(before + after, before_p50_ms=summarize(before)["p50_ms"],
+                                                 after_p50_ms=summarize(after)["p50_ms"])
+                out["official_c8"] = official_concurrent(server, pid, call, nconc, 8, ctx.q(40, 150),
+                                                         warm=not ctx.quick)
+                # paced: a pause before each call lets the pool refill, so this is the latency
+                # of a call that finds a warm pooled kernel (what a bursty, not back-to-back,
+                # client sees).  Official client, raw HTTP and floor calls take turns, each
+                # after the same pause: an idle machine slows every round trip, so the floor
+                # must be paced alike.
+                paced: list[float] = []
+                paced_raw: list[float] = []
+                floor_paced: list[float] = []
+                for _ in range(ctx.q(2, 20)):
+                    for fn, into in ((call, paced), (raw_call, paced_raw)):
+                        time.sleep(PACE_S)
+                        t0 = time.perf_counter()
+                        fn()
+                        into.append(time.perf_counter() - t0)
+                    time.sleep(PACE_S)
+                    floor_paced += floor.measure(1)
+                out["official_paced"] = summarize(paced, pause_s=PACE_S)
+                out["raw_paced"] = summarize(paced_raw, pause_s=PACE_S)
+                out["floor_paced_alternating"] = summarize(floor_paced, pause_s=PACE_S)
+        finally:
+            loop.run_until_complete(raw.close())
+            loop.close()
         p.client.close()
         return out
     attempt(res, "projecthub", ours)
