@@ -519,13 +519,20 @@ def compare(paths: list[Path]) -> str:
     rows = [targets(r) for r in runs]
     L = ["| target | goal | " + " | ".join(f"{r['meta']['date'][11:16]} UTC" for r in runs) + " |",
          "|---|---|" + "---|" * len(runs)]
-    for i, t in enumerate(rows[0]):
+    older = False
+    for i, t in enumerate(rows[-1]):   # the newest run names the rows
         cells = []
         for rr in rows:
             v, met = rr[i]["value"], rr[i]["met"]
             mark = {True: " ✓", False: " ✗", None: ""}[met]
-            cells.append((f(v) if v is not None else "—") + mark)
+            star = "*" if rr[i]["target"] != t["target"] else ""   # measured another way then
+            older = older or bool(star)
+            cells.append((f(v) if v is not None else "—") + star + mark)
         L.append(f"| {t['target']} | {t['goal']} | " + " | ".join(cells) + " |")
+    if older:
+        L += ["", "\\* that run measured this row another way (its own target name: "
+              "`python bench/report.py <its json>`), e.g. stateless Jupyter through the "
+              "official client before the raw-HTTP rows existed."]
     return "\n".join(L)
 
 
