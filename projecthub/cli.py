@@ -97,9 +97,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
             sys.exit("projecthub: --spare-projects must be >= 0")
         settings.spare_projects = args.spare_projects
     if args.keep_alive is not None:
-        if args.keep_alive < 1:
-            sys.exit("projecthub: --keep-alive must be >= 1 second")
         settings.keep_alive_s = args.keep_alive
+    if settings.keep_alive_s < 1:   # from the flag or $PROJECTHUB_KEEP_ALIVE_S
+        sys.exit("projecthub: --keep-alive must be >= 1 second")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _setup_logging(args.log_level)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -93,3 +94,12 @@ def test_invalid_default_limits_refuse_to_start(tmp_path: Path) -> None:
                           "--port", "1", "--default-limits", '{"pids": -5}'],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "pids" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_keep_alive_below_one_second_refuses_to_start(tmp_path: Path) -> None:
+    for args, env in ((["--keep-alive", "0"], {}), ([], {"PROJECTHUB_KEEP_ALIVE_S": "-3"})):
+        out = subprocess.run([sys.executable, "-m", "projecthub.cli", "serve", "--data-dir", str(tmp_path),
+                              "--port", "1", *args], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, **env})
+        assert out.returncode == 1 and "--keep-alive must be >= 1" in out.stderr
+        assert "Traceback" not in out.stderr
