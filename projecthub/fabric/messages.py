@@ -38,40 +38,53 @@ def encode(message: dict[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def decode(body: bytes | bytearray) -> dict[str, Any]:
+def decode(body: bytes | bytearray | memoryview) -> dict[str, Any]:
     """One frame's JSON body (UTF-8, as ``encode`` writes it) -> the message dict.
     Decoding to str first skips json.loads' encoding detection on bytes."""
-    message = json.loads(body.decode("utf-8", "surrogatepass"))
+    message = json.loads(str(body, "utf-8", "surrogatepass"))
     if not isinstance(message, dict):
         raise FrameError("frame is not a JSON object")
     return message
 
 
 class FrameBuffer:
-    """Incremental frame parser for ``Protocol.data_received``: feed bytes, get every
-    complete message.  Raises FrameError on an oversized or malformed frame."""
+    """Incremental frame parser: feed received chunks, get every complete message.
+    Raises FrameError on an oversized or malformed frame.
+
+    A chunk is parsed in place when nothing is pending from earlier chunks (the usual
+    case: one whole frame per receive), so only a partial frame at its end is copied."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        buf = self._buf
-        buf += data
+    def feed(self, data: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
+        if self._buf:
+            self._buf += data
+            data = self._buf
+        view = memoryview(data)
         out: list[dict[str, Any]] = []
         start = 0
-        size = len(buf)
-        while size - start >= HEADER.size:
-            (length,) = HEADER.unpack_from(buf, start)
-            if length > MAX_FRAME:
-                raise FrameError(f"frame of {length} bytes exceeds the {MAX_FRAME} byte limit")
-            end = start + HEADER.size + length
-            if end > size:
-                break
-            try:
-                out.append(decode(buf[start + HEADER.size:end]))
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise FrameError(f"malformed frame: {exc}") from exc
-            start = end
-        if start:
-            del buf[:start]
+        size = len(view)
+        try:
+            while size - start >= HEADER.size:
+                (length,) = HEADER.unpack_from(view, start)
+                if length > MAX_FRAME:
+                    raise FrameError(f"frame of {length} bytes exceeds the {MAX_FRAME} byte limit")
+                end = start + HEADER.size + length
+                if end > size:
+                    break
+                try:
+                    out.append(decode(view[start + HEADER.size:end]))
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise FrameError(f"malformed frame: {exc}") from exc
+                start = end
+            rest = view[start:]
+            if data is self._buf:
+                rest.release()
+                view.release()   # a bytearray cannot be resized while exported
+                del self._buf[:start]
+            elif start < size:
+                self._buf += rest
+        finally:
+            view.release()
         return out

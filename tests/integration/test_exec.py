@@ -187,6 +187,22 @@ def test_fifty_megabytes_with_small_cap_stays_bounded(server: Server, account, h
                if p.is_running())
 
 
+def test_commands_are_the_oom_killers_first_choice_and_the_daemon_is_not(
+        server: Server, account, hub, project_id: str) -> None:
+    from projecthub.host.sandbox.tracker import CHILD_OOM_SCORE_ADJ
+    hub.projects.start(project_id)
+    top = psutil.Process(hub.projects.status(project_id)["project.pid"])
+    daemon = next(p for p in [top, *top.children(recursive=True)]
+                  if "projecthub.project.daemon" in p.cmdline())
+    baseline = int(open(f"/proc/{daemon.pid}/oom_score_adj").read())
+    assert baseline < CHILD_OOM_SCORE_ADJ
+    for _ in range(3):   # every exec raises the daemon's value for its spawn, then restores it
+        result = raw_exec(server, account.api_key, project_id,
+                          {"command": "cat", "args": ["/proc/self/oom_score_adj"]})
+        assert int(result["stdout"]) == CHILD_OOM_SCORE_ADJ, result
+        assert int(open(f"/proc/{daemon.pid}/oom_score_adj").read()) == baseline
+
+
 @pytest.mark.parametrize("opts, needle", [
     ({}, "Cannot read properties of undefined"),
     ({"command": 42}, "command"),

@@ -257,3 +257,43 @@ def test_kernel_memory_noise_does_not_make_a_group_dirty(tmp_path):
         group._charge = charge
         assert group._only_kernel_noise(mem) is clean
     assert V1Pool.MAX_CHARGE == 1 << 20
+
+
+def test_kept_open_control_file_follows_rewrites_and_a_recreated_group():
+    # The daemon re-reads its project's limits on every exec through a descriptor kept
+    # open (pread); a changed limit and a removed and re-made group must both show.
+    require("cgroups (root with a writable cgroup mount)", IS_ROOT and cgroups_work())
+    from projecthub.host.sandbox import cgroups
+    pids_root = discover_mounts().v1.get("pids")
+    require("a cgroup v1 pids controller", bool(pids_root))
+    d = os.path.join(pids_root, f"phtest-kept-{os.getpid()}")
+    os.mkdir(d)
+    try:
+        path = os.path.join(d, "pids.max")
+        write_text(path, "10")
+        assert cgroups.read_int_kept_open(path) == 10
+        assert path in cgroups._kept_open
+        write_text(path, "20")
+        assert cgroups.read_int_kept_open(path) == 20
+        os.rmdir(d)
+        assert cgroups.read_text_kept_open(path) is None   # gone: no stale value
+        os.mkdir(d)
+        write_text(path, "30")
+        assert cgroups.read_int_kept_open(path) == 30
+    finally:
+        fd = cgroups._kept_open.pop(os.path.join(d, "pids.max"), None)
+        if fd is not None:
+            os.close(fd)
+        if os.path.isdir(d):
+            os.rmdir(d)
+
+
+def test_read_text_reads_files_longer_than_its_buffer(tmp_path):
+    from projecthub.host.sandbox.cgroups import read_text
+    for size in (0, 10, 32768, 65536, 65537, 200_000):
+        path = tmp_path / f"f{size}"
+        data = "".join(chr(97 + i % 26) for i in range(size))
+        path.write_text(data)
+        assert read_text(str(path)) == data
+    mounts = read_text("/proc/self/mounts")   # a seq_file: records, not one blob
+    assert mounts is not None and mounts == open("/proc/self/mounts").read()

@@ -131,6 +131,24 @@ def test_frame_buffer_reassembles_split_and_batched_frames() -> None:
     assert [m["id"] for m in FrameBuffer().feed(wire)] == [1, 2, 3, 4, 5]   # all in one read
 
 
+def test_frame_buffer_keeps_a_partial_frame_when_the_receive_buffer_is_reused() -> None:
+    # The protocol receives into one buffer shared by all connections: a frame split over
+    # two receives must survive the buffer being overwritten in between.
+    from projecthub.fabric.messages import FrameBuffer, encode
+    wire = encode({"t": "res", "id": 1, "ok": True, "result": "a" * 50}) + encode({"t": "end", "id": 2})
+    receive = bytearray(256)
+    buf = FrameBuffer()
+    cut = len(wire) - 10
+    receive[:cut] = wire[:cut]
+    first = buf.feed(memoryview(receive)[:cut])
+    receive[:] = b"\xff" * len(receive)               # the next receive lands in the same buffer
+    receive[:10] = wire[cut:]
+    second = buf.feed(memoryview(receive)[:10])
+    assert [m["id"] for m in first] == [1] and first[0]["result"] == "a" * 50
+    assert second == [{"t": "end", "id": 2}]
+    assert buf.feed(memoryview(receive)[:0]) == []
+
+
 def test_frame_buffer_rejects_bad_frames() -> None:
     from projecthub.fabric.messages import HEADER, MAX_FRAME, FrameBuffer, FrameError
     with pytest.raises(FrameError):

@@ -38,9 +38,17 @@ V2_DAEMON_LEAF = "daemon"
 
 # --------------------------------------------------------------------- fs helpers
 
+_READ_SIZE = 65536
+_SHORT_READ = _READ_SIZE // 2
+
+
 def read_text(path: str) -> str | None:
     # Raw open/read/close: the exec hot path reads a dozen control files per exec, and a
     # text-mode open() adds fstat x2, ioctl(TCGETS), lseek x2 and an io object to each.
+    # A read well short of the buffer is the end, so no extra read() to see EOF: regular
+    # files only come up short at their end, and a seq_file (/proc, cgroupfs) stops short
+    # only at its end or before a record that would not fit, and no record of these files
+    # comes near half the buffer.
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -48,15 +56,51 @@ def read_text(path: str) -> str | None:
     try:
         chunks = []
         while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
+            chunk = os.read(fd, _READ_SIZE)
             chunks.append(chunk)
+            if len(chunk) <= _SHORT_READ:
+                break
     except OSError:
         return None
     finally:
         os.close(fd)
     return b"".join(chunks).decode("utf-8", "surrogateescape")
+
+
+# Control files read on every exec (a project's own limits) stay open and are re-read
+# with pread at offset 0, which regenerates their content: one syscall instead of
+# open + read + close.  Bounded, and a file whose group went away is reopened or dropped.
+_KEEP_OPEN_MAX = 64
+_kept_open: dict[str, int] = {}
+
+
+def read_text_kept_open(path: str) -> str | None:
+    fd = _kept_open.pop(path, None)
+    if fd is None:
+        if len(_kept_open) >= _KEEP_OPEN_MAX:
+            return read_text(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+    try:
+        data = os.pread(fd, _READ_SIZE, 0)
+    except OSError:   # e.g. ENODEV: the group was removed (and maybe made again)
+        os.close(fd)
+        return read_text(path)
+    if len(data) > _SHORT_READ:   # not a small control file (see read_text): read it whole
+        os.close(fd)
+        return read_text(path)
+    _kept_open[path] = fd
+    return data.decode("utf-8", "surrogateescape")
+
+
+def read_int_kept_open(path: str, default: int = 0) -> int:
+    text = read_text_kept_open(path)
+    try:
+        return int(text.split()[0]) if text else default
+    except ValueError:
+        return default
 
 
 def read_int(path: str, default: int = 0) -> int:

@@ -39,7 +39,8 @@ from typing import Callable, TypeVar
 
 from projecthub.project.tracking import GroupUsage
 
-from .cgroups import PIDS_HEADROOM, kill_groups, procs_of, read_int, read_text, remove_tree, write_text
+from .cgroups import (PIDS_HEADROOM, kill_groups, procs_of, read_int, read_int_kept_open, read_text,
+                      read_text_kept_open, remove_tree, write_text)
 
 T = TypeVar("T")
 ENV_VAR = "PROJECTHUB_CGROUPS"
@@ -75,12 +76,25 @@ def child_pids_limit(project_max: str | None) -> int | None:
 
 class _OomBias:
     """Raises the daemon's oom_score_adj while (possibly concurrent) spawns run, so
-    children inherit CHILD_OOM_SCORE_ADJ; back to the baseline when the last ends."""
+    children inherit CHILD_OOM_SCORE_ADJ; back to the baseline when the last ends.
+    The file stays open (two writes per exec instead of two open/write/close); a forked
+    child forgets the descriptor, which names its parent's /proc entry."""
 
     _lock = threading.Lock()
     _depth = 0
     _baseline: str | None = None
     _path = "/proc/self/oom_score_adj"
+    _fd: int | None = None
+
+    @classmethod
+    def _write(cls, value: str) -> None:
+        if cls._fd is None:
+            cls._fd = os.open(cls._path, os.O_WRONLY | os.O_CLOEXEC)
+        os.pwrite(cls._fd, value.encode(), 0)
+
+    @classmethod
+    def _forget_in_child(cls) -> None:
+        cls._fd = None
 
     @classmethod
     def enter(cls) -> None:
@@ -90,7 +104,7 @@ class _OomBias:
                     if cls._baseline is None:
                         cls._baseline = (read_text(cls._path) or "0").strip()
                     if int(cls._baseline) < CHILD_OOM_SCORE_ADJ:
-                        write_text(cls._path, str(CHILD_OOM_SCORE_ADJ))
+                        cls._write(str(CHILD_OOM_SCORE_ADJ))
                 except (OSError, ValueError):
                     pass
             cls._depth += 1
@@ -101,9 +115,12 @@ class _OomBias:
             cls._depth -= 1
             if cls._depth == 0 and cls._baseline is not None:
                 try:
-                    write_text(cls._path, cls._baseline)
+                    cls._write(cls._baseline)
                 except OSError:
                     pass
+
+
+os.register_at_fork(after_in_child=_OomBias._forget_in_child)
 
 
 def _try_write(path: str, value: str) -> None:
@@ -202,7 +219,7 @@ class _Spawner:
 class _V1Slot:
     """An empty per-exec child group kept for the next exec (see ``V1Pool``)."""
 
-    __slots__ = ("dirs", "written", "spawner", "procs", "pids_current")
+    __slots__ = ("dirs", "written", "spawner", "procs", "pids_current", "_pids_current_fd")
 
     def __init__(self, dirs: dict[str, str]):
         self.dirs = dirs
@@ -211,6 +228,23 @@ class _V1Slot:
         # (group dir, its cgroup.procs) per controller: checked at the end of every exec
         self.procs = tuple((d, os.path.join(d, "cgroup.procs")) for d in dirs.values())
         self.pids_current = os.path.join(dirs["pids"], "pids.current") if "pids" in dirs else None
+        self._pids_current_fd: int | None = None
+
+    def read_pids_current(self) -> int:
+        """pids.current, -1 if unreadable.  Read at the end of every exec, so through a
+        descriptor kept open while the slot lives (pread regenerates the value)."""
+        try:
+            if self._pids_current_fd is None:
+                assert self.pids_current is not None
+                self._pids_current_fd = os.open(self.pids_current, os.O_RDONLY | os.O_CLOEXEC)
+            return int(os.pread(self._pids_current_fd, 64, 0))
+        except (OSError, ValueError):
+            return -1
+
+    def close_files(self) -> None:
+        if self._pids_current_fd is not None:
+            os.close(self._pids_current_fd)
+            self._pids_current_fd = None
 
 
 class V1Pool:
@@ -294,6 +328,7 @@ def _discard(slot: _V1Slot, strict: bool = False) -> None:
     if slot.spawner is not None:
         slot.spawner.stop()   # a live thread keeps the group busy (rmdir: EBUSY)
         slot.spawner = None
+    slot.close_files()
     for d in slot.dirs.values():
         try:
             remove_tree(d)
@@ -330,14 +365,14 @@ class V1Group:
 
     def _sub_limits(self) -> None:
         if "pids" in self.dirs:
-            n = child_pids_limit(read_text(os.path.join(self._parents["pids"], "pids.max")))
+            n = child_pids_limit(read_text_kept_open(os.path.join(self._parents["pids"], "pids.max")))
             if n is not None:
                 if self._slot.spawner is not None:
                     n += 1   # the parked spawner thread counts as a task of the group
                 self._write_limit(os.path.join(self.dirs["pids"], "pids.max"), str(n))
         if "memory" in self.dirs:
             parent = self._parents["memory"]
-            limit = child_memory_limit(read_int(os.path.join(parent, "memory.limit_in_bytes"), -1),
+            limit = child_memory_limit(read_int_kept_open(os.path.join(parent, "memory.limit_in_bytes"), -1),
                                        _v1_local_charge(parent))
             if limit is not None:
                 d = self.dirs["memory"]
@@ -428,7 +463,7 @@ class V1Group:
             return
         spawner = self._slot.spawner
         parked = 1 if spawner is not None and spawner.ready else 0   # the parked thread is a task
-        if read_int(path, -1) != parked:
+        if self._slot.read_pids_current() != parked:
             self.kill_all()
 
     def usage(self) -> GroupUsage:
