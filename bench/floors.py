@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from common import (BENCH, PY, ROOT, RawHTTP, free_port, log, make_tmp_dir, on_cleanup, stop_process,
-                    summarize, timed_concurrent)
+                    summarize, timed_concurrent, timed_sync)
 
 SPAWNER_SRC = (BENCH / "spawner.py").read_text()
 
@@ -142,6 +142,22 @@ class FloorHTTP:
     def __exit__(self, *exc: Any) -> None:
         if self.proc:
             stop_process(self.proc)
+
+    def measure_httpx(self, path: str, body: Any, n: int, max_s: float) -> dict[str, Any]:
+        """c=1 through httpx configured and called the way ``cocalc_api.Project.call`` does
+        (basic auth, JSON content type, ``post(json=...)``, ``raise_for_status``, ``json()``):
+        what the official client's HTTP stack costs on a server that does nothing more."""
+        url = f"http://127.0.0.1:{self.port}{path}"
+        with httpx.Client(auth=("sk-floor", ""), headers={"Content-Type": "application/json"},
+                          timeout=120.0) as client:
+            def call() -> None:
+                resp = client.post(url, json=body)
+                resp.raise_for_status()
+                resp.json()
+            for _ in range(5):
+                call()
+            lat = timed_sync(n, call, max_s)
+        return summarize(lat, sum(lat), c=1)
 
     async def measure(self, path: str, body: Any, n: int, c: int, max_s: float) -> dict[str, Any]:
         clients = [RawHTTP(self.port) for _ in range(c)]

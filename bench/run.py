@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH, log, machine, run_cleanups, versions  # noqa: E402
+from common import BENCH, kdamond_cpu_s, log, machine, run_cleanups, versions  # noqa: E402
 from scenarios import SCENARIOS, Ctx  # noqa: E402
 import report  # noqa: E402
 
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                      "scenarios": {}}
     ctx = Ctx(quick=args.quick)
     t0 = time.monotonic()
+    damon_at_start = kdamond_cpu_s()
     try:
         for name in names:
             log(f"== scenario {name}")
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         run_cleanups()
     results["meta"]["elapsed_s"] = round(time.monotonic() - t0, 1)
     results["meta"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    damon_at_end = kdamond_cpu_s()
+    if damon_at_start is not None and damon_at_end is not None:
+        results["meta"]["kdamond_cpu_s"] = round(damon_at_end - damon_at_start, 2)
     results["targets"] = report.targets(results)
 
     out_dir = BENCH / "results"

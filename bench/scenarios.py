@@ -244,6 +244,7 @@ def scenario_exec(ctx: Ctx) -> dict[str, Any]:
                 keep("floor_http", {
                     "echo_c1": asyncio.run(floor_http.measure("/echo", {"x": 1}, n1 * 4, 1, max_s)),
                     "spawn_true_c1": asyncio.run(floor_http.measure("/spawn", {"argv": true_argv}, n1, 1, max_s)),
+                    "httpx_spawn_true_c1": floor_http.measure_httpx("/spawn", {"argv": true_argv}, n1, max_s),
                     "spawn_1mb_c1": asyncio.run(floor_http.measure("/spawn", {"argv": mb_argv}, nmb, 1, max_s))})
                 for name, (server, pid) in servers.items():
                     keep(name, ours_c1(server, pid))
