@@ -422,7 +422,7 @@ def versions() -> dict[str, str]:
 
 def kdamond_cpu_s() -> float | None:
     """CPU seconds used so far by DAMON's kernel threads (``kdamond.N``), or None when
-    there are none.  This VM's host runs DAMON with a pageout scheme on physical memory:
+    there are none.  This VM's kernel runs DAMON with a pageout scheme on physical memory:
     it samples page access bits every few ms and took up to a third of a core at moments
     (top, 2026-11-22), so a run records what it cost while the run measured."""
     total, found = 0.0, False
