@@ -95,20 +95,19 @@ def read_text_kept_open(path: str) -> str | None:
     return data.decode("utf-8", "surrogateescape")
 
 
-def read_int_kept_open(path: str, default: int = 0) -> int:
-    text = read_text_kept_open(path)
+def _first_int(text: str | None, default: int) -> int:
     try:
         return int(text.split()[0]) if text else default
     except ValueError:
         return default
+
+
+def read_int_kept_open(path: str, default: int = 0) -> int:
+    return _first_int(read_text_kept_open(path), default)
 
 
 def read_int(path: str, default: int = 0) -> int:
-    text = read_text(path)
-    try:
-        return int(text.split()[0]) if text else default
-    except ValueError:
-        return default
+    return _first_int(read_text(path), default)
 
 
 def write_text(path: str, value: str) -> None:
