@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any, Iterator
 
 import psutil
 import pytest
+from jupyter_client import BlockingKernelClient
 
 from projecthub.errors import RemoteError
 from projecthub.project.context import ProjectContext
@@ -100,7 +102,8 @@ def test_forked_kernel_looks_like_a_launched_one(loop, svc) -> None:
 
 
 def test_forked_kernel_is_lean(loop, svc) -> None:
-    """No debugger, no subshells (no shell channel thread), no parent-poller thread (a
+    """No debugger, no subshells (no shell channel thread), no control thread (control
+    served on the main thread, and still answering), no parent-poller thread (a
     parent-death SIGKILL instead), the heartbeat on the kernel's own ZMQ context;
     debugpy stays importable for user code."""
     spec = svc.catalog.get("python3")
@@ -115,10 +118,25 @@ def test_forked_kernel_is_lean(loop, svc) -> None:
                 "print(json.dumps([sig.value, app.poller is None, "
                 "app.heartbeat.context.underlying == app.context.underlying, "
                 "app.shell_channel_thread is None, 'debugger' in features, "
-                "'kernel subshells' in features]))")
-        assert kernel_output(loop, kernel, code).strip() == \
-            f"[{int(signal.SIGKILL)}, true, true, true, false, false]"
+                "'kernel subshells' in features, app.control_thread is None, "
+                "sorted(t.name for t in __import__('threading').enumerate())]))")
+        sig, no_poller, shared_hb, no_subshell_thread, debugger, subshells, no_control_thread, threads = \
+            json.loads(kernel_output(loop, kernel, code))
+        assert (sig, no_poller, shared_hb, no_subshell_thread, debugger, subshells, no_control_thread) == \
+            (int(signal.SIGKILL), True, True, True, False, False, True), threads
         assert kernel_output(loop, kernel, "import debugpy; print('importable')").strip() == "importable"
+        # The control channel is served between cells on the main thread: it answers.
+        kc = BlockingKernelClient(connection_file=str(kernel.connection_file))
+        kc.load_connection_file()
+        kc.start_channels(shell=False, iopub=False, stdin=False, hb=False, control=True)
+        try:
+            request = kc.session.msg("kernel_info_request")
+            kc.control_channel.send(request)
+            reply = kc.control_channel.get_msg(timeout=10)
+            assert reply["parent_header"]["msg_id"] == request["header"]["msg_id"]
+            assert reply["content"]["status"] == "ok"
+        finally:
+            kc.stop_channels()
     finally:
         kernel.close()
 
@@ -346,3 +364,15 @@ def test_marker_group_adopt() -> None:
         a.close()
         b.close()
         parent.wait(5)
+
+
+def test_specs_interrupted_by_message_are_not_forked(tmp_path) -> None:
+    # A forked kernel serves control on its main thread: it could not take an interrupt
+    # request while a cell runs, so such specs are launched as the spec says.
+    from projecthub.project.jupyter.forking import IPYKERNEL_ARGV
+    from projecthub.project.jupyter.specs import KernelSpecInfo
+    argv = [sys.executable, *IPYKERNEL_ARGV]
+    base = dict(name="p", display_name="P", language="python", resource_dir=str(tmp_path))
+    assert eligible(KernelSpecInfo(argv=argv, **base))
+    assert eligible(KernelSpecInfo(argv=argv, interrupt_mode="signal", **base))
+    assert not eligible(KernelSpecInfo(argv=argv, interrupt_mode="message", **base))

@@ -43,7 +43,10 @@ STABLE_AFTER_S = 60.0     # a zygote that lived this long resets the restart bac
 
 
 def eligible(spec: KernelSpecInfo) -> bool:
-    if list(spec.argv[1:]) != IPYKERNEL_ARGV:
+    """Our own interpreter's ipykernel, interrupted by signal: a forked kernel serves its
+    control channel on its main thread (``zygote.Prebuilt._init_sockets``), so it could
+    not take an interrupt request while a cell runs."""
+    if list(spec.argv[1:]) != IPYKERNEL_ARGV or spec.interrupt_by_message:
         return False
     return spec.command("cf")[0] == sys.executable
 

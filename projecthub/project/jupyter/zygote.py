@@ -40,10 +40,11 @@ Lifecycle of one kernel:
    closes the socket.
 
 What a forked stateless kernel leaves out, being one call's kernel that only our daemon
-talks to: the debugger (``_without_debugger``), subshells and their shell channel
-thread (``Prebuilt._without_subshells``), the parent poller thread and the heartbeat's
-second ZMQ context (``Prebuilt._init_heartbeat``).  Each is memory that
-every fork copies page tables for, or threads every kernel starts and tears down.
+talks to: the debugger (``_without_debugger``) and its sockets, subshells and the
+shell channel thread, the control thread (shell and control are served on the main
+thread, ``Prebuilt._init_sockets``), the parent poller thread and the heartbeat's
+second ZMQ context (``Prebuilt._init_heartbeat``).  Each is memory that every fork
+copies page tables for, or threads every kernel starts and tears down.
 
 Kernels never fork from a used kernel: the zygote itself never runs user code, starts
 no thread, opens no ZMQ context and has no event loop.
@@ -202,8 +203,7 @@ class Prebuilt:
         app.init_blackhole()
         app.init_connection_file()
         app.init_poller()
-        app.init_sockets()
-        self._without_subshells(app)
+        self._init_sockets(app)
         self._init_heartbeat(app)
         app.write_connection_file()
         app.log_connection_info()
@@ -215,7 +215,7 @@ class Prebuilt:
         import IPython.core.shellapp as shellapp
         import ipykernel.ipkernel as ipkernel
         with self.module_files.lent_to(ipkernel):   # it reads sys only for that list
-            app.init_kernel()
+            self._init_kernel(app)
         self._adopt_shell(app.kernel)
         app.init_path()
         app.init_shell()
@@ -229,18 +229,57 @@ class Prebuilt:
         app.start()
 
     @staticmethod
-    def _without_subshells(app: object) -> None:
-        """ipykernel 7 reads the shell socket in a "shell channel" thread that forwards
-        each request to the main thread over inproc sockets, so that subshells can run
-        beside it.  Without that thread (``shell_channel_thread`` None) ipykernel reads
-        the shell socket on its main thread, as it does when subshells are unsupported.
-        A one-call kernel needs no subshells: one thread and event loop fewer, and one
-        thread hop fewer for every request and reply."""
-        thread = getattr(app, "shell_channel_thread", None)
-        if thread is None or thread.is_alive():
-            return
-        app.shell_channel_thread = None
-        thread.io_loop.close()   # made in its constructor; nothing else was opened yet
+    def _init_sockets(app: object) -> None:
+        """IPKernelApp.init_sockets (ipykernel 7.x) for a kernel with every channel on its
+        main thread: shell, stdin and control bound as ipykernel binds them, IOPub on its
+        own thread as usual; no control thread, no shell channel thread, no debugger
+        sockets.
+
+        ipykernel 7 reads the shell socket in a "shell channel" thread so that subshells
+        can run beside the main one, and the control socket in a thread of its own so an
+        interrupt or shutdown request is served while a cell runs.  A forked kernel needs
+        neither: it serves one client (our daemon), has no subshells, and is interrupted
+        with SIGINT and stopped with a signal (forking is only for specs that interrupt
+        by signal, ``forking.eligible``).  Its control requests (kernel_info, shutdown)
+        are answered between cells.  Two threads and event loops, a STREAM and a DEALER
+        socket (the debugger's) and a connection to its own shell socket fewer, per
+        kernel; and one thread hop fewer for every shell request and reply."""
+        import atexit
+
+        import zmq
+        app.log.info("Starting the kernel at pid: %i", os.getpid())
+        app.context = context = zmq.Context()
+        atexit.register(app.close)
+        for name in ("shell", "stdin", "control"):
+            sock = context.socket(zmq.ROUTER)
+            sock.linger = 1000
+            app._apply_curve_server_options(sock)
+            setattr(app, f"{name}_port", app._bind_socket(sock, getattr(app, f"{name}_port")))
+            if hasattr(zmq, "ROUTER_HANDOVER"):
+                sock.router_handover = 1   # as ipykernel sets it (ipython/ipykernel#270)
+            setattr(app, f"{name}_socket", sock)
+        app.control_thread = app.shell_channel_thread = None
+        app.init_iopub(context)
+
+    @staticmethod
+    def _init_kernel(app: object) -> None:
+        """IPKernelApp.init_kernel (ipykernel 7.x) for the sockets of ``_init_sockets``:
+        shell and control streams on the main thread's event loop, no debugger streams."""
+        from zmq.eventloop.zmqstream import ZMQStream
+        kernel = app.kernel_class.instance(
+            parent=app, session=app.session,
+            control_stream=ZMQStream(app.control_socket), debugpy_stream=None,
+            debug_shell_socket=None, shell_stream=ZMQStream(app.shell_socket),
+            control_thread=None, shell_channel_thread=None,
+            iopub_thread=app.iopub_thread, iopub_socket=app.iopub_socket,
+            stdin_socket=app.stdin_socket, log=app.log, profile_dir=app.profile_dir,
+            user_ns=app.user_ns)
+        kernel.record_ports({name + "_port": port for name, port in app._ports.items()})
+        app.kernel = kernel
+        app.displayhook.get_execution_count = lambda: kernel.execution_count
+        # IPythonKernel.start warns that a kernel without a debugger stream cannot debug:
+        # true by design here (``_without_debugger``), not a line for every kernel's stderr.
+        app.log.addFilter(lambda record: record.msg != _NO_DEBUGGER_WARNING)
 
     @staticmethod
     def _init_heartbeat(app: object) -> None:
@@ -277,6 +316,9 @@ class Prebuilt:
         # A launched kernel builds its shell after init_io: it saved the kernel's streams.
         shell._orig_sys_module_state.update(stdin=sys.stdin, stdout=sys.stdout,
                                             stderr=sys.stderr, excepthook=sys.excepthook)
+
+
+_NO_DEBUGGER_WARNING = "debugpy_stream undefined, debugging will not be enabled"
 
 
 class _BorrowedContext:
