@@ -104,7 +104,7 @@ def test_forked_kernel_looks_like_a_launched_one(loop, svc) -> None:
 def test_forked_kernel_is_lean(loop, svc) -> None:
     """No debugger, no subshells (no shell channel thread), no control thread (control
     served on the main thread, and still answering), no parent-poller thread (a
-    parent-death SIGKILL instead), the heartbeat on the kernel's own ZMQ context;
+    parent-death SIGKILL instead), no heartbeat (the daemon watches the process);
     debugpy stays importable for user code."""
     spec = svc.catalog.get("python3")
     kernel = run(loop, svc.launcher.start(spec, scratch=True, warm=False, fork=True))
@@ -116,13 +116,13 @@ def test_forked_kernel_is_lean(loop, svc) -> None:
                 "ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0); "   # PR_GET_PDEATHSIG
                 "features = get_ipython().kernel.kernel_info['supported_features']; "
                 "print(json.dumps([sig.value, app.poller is None, "
-                "app.heartbeat.context.underlying == app.context.underlying, "
+                "app.heartbeat is None, "
                 "app.shell_channel_thread is None, 'debugger' in features, "
                 "'kernel subshells' in features, app.control_thread is None, "
                 "sorted(t.name for t in __import__('threading').enumerate())]))")
-        sig, no_poller, shared_hb, no_subshell_thread, debugger, subshells, no_control_thread, threads = \
+        sig, no_poller, no_heartbeat, no_subshell_thread, debugger, subshells, no_control_thread, threads = \
             json.loads(kernel_output(loop, kernel, code))
-        assert (sig, no_poller, shared_hb, no_subshell_thread, debugger, subshells, no_control_thread) == \
+        assert (sig, no_poller, no_heartbeat, no_subshell_thread, debugger, subshells, no_control_thread) == \
             (int(signal.SIGKILL), True, True, True, False, False, True), threads
         assert kernel_output(loop, kernel, "import debugpy; print('importable')").strip() == "importable"
         # The control channel is served between cells on the main thread: it answers.

@@ -42,9 +42,11 @@ Lifecycle of one kernel:
 What a forked stateless kernel leaves out, being one call's kernel that only our daemon
 talks to: the debugger (``_without_debugger``) and its sockets, subshells and the
 shell channel thread, the control thread (shell and control are served on the main
-thread, ``Prebuilt._init_sockets``), the parent poller thread and the heartbeat's
-second ZMQ context (``Prebuilt._init_heartbeat``).  Each is memory that every fork
-copies page tables for, or threads every kernel starts and tears down.
+thread, ``Prebuilt._init_sockets``), the parent poller thread and the heartbeat (its
+thread, socket and ZMQ context: the daemon never checks a heartbeat, it watches the
+kernel's process, and nobody else talks to a kernel that lives for one call).  Each is
+memory that every fork copies page tables for, or threads every kernel starts and
+tears down.
 
 Kernels never fork from a used kernel: the zygote itself never runs user code, starts
 no thread, opens no ZMQ context and has no event loop.
@@ -204,8 +206,9 @@ class Prebuilt:
         app.init_connection_file()
         app.init_poller()
         self._init_sockets(app)
-        self._init_heartbeat(app)
-        app.write_connection_file()
+        app.heartbeat = None   # nobody watches a one-call kernel's heartbeat (see below)
+        if not self._ports_given(app):
+            app.write_connection_file()
         app.log_connection_info()
         app.init_io()
         try:
@@ -282,19 +285,11 @@ class Prebuilt:
         app.log.addFilter(lambda record: record.msg != _NO_DEBUGGER_WARNING)
 
     @staticmethod
-    def _init_heartbeat(app: object) -> None:
-        """IPKernelApp.init_heartbeat, on the kernel's own ZMQ context.  ipykernel gives
-        the heartbeat a context of its own (two more native threads per kernel) so a
-        long-held GIL cannot delay its echoes; nobody watches a stateless kernel's
-        heartbeat (it lives for one call), so it shares the kernel's context.  The
-        wrapper keeps ``IPKernelApp.close`` (atexit) from terminating that context before
-        the other sockets are closed, which would hang the kernel's exit."""
-        from ipykernel.heartbeat import Heartbeat
-        app.heartbeat = Heartbeat(_BorrowedContext(app.context), (app.transport, app.ip, app.hb_port),
-                                  curve_publickey=app.curve_publickey,
-                                  curve_secretkey=app.curve_secretkey)
-        app.hb_port = app.heartbeat.port
-        app.heartbeat.start()
+    def _ports_given(app: object) -> bool:
+        """Every port came from the connection file (the daemon writes one per kernel with
+        all of them): IPKernelApp.write_connection_file would only read the file back,
+        merge in the same values and find nothing to write."""
+        return all(getattr(app, f"{name}_port") for name in ("shell", "stdin", "control", "iopub", "hb"))
 
     @staticmethod
     def _renew_session(session: object) -> None:
@@ -319,19 +314,6 @@ class Prebuilt:
 
 
 _NO_DEBUGGER_WARNING = "debugpy_stream undefined, debugging will not be enabled"
-
-
-class _BorrowedContext:
-    """A ZMQ context lent to the heartbeat: everything but ``term`` is the real one's."""
-
-    def __init__(self, context: object) -> None:
-        self._context = context
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._context, name)
-
-    def term(self) -> None:
-        pass   # the owner (IPKernelApp.context) terminates it, after closing its sockets
 
 
 class _FileOf:
