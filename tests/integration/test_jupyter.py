@@ -39,6 +39,15 @@ def test_error_shape_and_two_stream_items(project) -> None:
     assert two == [{"name": "stdout", "text": "1"}, {"name": "stdout", "text": "2\n"}]
 
 
+def test_kernels_reply_without_ipykernels_execute_sleep(project) -> None:
+    # ipykernel sleeps 0.5 ms before each reply unless told not to; the daemon tells it
+    # (it reads IOPub up to "idle"), so output written at the very end must still arrive.
+    assert project.system.jupyter_execute(input="get_ipython().kernel._execute_sleep", kernel="python3") == [
+        {"data": {"text/plain": "0.0"}}]
+    out = project.system.jupyter_execute(input="for i in range(300): print(i)", kernel="python3")
+    assert "".join(o["text"] for o in out) == "".join(f"{i}\n" for i in range(300))
+
+
 def test_output_cap_notice(project) -> None:
     out = project.call("system.jupyterExecute", [{  # the official client cannot send limits
         "input": "import sys; print('hi'); sys.stdout.flush(); print('x'*100)", "kernel": "python3",
@@ -138,6 +147,7 @@ def test_persistent_session(server: Server, account, project_id: str) -> None:
     assert interrupted["timed_out"] is True and interrupted["interrupted"] is True
     assert interrupted["state_survived"] is True and interrupted["restarted"] is False
     assert run("x")["outputs"] == [{"data": {"text/plain": "21"}}]
+    assert run("get_ipython().kernel._execute_sleep")["outputs"] == [{"data": {"text/plain": "0.0"}}]
     png = run("%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3]); plt.show()")
     images = [o for o in png["outputs"] if "image/png" in o.get("data", {})]
     assert images and base64.b64decode(images[0]["data"]["image/png"]).startswith(b"\x89PNG")

@@ -41,6 +41,7 @@ from ..context import ProjectContext
 from ..tracking import ProcessGroup
 from .forking import ForkedProcess, ZygoteManager, ZygoteProcess
 from .specs import KernelSpecInfo
+from .zygote import KERNEL_EXTRA_ARGV
 
 T = TypeVar("T")
 
@@ -477,9 +478,7 @@ class KernelLauncher:
 
         extra: list[str] = []
         if spec.is_ipykernel:
-            # Kernels here are short-lived or concurrent: keep IPython history in memory
-            # instead of 20 kernels contending for one history.sqlite in HOME.
-            extra.append("--HistoryManager.hist_file=:memory:")
+            extra.extend(KERNEL_EXTRA_ARGV)   # why each: see its definition
         try:
             group = self.ctx.tracker.new_group(f"jupyter-{kid}")
         except BaseException:

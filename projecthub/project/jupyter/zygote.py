@@ -119,9 +119,15 @@ def _without_debugger() -> None:
             del sys.modules["debugpy"]
 
 
-# The argv (besides -f and parent_handle) the daemon gives every stateless kernel; the
-# prebuilt app below is configured with exactly this.
-PREBUILT_ARGV = ["--HistoryManager.hist_file=:memory:"]
+# The argv (besides -f and parent_handle) the daemon gives every ipykernel it starts
+# (kernels.py); the prebuilt app below is configured with exactly this.
+# - History in memory: kernels here are short-lived or concurrent, and 20 of them would
+#   contend for one history.sqlite in HOME.
+# - No _execute_sleep: ipykernel sleeps 0.5 ms (~0.7 ms here) before every execute_reply
+#   so that clients which stop reading at the reply have seen the cell's output.  The
+#   daemon reads IOPub until the kernel's "idle" status, which is published after the
+#   reply and after the output (one IOPub socket, in order), so the sleep is pure latency.
+KERNEL_EXTRA_ARGV = ["--HistoryManager.hist_file=:memory:", "--IPythonKernel._execute_sleep=0"]
 # Kernel traits that shape how the shell is built: if the user's config sets any, the
 # shell cannot be built ahead of the kernel and children start the ordinary way.
 _SHELL_SHAPING = {"shell_class", "compiler_class", "user_module", "user_ns", "kernel_class"}
@@ -152,7 +158,7 @@ class Prebuilt:
             raise RuntimeError(f"prebuilding is written for ipykernel 7, not {ipykernel.__version__}")
         app = IPKernelApp.instance()
         # BaseIPythonApplication.initialize without the crash handler (the child's job).
-        app.parse_command_line(PREBUILT_ARGV)
+        app.parse_command_line(KERNEL_EXTRA_ARGV)
         cl_config = copy.deepcopy(app.config)
         app.init_profile_dir()
         app.init_config_files()
@@ -563,7 +569,7 @@ def become_kernel(zygote: Zygote, req: dict, release_fd: int) -> int:
     argv = ["-f", req["connection_file"], f"--IPKernelApp.parent_handle={os.getppid()}",
             *req.get("argv", [])]
     sys.argv = [launcher, *argv]
-    if PREBUILT is not None and req.get("argv", []) == PREBUILT_ARGV:
+    if PREBUILT is not None and req.get("argv", []) == KERNEL_EXTRA_ARGV:
         # No parent poller thread: the kernel gets SIGKILL when the zygote dies.
         PREBUILT.run(req["connection_file"], 0 if _die_with_parent(zygote_pid) else zygote_pid)
         return finish_kernel()
