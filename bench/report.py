@@ -370,6 +370,8 @@ def markdown(res: dict[str, Any], json_path: Path | None = None, plots: list[Pat
 
     errors = [(n, k, v["error"]) for n, sv in s.items() if isinstance(sv, dict)
               for k, v in sv.items() if isinstance(v, dict) and "error" in v]
+    errors += [(n, "round", e) for n, sv in s.items() if isinstance(sv, dict)
+               for e in sv.get("round_errors") or []]
     if errors:
         L.append("Errors in this run:")
         L.append("")

@@ -175,14 +175,18 @@ def official_echo(p: cocalc_api.Project) -> None:
 def scenario_exec(ctx: Ctx) -> dict[str, Any]:
     """c=1 measurements run in interleaved rounds (floor, sandboxed floor, HTTP floor,
     projecthub, projecthub --sandbox none, again ...) so machine noise hits all alike;
-    c=8 and c=64 are one block each, floors first."""
+    so do the c=8/c=64 blocks, in rounds of their own (floors, then projecthub): this VM's
+    speed drifts by 10-30 % over minutes, and one block each, minutes apart, put that
+    drift into the throughput ratio."""
     rounds = ctx.q(1, 5)
     n1 = ctx.q(100, 500) // rounds
     nmb = ctx.q(20, 100) // rounds
-    nconc = {8: ctx.q(200, 1000), 64: ctx.q(320, 2000)}
+    conc_rounds = ctx.q(1, 4)
+    nconc = {8: ctx.q(200, 1000) // conc_rounds, 64: ctx.q(320, 2000) // conc_rounds}
     max_s = ctx.q(15, 60)
     res: dict[str, Any] = {"params": {"n_true": n1 * rounds, "n_echo": n1 * rounds, "n_1mb": nmb * rounds,
-                                      "rounds": rounds, "n_conc": nconc}}
+                                      "rounds": rounds, "conc_rounds": conc_rounds,
+                                      "n_conc": {c: n * conc_rounds for c, n in nconc.items()}}}
     true_argv, mb_argv = ["true"], ["bash", "-c", ONE_MB_CMD]
     c1_keys = ["true_c1", "echo_c1", "1mb_c1"]
     c1_cases = [{"mode": "lat", "argv": true_argv, "n": n1, "c": 1, "max_s": max_s},
@@ -254,33 +258,50 @@ def scenario_exec(ctx: Ctx) -> dict[str, Any]:
         for group, values in parts.items():
             res[group] = {k: merge(v, c=1) for k, v in values.items()}
 
-        # concurrency blocks: floors first, then projecthub
-        def conc_floor(fn: Callable) -> None:
-            for k, v in zip(conc_keys, fn(conc_cases)):
-                res.setdefault(fn.__name__ == "direct_spawn" and "floor_spawn" or "floor_sandbox_spawn", {})[k] = v
-        attempt(res, "conc_floor_spawn", lambda: conc_floor(floors.direct_spawn))
-        attempt(res, "conc_floor_sandbox_spawn", lambda: conc_floor(floors.sandboxed_spawn))
-
-        def conc_http() -> None:
+        def conc_http() -> dict[str, Any]:
+            out: dict[str, Any] = {}
             for c in (8, 64):
-                res.setdefault("floor_http", {})[f"echo_c{c}"] = asyncio.run(
-                    floor_http.measure("/echo", {"x": 1}, nconc[c], c, max_s))
-                res["floor_http"][f"spawn_true_c{c}"] = asyncio.run(
+                out[f"echo_c{c}"] = asyncio.run(floor_http.measure("/echo", {"x": 1}, nconc[c], c, max_s))
+                out[f"spawn_true_c{c}"] = asyncio.run(
                     floor_http.measure("/spawn", {"argv": true_argv}, nconc[c], c, max_s))
-        attempt(res, "conc_floor_http", conc_http)
+            return out
+
+        def conc_ours() -> dict[str, Any]:
+            server, pid = servers["projecthub"]
+            out: dict[str, Any] = {}
+            for c in (8, 64):
+                out[f"raw_true_c{c}"] = asyncio.run(raw_exec(server, pid, "true", nconc[c], c, max_s))
+                out[f"raw_echo_c{c}"] = asyncio.run(raw_exec(server, pid, "echo", nconc[c], c, max_s,
+                                                             check=_echo_ok, **ECHO_OPTS))
+            for c in (8, 64):
+                out[f"official_true_c{c}"] = official_concurrent(
+                    server, pid, lambda cl: cl.system.exec(command="true"), nconc[c], c, max_s)
+            return out
+
+        conc_blocks: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("floor_spawn", lambda: dict(zip(conc_keys, floors.direct_spawn(conc_cases)))),
+            ("floor_sandbox_spawn", lambda: dict(zip(conc_keys, floors.sandboxed_spawn(conc_cases)))),
+            ("floor_http", conc_http)]
+        if "projecthub" in servers:
+            conc_blocks.append(("projecthub", conc_ours))
+        conc_parts: dict[str, dict[str, list]] = {}
+        for r in range(conc_rounds):
+            log(f"  concurrency round {r + 1}/{conc_rounds}")
+            for group, block in conc_blocks:
+                got = attempt(res, f"conc_{group}", block)
+                del res[f"conc_{group}"]
+                if "error" in got:
+                    res.setdefault("round_errors", []).append(f"conc_{group}: {got['error']}"[:1000])
+                    continue
+                for k, v in got.items():
+                    conc_parts.setdefault(group, {}).setdefault(k, []).append(v)
+        for group, values in conc_parts.items():
+            res.setdefault(group, {}).update(
+                {k: merge(v, c=int(k.rsplit("_c", 1)[1]), errors=sum(x.get("errors") or 0 for x in v))
+                 for k, v in values.items()})
     finally:
         floor_http.__exit__()
 
-    def conc_ours() -> None:
-        server, pid = servers["projecthub"]
-        out = res.setdefault("projecthub", {})
-        for c in (8, 64):
-            out[f"raw_true_c{c}"] = asyncio.run(raw_exec(server, pid, "true", nconc[c], c, max_s))
-            out[f"raw_echo_c{c}"] = asyncio.run(raw_exec(server, pid, "echo", nconc[c], c, max_s,
-                                                         check=_echo_ok, **ECHO_OPTS))
-        for c in (8, 64):
-            out[f"official_true_c{c}"] = official_concurrent(
-                server, pid, lambda cl: cl.system.exec(command="true"), nconc[c], c, max_s)
     def cpu_per_exec() -> dict[str, Any]:
         """CPU (user+sys) per `exec true` in the server, the daemon and the daemon's reaped
         children, over a raw-HTTP c=1 block; the floor's spawner reports the same."""
@@ -306,8 +327,6 @@ def scenario_exec(ctx: Ctx) -> dict[str, Any]:
                          "daemon_cpu_ms": round(d["daemon"], 3), "children_cpu_ms": round(kids, 3)}
         return out
     attempt(res, "cpu_per_exec", cpu_per_exec)
-    if "projecthub" in servers:
-        attempt(res, "conc_projecthub", conc_ours)
     for k in [k for k, v in res.items() if k.startswith(("conc_", "setup_")) and v is None]:
         del res[k]
     if "projecthub_nosandbox" in servers:
