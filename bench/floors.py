@@ -210,6 +210,7 @@ async def jupyter_floor(n_seq: int, n_conc: int, c: int, max_s: float, n_paced: 
             await _execute(kcs[0])
         lat, wall = await timed_concurrent(n_seq, 1, lambda w: _execute(kcs[0]), max_s)
         out["seq"] = summarize(lat, wall, c=1)
+        out["seq_no_execute_sleep"] = await _no_sleep_floor(n_seq, max_s)
         if n_paced:
             paced = []
             for _ in range(n_paced):
@@ -240,6 +241,27 @@ async def jupyter_floor(n_seq: int, n_conc: int, c: int, max_s: float, n_paced: 
             except Exception:
                 pass
     return out
+
+
+async def _no_sleep_floor(n: int, max_s: float) -> dict[str, Any]:
+    """The sequential floor on a kernel started like projecthub's: without ipykernel's
+    0.5 ms sleep before each reply (``--IPythonKernel._execute_sleep=0``).  Shown for
+    reference only; the targets keep the stock kernel as their floor."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    km = AsyncKernelManager(kernel_name="python3")
+    await km.start_kernel(stderr=subprocess.DEVNULL, extra_arguments=["--IPythonKernel._execute_sleep=0"])
+    kc = km.client()
+    try:
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=120)
+        for _ in range(20):
+            await _execute(kc)
+        lat, wall = await timed_concurrent(n, 1, lambda w: _execute(kc), max_s)
+        return summarize(lat, wall, c=1)
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
 
 
 class WarmKernelFloor:

@@ -229,6 +229,10 @@ def markdown(res: dict[str, Any], json_path: Path | None = None, plots: list[Pat
         L.append("")
         L.append(LAT_HEAD)
         L.append(_lat_row("floor: warm kernel, jupyter_client execute_interactive, sequential", base, base))
+        if g(fl, "seq_no_execute_sleep"):
+            L.append(_lat_row("floor: warm kernel without ipykernel's pre-reply sleep, like projecthub's kernels",
+                              g(fl, "seq_no_execute_sleep"), base,
+                              "`--IPythonKernel._execute_sleep=0`; for reference, not a target's base"))
         if g(fl, "seq_paced"):
             L.append(_lat_row("floor: warm kernel, paced (same pause as the paced row below)", g(fl, "seq_paced"),
                               base, f"{g(fl, 'seq_paced', 'pause_s') or ''} s untimed pause before each call"))
