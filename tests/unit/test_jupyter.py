@@ -21,6 +21,7 @@ from projecthub.errors import RemoteError
 from projecthub.project.context import ProjectContext
 from projecthub.project.jupyter import JupyterService
 from projecthub.project.tracking_fallback import MarkerTracker
+from tests.unit.loops import close_loop
 
 T = TypeVar("T")
 PROJECT_ID = "00000000-0000-4000-8000-00000000jjjj"
@@ -41,7 +42,7 @@ def make_ctx(root: Path, mpl_dir: Path, **settings: Any) -> ProjectContext:
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     lp = asyncio.new_event_loop()
     yield lp
-    lp.close()
+    close_loop(lp)
 
 
 @pytest.fixture(scope="module")
@@ -396,7 +397,7 @@ def test_close_leaves_nothing_behind(tmp_path: Path, mpl_dir: Path) -> None:
         with pytest.raises(RemoteError):
             run(lp, service.jupyter_execute({"input": "1", "kernel": "python3"}))
     finally:
-        lp.close()
+        close_loop(lp)
 
 
 def test_start_timeout_kills_the_kernel(tmp_path: Path, mpl_dir: Path) -> None:
@@ -414,7 +415,7 @@ def test_start_timeout_kills_the_kernel(tmp_path: Path, mpl_dir: Path) -> None:
         run(lp, service.close())
         assert no_zombie_children()
     finally:
-        lp.close()
+        close_loop(lp)
 
 
 def test_idle_sessions_are_culled(tmp_path: Path, mpl_dir: Path) -> None:
@@ -427,7 +428,7 @@ def test_idle_sessions_are_culled(tmp_path: Path, mpl_dir: Path) -> None:
         wait_until(lp, lambda: gone(rec["pid"]), 10)
         run(lp, service.close())
     finally:
-        lp.close()
+        close_loop(lp)
 
 
 def test_idle_pool_shrinks_to_one(tmp_path: Path, mpl_dir: Path) -> None:
@@ -447,7 +448,7 @@ def test_idle_pool_shrinks_to_one(tmp_path: Path, mpl_dir: Path) -> None:
         assert len(service.pool.idle_kernels()) == 1
         run(lp, service.close())
     finally:
-        lp.close()
+        close_loop(lp)
 
 
 def test_pool_bursts_while_calls_outrun_it(tmp_path: Path, mpl_dir: Path) -> None:
@@ -474,7 +475,7 @@ def test_pool_bursts_while_calls_outrun_it(tmp_path: Path, mpl_dir: Path) -> Non
         wait_until(lp, lambda: len(service.pool.idle_kernels()) == 1, 10)
         run(lp, service.close())
     finally:
-        lp.close()
+        close_loop(lp)
 
 
 def test_interrupt_by_message_opens_the_control_channel(tmp_path: Path, mpl_dir: Path,
@@ -502,4 +503,4 @@ def test_interrupt_by_message_opens_the_control_channel(tmp_path: Path, mpl_dir:
         assert out[-1]["ename"] == "KeyboardInterrupt"
         run(lp, service.close())
     finally:
-        lp.close()
+        close_loop(lp)

@@ -21,6 +21,7 @@ from projecthub.project.context import ProjectContext
 from projecthub.project.jupyter import JupyterService
 from projecthub.project.jupyter.forking import ForkedProcess, eligible
 from projecthub.project.tracking_fallback import MarkerTracker
+from tests.unit.loops import close_loop
 
 from test_jupyter import execute, gone, loop, make_ctx, mpl_dir, no_zombie_children, run, wait_until  # noqa: F401
 
@@ -276,7 +277,7 @@ def test_adopt_failure_falls_back_and_disables_forking(tmp_path: Path, mpl_dir: 
         assert gone(z.pid)
         assert list(Path(ctx.tmp_dir).iterdir()) == []
     finally:
-        lp.close()
+        close_loop(lp)
 
 
 def test_kernel_config_change_reaches_the_next_kernel(tmp_path: Path, mpl_dir: Path) -> None:
@@ -302,7 +303,7 @@ def test_kernel_config_change_reaches_the_next_kernel(tmp_path: Path, mpl_dir: P
             {"data": {"text/plain": f"(42, {new.pid})"}}]
         run(lp, service.close())
     finally:
-        lp.close()
+        close_loop(lp)
 
 
 def test_disabled_by_setting(tmp_path: Path, mpl_dir: Path) -> None:
@@ -314,7 +315,7 @@ def test_disabled_by_setting(tmp_path: Path, mpl_dir: Path) -> None:
         assert execute(lp, service, "1+1") == [{"data": {"text/plain": "2"}}]
         run(lp, service.close())
     finally:
-        lp.close()
+        close_loop(lp)
 
 
 def test_close_leaves_no_process(tmp_path: Path, mpl_dir: Path) -> None:
@@ -338,7 +339,7 @@ def test_close_leaves_no_process(tmp_path: Path, mpl_dir: Path) -> None:
         assert list((Path(ctx.state_dir) / "jupyter").iterdir()) == []
         assert list(Path(ctx.tmp_dir).iterdir()) == []
     finally:
-        lp.close()
+        close_loop(lp)
 
 
 def test_marker_group_adopt() -> None:
