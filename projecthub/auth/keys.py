@@ -1,10 +1,26 @@
-"""API key secrets in CoCalc's exact format (reference spec 2.1-2.2).
+"""API key secrets in CoCalc's exact format (reference spec 2.1-2.2), and their stored hashes.
 
 A secret is ``sk-`` + 16 random alphanumerics + the 6-character base-62 encoding
 of the key's row id, so a presented key names its own row and resolving it needs
-no scan.  Only a salted, iterated HMAC-SHA512 of the secret is stored, in the
-``sha512$<salt>$<iterations>$<digest>`` layout of npm ``password-hash`` so that
-hashes are interchangeable with CoCalc's.
+no scan.  Only a salted HMAC-SHA512 of the secret is stored, in the
+``sha512$<salt>$<iterations>$<digest>`` layout of npm ``password-hash``, so that
+hashes stay interchangeable with CoCalc's (its verifier reads the iteration count
+from the stored value).
+
+Why one round, not CoCalc's 1000: a slow KDF exists to make offline guessing of
+*low-entropy* secrets (human passwords) expensive after a database leak.  Our
+secrets are 16 characters drawn by ``secrets.choice`` from 62: about 95 bits of
+CSPRNG output.  Even at 10**12 guesses a second, finding one takes ~10**9 years
+with a single fast round, so the extra rounds add nothing against a leak.  What they
+did add was a lever for denial of service: every presented secret for a real key id
+cost the server 1000 HMAC rounds (~2 ms) on the store thread, so a few dozen
+clients spraying bad secrets slowed every other user down.  One round costs ~2 µs.
+
+Hashes written before this change (1000 rounds) still verify (``verify_secret``
+reads the count), and ``needs_upgrade`` tells the resolver to re-hash them in the
+fast format on their next successful use (``auth/upgrade.py``).  Iteration counts
+above 1000 are refused, never computed: a corrupted or hostile stored value must not
+buy unbounded CPU.
 """
 
 from __future__ import annotations
@@ -25,11 +41,12 @@ KEY_LEN = len(KEY_PREFIX) + RANDOM_LEN + ID_LEN  # 25
 MAX_ROW_ID = 2147483647  # CoCalc rejects decoded ids outside a signed 32-bit int
 
 HASH_ALGORITHM = "sha512"
-HASH_ITERATIONS = 1000
+HASH_ITERATIONS = 1  # see the module docstring: a fast hash for a high-entropy secret
+LEGACY_ITERATIONS = 1000  # CoCalc's count, and ours before: still verified, then upgraded
 SALT_HEX_LEN = 32
-HASH_LEN = 173  # 7 + 32 + 1 + 4 + 1 + 128
-# Refuse to spend unbounded CPU on a corrupted stored iteration count.
-_MAX_ITERATIONS = 100_000
+HASH_LEN = 170  # 7 + 32 + 1 + 1 + 1 + 128 (the column holds 173: legacy hashes)
+# Refuse to spend more CPU than a legacy hash on a corrupted stored iteration count.
+_MAX_ITERATIONS = LEGACY_ITERATIONS
 
 
 def encode_base62(n: int, width: int = 6) -> str:
@@ -89,7 +106,7 @@ def _digest(secret: str, salt: str, iterations: int) -> str:
 
 
 def hash_secret(secret: str) -> str:
-    """``sha512$<32 hex salt>$1000$<128 hex digest>`` (173 characters)."""
+    """``sha512$<32 hex salt>$1$<128 hex digest>`` (170 characters)."""
     salt = secrets.token_hex(SALT_HEX_LEN // 2)
     digest = _digest(secret, salt, HASH_ITERATIONS)
     return f"{HASH_ALGORITHM}${salt}${HASH_ITERATIONS}${digest}"
@@ -113,3 +130,9 @@ def verify_secret(secret: str, stored: str) -> bool:
         return hmac.compare_digest(expected.encode(), stored.encode())
     except UnicodeEncodeError:  # lone surrogates, e.g. from a JSON "\ud800" escape
         return False
+
+
+def needs_upgrade(stored: str) -> bool:
+    """True for a well-formed hash that is not in the current (fast) format."""
+    parts = stored.split("$") if isinstance(stored, str) else []
+    return len(parts) == 4 and parts[0] == HASH_ALGORITHM and parts[2] != str(HASH_ITERATIONS)

@@ -1,16 +1,23 @@
 """Turn a presented API key into an ``Identity`` (reference spec 2.3).
 
-Verifying a secret costs 1000 HMAC rounds (~2 ms), and every API request presents
-a key, so successful resolutions are cached for a couple of seconds.  The cache is
+Verifying a secret costs one HMAC round (``keys.py`` says why one is enough), but
+resolving also reads the key's row, account and collaborator status from the store,
+and every API request presents a key, so successful resolutions are cached for a
+couple of seconds.  The cache is
 keyed by a SHA-256 of the presented key, never the key itself, and entries carry
 the key's expiry so expiry is honoured even on a cache hit.  Failures are not
 cached: a key created a moment ago must work at once.
 
 When a cached resolution ages out, the key's row, account, collaborator status and
 expiry are read again from the store, but the secret is not re-hashed if the stored
-hash is the very one it was verified against before (``_verified``): the hash is what
-made the secret cost 1000 rounds, and an unchanged hash cannot stop matching it.  So
-a client that calls every few seconds pays store reads, not ~5 ms of hashing per call.
+hash is the very one it was verified against before (``_verified``): an unchanged hash
+cannot stop matching it, and a legacy 1000-round hash costs ~2 ms.  A legacy hash is
+replaced by a fast one on its first successful verification (``upgrade.py``).
+
+A presented key that fails costs one store read (its row) and one HMAC round: the
+secret is checked before the account and collaborator reads, so a spray of bad
+secrets for a real key id costs the store thread about what a spray of unknown key
+ids does.
 
 Even those reads cost a request ~1.4 ms, and a client calling every few seconds
 would pay them on almost every call.  So entries of keys used recently are
@@ -41,7 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .keys import key_row_id, verify_secret
+from .keys import key_row_id, needs_upgrade, verify_secret
+from .upgrade import upgrade_hash
 
 if TYPE_CHECKING:  # the store imports auth.keys; avoid an import cycle at runtime
     from ..store import Store
@@ -156,6 +164,21 @@ class KeyResolver:
                     self._mark_used(digest, now)
         return identity
 
+    def cached(self, key: str | None) -> Identity | None:
+        """The identity of a fresh, unexpired cache entry for ``key``, or None; memory
+        only, and unlike ``peek`` whether or not ``last_active`` is due.  Lets the bad-key
+        throttle wave through, before any work, a key that verified seconds ago."""
+        if not isinstance(key, str) or not key:
+            return None
+        digest = _digest(key)
+        with self._lock:
+            entry = self._cache.get(digest)
+            if entry is None or self._clock() - entry.cached_at >= self._ttl:
+                return None
+            if _expired(entry.expire, self._wall_clock()):
+                return None
+            return entry.identity
+
     def peek(self, key: str | None) -> Identity | None:
         """Answer from memory only: the cached identity when it is fresh, unexpired
         and needs no ``last_active`` write; otherwise None, meaning "call
@@ -252,10 +275,11 @@ class KeyResolver:
         row = self._store.get_api_key(key_id)
         if row is None:
             return None
+        # The secret first: a bad one costs this one read and one HMAC round, no more.
+        if not self._secret_matches(key, digest, key_id, row["hash"]):
+            return None
         account = self._store.get_account(row["account_id"])
         if account is None or account["banned"]:
-            return None
-        if not self._secret_matches(key, digest, row["hash"]):
             return None
         project_id = row["project_id"]
         if project_id is not None and not self._store.is_collaborator(project_id, row["account_id"]):
@@ -284,12 +308,14 @@ class KeyResolver:
             return None
         return _identity(row, account), row["expire"]
 
-    def _secret_matches(self, key: str, digest: str, stored_hash: str) -> bool:
+    def _secret_matches(self, key: str, digest: str, key_id: int, stored_hash: str) -> bool:
         with self._lock:
             if self._verified.get(digest) == stored_hash:
                 return True
         if not verify_secret(key, stored_hash):
             return False
+        if needs_upgrade(stored_hash):  # a legacy 1000-round hash: pay for it only this once
+            stored_hash = upgrade_hash(self._store, key_id, key, stored_hash) or stored_hash
         with self._lock:
             if len(self._verified) >= _SWEEP_THRESHOLD:
                 self._verified.clear()   # rare; only costs one more hash per key

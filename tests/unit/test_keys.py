@@ -14,11 +14,13 @@ from projecthub.auth.keys import (
     hash_secret,
     key_row_id,
     trunc,
+    needs_upgrade,
     verify_secret,
 )
 
 KEY_RE = re.compile(r"^sk-[A-Za-z0-9]{16}[0-9A-Za-z]{6}$")
-HASH_RE = re.compile(r"^sha512\$[0-9a-f]{32}\$1000\$[0-9a-f]{128}$")
+# One HMAC round: the secret is ~95 random bits, a slow KDF only fed denial of service (keys.py).
+HASH_RE = re.compile(r"^sha512\$[0-9a-f]{32}\$1\$[0-9a-f]{128}$")
 
 # Computed with Node's crypto (what npm password-hash uses), not with our code:
 #   h = secret; 1000 times: h = createHmac("sha512", salt).update(h).digest("hex")
@@ -106,14 +108,27 @@ def test_trunc() -> None:
 def test_hash_format() -> None:
     secret = generate_secret(3)
     stored = hash_secret(secret)
-    assert len(stored) == 173
+    assert len(stored) == 170
     assert HASH_RE.match(stored)
+    assert not needs_upgrade(stored)
     assert hash_secret(secret) != stored  # fresh salt each time
 
 
 def test_verify_matches_node_reference_vector() -> None:
+    # a legacy (and CoCalc) 1000-round hash still verifies, and is marked for upgrade
     assert verify_secret(NODE_SECRET, NODE_HASH)
     assert not verify_secret(NODE_SECRET[:-1] + "b", NODE_HASH)
+    assert needs_upgrade(NODE_HASH)
+    assert not needs_upgrade("") and not needs_upgrade(None)  # type: ignore[arg-type]
+
+
+def test_one_round_matches_the_password_hash_layout() -> None:
+    # what npm password-hash (CoCalc's verifier) computes for iterations=1
+    import hashlib
+    import hmac
+    salt = "0123456789abcdef0123456789abcdef"
+    digest = hmac.new(salt.encode(), NODE_SECRET.encode(), hashlib.sha512).hexdigest()
+    assert verify_secret(NODE_SECRET, f"sha512${salt}$1${digest}")
 
 
 def test_verify_true_and_false() -> None:
@@ -134,6 +149,7 @@ def test_verify_true_and_false() -> None:
         NODE_HASH.replace("$1000$", "$0$"),
         NODE_HASH.replace("$1000$", "$-5$"),
         NODE_HASH.replace("$1000$", "$99999999$"),  # absurd cost: refused, not computed
+        NODE_HASH.replace("$1000$", "$1001$"),  # more than a legacy hash costs: refused
         NODE_HASH.replace("sha512$", "md5$"),
         NODE_HASH + "$extra",
         NODE_HASH[:-1],

@@ -1,0 +1,82 @@
+"""Legacy 1000-round key hashes keep working and are upgraded to one round on first use;
+a bad secret costs one row read and one HMAC round, never the account reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from projecthub.auth import keys
+from projecthub.auth.resolve import KeyResolver
+from projecthub.store import Store
+from projecthub.store.schema import api_keys
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.for_data_dir(tmp_path)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def _legacy_hash(secret: str) -> str:
+    salt = "0123456789abcdef0123456789abcdef"
+    return f"sha512${salt}$1000${keys._digest(secret, salt, 1000)}"
+
+
+def _stored_hash(store: Store, key_id: int) -> str:
+    with store.engine.begin() as conn:
+        return conn.execute(select(api_keys.c.hash).where(api_keys.c.id == key_id)).scalar_one()
+
+
+def test_new_keys_are_stored_with_one_round(store: Store) -> None:
+    row, secret = store.create_api_key(store.create_account())
+    stored = _stored_hash(store, row["id"])
+    assert stored.split("$")[2] == "1" and keys.verify_secret(secret, stored)
+
+
+def test_legacy_hash_verifies_once_then_is_upgraded(store: Store) -> None:
+    account = store.create_account()
+    row, secret = store.create_api_key(account)
+    with store.engine.begin() as conn:   # as written by an older projecthub (or CoCalc)
+        conn.execute(update(api_keys).where(api_keys.c.id == row["id"]).values(hash=_legacy_hash(secret)))
+    resolver = KeyResolver(store, cache_ttl=0)   # no cache: every resolve reads the row
+    assert resolver.resolve(secret).account_id == account   # type: ignore[union-attr]
+    upgraded = _stored_hash(store, row["id"])
+    assert upgraded.split("$")[2] == "1" and keys.verify_secret(secret, upgraded)
+    # still the same key: a fresh resolver (another process, a restart) accepts it too
+    assert KeyResolver(store, cache_ttl=0).resolve(secret).account_id == account  # type: ignore[union-attr]
+    assert KeyResolver(store, cache_ttl=0).resolve(secret[:3] + "x" * 16 + secret[19:]) is None
+
+
+def test_a_wrong_secret_for_a_legacy_hash_does_not_upgrade(store: Store) -> None:
+    row, secret = store.create_api_key(store.create_account())
+    legacy = _legacy_hash(secret)
+    with store.engine.begin() as conn:
+        conn.execute(update(api_keys).where(api_keys.c.id == row["id"]).values(hash=legacy))
+    assert KeyResolver(store, cache_ttl=0).resolve(secret[:3] + "y" * 16 + secret[19:]) is None
+    assert _stored_hash(store, row["id"]) == legacy
+
+
+def test_bad_secret_reads_only_the_key_row(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    row, secret = store.create_api_key(store.create_account())
+    reads: list[str] = []
+    for name in ("get_api_key", "get_account", "is_collaborator"):
+        real = getattr(store, name)
+        monkeypatch.setattr(store, name, lambda *a, _n=name, _r=real: reads.append(_n) or _r(*a))
+    assert KeyResolver(store, cache_ttl=0).resolve(secret[:3] + "z" * 16 + secret[19:]) is None
+    assert reads == ["get_api_key"]
+
+
+def test_cached_answers_from_memory_only(store: Store) -> None:
+    account = store.create_account()
+    _, secret = store.create_api_key(account)
+    resolver = KeyResolver(store, cache_ttl=5)
+    assert resolver.cached(secret) is None            # never resolved: unknown, not "bad"
+    assert resolver.resolve(secret) is not None
+    assert resolver.cached(secret).account_id == account  # type: ignore[union-attr]
+    assert resolver.cached("sk-\ud800") is None and resolver.cached(None) is None
