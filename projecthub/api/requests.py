@@ -1,18 +1,32 @@
-"""Reading requests safely: bounded bodies, JSON or form decoding, API keys from headers."""
+"""Reading requests safely: bounded bodies, the one JSON/form decoder, API keys and the throttle.
+
+Every surface (v3, v1, v2, conat) decodes bodies here, so the rules hold everywhere: a
+body that is not strict UTF-8 JSON (or form data), nests deeper than MAX_JSON_DEPTH, or
+holds an unpaired surrogate (``"\\ud800"``) is HTTPError 400 with a message, before
+any handler or store sees it; nothing decoded here can make a later encoder raise.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
-import time
-from collections import deque
-from typing import Any
+import math
+import re
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
+from ..auth.throttle import BadKeyThrottle
 from ..errors import RemoteError
+
+if TYPE_CHECKING:
+    from ..auth.resolve import Identity
+
+__all__ = ["BadKeyThrottle", "HTTPError", "api_key_from", "authenticate_key", "client_address",
+           "decode_json", "parse_form", "parse_json_object", "parse_params", "read_body"]
 
 
 class HTTPError(Exception):
@@ -42,26 +56,116 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# Deepest JSON nesting a request body may have.  Real requests nest a handful of levels;
+# the bound keeps every later consumer (json/msgpack encoders, recursive validators) far
+# from Python's recursion limit.
+MAX_JSON_DEPTH = 64
+# Most fields a form-encoded (v1/v2) body may have.
+MAX_FORM_FIELDS = 1000
+# A \uD800-\uDFFF escape: the only way a lone surrogate gets into a strictly decoded body.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _no_constant(name: str) -> Any:
+    raise HTTPError(400, f"malformed JSON body: {name} is not a JSON number")
+
+
+def _int64(text: str) -> int:
+    if len(text) > 20 or not -2**63 <= (value := int(text)) < 2**63:  # SQLite and msgpack hold 64 bits
+        raise HTTPError(400, f"malformed JSON body: integer {text[:40]} is out of range")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: not representable, and no consumer expects inf
+        raise HTTPError(400, f"malformed JSON body: number {text[:40]} is out of range")
+    return value
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise HTTPError(400, f"malformed JSON body: string contains an unpaired surrogate "
+                             f"(\\u{ord(text[exc.start]):04x}); strings must be valid Unicode") from None
+
+
+def _validate(value: Any, check_strings: bool) -> None:
+    """Depth (and, when asked, lone surrogates in keys and strings), without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise HTTPError(400, f"malformed JSON body: nested deeper than {MAX_JSON_DEPTH} levels")
+        if type(node) is dict:
+            if check_strings:
+                for key in node:
+                    _check_text(key)
+            items = node.values()
+        else:
+            items = node
+        for item in items:
+            kind = type(item)
+            if kind is dict or kind is list:
+                stack.append((item, depth + 1))
+            elif check_strings and kind is str:
+                _check_text(item)
+
+
+def decode_json(body: bytes) -> Any:
+    """The one JSON decoder for request bodies: strict UTF-8, standard JSON only (no NaN or
+    Infinity), nesting at most MAX_JSON_DEPTH, no unpaired surrogates anywhere.  Anything
+    else is HTTPError 400 with a message saying what is wrong, never another exception."""
+    try:
+        text = body.decode("utf-8")  # strict: encoded surrogates and stray bytes are refused
+    except UnicodeDecodeError as exc:
+        raise HTTPError(400, f"malformed JSON body: not valid UTF-8 at byte {exc.start}") from None
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_int64)
+    except RecursionError:  # deeper than the C parser goes: far beyond MAX_JSON_DEPTH
+        raise HTTPError(400, f"malformed JSON body: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError, and ints longer than Python converts
+        raise HTTPError(400, f"malformed JSON body: {exc}") from None
+    if isinstance(value, (dict, list)):
+        # Only walk when it could matter: few brackets cannot nest deep, and without a
+        # surrogate escape a strictly decoded text holds no lone surrogate.
+        check_strings = _SURROGATE_ESCAPE.search(body) is not None
+        if check_strings or body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH:
+            _validate(value, check_strings)
+    elif isinstance(value, str) and _SURROGATE_ESCAPE.search(body):
+        _check_text(value)
+    return value
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPError(400, f"malformed JSON body: {exc}")
+    value = decode_json(body)
     if not isinstance(value, dict):
         raise HTTPError(400, "the JSON body must be an object")
     return value
+
+
+def parse_form(body: bytes) -> dict[str, str]:
+    """application/x-www-form-urlencoded, strictly: the body and every percent-decoded
+    name and value must be UTF-8 (so no lone surrogate can come out), at most
+    MAX_FORM_FIELDS fields; the last value of a repeated name wins."""
+    try:
+        text = body.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FORM_FIELDS)
+    except UnicodeDecodeError:
+        raise HTTPError(400, "malformed form body: not valid UTF-8 (after percent-decoding)") from None
+    except ValueError as exc:  # max_num_fields exceeded
+        raise HTTPError(400, f"malformed form body: {exc}") from None
+    return dict(pairs)
 
 
 def parse_params(request: Request, body: bytes) -> dict[str, Any]:
     """JSON or form-urlencoded, whichever the Content-Type says (v1 accepts both)."""
     content_type = request.headers.get("content-type", "")
     if "application/x-www-form-urlencoded" in content_type:
-        try:
-            return dict(parse_qsl(body.decode(), keep_blank_values=True))
-        except UnicodeDecodeError:
-            raise HTTPError(400, "form body is not valid UTF-8")
+        return parse_form(body)
     return parse_json_object(body)
 
 
@@ -84,24 +188,25 @@ def api_key_from(request: Request) -> str:
     raise RemoteError(f"Unknown authorization type '{scheme}'")
 
 
-class BadKeyThrottle:
-    """Slows down clients that keep presenting bad keys, without touching good requests.
+def client_address(request: Request) -> str:
+    """The TCP peer, or the proxy-reported client when the operator trusts the proxy
+    (uvicorn rewrites ``client`` only then: ``projecthub serve --forwarded-allow-ips``)."""
+    return request.client.host if request.client else "?"
 
-    Only failed authentications are delayed, and only for the address that keeps failing,
-    so a client with a valid key is never locked out by someone else's guessing.
-    """
 
-    def __init__(self, limit_per_minute: int) -> None:
-        self.limit = limit_per_minute
-        self._failures: dict[str, deque[float]] = {}
-
-    def delay_for(self, client: str) -> float:
-        now = time.monotonic()
-        window = self._failures.setdefault(client, deque())
-        window.append(now)
-        while window and window[0] < now - 60:
-            window.popleft()
-        excess = len(window) - self.limit
-        if len(self._failures) > 10000:  # bound memory under a spray of addresses
-            self._failures = {client: window}
-        return 0.0 if excess <= 0 else min(0.05 * (2 ** min(excess, 10)), 5.0)
+async def authenticate_key(request: Request, key: str) -> Identity | None:
+    """Resolve ``key`` for any surface; the bad-key throttle (``auth/throttle.py``) runs
+    before any store read or hash, and only records a failure after one."""
+    hub = request.app.state.hub
+    identity = hub.resolver.cached(key)  # verified seconds ago: never throttled
+    if identity is not None:
+        return await hub.resolve_key(key)  # the usual path (touches last_active when due)
+    throttle: BadKeyThrottle = request.app.state.throttle
+    address = client_address(request)
+    delay = throttle.penalty(address)
+    if delay:
+        await asyncio.sleep(delay)
+    identity = await hub.resolve_key(key)
+    if identity is None:
+        throttle.record_failure(address)
+    return identity
