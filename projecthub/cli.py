@@ -127,7 +127,11 @@ print(cocalc_api.Project(api_key='{key}', host='{url}', project_id=pid).system.e
     # The asyncio loop, not uvloop: uvloop spawns with a plain fork (see ARCHITECTURE.md).
     uvicorn.run(create_app(settings, sandbox), host=settings.host, port=settings.port, loop="asyncio",
                 http="httptools", log_config=None, access_log=False, timeout_graceful_shutdown=5,
-                timeout_keep_alive=settings.keep_alive_s)
+                timeout_keep_alive=settings.keep_alive_s,
+                # X-Forwarded-For only from proxies the operator names: otherwise any client
+                # could pick its own address and escape the per-address bad-key throttle
+                proxy_headers=bool(args.forwarded_allow_ips),
+                forwarded_allow_ips=args.forwarded_allow_ips or None)
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
@@ -265,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--default-limits", default=None,
                        help='per-project default limits as JSON, e.g. \'{"memory_bytes": "2G", "pids": 512}\' '
                             "(also $PROJECTHUB_DEFAULT_LIMITS)")
+    serve.add_argument("--forwarded-allow-ips", metavar="IPS",
+                       default=os.environ.get("PROJECTHUB_FORWARDED_ALLOW_IPS") or None,
+                       help="comma-separated addresses/networks of reverse proxies whose X-Forwarded-For "
+                            "is trusted (default: none, the TCP peer is the client; "
+                            "$PROJECTHUB_FORWARDED_ALLOW_IPS)")
     serve.add_argument("--log-level", default=os.environ.get("PROJECTHUB_LOG_LEVEL", "info"))
     serve.set_defaults(func=cmd_serve)
 

@@ -89,6 +89,12 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
                             status_code=405, headers=getattr(exc, "headers", None))  # keeps Allow
 
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, (UnicodeError, RecursionError)):
+            # Bad input that slipped past the decoders (requests.py): still the client's
+            # fault, so 400 with a message, and one log line instead of a traceback.
+            log.warning("bad input reached %s: %s", request.url.path, type(exc).__name__)
+            return JSONResponse({"error": "invalid request: text must be valid Unicode and nesting "
+                                          "shallow"}, status_code=400)
         log.exception("unhandled error on %s", request.url.path, exc_info=exc)
         return JSONResponse({"error": "internal server error"}, status_code=500)
 

@@ -20,7 +20,7 @@ from ..errors import RemoteError, error_text
 from ..hub.functions import HUB_FUNCTIONS
 from ..hub.service import HubService
 from ..project.api import PUBLIC_FUNCTIONS
-from .requests import BadKeyThrottle, HTTPError, api_key_from, parse_json_object, parse_params, read_body
+from .requests import HTTPError, api_key_from, authenticate_key, parse_json_object, parse_params, read_body
 
 log = logging.getLogger("projecthub.api")
 
@@ -46,15 +46,8 @@ def _hub(request: Request) -> HubService:
 
 
 async def authenticate(request: Request) -> Identity | None:
-    """Resolve the presented key; failures are slowed down per client address."""
-    key = api_key_from(request)
-    identity = await _hub(request).resolve_key(key)
-    if identity is None:
-        throttle: BadKeyThrottle = request.app.state.throttle
-        delay = throttle.delay_for(request.client.host if request.client else "?")
-        if delay:
-            await asyncio.sleep(delay)
-    return identity
+    """Resolve the presented key; an address that keeps failing waits first (auth/throttle.py)."""
+    return await authenticate_key(request, api_key_from(request))
 
 
 def call_budget(request: Request, body: dict[str, Any], name: str, args: list[Any]) -> float:

@@ -20,7 +20,7 @@ from ..auth.resolve import Identity
 from ..errors import RemoteError
 from ..hub.service import HubService, is_uuid
 from .openapi import OPENAPI
-from .requests import HTTPError, api_key_from, parse_json_object, read_body
+from .requests import HTTPError, api_key_from, authenticate_key, parse_json_object, read_body
 
 HEARTBEAT_S = 15.0
 _STATUS_BY_PREFIX = (
@@ -59,13 +59,8 @@ def endpoint(handler: Callable[[Request, Identity], Awaitable[Response]]) -> Cal
                 key = api_key_from(request)
             except RemoteError as exc:
                 raise ApiError(401, exc.message)
-            identity = await _hub(request).resolve_key(key)
+            identity = await authenticate_key(request, key)  # throttled like every surface
             if identity is None:
-                from .compat import BadKeyThrottle  # noqa: F401  (same throttle as compat)
-                throttle = request.app.state.throttle
-                delay = throttle.delay_for(request.client.host if request.client else "?")
-                if delay:
-                    await asyncio.sleep(delay)
                 raise ApiError(401, "invalid API key")
             return await handler(request, identity)
         except ApiError as exc:
