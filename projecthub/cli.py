@@ -200,6 +200,12 @@ def cmd_project_limits(args: argparse.Namespace) -> None:
     except (ValueError, TypeError) as exc:
         _fail(str(exc))
     if args.set or args.unset:
+        from .host.sandbox.disk import check_new_limit   # disk_bytes below what is stored
+        data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+        try:
+            check_new_limit(data_dir / "projects" / args.project, effective.disk_bytes)
+        except ValueError as exc:
+            _fail(str(exc))
         settings["limits"] = overrides
         store.update_project(args.project, settings=settings)
     _emit({"project_id": args.project, "limits": effective.to_json(), "overrides": overrides,
@@ -226,6 +232,7 @@ def cmd_jupyter_api(args: argparse.Namespace) -> None:
 def cmd_stop_all(args: argparse.Namespace) -> None:
     """Stop every project daemon of a data dir (they outlive the server by design)."""
     from .host.sandbox import Sandbox, SandboxConfig
+    from .host.sandbox import disk
     from .host.spares import remove_spare_dirs
     from .store.store import SPARE_STATE
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
@@ -243,6 +250,8 @@ def cmd_stop_all(args: argparse.Namespace) -> None:
             store.update_project(project["project_id"], state="stopped",
                                  state_time=datetime.now(timezone.utc))
             stopped.append(project["project_id"])
+        elif disk.attached(data_dir / "projects" / project["project_id"]):
+            sandbox.stop_project(project["project_id"])   # a disk image left mounted: release it
     _emit({"stopped": stopped})
 
 

@@ -16,6 +16,7 @@ from ..auth.resolve import KeyResolver
 from ..config import ServerSettings
 from ..host.host import Host
 from ..host.sandbox import ProjectLimits, Sandbox, SandboxConfig
+from ..host.sandbox.disk import disk_full_message
 from ..hub.db import AsyncStore
 from ..hub.service import HubService
 from ..store import Store
@@ -89,6 +90,10 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
                             status_code=405, headers=getattr(exc, "headers", None))  # keeps Allow
 
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        full = disk_full_message(exc)
+        if full is not None:   # no space for a write (store or host): 507, not a server bug
+            log.error("no space on %s: %s", request.url.path, exc)
+            return JSONResponse({"error": full}, status_code=507)
         if isinstance(exc, (UnicodeError, RecursionError)):
             # Bad input that slipped past the decoders (requests.py): still the client's
             # fault, so 400 with a message, and one log line instead of a traceback.

@@ -101,7 +101,12 @@ OPENAPI: dict[str, Any] = {
                 "cpu_shares": {"type": ["integer", "null"], "minimum": 2, "maximum": 262144},
                 "tmp_bytes": {"oneOf": [{"type": "integer", "minimum": 2**20}, {"type": "null"},
                                         {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[KMGT]i?B?$"}]},
-                "network": {"type": "boolean", "description": "true = full host network (admins)"}}},
+                "network": {"type": "boolean", "description": "true = full host network (admins)"},
+                "disk_bytes": {"oneOf": [{"type": "integer", "minimum": 16 * 2**20, "maximum": 16 * 2**40 - 2**30},
+                                         {"type": "null"},
+                                         {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[KMGT]i?B?$"}],
+                               "description": "home + job state, a per-project ext4 image; null = "
+                                              "not enforced (admins)"}}},
             "SessionRequest": {"type": "object", "properties": {
                 "name": {"type": "string"}, "kernel": {"type": "string", "default": "python3"},
                 "cwd": {"type": "string"}, "env": {"type": "object", "additionalProperties": {"type": "string"},

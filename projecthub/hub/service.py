@@ -263,6 +263,10 @@ class HubService:
             if raised:
                 raise RemoteError(f"Error: only an admin may raise {', '.join(raised)} above the "
                                   "server default", status=403)
+        try:   # e.g. disk_bytes below what the project already stores: could never apply
+            await asyncio.to_thread(self.host.sandbox.check_limits, project_id, limits)
+        except ValueError as exc:
+            raise RemoteError(f"Error: {exc}", status=409)
         settings["limits"] = merged_overrides
         await self.db.update_project(project_id, settings=settings)
         await self.host.update_limits(project_id, limits)

@@ -86,6 +86,8 @@ class SandboxEnv:
         for pid in list(sb.running_projects()):
             sb.stop_project(pid)
         sb.kill_strays(set())
+        for base in (self.data_dir / "projects").glob("*"):
+            sb.stop_project(base.name)   # also prepared-only ones: unmounts their disk image
         for p in self.procs:
             if p.poll() is None:
                 p.kill()

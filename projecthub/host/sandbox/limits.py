@@ -19,6 +19,10 @@ _SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _MIN_MEMORY = 32 * 2**20
 _MIN_PIDS = 8
 _MIN_TMP = 1 * 2**20
+# disk_bytes: ext4 needs a few MiB of metadata; the upper bound is ext4's file size limit
+# for the sparse image (4 KiB blocks), so a typo fails here and not inside mkfs.
+_MIN_DISK = 16 * 2**20
+_MAX_DISK = 16 * 2**40 - 2**30
 _MAX_CPU_CORES = 4096.0
 _CPU_SHARES_RANGE = (2, 262144)  # kernel bounds for cpu.shares
 
@@ -31,6 +35,9 @@ class ProjectLimits:
     cpu_shares: int | None = 1024       # relative weight (v2: mapped to cpu.weight)
     tmp_bytes: int | None = 512 * 2**20
     network: bool = False               # False = own netns with loopback only (no egress)
+    # home + daemon state + run dir, in a sparse per-project ext4 image (disk.py); None =
+    # not enforced (a project that already has an image keeps it at its current size)
+    disk_bytes: int | None = 10 * 2**30
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,6 +92,11 @@ def _coerce(name: str, value: Any) -> Any:
         lo = _MIN_MEMORY if name == "memory_bytes" else _MIN_TMP
         if n < lo:
             raise ValueError(f"{name}: must be at least {lo} bytes ({lo // 2**20} MiB), got {n}")
+        return n
+    if name == "disk_bytes":
+        n = parse_size(name, value)
+        if not _MIN_DISK <= n <= _MAX_DISK:
+            raise ValueError(f"disk_bytes: must be between {_MIN_DISK // 2**20} MiB and 16 TiB, got {n}")
         return n
     if name == "pids":
         n = _int(name, value)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import psutil
 
 from . import bwrap as bw
+from . import disk
 from .cgroups import CgroupDriver, make_driver
 from .limits import ProjectLimits
 from .probe import CapabilityReport, probe
@@ -83,6 +84,8 @@ class Sandbox:
         self._setsid = shutil.which("setsid")
         self._prepared: dict[str, PreparedProject] = {}
         self._tag = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+        # disk_bytes is enforced only where the probe really filled a loop-mounted image
+        self.disk_enforced = self.report.enforced("disk-limit")
 
     # ------------------------------------------------------------------ prepare
 
@@ -102,6 +105,11 @@ class Sandbox:
         os.chmod(projects, 0o711)   # traversable (mode none), not listable
         base.mkdir(exist_ok=True)
         os.chmod(base, 0o711)
+        if self.disk_enforced or disk.image_path(base).exists():
+            # home and state live in the project's image from here on (disk.py);
+            # the loop below then sets owners and modes inside it.  An existing image is
+            # mounted even if the probe failed: the files are in there (no mount: no start).
+            disk.attach(base, limits.disk_bytes)
         home, run, state, etc = base / "home", base / "run", base / "state", base / "etc"
         for d, mode in ((home, 0o700), (run, 0o700), (state, 0o700), (etc, 0o755)):
             d.mkdir(exist_ok=True)
@@ -188,7 +196,15 @@ class Sandbox:
 
     # ------------------------------------------------------------------ running projects
 
+    def check_limits(self, project_id: str, limits: ProjectLimits) -> None:
+        """ValueError for limits that cannot apply to this project (disk_bytes below use)."""
+        _check_project_id(project_id)
+        disk.check_new_limit(self.project_dir(project_id), limits.disk_bytes)
+
     def update_limits(self, project_id: str, limits: ProjectLimits) -> None:
+        if limits.disk_bytes is not None and disk.attached(self.project_dir(project_id)):
+            # grown online where the kernel lets us; a shrink (or no CAP_SYS_RESOURCE): next start
+            disk.grow(self.project_dir(project_id), limits.disk_bytes)
         if self.driver is not None and project_id in self.driver.project_ids():
             self.driver.apply_limits(project_id, limits)
         if project_id in self._prepared:
@@ -202,6 +218,8 @@ class Sandbox:
         # Also the fallback sweep: catches anything started before cgroups existed
         # or by mode "none" without cgroups.
         _kill_matching(lambda proc: self._belongs(proc, project_id), timeout_s)
+        # Nothing of the project runs any more: unmount its image (frees the loop device).
+        disk.detach(self.project_dir(project_id))
 
     def running_projects(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}

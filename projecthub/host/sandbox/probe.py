@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import bwrap as bw
+from . import disk
 from .cgroups import make_driver, read_int, read_text, discover_mounts
 from .limits import ProjectLimits
 from .users import drop_argv, setpriv_path, write_identity_files
@@ -159,13 +160,15 @@ def probe(data_dir: Path | str, *, mode: str = "auto", cgroup_root_name: str = "
                             else "sandboxed uid cannot mkdir in its cgroup"))
     if not use_bwrap:
         report.notes.append("NO SANDBOX: projects see the host filesystem, processes and network")
-    report.notes.append(_disk_note(data_dir))
+    disk_ok, disk_detail = disk.probe(data_dir / "probe")
+    layers.append(Layer("disk-limit", disk_ok, disk_detail if disk_ok else
+                        disk_detail + "; disk_bytes NOT enforced: " + _disk_note(data_dir)))
     return report
 
 
 def _disk_note(data_dir: Path) -> str:
-    """Homes live on the data dir's filesystem with no per-project quota (only /tmp is a
-    sized tmpfs, charged to the project's memory): say which filesystem a project can fill."""
+    """Without images, homes live on the data dir's filesystem with no per-project quota:
+    say which filesystem a project can fill."""
     best = ("/", "?", "")
     path = os.path.realpath(data_dir)
     for line in (read_text("/proc/self/mounts") or "").splitlines():
@@ -174,7 +177,7 @@ def _disk_note(data_dir: Path) -> str:
             if len(parts[1]) >= len(best[0]):
                 best = (parts[1], parts[2], parts[3])
     quota = any(o in best[2].split(",") for o in ("usrquota", "prjquota", "pquota", "uquota", "quota"))
-    return (f"home directories have no disk quota: a project can fill {best[1]} at {best[0]} "
+    return (f"a project can fill {best[1]} at {best[0]} "
             f"(the data dir's filesystem{'; it has quota support, not used yet' if quota else ', mounted without quotas'})")
 
 

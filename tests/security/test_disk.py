@@ -1,0 +1,163 @@
+"""Disk filling (issue 14 item 4): one project filling its home must not take down other
+projects or the hub.  ``disk_bytes`` is enforced by a per-project loop-mounted ext4 image
+(projecthub/host/sandbox/disk.py); these tests fill it for real through the public API.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from projecthub.host.sandbox.bwrap import STATE_INSIDE
+from projecthub.host.sandbox.disk import can_grow_online
+
+from tests.conftest import require
+from tests.security.conftest import Proj, new_project, require_sandbox, wait_until
+from tests.server import Account, Server
+
+MiB = 2**20
+
+
+def require_loop() -> None:
+    require_sandbox()
+    require("loop devices (/dev/loop-control) for disk_bytes images", os.path.exists("/dev/loop-control"))
+
+
+def _loops_of(project: Proj) -> list[str]:
+    """Loop devices whose backing file is this project's image."""
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, timeout=10).stdout
+    base = str(project.server.data_dir / "projects" / project.project_id)
+    return [line for line in out.splitlines() if base in line]
+
+
+def _mounted_under(project: Proj) -> list[str]:
+    base = str(project.server.data_dir / "projects" / project.project_id) + "/"
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(base)]
+
+
+def _size_kib(project: Proj, path: str = "~") -> int:
+    out = project.run(f"df -k --output=size {path} | tail -n 1")
+    assert out["exit_code"] == 0, out
+    return int(out["stdout"].strip())
+
+
+def _fill(project: Proj, path: str, mib: int = 200) -> dict:
+    return project.run(f"head -c {mib}M /dev/zero > {path}; echo rc=$?; sync; du -k {path} | cut -f1",
+                       timeout=60)
+
+
+def test_a_full_project_gets_enospc_and_nobody_else_notices(fresh_a, proj_b: Proj, server: Server,
+                                                           alice: Account) -> None:
+    require_loop()
+    a = fresh_a(disk_bytes="64M")
+    assert a.v3("GET", "/limits").json()["disk_bytes"] == 64 * MiB
+    result = _fill(a, "fill")
+    assert "No space left on device" in result["stderr"], result
+    assert "rc=1" in result["stdout"], result
+    written_kib = int(result["stdout"].split()[-1])
+    assert 40 * 1024 <= written_kib <= 64 * 1024, result   # ENOSPC at ~the limit, not before
+    # the daemon's state dir (job output, writable by the project) is inside the same limit
+    more = _fill(a, f"{STATE_INSIDE}/fill", 8)
+    assert "rc=0" not in more["stdout"] and "No space left on device" in more["stderr"], more
+
+    # A is full: B still writes, and the hub still creates projects and keys
+    out = proj_b.run("head -c 16M /dev/zero > b-fill && du -k b-fill | cut -f1 && rm b-fill")
+    assert out["exit_code"] == 0 and int(out["stdout"].split()[0]) >= 16 * 1024, out
+    headers = {"Authorization": f"Bearer {alice.api_key}"}
+    r = httpx.post(server.url + "/api/v3/projects", json={"title": "while A is full"}, headers=headers,
+                   timeout=30)
+    assert r.status_code == 201, r.text
+    created = httpx.post(server.url + "/api/conat/hub", headers=headers, timeout=30,
+                         json={"name": "system.manageApiKeys", "args": [{"action": "create", "name": "k"}]})
+    assert created.status_code == 200 and "secret" in created.json()[0], created.text
+    # and A itself still runs commands and recovers once it deletes
+    assert a.run(f"rm -f fill {STATE_INSIDE}/fill && echo ok")["stdout"] == "ok\n"
+    assert a.run("head -c 8M /dev/zero > again && echo ok")["stdout"] == "ok\n"
+
+
+def test_limit_changes_by_v3_and_cli_apply_and_data_survives_stop_start(fresh_a, server: Server) -> None:
+    require_loop()
+    a = fresh_a(disk_bytes="64M")
+    assert a.run("head -c 20M /dev/urandom > data && md5sum data > data.md5 && echo ok")["stdout"] == "ok\n"
+    assert 50 * 1024 <= _size_kib(a) <= 64 * 1024
+    assert _loops_of(a), "the running project has no loop device: its image is not mounted"
+
+    # v3: growing applies live (where the host has CAP_SYS_RESOURCE, else at the next
+    # start); shrinking below what is stored is refused clearly
+    assert a.set_limits(disk_bytes="128M")["disk_bytes"] == 128 * MiB
+    if not can_grow_online():
+        a.stop()
+    assert 110 * 1024 <= _size_kib(a) <= 128 * 1024
+    r = a.v3("PUT", "/limits", {"disk_bytes": "16M"})
+    assert r.status_code == 409 and "disk_bytes" in r.json()["error"], r.text
+    bad = a.v3("PUT", "/limits", {"disk_bytes": "lots"})
+    assert bad.status_code == 400 and "disk_bytes" in bad.json()["error"], bad.text
+
+    # stop: the image is unmounted and its loop device released
+    a.stop()
+    assert wait_until(lambda: not _loops_of(a), 5), _loops_of(a)
+    assert _mounted_under(a) == []
+
+    # CLI (the admin's tool): a smaller limit applies at the next start; data survives
+    out = server.cli("project", "limits", "--project", a.project_id, "--set", "disk_bytes=96M")
+    assert out["limits"]["disk_bytes"] == 96 * MiB
+    assert 80 * 1024 <= _size_kib(a) <= 96 * 1024
+    assert a.run("md5sum -c data.md5")["exit_code"] == 0
+    refused = subprocess.run([*_cli(), "project", "limits", "--project", a.project_id, "--set",
+                              "disk_bytes=16M", "--data-dir", str(server.data_dir)],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "disk_bytes" in refused.stdout, refused
+    a.stop()
+    assert wait_until(lambda: not _loops_of(a), 5)
+
+
+def test_an_old_plain_home_is_moved_into_the_image_without_loss(server: Server, alice: Account) -> None:
+    """A project from before disk limits: plain home/state dirs with files, no image."""
+    require_loop()
+    p = new_project(server, alice, "old layout", disk_bytes="64M")
+    assert p.run("mkdir -p sub && echo kept > sub/f && ln -s sub/f link && echo ok")["stdout"] == "ok\n"
+    uid = p.uid()
+    p.stop()
+    base = server.data_dir / "projects" / p.project_id
+    # rebuild the layout the old code left behind: plain dirs owned by the project uid
+    (base / "disk.img").unlink()
+    home = base / "home"
+    (home / "sub").mkdir(parents=True)
+    (home / "sub" / "f").write_text("kept\n")
+    (home / "link").symlink_to("sub/f")
+    (home / "big").write_bytes(os.urandom(3 * MiB))
+    for path in (home, home / "sub", home / "sub" / "f", home / "big"):
+        os.chown(path, uid, uid)
+    os.lchown(home / "link", uid, uid)
+    out = p.run("cat link && stat -c %U sub/f && du -k big | cut -f1 && df -k --output=size ~ | tail -n 1")
+    assert out["exit_code"] == 0, out
+    lines = out["stdout"].split()
+    assert lines[0] == "kept" and lines[1] != "root" and int(lines[2]) >= 3 * 1024, out
+    assert int(lines[3]) <= 64 * 1024, "the migrated home is not inside the 64 MiB image"
+    p.stop()
+    assert wait_until(lambda: not _loops_of(p), 5)
+    # the plain directory underneath was emptied: the data lives only in the image now
+    assert list(home.iterdir()) == []
+
+
+def test_stop_all_unmounts_every_image(tmp_path: Path) -> None:
+    require_loop()
+    srv = Server(tmp_path).start()
+    try:
+        acct = srv.new_account("Disk")
+        p = new_project(srv, acct, "stop-all", disk_bytes="32M")
+        assert p.run("echo hi > f && echo ok")["stdout"] == "ok\n"
+        assert _loops_of(p)
+    finally:
+        srv.stop()
+        srv.cli("stop-all")
+    assert not _loops_of(p) and _mounted_under(p) == []
+
+
+def _cli() -> list[str]:
+    from tests.server import PROJECTHUB
+    return list(PROJECTHUB)

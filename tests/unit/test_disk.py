@@ -1,0 +1,157 @@
+"""disk.py: per-project ext4 images -- create, mount, fill, resize, migrate, unmount.
+
+Real images, real loop devices, real ENOSPC (root only; skipped elsewhere, failed under CI).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from projecthub.host.sandbox import ProjectLimits, disk
+from tests.conftest import require
+
+MiB = 2**20
+
+
+def _loops() -> str:
+    return subprocess.run(["losetup", "-a"], capture_output=True, text=True, timeout=10).stdout
+
+
+@pytest.fixture
+def base():
+    require("root and loop devices", os.geteuid() == 0 and os.path.exists("/dev/loop-control"))
+    require("e2fsprogs", shutil.which("mkfs.ext4") is not None)
+    d = Path(tempfile.mkdtemp(prefix="phdisk", dir="/tmp")) / "projects" / "p1"
+    d.mkdir(parents=True)
+    yield d
+    disk.detach(d)
+    assert str(d) not in _loops(), "a loop device outlived detach"
+    shutil.rmtree(d.parent.parent, ignore_errors=True)
+
+
+def _fill(path: Path) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"x" * MiB)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return path.stat().st_size
+
+
+def test_attach_bounds_home_and_state_and_detach_leaves_nothing(base: Path) -> None:
+    disk.attach(base, 32 * MiB)
+    assert disk.attached(base) and disk.is_mounted(base / "home") and disk.is_mounted(base / "state")
+    assert (base / "disk.img").stat().st_mode & 0o777 == 0o600
+    assert (base / "disk.img").stat().st_blocks * 512 < 8 * MiB, "the image is not sparse"
+    assert str(base / "disk.img") in _loops()
+    home = _fill(base / "home" / "a")
+    state = _fill(base / "state" / "b")           # one limit for both
+    assert 20 * MiB <= home + state <= 32 * MiB
+    disk.attach(base, 32 * MiB)                   # idempotent while mounted
+    disk.detach(base)
+    assert not disk.attached(base) and not disk.is_mounted(base / "home")
+    assert str(base / "disk.img") not in _loops()
+    assert list((base / "home").iterdir()) == []  # the plain dir underneath stayed empty
+    disk.attach(base, 32 * MiB)                   # data survives detach/attach
+    assert (base / "home" / "a").stat().st_size == home
+
+
+def test_a_plain_home_is_migrated_with_owners_links_and_modes(base: Path) -> None:
+    home, state = base / "home", base / "state"
+    (home / "sub").mkdir(parents=True)
+    state.mkdir()
+    (home / "sub" / "f").write_text("kept")
+    os.chmod(home / "sub" / "f", 0o640)
+    os.chown(home / "sub" / "f", 12345, 12345)
+    os.link(home / "sub" / "f", home / "hard")
+    (home / "link").symlink_to("/etc/passwd")    # copied as a link, never followed
+    (state / "jobs").mkdir()
+    (state / "jobs" / "j").write_text("job")
+    disk.attach(base, 32 * MiB)
+    assert disk.attached(base)
+    f = home / "sub" / "f"
+    assert f.read_text() == "kept" and f.stat().st_uid == 12345 and f.stat().st_mode & 0o777 == 0o640
+    assert os.readlink(home / "link") == "/etc/passwd"
+    assert os.stat(home / "hard").st_ino == f.stat().st_ino
+    assert (state / "jobs" / "j").read_text() == "job"
+    disk.detach(base)
+    assert list(home.iterdir()) == [] and list(state.iterdir()) == []   # the data disk is freed
+    assert not (base / "disk.img.new").exists()
+
+
+def test_a_home_bigger_than_its_limit_keeps_its_data(base: Path) -> None:
+    (base / "home").mkdir()
+    (base / "home" / "big").write_bytes(os.urandom(24 * MiB))
+    disk.attach(base, 16 * MiB)
+    assert (base / "home" / "big").stat().st_size == 24 * MiB
+    assert disk.image_size(base) > 24 * MiB
+
+
+def test_resize_offline_grows_and_shrinks_but_never_below_the_data(base: Path) -> None:
+    disk.attach(base, 64 * MiB)
+    (base / "home" / "d").write_bytes(os.urandom(20 * MiB))
+    disk.detach(base)
+    disk.attach(base, 128 * MiB)
+    st = os.statvfs(base / "home")
+    assert 110 * MiB <= st.f_blocks * st.f_frsize <= 128 * MiB
+    disk.detach(base)
+    with pytest.raises(ValueError, match="disk_bytes"):
+        disk.check_new_limit(base, 16 * MiB)       # unmounted: read from the superblock
+    disk.check_new_limit(base, 48 * MiB)
+    disk.attach(base, 48 * MiB)
+    st = os.statvfs(base / "home")
+    assert 40 * MiB <= st.f_blocks * st.f_frsize <= 48 * MiB and disk.image_size(base) == 48 * MiB
+    with pytest.raises(ValueError, match="disk_bytes"):
+        disk.check_new_limit(base, 16 * MiB)       # mounted: statvfs
+    disk.detach(base)
+    disk.attach(base, 16 * MiB)                     # forced below the data: refused, data kept
+    assert (base / "home" / "d").stat().st_size == 20 * MiB
+
+
+def test_no_limit_means_no_image_but_an_existing_image_is_kept(base: Path) -> None:
+    disk.attach(base, None)
+    assert not disk.attached(base) and not (base / "disk.img").exists()
+    disk.attach(base, 32 * MiB)
+    (base / "home" / "x").write_text("in the image")
+    disk.detach(base)
+    disk.attach(base, None)
+    assert (base / "home" / "x").read_text() == "in the image"
+
+
+def test_probe_really_fills_an_image(base: Path) -> None:
+    ok, detail = disk.probe(base)
+    assert ok, detail
+    assert "ext4 image" in detail and str(base) not in _loops()
+
+
+def test_disk_bytes_limit_parsing() -> None:
+    assert ProjectLimits().disk_bytes == 10 * 2**30
+    assert ProjectLimits.merged(ProjectLimits(), {"disk_bytes": "2G"}).disk_bytes == 2 * 2**30
+    assert ProjectLimits.merged(ProjectLimits(), {"disk_bytes": None}).disk_bytes is None
+    for bad in (1024, "lots", True, -1, 2**50):
+        with pytest.raises(ValueError, match="^disk_bytes"):
+            ProjectLimits.merged(ProjectLimits(), {"disk_bytes": bad})
+
+
+def test_disk_full_errors_are_recognised() -> None:
+    assert disk.disk_full_message(OSError(errno.ENOSPC, "No space left on device"))
+    assert disk.disk_full_message(sqlite3.OperationalError("database or disk is full"))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "x")
+        except OSError as e:
+            raise RuntimeError("wrapped") from e
+    except RuntimeError as wrapped:
+        assert disk.disk_full_message(wrapped)
+    assert disk.disk_full_message(ValueError("bad")) is None
