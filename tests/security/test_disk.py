@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 
 from projecthub.host.sandbox.bwrap import STATE_INSIDE
-from projecthub.host.sandbox.disk import can_grow_online
 
 from tests.conftest import require
 from tests.security.conftest import Proj, new_project, require_sandbox, wait_until
@@ -37,6 +36,13 @@ def _mounted_under(project: Proj) -> list[str]:
     base = str(project.server.data_dir / "projects" / project.project_id) + "/"
     with open("/proc/self/mountinfo") as f:
         return [line.split()[4] for line in f if line.split()[4].startswith(base)]
+
+
+def can_grow_online() -> bool:
+    """ext4 online resize needs CAP_SYS_RESOURCE (bit 24), which some containers withhold."""
+    with open("/proc/self/status") as f:
+        cap = next(line for line in f if line.startswith("CapEff:"))
+    return bool(int(cap.split()[1], 16) >> 24 & 1)
 
 
 def _size_kib(project: Proj, path: str = "~") -> int:
