@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import ServerSettings, default_data_dir, parse_range
+from .config import ServerSettings, default_data_dir, parse_range, prepare_data_dir
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -49,7 +49,7 @@ def _fail(message: str, code: int = 2) -> None:
 def _store(data_dir: str | None):
     from .store import Store
     settings = ServerSettings(data_dir=Path(data_dir) if data_dir else default_data_dir())
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)
     store = Store(settings.db_url)
     store.migrate()
     return store
@@ -90,6 +90,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
             settings.default_limits = json.loads(args.default_limits)
         except ValueError as exc:
             sys.exit(f"projecthub: --default-limits must be a JSON object: {exc}")
+    if args.account_limits is not None:
+        try:
+            settings.account_limits = json.loads(args.account_limits)
+        except ValueError as exc:
+            sys.exit(f"projecthub: --account-limits must be a JSON object: {exc}")
+    try:   # from the flag or $PROJECTHUB_ACCOUNT_LIMITS
+        from .hub.account_limits import AccountLimits
+        AccountLimits.from_json(settings.account_limits)
+    except ValueError as exc:
+        sys.exit(f"projecthub: --account-limits: {exc}")
     if args.data_dir:
         settings.data_dir = Path(args.data_dir)
     if args.spare_projects is not None:
@@ -100,8 +110,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
         settings.keep_alive_s = args.keep_alive
     if settings.keep_alive_s < 1:   # from the flag or $PROJECTHUB_KEEP_ALIVE_S
         sys.exit("projecthub: --keep-alive must be >= 1 second")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings.data_dir)
     _setup_logging(args.log_level)
+    from .api.connections import protocol_class, serve_guard
+    try:  # slow/many-connection defences (api/connections.py); also raises the fd limit
+        guard = serve_guard(args.max_connections, args.max_connections_per_ip, args.header_timeout,
+                            args.body_timeout)
+    except ValueError as exc:
+        sys.exit(f"projecthub: {exc}")
     try:
         sandbox = build_sandbox(settings)
     except (RuntimeError, ValueError, TypeError) as exc:  # a missing layer, or bad default limits
@@ -126,7 +142,7 @@ print(cocalc_api.Project(api_key='{key}', host='{url}', project_id=pid).system.e
 """, file=sys.stderr, flush=True)
     # The asyncio loop, not uvloop: uvloop spawns with a plain fork (see ARCHITECTURE.md).
     uvicorn.run(create_app(settings, sandbox), host=settings.host, port=settings.port, loop="asyncio",
-                http="httptools", log_config=None, access_log=False, timeout_graceful_shutdown=5,
+                http=protocol_class(guard), log_config=None, access_log=False, timeout_graceful_shutdown=5,
                 timeout_keep_alive=settings.keep_alive_s,
                 # X-Forwarded-For only from proxies the operator names: otherwise any client
                 # could pick its own address and escape the per-address bad-key throttle
@@ -136,8 +152,7 @@ print(cocalc_api.Project(api_key='{key}', host='{url}', project_id=pid).system.e
 
 def cmd_doctor(args: argparse.Namespace) -> None:
     from .host.sandbox import probe
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = prepare_data_dir(Path(args.data_dir) if args.data_dir else default_data_dir())
     report = probe(data_dir)
     if args.json:
         _emit(report.to_json())
@@ -212,21 +227,53 @@ def cmd_project_limits(args: argparse.Namespace) -> None:
            "note": "applied at the project's next start" if args.set or args.unset else None})
 
 
+def cmd_account_limits(args: argparse.Namespace) -> None:
+    """Show or override an account's caps (max_projects, max_running_projects)."""
+    from .hub.account_limits import AccountLimits
+    store = _store(args.data_dir)
+    account = store.get_account(args.account)
+    if account is None:
+        _fail(f"no account with id {args.account}")
+    overrides = dict(store.get_account_limits(args.account))
+    for item in args.set or []:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            _fail(f"--set takes NAME=VALUE, got {item!r}")
+        try:
+            overrides[name] = json.loads(raw)
+        except ValueError:
+            _fail(f"{name} must be a non-negative integer or null, got {raw!r}")
+    for name in args.unset or []:
+        overrides.pop(name, None)
+    try:
+        overrides = AccountLimits.check(overrides)
+        defaults = AccountLimits.from_json(json.loads(os.environ.get("PROJECTHUB_ACCOUNT_LIMITS") or "{}"))
+    except ValueError as exc:
+        _fail(str(exc))
+    if args.set or args.unset:
+        store.set_account_limits(args.account, overrides)
+    _emit({"account_id": args.account, "limits": defaults.merged(overrides).to_json(),
+           "overrides": overrides, "exempt": bool(account.get("is_admin")),
+           "projects": store.count_owned_projects(args.account)})
+
+
 def cmd_jupyter_api(args: argparse.Namespace) -> None:
-    """Enable or disable hub jupyter.execute without a project_id, in one shared project."""
+    """Enable or disable hub jupyter.execute without a project_id.  Each account then runs in
+    its own scratch project, made on first use; ``--project P`` copies P's limit overrides
+    to every scratch project (P itself is no longer shared)."""
     store = _store(args.data_dir)
     if args.action == "disable":
         store.set_setting("jupyter_api_enabled", False)
-        _emit({"jupyter_api_enabled": False, "project_id": store.get_setting("jupyter_project_id")})
+        _emit({"jupyter_api_enabled": False, "scratch": "per-account"})
         return
-    project_id = args.project or store.get_setting("jupyter_project_id")
-    if project_id is None or store.get_project(project_id) is None:
-        # a server-owned project: its owner is an account made for it, with no API key
-        owner = store.create_account(first_name="Jupyter", last_name="API", is_admin=False)
-        project_id = store.create_project(owner, title="[Jupyter API Server v1]")
-    store.set_setting("jupyter_project_id", project_id)
+    if args.project is not None:
+        template = store.get_project(args.project)
+        if template is None:
+            _fail(f"no project with id {args.project}")
+        store.set_setting("jupyter_scratch_limits", (template.get("settings") or {}).get("limits", {}))
     store.set_setting("jupyter_api_enabled", True)
-    _emit({"jupyter_api_enabled": True, "project_id": project_id})
+    _emit({"jupyter_api_enabled": True, "scratch": "per-account",
+           "limit_overrides": store.get_setting("jupyter_scratch_limits") or {}})
 
 
 def cmd_stop_all(args: argparse.Namespace) -> None:
@@ -275,6 +322,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--keep-alive", type=int, default=None, metavar="SECONDS",
                        help="idle HTTP keep-alive connections are closed after this long "
                             "(default 75, $PROJECTHUB_KEEP_ALIVE_S)")
+    serve.add_argument("--max-connections", type=int, metavar="N",
+                       default=os.environ.get("PROJECTHUB_MAX_CONNECTIONS"),
+                       help="open HTTP connections at most; at the cap the oldest one still sending its "
+                            "headers is closed, else 503 (default: from the fd limit, "
+                            "$PROJECTHUB_MAX_CONNECTIONS; 0: no cap)")
+    serve.add_argument("--max-connections-per-ip", type=int, metavar="N",
+                       default=os.environ.get("PROJECTHUB_MAX_CONNECTIONS_PER_IP", "1024"),
+                       help="open connections per client address (IPv6: per /64); more get 503 "
+                            "(default 1024, $PROJECTHUB_MAX_CONNECTIONS_PER_IP; 0: no cap)")
+    serve.add_argument("--header-timeout", type=float, metavar="SECONDS",
+                       default=os.environ.get("PROJECTHUB_HEADER_TIMEOUT_S", "10"),
+                       help="a request whose headers are not complete after this long gets 408 and is "
+                            "closed (default 10, $PROJECTHUB_HEADER_TIMEOUT_S)")
+    serve.add_argument("--body-timeout", type=float, metavar="SECONDS",
+                       default=os.environ.get("PROJECTHUB_BODY_TIMEOUT_S", "30"),
+                       help="a request body that stalls this long (or trickles under 1 KiB/s) gets 408 "
+                            "and is closed (default 30, $PROJECTHUB_BODY_TIMEOUT_S)")
+    serve.add_argument("--account-limits", default=None, metavar="JSON",
+                       help='per-account caps, e.g. \'{"max_projects": 100, "max_running_projects": 10}\' '
+                            "(the defaults; null = unlimited; admins exempt; also "
+                            "$PROJECTHUB_ACCOUNT_LIMITS)")
     serve.add_argument("--default-limits", default=None,
                        help='per-project default limits as JSON, e.g. \'{"memory_bytes": "2G", "pids": 512}\' '
                             "(also $PROJECTHUB_DEFAULT_LIMITS)")
@@ -292,10 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--strict", action="store_true", help="exit 1 unless every layer is enforced")
     doctor.set_defaults(func=cmd_doctor)
 
-    jupyter = sub.add_parser("jupyter-api", help="hub jupyter.execute without a project_id (shared project)")
+    jupyter = sub.add_parser("jupyter-api", help="hub jupyter.execute without a project_id "
+                                                 "(a scratch project per account)")
     jupyter.add_argument("action", choices=["enable", "disable"])
     jupyter.add_argument("--data-dir", default=None)
-    jupyter.add_argument("--project", default=None, help="use this project instead of a new server-owned one")
+    jupyter.add_argument("--project", default=None,
+                         help="copy this project's limit overrides to every account's scratch project")
     jupyter.set_defaults(func=cmd_jupyter_api)
 
     stop_all = sub.add_parser("stop-all", help="stop every running project of a data dir")
@@ -309,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     a_create.add_argument("--email", default=None)
     a_create.add_argument("--admin", action="store_true")
     a_create.set_defaults(func=cmd_account_create)
+    a_limits = account.add_parser("limits", help="show or override an account's caps")
+    a_limits.add_argument("--data-dir", default=None)
+    a_limits.add_argument("--account", required=True)
+    a_limits.add_argument("--set", action="append", metavar="NAME=VALUE",
+                          help="e.g. --set max_projects=5 --set max_running_projects=null (unlimited)")
+    a_limits.add_argument("--unset", action="append", metavar="NAME", help="back to the server default")
+    a_limits.set_defaults(func=cmd_account_limits)
 
     key = sub.add_parser("key").add_subparsers(dest="action", required=True)
     k_create = key.add_parser("create")
