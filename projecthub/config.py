@@ -71,6 +71,9 @@ class ServerSettings:
     key_cache_ttl: float = 2.0
     # Server-wide default limits per project (JSON object of ProjectLimits fields, sizes like "2G").
     default_limits: dict = field(default_factory=lambda: _env_json("PROJECTHUB_DEFAULT_LIMITS"))
+    # Per-account caps (hub/account_limits.py: max_projects, max_running_projects; null =
+    # unlimited), replacing the built-in defaults field by field.  Admins are exempt.
+    account_limits: dict = field(default_factory=lambda: _env_json("PROJECTHUB_ACCOUNT_LIMITS"))
     # Linux uids handed to projects (as root).  Two servers on one machine need disjoint ranges.
     uid_range: tuple[int, int] = field(default_factory=lambda: _env_range("PROJECTHUB_UID_RANGE", (200000, 299999)))
     # Sandbox: "auto" (bwrap when it works), "bwrap", or "none".

@@ -17,6 +17,7 @@ from ..config import ServerSettings
 from ..host.host import Host
 from ..host.sandbox import ProjectLimits, Sandbox, SandboxConfig
 from ..host.sandbox.disk import disk_full_message
+from ..hub.account_limits import AccountLimits
 from ..hub.db import AsyncStore
 from ..hub.service import HubService
 from ..store import Store
@@ -54,7 +55,8 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
         resolver = KeyResolver(store, cache_ttl=settings.key_cache_ttl)
         # register this machine as a host: projects record where they run (scale-out routes on it)
         host_id = await db.ensure_host(socket.gethostname(), address=f"unix:{settings.data_dir / 'run'}")
-        hub = HubService(db, host, resolver, host_id=host_id)
+        hub = HubService(db, host, resolver, host_id=host_id,
+                         account_limits=AccountLimits.from_json(settings.account_limits))
         app.state.settings = settings
         app.state.hub = hub
         app.state.throttle = BadKeyThrottle(settings.bad_key_limit_per_minute)

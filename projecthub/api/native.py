@@ -196,7 +196,12 @@ async def get_project(request: Request, identity: Identity) -> Response:
 @endpoint
 async def delete_project(request: Request, identity: Identity) -> Response:
     project_id = await _project(request, identity)
-    await _hub(request).delete_project(project_id)
+    if identity.project_id:   # a project key acts inside its project, never on its existence
+        raise ApiError(403, "a project API key may not delete a project; use the owner's account key")
+    hub = _hub(request)
+    await hub.require_project_owner(identity.account_id, project_id,
+                                    "only the project's owner or an admin may delete it")
+    await hub.delete_project(project_id)
     return Response(status_code=204)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from ..store.bounds import DESCRIPTION_MAX, TITLE_MAX
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -21,6 +22,7 @@ _ERRORS = {
     "403": _json(_ref("Error"), "Not allowed for this key"),
     "404": _json(_ref("Error"), "No such project, job or session"),
     "413": _json(_ref("Error"), "Body too large"),
+    "429": _json(_ref("Error"), "An account limit (max_running_projects) is reached"),
     "504": _json(_ref("Error"), "The call's time budget ran out"),
 }
 
@@ -121,7 +123,8 @@ OPENAPI: dict[str, Any] = {
             "get": _op("List your projects", {"200": _json({"type": "array", "items": {"type": "object"}})}),
             "post": _op("Create a project", {"201": _json({"type": "object", "properties": {
                 "project_id": {"type": "string"}}})}, body_required=False, body={"type": "object", "properties": {
-                    "title": {"type": "string"}, "description": {"type": "string"},
+                    "title": {"type": "string", "maxLength": TITLE_MAX},
+                    "description": {"type": "string", "maxLength": DESCRIPTION_MAX},
                     "start": {"type": "boolean"}, "limits": {"oneOf": [_ref("Limits"), {"type": "null"}]}}}),
         },
         "/api/v3/projects/{project_id}": {

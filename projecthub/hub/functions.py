@@ -2,6 +2,12 @@
 
 Each function receives the authenticated account id (never trusted from ``args``, spec
 1.8) and the positional ``args``; errors follow the dispatcher rules of spec 1.7/1.8.
+Project-scoped keys never get here (the endpoint refuses them, spec 2.4).
+
+Who may do what (docs/security.md has the full table): any member (owner, collaborator)
+or admin may start, stop, touch, inspect and add collaborators; only the owner or an
+admin may delete a project or remove *other* collaborators (a collaborator may remove
+itself); nobody removes the owner, and no function changes who owns a project.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from ..errors import RemoteError
-from .service import HubService, is_uuid, iso
+from .service import OWNER_ROLES, HubService, is_uuid, iso
 
 HubFunction = Callable[[HubService, str, list[Any], "float | None"], Awaitable[Any]]
 
@@ -83,8 +89,10 @@ def _lifecycle(action: str, verb: str) -> HubFunction:
 async def delete_project(hub: HubService, account_id: str, args: list[Any], budget: float | None) -> Any:
     project_id = _project_id(_first(args))
     try:
-        await hub.require_project_member(account_id, project_id, "delete")
+        project = await hub.require_project_member(account_id, project_id, "delete")
     except RemoteError:
+        raise RemoteError("Error: must be an owner to delete a project")
+    if await hub.project_role(account_id, project) not in OWNER_ROLES:   # not a collaborator
         raise RemoteError("Error: must be an owner to delete a project")
     await hub.delete_project(project_id)
     return None
@@ -122,8 +130,10 @@ async def remove_collaborator(hub: HubService, account_id: str, args: list[Any],
     project_id, collaborator = opts.get("project_id"), opts.get("account_id")
     if not isinstance(collaborator, str):
         raise RemoteError("Error: account_id must be a string")
-    await hub.require_project_member(account_id, project_id, "remove collaborators from")
-    await hub.remove_collaborator(project_id, collaborator)
+    project = await hub.require_project_member(account_id, project_id, "remove collaborators from")
+    if collaborator != account_id and await hub.project_role(account_id, project) not in OWNER_ROLES:
+        raise RemoteError("Error: only an owner may remove other collaborators from a project")
+    await hub.remove_collaborator(project_id, collaborator)   # the store refuses the owner
     return None
 
 
@@ -188,10 +198,10 @@ async def _jupyter_project(hub: HubService, account_id: str, project_id: Any) ->
         if not is_uuid(project_id) or not await hub.is_collaborator(project_id, account_id):
             raise RemoteError("Error: permission denied -- user must be collaborator on project")
         return project_id
-    shared = await hub.db.get_setting("jupyter_project_id")
-    if not shared or not await hub.db.get_setting("jupyter_api_enabled", False):
+    if not await hub.db.get_setting("jupyter_api_enabled", False):
         raise RemoteError("Error: Jupyter API is not enabled on this server.")
-    return shared
+    # each account its own scratch project: a shared one let accounts read each other's files
+    return await hub.jupyter_scratch_project(account_id)
 
 
 async def jupyter_kernels(hub: HubService, account_id: str, args: list[Any], budget: float | None) -> Any:

@@ -19,6 +19,9 @@ from ..auth.resolve import Identity, KeyResolver
 from ..errors import RemoteError
 from ..host.host import Host
 from ..host.sandbox import ProjectLimits
+from ..store import AccountLimitReached, FieldTooLong
+from ..store.bounds import check_text
+from .account_limits import AccountLimits
 from .db import AsyncStore
 
 log = logging.getLogger("projecthub.hub")
@@ -32,6 +35,10 @@ _TOUCH_INTERVAL_S = 30.0
 _COLLAB_TTL_S = 5.0
 _COLLAB_RECENT_S = 10.0
 _COLLAB_REFRESH_LIMIT = 256
+# Title of an account's own Jupyter API project (hub jupyter.execute without a project_id).
+JUPYTER_SCRATCH_TITLE = "[Jupyter API scratch]"
+# Roles that may delete a project, change its limits, or remove other collaborators.
+OWNER_ROLES = ("owner", "admin")
 
 
 def is_uuid(value: Any) -> bool:
@@ -51,11 +58,16 @@ def iso(value: datetime | None) -> str | None:
 
 class HubService:
     def __init__(self, db: AsyncStore, host: Host, resolver: KeyResolver, *,
-                 host_id: int = 0, collab_ttl_s: float = _COLLAB_TTL_S) -> None:
+                 host_id: int = 0, collab_ttl_s: float = _COLLAB_TTL_S,
+                 account_limits: AccountLimits | None = None) -> None:
         self.db = db
         self.host = host
         self.resolver = resolver
         self.host_id = host_id
+        # server-wide per-account caps (account_limits.py); overrides are read from the store
+        self.account_limits = account_limits if account_limits is not None else AccountLimits()
+        # serialises "count the owner's running projects, then start one" per owner
+        self._owner_locks: dict[str, asyncio.Lock] = {}
         self._touched: dict[str, float] = {}
         # collaborator checks are on every project call; cache them briefly, drop on change
         self._collab_cache: dict[tuple[str, str], tuple[float, bool]] = {}   # -> (expires, allowed)
@@ -167,25 +179,94 @@ class HubService:
         account = await self.db.get_account(account_id)
         return bool(account and account.get("is_admin"))
 
+    async def project_role(self, account_id: str | None, project: dict[str, Any]) -> str | None:
+        """``admin``, ``owner``, ``collaborator`` or None: what ``account_id`` is to ``project``
+        (an admin counts as admin whether or not it is also on the project)."""
+        if not account_id:
+            return None
+        if await self._is_admin(account_id):
+            return "admin"
+        return ((project.get("users") or {}).get(account_id) or {}).get("group")
+
+    async def require_project_owner(self, account_id: str | None, project_id: Any, message: str
+                                    ) -> dict[str, Any]:
+        """The live project if ``account_id`` owns it or is an admin; else ``message`` (403).
+        Non-members get the usual collaborator error first, so they learn nothing more."""
+        project = await self.require_project_member(account_id, project_id, "access")
+        if await self.project_role(account_id, project) not in OWNER_ROLES:
+            raise RemoteError(message, status=403)
+        return project
+
+    # -- per-account caps (account_limits.py) ---------------------------------------------
+    async def limits_for(self, account_id: str | None) -> AccountLimits | None:
+        """The caps that apply to ``account_id``: None for admins (exempt) and unknown accounts."""
+        if not account_id:
+            return None
+        account = await self.db.get_account(account_id)
+        if account is None or account.get("is_admin"):
+            return None
+        try:
+            return self.account_limits.merged(await self.db.get_account_limits(account_id))
+        except ValueError:   # a hand-edited row: fall back to the server defaults, loudly
+            log.warning("ignoring invalid limit overrides of account %s", account_id)
+            return self.account_limits
+
+    def _owner_lock(self, account_id: str) -> asyncio.Lock:
+        return self._owner_locks.setdefault(account_id, asyncio.Lock())
+
+    async def _ensure_running(self, project_id: str) -> Any:
+        """``host.ensure_running``, unless starting the project would take its owner past
+        ``max_running_projects``: then a clear error naming the limit (HTTP 429 on v3)."""
+        if self.host.is_running(project_id):   # the hot path: no store reads
+            return await self.host.ensure_running(project_id)
+        owner = await self.db.project_owner(project_id)
+        limits = await self.limits_for(owner)
+        cap = limits.max_running_projects if limits is not None else None
+        if owner is None or cap is None:
+            return await self.host.ensure_running(project_id)
+        async with self._owner_lock(owner):   # count and start as one step per owner
+            if not self.host.is_running(project_id):
+                owned = await self.db.owned_project_ids(owner)
+                running = sum(1 for p in owned if p != project_id and self.host.is_running(p))
+                if running >= cap:
+                    raise RemoteError(
+                        f"Error: account limit max_running_projects={cap} reached: the owner of "
+                        f"project {project_id} already has {running} running projects; stop one "
+                        "first", status=429, limit="max_running_projects")
+            return await self.host.ensure_running(project_id)
+
     # -- projects ----------------------------------------------------------------------------
     async def create_project(self, account_id: str, title: str = "", description: str = "",
                              start: bool = False) -> str:
-        project_id = await self._claim_spare(account_id, title, description)
-        if project_id is None:
-            project_id = await self.db.create_project(account_id, title=title, description=description)
+        check_fields(title=title, description=description)
+        limits = await self.limits_for(account_id)
+        max_owned = limits.max_projects if limits is not None else None
+        try:
+            # the store counts and inserts in one write transaction: no overshoot under races
+            project_id = await self._claim_spare(account_id, title, description, max_owned)
+            if project_id is None:
+                project_id = await self.db.create_project(account_id, title=title, description=description,
+                                                          max_owned=max_owned)
+        except AccountLimitReached as exc:
+            raise RemoteError(
+                f"Error: account limit {exc.name}={exc.limit} reached: this account already owns "
+                f"{exc.limit} projects; delete one or ask the operator to raise the limit",
+                status=403, limit=exc.name)
         if self.host_id:  # the host that will run it (the only one, in the embedded server)
             await self.db.update_project(project_id, host_id=self.host_id)
         if start:
-            await self.host.ensure_running(project_id)
+            await self._ensure_running(project_id)
         return project_id
 
-    async def _claim_spare(self, account_id: str, title: str, description: str) -> str | None:
+    async def _claim_spare(self, account_id: str, title: str, description: str,
+                           max_owned: int | None = None) -> str | None:
         """A pre-started spare becomes the new project (see host/spares.py), if one is ready."""
         spare = self.host.spares.take()
         if spare is None:
             return None
         try:
-            claimed = await self.db.claim_spare(spare.project_id, account_id, title, description)
+            claimed = await self.db.claim_spare(spare.project_id, account_id, title, description,
+                                                max_owned=max_owned)
         except BaseException:
             self.host.spares.give_back(spare)   # e.g. no such account: the row is unchanged
             raise
@@ -203,7 +284,7 @@ class HubService:
         await self.db.update_project(project_id, last_edited=datetime.now(timezone.utc))
 
     async def start_project(self, project_id: str) -> None:
-        await self.host.ensure_running(project_id)
+        await self._ensure_running(project_id)
 
     async def stop_project(self, project_id: str) -> None:
         await self.host.stop(project_id)
@@ -251,6 +332,10 @@ class HubService:
         project = await self.db.get_project(project_id)
         if project is None:
             raise RemoteError(f"Error: project {project_id} does not exist")
+        if account_id is not None and await self.project_role(account_id, project) not in OWNER_ROLES:
+            # a collaborator could otherwise squeeze the owner's project to nothing
+            raise RemoteError("Error: only the project's owner or an admin may change its limits",
+                              status=403)
         settings = dict(project.get("settings") or {})
         merged_overrides = {**settings.get("limits", {}), **overrides}
         defaults = self.host.sandbox.config.defaults
@@ -287,7 +372,7 @@ class HubService:
         started = time.monotonic()
 
         async def run() -> Any:
-            handle = await self.host.ensure_running(project_id)
+            handle = await self._ensure_running(project_id)
             # the daemon gets slightly less than we wait, so its own answer to a spent budget
             # (an exec turned into a job, with its id) arrives before our bridge timeout
             remaining = None if budget is None else max(
@@ -303,8 +388,28 @@ class HubService:
             subject = f"project.{project_id}.0.api.-"
             raise RemoteError(f"timeout - callHub: subject='{subject}', name='{name}', code='408' ")
 
-    def project_stream(self, project_id: str, name: str, args: list[Any]) -> AsyncIterator[Any]:
-        return self.host.stream(project_id, name, args)
+    async def project_stream(self, project_id: str, name: str, args: list[Any]) -> AsyncIterator[Any]:
+        await self._ensure_running(project_id)   # the running cap applies to streams too
+        async for item in self.host.stream(project_id, name, args):
+            yield item
+
+    # -- the Jupyter API's per-account scratch project -----------------------------------------
+    async def jupyter_scratch_project(self, account_id: str) -> str:
+        """The account's own project for hub ``jupyter.execute`` without a project_id, made on
+        first use: hidden, owned by the account (so only it and admins reach it), with the
+        server's default limits plus the operator's ``jupyter_scratch_limits`` overrides."""
+        project_id = await self.db.get_jupyter_project(account_id)
+        if project_id and self.host.is_running(project_id):   # a deleted project is stopped
+            return project_id
+        overrides = await self.db.get_setting("jupyter_scratch_limits") or {}
+        try:
+            project_id = await self.db.create_jupyter_project(
+                account_id, JUPYTER_SCRATCH_TITLE, {"limits": overrides} if overrides else {})
+        except ValueError as exc:
+            raise RemoteError(f"Error: {exc}")
+        if self.host_id:
+            await self.db.update_project(project_id, host_id=self.host_id)
+        return project_id
 
     # -- accounts and keys ---------------------------------------------------------------------
     async def manage_api_keys(self, account_id: str, opts: dict[str, Any]) -> Any:
@@ -312,14 +417,17 @@ class HubService:
         project_id = opts.get("project_id") or None
         if project_id is not None and not await self.is_collaborator(project_id, account_id):
             raise RemoteError("Error: you must be a collaborator on the project to manage its api keys")
+        if project_id is not None and action == "create":
+            project = await self.db.get_project(project_id)
+            if project is None or project.get("deleted"):
+                raise RemoteError(f"Error: project {project_id} does not exist")
         if action == "get":
             rows = await self.db.list_api_keys(account_id, project_id)
             return [_key_json(r) for r in rows]
         if action == "create":
             expire = _parse_time(opts.get("expire"))
             name = opts.get("name") or ""
-            if not isinstance(name, str) or len(name) > 128:
-                raise RemoteError("Error: name must be a string of at most 128 characters")
+            check_fields(name=name)
             try:
                 row, secret = await self.db.create_api_key(account_id, project_id=project_id,
                                                            name=name, expire=expire)
@@ -330,7 +438,7 @@ class HubService:
         if not isinstance(key_id, int):
             raise RemoteError("Error: 'id' must be an integer")
         row = await self.db.get_api_key(key_id)
-        if row is None or not await self._may_manage_key(account_id, row):
+        if row is None or not await self._may_manage_key(account_id, row, action):
             raise RemoteError(f"Error: no api key with id {key_id}")
         if action == "delete":
             await self.db.delete_api_key(key_id)
@@ -339,6 +447,7 @@ class HubService:
         if action == "edit":
             kwargs: dict[str, Any] = {}
             if "name" in opts:
+                check_fields(name=opts["name"])
                 kwargs["name"] = opts["name"]
             if "expire" in opts:
                 kwargs["expire"] = _parse_time(opts["expire"])
@@ -350,11 +459,23 @@ class HubService:
             return None
         raise RemoteError(f"Error: unknown action '{action}'")
 
-    async def _may_manage_key(self, account_id: str, row: dict[str, Any]) -> bool:
+    async def _may_manage_key(self, account_id: str, row: dict[str, Any], action: Any) -> bool:
         if row["account_id"] == account_id:
             return True
-        # any collaborator may delete any key of that project (spec 2.5)
-        return bool(row.get("project_id")) and await self.is_collaborator(row["project_id"], account_id)
+        # any collaborator may delete (never edit: e.g. lift the expiry of) any key of that
+        # project (spec 2.5)
+        return (action == "delete" and bool(row.get("project_id"))
+                and await self.is_collaborator(row["project_id"], account_id))
+
+
+def check_fields(**fields: Any) -> None:
+    """Bounded string fields (store/bounds.py): a clear error naming the field and its maximum
+    (HTTP 400 on v3, ``{"error"}`` on the CoCalc surfaces)."""
+    for name, value in fields.items():
+        try:
+            check_text(name, value)
+        except FieldTooLong as exc:
+            raise RemoteError(f"Error: {exc}", status=400)
 
 
 def _raised_limits(defaults: ProjectLimits, limits: ProjectLimits) -> list[str]:

@@ -1,10 +1,13 @@
 """Persistent registry of the hub (SQLite by default, PostgreSQL for scale-out)."""
 
 from .migrations import LATEST_VERSION, SchemaTooNewError
-from .store import API_KEYS_PER_ACCOUNT, Store, UidRangeExhausted
+from .bounds import FieldTooLong
+from .store import API_KEYS_PER_ACCOUNT, AccountLimitReached, Store, UidRangeExhausted
 
 __all__ = [
     "API_KEYS_PER_ACCOUNT",
+    "AccountLimitReached",
+    "FieldTooLong",
     "LATEST_VERSION",
     "SchemaTooNewError",
     "Store",

@@ -39,8 +39,15 @@ def _v1_initial(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=schema.V1_TABLES, checkfirst=False)
 
 
+def _v2_account_settings(conn: Connection) -> None:
+    # a new table only: no version-1 table changes, so step 1 needs no freezing yet
+    schema.metadata.create_all(conn, tables=schema.V2_TABLES, checkfirst=False)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "accounts, projects, collaborators, api keys, hosts, settings", _v1_initial),
+    Migration(2, "account_settings: per-account limit overrides, jupyter scratch project",
+              _v2_account_settings),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version

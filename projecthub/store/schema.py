@@ -171,5 +171,23 @@ settings = Table(
     Column("value", JSONText, nullable=True),
 )
 
+# Per-account state that is not CoCalc's account row (migration 2): limit overrides set by
+# the operator (``projecthub account limits``) and the account's own Jupyter API scratch
+# project (hub ``jupyter.execute`` without a project_id).
+account_settings = Table(
+    "account_settings",
+    metadata,
+    Column(
+        "account_id",
+        String(UUID_LEN),
+        ForeignKey("accounts.account_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("limits", JSONText, nullable=False, default=dict),
+    Column("jupyter_project_id", String(UUID_LEN), nullable=True),
+)
+
 # Tables created by migration 1, in dependency order.
 V1_TABLES = [accounts, hosts, projects, project_users, api_keys, settings]
+# Tables created by migration 2.
+V2_TABLES = [account_settings]

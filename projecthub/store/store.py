@@ -20,11 +20,11 @@ from sqlalchemy.exc import IntegrityError
 
 from ..auth import keys
 from . import migrations
+from .bounds import API_KEY_NAME_MAX, check_text
 from .engine import BEGIN_MODE, make_engine
-from .schema import accounts, api_keys, hosts, project_users, projects, settings
+from .schema import account_settings, accounts, api_keys, hosts, project_users, projects, settings
 
 API_KEYS_PER_ACCOUNT: Final = 100_000
-API_KEY_NAME_MAX: Final = 128
 GROUPS: Final = ("owner", "collaborator")
 # SQLite allows far more bound parameters nowadays, but old builds stop at 999.
 _IN_CHUNK: Final = 500
@@ -44,6 +44,14 @@ _PUBLIC_KEY_COLUMNS: Final = [c for c in api_keys.c if c.name != "hash"]
 
 class UidRangeExhausted(RuntimeError):
     """No free Linux uid is left in the configured range."""
+
+
+class AccountLimitReached(Exception):
+    """Creating one more project would exceed the owner's ``max_projects``."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        super().__init__(f"account limit {name}={limit} reached")
+        self.name, self.limit = name, limit
 
 
 def utcnow() -> datetime:
@@ -123,8 +131,10 @@ class Store:
         is_admin: bool = False,
     ) -> str:
         account_id = str(uuid.uuid4())
+        check_text("first_name", first_name)
+        check_text("last_name", last_name)
         if email is not None:
-            email = email.strip().lower() or None
+            email = check_text("email", email.strip().lower()) or None
         try:
             with self._write() as conn:
                 conn.execute(
@@ -211,11 +221,20 @@ class Store:
         title: str = "",
         description: str = "",
         settings: dict[str, Any] | None = None,
+        *,
+        max_owned: int | None = None,
+        hide: bool = False,
     ) -> str:
+        """A new stopped project owned by ``owner_id``.  With ``max_owned``, refuses
+        (``AccountLimitReached``) if the owner already owns that many, counted in the
+        same write transaction, so concurrent creates cannot overshoot."""
+        check_text("title", title)
+        check_text("description", description)
         project_id = str(uuid.uuid4())
         now = utcnow()
         with self._write() as conn:
             self._require_account(conn, owner_id)
+            self._check_owned(conn, owner_id, max_owned)
             conn.execute(
                 insert(projects).values(
                     project_id=project_id,
@@ -231,7 +250,7 @@ class Store:
             )
             conn.execute(
                 insert(project_users).values(
-                    project_id=project_id, account_id=owner_id, group="owner", hide=False
+                    project_id=project_id, account_id=owner_id, group="owner", hide=hide
                 )
             )
         return project_id
@@ -250,11 +269,15 @@ class Store:
         return project_id
 
     def claim_spare(self, project_id: str, owner_id: str, title: str = "",
-                    description: str = "") -> bool:
-        """Make a spare the owner's new (stopped) project; False if it is no spare (any more)."""
+                    description: str = "", *, max_owned: int | None = None) -> bool:
+        """Make a spare the owner's new (stopped) project; False if it is no spare (any more).
+        ``max_owned`` as in ``create_project``."""
+        check_text("title", title)
+        check_text("description", description)
         now = utcnow()
         with self._write() as conn:
             self._require_account(conn, owner_id)
+            self._check_owned(conn, owner_id, max_owned)
             done = conn.execute(
                 update(projects)
                 .where(projects.c.project_id == project_id, projects.c.state == SPARE_STATE)
@@ -294,6 +317,9 @@ class Store:
             raise ValueError(f"cannot update project fields {sorted(unknown)}")
         if not fields:
             return
+        for name in ("title", "description"):
+            if name in fields:
+                check_text(name, fields[name])
         if "settings" in fields:
             fields["settings"] = dict(fields["settings"] or {})
         try:
@@ -383,6 +409,118 @@ class Store:
                 raise UidRangeExhausted(f"no free project uid left in [{lo}, {hi}]")
             conn.execute(update(projects).where(projects.c.project_id == project_id).values(uid=uid))
             return uid
+
+    # -- ownership and per-account state --------------------------------------
+
+    def project_owner(self, project_id: str) -> str | None:
+        """The owner's account id (CoCalc projects have exactly one owner)."""
+        if not _is_uuid(project_id):
+            return None
+        with self._read() as conn:
+            return conn.execute(
+                select(project_users.c.account_id)
+                .where(project_users.c.project_id == project_id, project_users.c.group == "owner")
+                .order_by(project_users.c.account_id)
+            ).scalars().first()
+
+    def owned_project_ids(self, account_id: str) -> list[str]:
+        """Ids of the live (not deleted) projects ``account_id`` owns, scratch project included."""
+        if not _is_uuid(account_id):
+            return []
+        with self._read() as conn:
+            return list(conn.execute(self._owned_query(account_id)).scalars())
+
+    def count_owned_projects(self, account_id: str) -> int:
+        """What ``max_projects`` counts: live owned projects, minus the Jupyter scratch one."""
+        with self._read() as conn:
+            return self._owned_count(conn, account_id)
+
+    def get_account_limits(self, account_id: str) -> dict[str, Any]:
+        """The operator's per-account limit overrides (``{}`` if none)."""
+        if not _is_uuid(account_id):
+            return {}
+        with self._read() as conn:
+            value = conn.execute(
+                select(account_settings.c.limits).where(account_settings.c.account_id == account_id)
+            ).scalar()
+        return dict(value or {})
+
+    def set_account_limits(self, account_id: str, overrides: dict[str, Any]) -> None:
+        """Replace the account's limit overrides."""
+        self._upsert_account_settings(account_id, limits=dict(overrides))
+
+    def get_jupyter_project(self, account_id: str) -> str | None:
+        """The account's Jupyter API scratch project, if one was made."""
+        if not _is_uuid(account_id):
+            return None
+        with self._read() as conn:
+            return conn.execute(
+                select(account_settings.c.jupyter_project_id)
+                .where(account_settings.c.account_id == account_id)
+            ).scalar()
+
+    def create_jupyter_project(self, account_id: str, title: str,
+                               settings: dict[str, Any] | None = None) -> str:
+        """The account's scratch project: the recorded one if it is still alive, else a new
+        hidden project it owns (not counted by ``max_projects``), recorded in the same
+        transaction so two first calls cannot make two."""
+        now = utcnow()
+        with self._write() as conn:
+            self._require_account(conn, account_id)
+            current = conn.execute(
+                select(projects.c.project_id)
+                .join(account_settings, account_settings.c.jupyter_project_id == projects.c.project_id)
+                .where(account_settings.c.account_id == account_id, projects.c.deleted.is_(False))
+            ).scalar()
+            if current is not None:
+                return str(current)
+            project_id = str(uuid.uuid4())
+            conn.execute(insert(projects).values(
+                project_id=project_id, title=check_text("title", title), description="",
+                created=now, last_edited=now, deleted=False, state="stopped", state_time=now,
+                settings=dict(settings or {})))
+            conn.execute(insert(project_users).values(
+                project_id=project_id, account_id=account_id, group="owner", hide=True))
+            self._upsert_account_settings(account_id, conn=conn, jupyter_project_id=project_id)
+        return project_id
+
+    def _upsert_account_settings(self, account_id: str, conn: Connection | None = None,
+                                 **values: Any) -> None:
+        if conn is None:
+            with self._write() as own:
+                self._upsert_account_settings(account_id, conn=own, **values)
+            return
+        self._require_account(conn, account_id)
+        done = conn.execute(update(account_settings)
+                            .where(account_settings.c.account_id == account_id).values(**values))
+        if done.rowcount == 0:
+            conn.execute(insert(account_settings).values(
+                account_id=account_id, **{"limits": {}, "jupyter_project_id": None, **values}))
+
+    @staticmethod
+    def _owned_query(account_id: str) -> Any:
+        return (
+            select(projects.c.project_id)
+            .join(project_users, project_users.c.project_id == projects.c.project_id)
+            .where(project_users.c.account_id == account_id, project_users.c.group == "owner",
+                   projects.c.deleted.is_(False), projects.c.state != SPARE_STATE)
+        )
+
+    def _owned_count(self, conn: Connection, account_id: str) -> int:
+        if not _is_uuid(account_id):
+            return 0
+        scratch = conn.execute(
+            select(account_settings.c.jupyter_project_id)
+            .where(account_settings.c.account_id == account_id)
+        ).scalar()
+        query = self._owned_query(account_id)
+        if scratch is not None:
+            query = query.where(projects.c.project_id != scratch)
+        return int(conn.execute(select(func.count()).select_from(query.subquery())).scalar_one())
+
+    def _check_owned(self, conn: Connection, account_id: str, max_owned: int | None) -> None:
+        if max_owned is not None and self._owned_count(conn, account_id) >= max_owned:
+            raise AccountLimitReached("max_projects", max_owned)
 
     # -- collaborators --------------------------------------------------------
 
@@ -623,5 +761,4 @@ class Store:
 
 
 def _check_key_name(name: str) -> None:
-    if not isinstance(name, str) or len(name) > API_KEY_NAME_MAX:
-        raise ValueError(f"api key name must be a string of at most {API_KEY_NAME_MAX} characters")
+    check_text("name", name, API_KEY_NAME_MAX)
