@@ -42,6 +42,8 @@ def _status_for(exc: RemoteError) -> int:
     text = exc.message.lower()
     if text.startswith("timeout") or "time budget" in text:
         return 504
+    if "insufficient storage" in text:   # the server's disk (disk.py): not the request's fault
+        return 507
     if "does not exist" in text or "no such" in text or "unknown session" in text:
         return 404
     if "no spec available for kernel" in text:

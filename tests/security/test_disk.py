@@ -167,3 +167,55 @@ def test_stop_all_unmounts_every_image(tmp_path: Path) -> None:
 def _cli() -> list[str]:
     from tests.server import PROJECTHUB
     return list(PROJECTHUB)
+
+
+def test_a_full_data_disk_answers_507_not_500_and_recovers(tmp_path: Path) -> None:
+    """Images are sparse, so many projects together can still fill the data disk (or
+    something else on the machine can).  The hub must then say so clearly -- 507 with a
+    message, never a 500 -- refuse to start projects, and recover once space is freed."""
+    require_loop()
+    img, data = tmp_path / "data.img", tmp_path / "data"
+    data.mkdir()
+    subprocess.run(["truncate", "-s", "96M", str(img)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(img)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(img), str(data)], check=True)
+    srv = None
+    try:
+        srv = Server(data, extra_args=["--spare-projects", "0",
+                                       "--default-limits", '{"disk_bytes": "16M"}']).start()
+        acct = srv.new_account("Full")
+        headers = {"Authorization": f"Bearer {acct.api_key}"}
+        p = new_project(srv, acct, "before")
+        assert p.run("echo ok")["stdout"] == "ok\n"
+        p.stop()
+        filler = data / "filler"
+        with open(filler, "wb") as f:   # the machine's disk fills up (not through a project)
+            try:
+                while True:
+                    f.write(b"\0" * MiB)
+                    f.flush()
+            except OSError:
+                pass
+        statuses = []
+        for i in range(200):   # SQLite first reuses free pages: go until a write really fails
+            r = httpx.post(srv.url + "/api/v3/projects", json={"title": f"t{i}" * 200}, headers=headers,
+                           timeout=30)
+            statuses.append(r.status_code)
+            if r.status_code != 201:
+                break
+        assert statuses[-1] == 507, (statuses[-5:], r.text)
+        assert "insufficient storage" in r.json()["error"], r.text
+        # starting a project needs room for its image: refused clearly, not a 500
+        start = p.v3("POST", "/start")
+        assert start.status_code == 507 and "insufficient storage" in start.json()["error"], start.text
+        assert 500 not in statuses
+        filler.unlink()
+        r = httpx.post(srv.url + "/api/v3/projects", json={"title": "after"}, headers=headers, timeout=30)
+        assert r.status_code == 201, r.text
+        assert p.run("echo back")["stdout"] == "back\n"
+        p.stop()
+    finally:
+        if srv is not None:
+            srv.stop()
+            srv.cli("stop-all")
+        subprocess.run(["umount", str(data)], check=False)

@@ -155,3 +155,17 @@ def test_disk_full_errors_are_recognised() -> None:
     except RuntimeError as wrapped:
         assert disk.disk_full_message(wrapped)
     assert disk.disk_full_message(ValueError("bad")) is None
+
+
+def test_no_project_starts_when_the_data_disk_is_below_its_floor(base: Path) -> None:
+    disk.attach(base, 32 * MiB)                   # a small "data disk" for the inner project
+    inner = base / "home" / "projects" / "q"
+    inner.mkdir(parents=True)
+    _fill(base / "home" / "filler")
+    with pytest.raises(disk.DiskError, match="insufficient storage"):
+        disk.attach(inner, 16 * MiB)
+    assert not (inner / "disk.img").exists()
+    (base / "home" / "filler").unlink()
+    disk.attach(inner, 16 * MiB)
+    assert disk.attached(inner)
+    disk.detach(inner)

@@ -55,6 +55,11 @@ _CMD_TIMEOUT_S = 120.0
 # of the bytes it copies so they surely fit.
 _MIGRATION_SLACK = 16 * 2**20
 
+# A project does not start when the data filesystem has less than this free: the images
+# are sparse (overcommitted), and the hub's store shares that filesystem.
+_HOST_FLOOR_MAX = 2**30
+_HOST_FLOOR_FRACTION = 0.02
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -149,6 +154,17 @@ def used_bytes(base: Path) -> int | None:
         return None
 
 
+def check_host_space(base: Path) -> None:
+    """DiskError when the data filesystem is below its floor: starting (and so growing) one
+    more sparse image could then fill the disk the hub's store lives on."""
+    st = os.statvfs(base)
+    free = st.f_bavail * st.f_frsize
+    floor = min(_HOST_FLOOR_MAX, int(st.f_blocks * st.f_frsize * _HOST_FLOOR_FRACTION))
+    if free < floor:
+        raise DiskError(f"insufficient storage: the server's data disk has {_fmt(free)} free, below "
+                        f"its floor of {_fmt(floor)}; projects cannot start until space is freed")
+
+
 def check_new_limit(base: Path, size: int | None) -> None:
     """Refuse a limit below what the project already stores (a shrink could not apply)."""
     if size is None:
@@ -175,6 +191,7 @@ def attach(base: Path, size: int | None) -> None:
             grow(base, size)
         _bind_all(base)
         return
+    check_host_space(base)
     if not img.exists():
         if size is None:
             return
@@ -301,6 +318,9 @@ def _resize_offline(img: Path, size: int) -> None:
 
 
 def _mount_image(img: Path, mnt: Path) -> None:
+    # No journal: after a host crash the image may be unclean.  -p repairs what is safe to
+    # repair and is a no-op on a clean filesystem (a few ms).
+    _run(["e2fsck", "-p", str(img)], check=False)
     # nosuid/nodev: a file the project made cannot become setuid or a device on the host;
     # noatime: reads do not write.
     r = _run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime", str(img), str(mnt)], check=False)
