@@ -15,6 +15,23 @@ def default_data_dir() -> Path:
     return Path(base) / "projecthub"
 
 
+def prepare_data_dir(path: Path) -> Path:
+    """Create the data dir private to the server: 0700, with the store's files 0600, and a
+    umask that keeps every file the server makes there private (hub.db and its -wal/-shm
+    files hold key hashes and every project's settings).  Projects reach only what the
+    host bind-mounts into their sandboxes, never the data dir itself."""
+    os.umask(0o077)
+    path.mkdir(parents=True, exist_ok=True)
+    if path.stat().st_uid == os.geteuid():
+        os.chmod(path, 0o700)
+        for name in ("hub.db", "hub.db-wal", "hub.db-shm", "hub.db-journal"):
+            try:
+                os.chmod(path / name, 0o600)
+            except FileNotFoundError:
+                pass
+    return path
+
+
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if not raw:

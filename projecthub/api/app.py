@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..auth.resolve import KeyResolver
-from ..config import ServerSettings
+from ..config import ServerSettings, prepare_data_dir
 from ..host.host import Host
 from ..host.sandbox import ProjectLimits, Sandbox, SandboxConfig
 from ..host.sandbox.disk import disk_full_message
@@ -39,7 +39,7 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
     """``sandbox`` may be built by the caller (the CLI does, to refuse to start cleanly)."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(settings.data_dir)
         store = Store(settings.db_url)
         store.migrate()
         nonlocal sandbox

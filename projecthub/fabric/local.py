@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 import threading
 from typing import Any, AsyncIterator, Callable, Coroutine, Protocol
 
@@ -147,6 +148,13 @@ class FabricClient:
         self._closed = protocol.lost
         if self._closed:
             self._fail_all()
+
+    @classmethod
+    async def from_socket(cls, sock: "socket.socket") -> "FabricClient":
+        """Wrap an already connected (and, by the caller, verified) socket."""
+        sock.setblocking(False)
+        _, protocol = await asyncio.get_running_loop().create_unix_connection(_ClientProtocol, sock=sock)
+        return cls(protocol)
 
     @classmethod
     async def connect(cls, path: str | os.PathLike[str]) -> "FabricClient":
@@ -345,13 +353,18 @@ class _Connection(_FrameProtocol):
         self.send({"t": "end", "id": request_id})
 
 
-async def serve(path: str | os.PathLike[str], handler: Handler,
+async def serve(path: "str | os.PathLike[str] | socket.socket", handler: Handler,
                 on_connect: Callable[[], None] | None = None) -> asyncio.AbstractServer:
-    """Listen on a Unix socket; the socket file is replaced atomically if stale."""
+    """Listen on a Unix socket; the socket file is replaced atomically if stale.
+
+    Given a socket object (a project daemon's: bound by the host, inherited), only listen
+    on it: the caller of ``listen()`` is whom the host's SO_PEERCRED check sees."""
+    loop = asyncio.get_running_loop()
+    if isinstance(path, socket.socket):
+        return await loop.create_unix_server(lambda: _Connection(handler, on_connect), sock=path)
     path = os.fspath(path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    loop = asyncio.get_running_loop()
 
     def factory() -> _Connection:
         return _Connection(handler, on_connect)

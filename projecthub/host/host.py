@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator
 import psutil
 
 from ..errors import RemoteError
+from ..fabric import peer
 from ..fabric.local import FabricClient
 from ..hub.db import AsyncStore
 from ..store.store import SPARE_STATE
@@ -31,6 +32,13 @@ from .spares import SparePool
 log = logging.getLogger("projecthub.host")
 
 _START_TIMEOUT_S = 30.0
+
+# How a daemon starts: ``python -I -c DAEMON_BOOT PATH_ENTRY options...``.  ``-I`` keeps the
+# cwd, PYTHON* variables and the user site off ``sys.path`` (a planted ``~/zmq.py`` must
+# never run inside the daemon); PATH_ENTRY ("" when projecthub is installed in the
+# interpreter's prefix) is a source checkout of projecthub, read-only in the sandbox.
+DAEMON_BOOT = ("import sys; p = sys.argv.pop(1); p and sys.path.insert(0, p); "
+               "from projecthub.project.daemon import main; main()")
 
 
 @dataclass
@@ -180,14 +188,49 @@ class Host:
     def _run_dir(self, project_id: str) -> Path:
         return self.data_dir / "run" / project_id
 
+    def _expected_uid(self, project_id: str) -> int:
+        if os.geteuid() != 0:
+            return os.getuid()   # rootless: the daemon's uid maps back to ours
+        uid = self.sandbox.uids.lookup().get(project_id)
+        if uid is None:
+            raise peer.PeerMismatch(f"Error: project {project_id} has no uid on this host")
+        return uid
+
+    async def _connect(self, project_id: str, expect: peer.PeerExpectation,
+                       timeout_s: float) -> tuple[FabricClient, dict[str, Any], peer.Peer]:
+        """Connect to the project's daemon socket and verify who answers (fabric/peer.py)."""
+        sock = await asyncio.wait_for(
+            asyncio.to_thread(peer.connect_socket, self._run_dir(project_id), timeout_s), timeout_s + 1)
+        try:
+            who = peer.verify_peer(sock, expect)
+        except BaseException:
+            sock.close()
+            raise
+        client = await FabricClient.from_socket(sock)
+        try:
+            info = await asyncio.wait_for(client.call("daemon.info", [], timeout_s), timeout_s)
+            peer.verify_project_id(info, expect)
+        except BaseException:
+            await client.close()
+            raise
+        return client, info, who
+
     async def _adopt(self, project_id: str, register: bool = True) -> DaemonHandle | None:
         record = _read_json(self._run_dir(project_id) / "host.json")
         if not record or not _alive(record.get("pid")):
             return None
         try:
-            client = await asyncio.wait_for(FabricClient.connect(record["socket"]), 2.0)
-            info = await asyncio.wait_for(client.call("daemon.info", [], 2.0), 2.0)
-        except (OSError, asyncio.TimeoutError, RemoteError):
+            daemon_pid = record.get("daemon_pid")
+            expect = peer.PeerExpectation(
+                project_id, self._expected_uid(project_id), sandbox_pid=int(record["pid"]),
+                daemon_pid=daemon_pid if isinstance(daemon_pid, int) else None)
+            client, info, _ = await self._connect(project_id, expect, 2.0)
+        except peer.PeerMismatch:
+            # Whatever answers there is not this project's daemon: never adopt it, and
+            # stop what is left of the project's own sandbox so a fresh daemon starts.
+            await asyncio.to_thread(self.sandbox.stop_project, project_id)
+            return None
+        except (OSError, asyncio.TimeoutError, RemoteError, KeyError, ValueError, TypeError):
             return None
         handle = DaemonHandle(project_id, client, int(record["pid"]), info["instance_id"],
                               float(record.get("started", time.time())))
@@ -229,22 +272,23 @@ class Host:
                                       (project.get("settings") or {}).get("limits", {}))
         prepared: PreparedProject = await asyncio.to_thread(self.sandbox.prepare, project_id, uid, limits)
         settings = {"jupyter": {"pool_size": self.jupyter_pool_size}, "limits": limits.to_json()}
-        inner = [sys.executable, "-m", "projecthub.project.daemon",
+        run_dir = self._run_dir(project_id)
+        listen = peer.bind_daemon_socket(run_dir)   # private to the server; see fabric/peer.py
+        inner = [sys.executable, "-I", "-c", DAEMON_BOOT, self.sandbox.daemon_path_entry(),
                  "--project-id", project_id, "--home", prepared.home_inside,
-                 "--socket", prepared.socket_inside, "--state-dir", prepared.state_inside,
+                 "--listen-fd", str(listen.fileno()), "--state-dir", prepared.state_inside,
                  "--tmp-dir", prepared.tmp_inside, "--settings", json.dumps(settings)]
         env = {"PATH": project_path(), "LANG": os.environ.get("LANG", "C.UTF-8"),
                "PYTHONDONTWRITEBYTECODE": "1"}
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        launch_fds: tuple[int, ...] = ()
         try:
+            # root-opened cgroup files the daemon writes (sandbox/cgroups.py): ours to close
+            launch_fds = tuple(await asyncio.to_thread(self.sandbox.open_cgroup_fds, prepared))
             inner += ["--ready-fd", str(ready_w)]
             argv, popen_kwargs = self.sandbox.daemon_command(prepared, inner, env)
-            popen_kwargs["pass_fds"] = (*popen_kwargs.get("pass_fds", ()), ready_w)
-            run_dir = self._run_dir(project_id)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            socket_path = Path(prepared.socket_outside)
-            with contextlib.suppress(FileNotFoundError):
-                socket_path.unlink()
+            launch_fds += tuple(popen_kwargs.get("pass_fds", ()))   # bwrap's: ours to close
+            popen_kwargs["pass_fds"] = (*launch_fds, ready_w, listen.fileno())
             log_path = run_dir / "daemon.out"
             with open(log_path, "ab") as out:
                 popen_kwargs.setdefault("start_new_session", True)
@@ -255,15 +299,26 @@ class Host:
             raise
         finally:
             os.close(ready_w)
+            listen.close()   # the daemon holds the only listening copy
+            for fd in launch_fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         started = time.time()
-        _write_json(run_dir / "host.json", {"pid": process.pid, "socket": str(socket_path),
-                                             "started": started})
+        _write_json(run_dir / "host.json", {"pid": process.pid, "started": started})
         try:
             await self._wait_for_ready(ready_r, process)
         finally:
             os.close(ready_r)
-        client = await self._wait_for_socket(process, socket_path, log_path)
-        info = await client.call("daemon.info", [], 5.0)
+        expect = peer.PeerExpectation(project_id, self._expected_uid(project_id), sandbox_pid=process.pid)
+        try:
+            client, info, who = await self._connect_new(process, expect, log_path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                process.kill()
+            raise
+        # The daemon's pid as the host sees it: an adopt after a restart must meet it again.
+        _write_json(run_dir / "host.json", {"pid": process.pid, "daemon_pid": who.pid,
+                                             "started": started})
         handle = DaemonHandle(project_id, client, process.pid, info["instance_id"], started, process)
         log.info("started daemon of %s (pid %s) in %.0f ms", project_id, process.pid,
                  (time.time() - started) * 1000)
@@ -287,17 +342,16 @@ class Host:
         finally:
             loop.remove_reader(fd)
 
-    async def _wait_for_socket(self, process: subprocess.Popen[bytes], socket_path: Path,
-                               log_path: Path) -> FabricClient:
+    async def _connect_new(self, process: subprocess.Popen[bytes], expect: peer.PeerExpectation,
+                           log_path: Path) -> tuple[FabricClient, dict[str, Any], peer.Peer]:
         deadline = time.monotonic() + _START_TIMEOUT_S
         delay = 0.002
         while True:
             if process.poll() is not None:
                 raise RemoteError(f"Error: project daemon exited with code {process.returncode} "
                                   f"while starting: {_tail(log_path)}")
-            if socket_path.exists():
-                with contextlib.suppress(OSError):
-                    return await FabricClient.connect(socket_path)
+            with contextlib.suppress(OSError):
+                return await self._connect(expect.project_id, expect, 5.0)
             if time.monotonic() > deadline:
                 process.kill()
                 raise RemoteError(f"timeout: project daemon did not start within {_START_TIMEOUT_S:.0f} s")

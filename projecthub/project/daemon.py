@@ -4,11 +4,19 @@ It runs inside the project's sandbox as the project's uid, listens on a Unix soc
 serves the project API over the fabric.  It is started detached from the hub (own session),
 so a hub restart reconnects to it instead of killing running jobs and kernels.
 
-    python -m projecthub.project.daemon --project-id ID --home H --socket S \
+    python -I -c DAEMON_BOOT PATH_ENTRY --project-id ID --home H (--listen-fd N | --socket S) \
         --state-dir D --tmp-dir T [--settings JSON] [--ready-fd N]
 
-``--ready-fd``: an inherited pipe end; the daemon writes one byte to it and closes it
-once its socket listens (the host waits on it instead of polling for the socket).
+``--listen-fd``: a Unix socket the host bound where the project cannot reach it (see
+``fabric/peer.py``); the daemon only listens on it.  ``--socket``: a path to bind itself
+(tests, tools).  ``--ready-fd``: an inherited pipe end; the daemon writes one byte to it and
+closes it once its socket listens (the host waits on it instead of polling for the socket).
+
+Everything in the project's home is hostile to the daemon: it is started with ``python -I``
+(no script dir, cwd, ``PYTHON*`` variables or user site on ``sys.path``; see
+``host.DAEMON_BOOT``),
+works from ``/``, never from the home, and makes itself non-dumpable so project code of
+the same uid cannot ptrace it, read its memory or take its file descriptors.
 """
 
 from __future__ import annotations
@@ -25,10 +33,12 @@ if "asyncio" not in sys.modules and "ssl" not in sys.modules:
     del sys.modules["ssl"]
 
 import asyncio  # noqa: E402  (already loaded above when this is the daemon's entry point)
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -62,9 +72,9 @@ def choose_tracker() -> ProcessTracker:
 
 
 class ProjectDaemon:
-    def __init__(self, ctx: ProjectContext, socket_path: Path, ready_fd: int = -1) -> None:
+    def __init__(self, ctx: ProjectContext, listen: "Path | socket.socket", ready_fd: int = -1) -> None:
         self.ctx = ctx
-        self.socket_path = socket_path
+        self.listen = listen
         self.ready_fd = ready_fd
         self.instance_id = uuid.uuid4().hex
         self.started = time.time()
@@ -121,8 +131,8 @@ class ProjectDaemon:
             loop.add_signal_handler(signum, self._stop.set)
         from .exec import job_manager
         jobs = job_manager(self.ctx)  # load now: jobs a dead daemon left running are marked at once
-        server = await serve(self.socket_path, self)
-        log.info("daemon for %s listening on %s", self.ctx.project_id, self.socket_path)
+        server = await serve(self.listen, self)
+        log.info("daemon for %s listening", self.ctx.project_id)
         if self.ready_fd >= 0:  # the host waits on this pipe instead of polling for the socket
             try:
                 os.write(self.ready_fd, b"R")
@@ -137,15 +147,16 @@ class ProjectDaemon:
             if self._jupyter is not None:
                 await self._jupyter.close()
             await jobs.shutdown()
-            try:
-                self.socket_path.unlink()
-            except FileNotFoundError:
-                pass
+            if isinstance(self.listen, Path):
+                with contextlib.suppress(FileNotFoundError):
+                    self.listen.unlink()
             log.info("daemon for %s stopped", self.ctx.project_id)
 
 
-_OPTIONS = {"--project-id": None, "--home": None, "--socket": None, "--state-dir": None,
-            "--tmp-dir": "/tmp", "--settings": "{}", "--ready-fd": "-1"}   # None: required
+_OPTIONS = {"--project-id": None, "--home": None, "--socket": "", "--listen-fd": "-1",
+            "--state-dir": None, "--tmp-dir": "/tmp", "--settings": "{}",
+            "--ready-fd": "-1"}   # None: required
+
 
 
 def _parse(argv: list[str]) -> SimpleNamespace:
@@ -164,24 +175,45 @@ def _parse(argv: list[str]) -> SimpleNamespace:
     missing = [k for k, v in values.items() if v is None]
     if missing:
         _usage(f"the following arguments are required: {', '.join(missing)}")
-    try:
-        ready_fd = int(values["--ready-fd"])
-    except ValueError:
-        _usage("argument --ready-fd: invalid int value")
+    fds = {}
+    for name in ("--ready-fd", "--listen-fd"):
+        try:
+            fds[name] = int(values[name])
+        except ValueError:
+            _usage(f"argument {name}: invalid int value")
+    if (fds["--listen-fd"] < 0) == (not values["--socket"]):
+        _usage("exactly one of --listen-fd and --socket is required")
     return SimpleNamespace(project_id=values["--project-id"], home=values["--home"],
-                           socket=values["--socket"], state_dir=values["--state-dir"],
-                           tmp_dir=values["--tmp-dir"], settings=values["--settings"], ready_fd=ready_fd)
+                           socket=values["--socket"], listen_fd=fds["--listen-fd"],
+                           state_dir=values["--state-dir"], tmp_dir=values["--tmp-dir"],
+                           settings=values["--settings"], ready_fd=fds["--ready-fd"])
 
 
 def _usage(message: str) -> NoReturn:
-    sys.stderr.write("usage: projecthub-daemon --project-id ID --home H --socket S --state-dir D "
+    sys.stderr.write("usage: projecthub-daemon --project-id ID --home H (--listen-fd N | --socket S) --state-dir D "
                      "[--tmp-dir T] [--settings JSON] [--ready-fd N]\n"
                      f"projecthub-daemon: error: {message}\n")
     sys.exit(2)
 
 
+def make_undumpable() -> None:
+    """No ptrace, /proc/<pid>/mem or pidfd_getfd for project code of our own uid (a ptrace
+    stop could freeze the daemon; its fds include the host's channel).  Files under
+    /proc/self that the daemon writes later must be opened before this (see tracker.py)."""
+    import ctypes
+    PR_SET_DUMPABLE = 4
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_DUMPABLE, 0) failed: errno %d", ctypes.get_errno())
+
+
 def main(argv: list[str] | None = None) -> None:
     opts = _parse(sys.argv[1:] if argv is None else argv)
+    os.umask(0o022)   # files a project makes are its own; never the server's umask
+    listen: Path | socket.socket = Path(opts.socket)
+    if opts.listen_fd >= 0:
+        listen = socket.socket(fileno=opts.listen_fd)
+        listen.set_inheritable(False)   # never into user processes
     if opts.ready_fd >= 0:
         try:
             os.set_inheritable(opts.ready_fd, False)   # never into user processes
@@ -193,7 +225,9 @@ def main(argv: list[str] | None = None) -> None:
         filename=state_dir / "daemon.log", level=logging.INFO,
         format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}')
     home = Path(opts.home)
-    os.chdir(home)  # CoCalc resolves relative file paths against the daemon's cwd = HOME
+    # Never work from the home: relative paths are resolved against ctx.home explicitly,
+    # and every child gets its cwd explicitly.
+    os.chdir("/")
     settings = json.loads(opts.settings)
     ctx = ProjectContext(
         project_id=opts.project_id, home=home, state_dir=state_dir, tmp_dir=Path(opts.tmp_dir),
@@ -206,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
-    asyncio.run(ProjectDaemon(ctx, Path(opts.socket), opts.ready_fd).run())
+    make_undumpable()
+    asyncio.run(ProjectDaemon(ctx, listen, opts.ready_fd).run())
 
 
 if __name__ == "__main__":

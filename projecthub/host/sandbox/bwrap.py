@@ -12,9 +12,16 @@ Mount plan (one long-lived sandbox per project; a bwrap per exec would cost
   unprivileged uid cannot traverse -- that is how /root/.pyenv/... becomes usable
   while /root itself (0700 on the host) stays invisible;
 * fresh /proc (pid namespace) and /dev, a private size-limited tmpfs /tmp;
-* writable: HOME, the run dir (daemon socket) and the state dir, at fixed inside
-  paths -- nothing else of the data dir, no other project;
-* the project's own cgroup directories, writable, at their host paths.
+* writable: HOME and the state dir, at fixed inside paths -- nothing else of the data
+  dir, no other project, and not the daemon's socket (the host keeps that outside every
+  sandbox, see ``fabric/peer.py``);
+* /etc/passwd, /etc/group and the emptied shadow files are copied in from file
+  descriptors (``--ro-bind-data``), so no data-dir path shows in the sandbox's mountinfo;
+* the project's own cgroup directories, writable, at their host paths;
+* a seccomp filter that refuses new user namespaces (``seccomp.py``).
+
+Every option reaches bwrap through ``--args FD``: the sandbox's pid 1 is a bwrap
+process, and its command line (readable by the project) then shows only the command.
 """
 
 from __future__ import annotations
@@ -23,13 +30,15 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import projecthub
 
+from .seccomp import filter_program
+
 HOME_INSIDE = "/home/user"
-RUN_INSIDE = "/run/projecthub"
 STATE_INSIDE = "/var/lib/projecthub"
 TMP_INSIDE = "/tmp"
 SOCKET_NAME = "daemon.sock"
@@ -87,11 +96,50 @@ def _minimal(paths) -> list[str]:
     return out
 
 
+def data_fd(name: str, data: bytes) -> int:
+    """A memfd holding ``data``, positioned at its start (bwrap reads it to the end)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@dataclass
+class BwrapCommand:
+    """bwrap's options and the fds they name.  ``argv`` hands the options over through
+    ``--args FD``; pass ``fds`` to the child (``pass_fds``) and ``close()`` after it started."""
+    options: list[str]
+    fds: list[int] = field(default_factory=list)
+    seccomp: bool = False
+
+    def argv(self, command: list[str]) -> list[str]:
+        exe = bwrap_path()
+        if not exe:
+            raise RuntimeError("bwrap: not installed")
+        blob = b"".join(a.encode() + b"\0" for a in self.options)
+        fd = data_fd("projecthub-bwrap-args", blob)
+        self.fds.append(fd)
+        return [exe, "--args", str(fd), "--", *command]
+
+    def close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+
+
 class ArgvBuilder:
     """Accumulates bwrap arguments, creating 0755 parents for every mount point."""
 
     def __init__(self) -> None:
         self.args: list[str] = []
+        self.fds: list[int] = []
         self._made: set[str] = {"/"}
 
     def _parents(self, dest: str) -> None:
@@ -111,16 +159,39 @@ class ArgvBuilder:
     def raw(self, *args: str) -> None:
         self.args += args
 
+    def data(self, kind: str, name: str, data: bytes, dest: str, perms: str = "0444") -> None:
+        fd = data_fd(name, data)
+        self.fds.append(fd)
+        self._parents(dest)
+        self.args += ["--perms", perms, kind, str(fd), dest]   # bwrap's default is 0600
+        self._made.add(dest)
 
-def build_bwrap_argv(*, privileged: bool, network: bool, tmp_bytes: int | None,
-                     home: Path, run_dir: Path, state_dir: Path, etc_files: dict[str, Path],
-                     cgroup_dirs: list[str], hostname: str = "project") -> list[str]:
-    exe = bwrap_path()
-    if not exe:
+
+def build_bwrap_command(*, privileged: bool, network: bool, tmp_bytes: int | None,
+                        home: Path, state_dir: Path, etc_files: dict[str, Path],
+                        cgroup_dirs: list[str], hostname: str = "project") -> BwrapCommand:
+    if not bwrap_path():
         raise RuntimeError("bwrap: not installed")
     feats = bwrap_features()
     b = ArgvBuilder()
-    b.raw(exe, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", hostname)
+    try:
+        _fill(b, feats, privileged=privileged, network=network, tmp_bytes=tmp_bytes, home=home,
+              state_dir=state_dir, etc_files=etc_files, cgroup_dirs=cgroup_dirs, hostname=hostname)
+    except BaseException:
+        BwrapCommand([], b.fds).close()
+        raise
+    program = filter_program()
+    if program is not None and "--seccomp" in feats:
+        fd = data_fd("projecthub-seccomp", program)
+        b.fds.append(fd)
+        b.raw("--seccomp", str(fd))
+    return BwrapCommand(b.args, b.fds, seccomp=program is not None)
+
+
+def _fill(b: ArgvBuilder, feats: frozenset[str], *, privileged: bool, network: bool,
+          tmp_bytes: int | None, home: Path, state_dir: Path, etc_files: dict[str, Path],
+          cgroup_dirs: list[str], hostname: str) -> None:
+    b.raw("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", hostname)
     if not network:
         b.raw("--unshare-net")
     if privileged:
@@ -139,11 +210,11 @@ def build_bwrap_argv(*, privileged: bool, network: bool, tmp_bytes: int | None,
             b.mount("--ro-bind", d, d)
     for name in ("passwd", "group"):
         if name in etc_files:
-            b.mount("--ro-bind", str(etc_files[name]), f"/etc/{name}")
+            b.data("--ro-bind-data", name, Path(etc_files[name]).read_bytes(), f"/etc/{name}")
     for name in HIDDEN_ETC:
         src = etc_files.get(name.rstrip("-"))
         if src and os.path.exists(f"/etc/{name}"):
-            b.mount("--ro-bind", str(src), f"/etc/{name}")
+            b.data("--ro-bind-data", name, Path(src).read_bytes(), f"/etc/{name}", perms="0400")
     b.mount("--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu")
     if network:
         b.mount("--ro-bind-try", "/run/systemd/resolve", "/run/systemd/resolve")
@@ -158,29 +229,9 @@ def build_bwrap_argv(*, privileged: bool, network: bool, tmp_bytes: int | None,
     for p in ro:
         b.mount("--ro-bind", p, p)
     b.mount("--bind", str(home), HOME_INSIDE)
-    b.mount("--bind", str(run_dir), RUN_INSIDE)
     b.mount("--bind", str(state_dir), STATE_INSIDE)
     for d in cgroup_dirs:
         b.mount("--bind", d, d)
-    # A root bwrap without CAP_DAC_OVERRIDE cannot enter the 0700 home it does not
-    # own; the caller changes directory after the uid drop (see ``chdir_argv``).
-    b.raw("--chdir", "/" if privileged else HOME_INSIDE)
-    return b.args
-
-
-@lru_cache(maxsize=1)
-def _env_supports_chdir() -> str | None:
-    exe = shutil.which("env")
-    if not exe:
-        return None
-    try:
-        r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return exe if "--chdir" in r.stdout else None
-
-
-def chdir_argv(path: str) -> list[str]:
-    """Prefix that enters ``path`` then execs the rest (coreutils ``env -C``), or []."""
-    exe = _env_supports_chdir()
-    return [exe, "-C", path] if exe else []
+    # The daemon works from "/", never from the home (whose files are hostile to it);
+    # user processes get their cwd explicitly.
+    b.raw("--chdir", "/")

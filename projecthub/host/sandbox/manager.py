@@ -53,8 +53,6 @@ class PreparedProject:
     gid: int | None
     home_outside: Path
     home_inside: str                        # HOME as the daemon sees it
-    socket_outside: Path
-    socket_inside: str
     state_outside: Path
     state_inside: str
     tmp_inside: str
@@ -110,14 +108,12 @@ class Sandbox:
             # the loop below then sets owners and modes inside it.  An existing image is
             # mounted even if the probe failed: the files are in there (no mount: no start).
             disk.attach(base, limits.disk_bytes)
-        home, run, state, etc = base / "home", base / "run", base / "state", base / "etc"
-        for d, mode in ((home, 0o700), (run, 0o700), (state, 0o700), (etc, 0o755)):
+        home, state, etc = base / "home", base / "state", base / "etc"
+        for d, mode in ((home, 0o700), (state, 0o700), (etc, 0o755)):
             d.mkdir(exist_ok=True)
             os.chmod(d, mode)
             if uid is not None and d is not etc:
                 os.chown(d, uid, gid)
-        sock = run / bw.SOCKET_NAME
-        # long socket paths are fine: the fabric reaches them through /proc/self/fd/N/<name>
         etc_files = write_identity_files(etc, uid if uid is not None else os.getuid(),
                                          gid if gid is not None else os.getgid(),
                                          bw.HOME_INSIDE if self.use_bwrap else str(home))
@@ -129,8 +125,6 @@ class Sandbox:
         p = PreparedProject(
             project_id=project_id, uid=uid, gid=gid,
             home_outside=home, home_inside=bw.HOME_INSIDE if inside else str(home),
-            socket_outside=sock,
-            socket_inside=f"{bw.RUN_INSIDE}/{bw.SOCKET_NAME}" if inside else str(sock),
             state_outside=state, state_inside=bw.STATE_INSIDE if inside else str(state),
             tmp_inside=bw.TMP_INSIDE if inside else str(self._plain_tmp(base, uid, gid)),
             cgroup=cgroup, limits=limits, etc_files=etc_files, cgroup_env=cg_env)
@@ -148,35 +142,39 @@ class Sandbox:
 
     # ------------------------------------------------------------------ daemon start
 
+    def daemon_path_entry(self) -> str:
+        """Where the daemon imports projecthub from when it is not installed in the
+        interpreter's prefix (a source checkout, read-only in the sandbox), else ""."""
+        return bw.code_paths()[1] or ""
+
     def daemon_command(self, prepared: PreparedProject, inner_argv: list[str],
                        env: dict[str, str]) -> tuple[list[str], dict]:
+        """The daemon's argv and Popen kwargs.  ``kwargs["pass_fds"]`` are fds bwrap reads
+        at start; the caller closes them after the spawn."""
         p = prepared
         child_env = dict(env)  # nothing of the server's own environment
         child_env[MARKER_ENV] = f"{self._tag}:{p.project_id}"
         if p.cgroup_env:
             child_env[CGROUP_ENV] = json.dumps(p.cgroup_env)
-        _, pythonpath = bw.code_paths()
-        if pythonpath:
-            child_env["PYTHONPATH"] = ":".join(x for x in (pythonpath, child_env.get("PYTHONPATH")) if x)
         drop = drop_argv(p.uid, p.gid) if p.uid is not None else []
+        fds: list[int] = []
         if self.use_bwrap:
-            argv = bw.build_bwrap_argv(
+            command = bw.build_bwrap_command(
                 privileged=self.is_root, network=p.limits.network, tmp_bytes=p.limits.tmp_bytes,
-                home=p.home_outside, run_dir=p.socket_outside.parent, state_dir=p.state_outside,
-                etc_files=p.etc_files,
+                home=p.home_outside, state_dir=p.state_outside, etc_files=p.etc_files,
                 cgroup_dirs=self.driver.bind_dirs(p.project_id) if self.driver and p.cgroup else [])
             # setsid inside: the daemon becomes its own session and process-group leader
             # (not in bwrap-init's), with no controlling terminal.  -w only matters if
             # setsid had to fork, which it does not here (pid 2 is not a group leader).
             sess = [self._setsid, "-w"] if self._setsid else []
             if not sess:
-                argv.append("--new-session")
-            cd = bw.chdir_argv(bw.HOME_INSIDE) if self.is_root else []
-            argv += ["--"] + drop + sess + cd + list(inner_argv)
+                command.options.append("--new-session")
+            argv = command.argv(drop + sess + list(inner_argv))
+            fds = command.fds
             cwd = "/"
         else:
             argv = drop + list(inner_argv)
-            cwd = str(p.home_outside)
+            cwd = "/"
         join = self.driver.join_dirs(p.project_id) if self.driver and p.cgroup else []
         kwargs: dict[str, Any] = {
             "env": child_env,
@@ -186,6 +184,7 @@ class Sandbox:
             # and the daemon outlives a hub restart (no --die-with-parent either).
             "start_new_session": True,
             "close_fds": True,
+            "pass_fds": tuple(fds),
         }
         if join or self.is_root:
             # Root: pin the daemon's oom_score_adj (and, since root writes it, its
@@ -193,6 +192,21 @@ class Sandbox:
             # user code cannot go below; see tracker.py for why children sit above it.
             kwargs["preexec_fn"] = _cgroup_joiner(join, oom_score_adj=0 if self.is_root else None)
         return argv, kwargs
+
+    # ------------------------------------------------------------------ cgroup descriptors
+    # Issue 14 item 3 (cgroups.py has the why): the project uid may write no cgroup file,
+    # so the daemon writes its exec groups through descriptors the host opens as root.
+
+    def open_cgroup_fds(self, prepared: PreparedProject) -> list[int]:
+        """Open the cgroup files ``prepared``'s daemon writes and describe them in its
+        ``PROJECTHUB_CGROUPS`` (call before ``daemon_command``).  The caller passes the
+        descriptors to the daemon (``pass_fds``) and closes its own copies once it has
+        started.  [] when the project has no cgroups."""
+        if self.driver is None or prepared.cgroup is None or prepared.cgroup_env is None:
+            return []
+        spec, fds = self.driver.open_daemon_fds(prepared.project_id)
+        prepared.cgroup_env = {**prepared.cgroup_env, **spec}
+        return fds
 
     # ------------------------------------------------------------------ running projects
 

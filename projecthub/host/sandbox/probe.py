@@ -76,6 +76,7 @@ if cat /etc/shadow >/dev/null 2>&1; then echo shadow=readable; else echo shadow=
 for n in mnt pid ipc uts net; do echo "ns_$n=$(readlink /proc/self/ns/$n)"; done
 grep -E '^(NoNewPrivs|CapEff|CapBnd|CapPrm):' /proc/self/status | tr -d '\t ' | tr ':' '='
 echo "tmp=$(awk '$2 == "/tmp" {print $4}' /proc/self/mounts | tail -n 1)"
+if unshare -U true 2>/dev/null; then echo userns=open; else echo userns=blocked; fi
 if [ -n "$PROBE_CG" ]; then
   if mkdir "$PROBE_CG/child" 2>/dev/null && rmdir "$PROBE_CG/child"; then echo cgdelegate=yes; else echo cgdelegate=no; fi
 fi
@@ -145,6 +146,10 @@ def probe(data_dir: Path | str, *, mode: str = "auto", cgroup_root_name: str = "
                             "unprivileged bwrap --unshare-user works" if use_bwrap else bwrap_detail))
     nnp = facts.get("NoNewPrivs") == "1"
     layers.append(Layer("no-new-privs", nnp, f"NoNewPrivs={facts.get('NoNewPrivs', '?')}"))
+    blocked = facts.get("userns") == "blocked"
+    layers.append(Layer("no-nested-userns", blocked,
+                        "unshare -U fails inside the sandbox (seccomp filter)" if blocked else
+                        "a project can create user namespaces (no libseccomp/pyseccomp, or no bwrap)"))
     caps = facts.get("CapEff"), facts.get("CapBnd")
     nocaps = all(c is not None and int(c, 16) == 0 for c in caps)
     layers.append(Layer("capability-drop", nocaps, f"CapEff={caps[0]} CapBnd={caps[1]}"))
@@ -200,12 +205,12 @@ def _bwrap_works() -> tuple[bool, str]:
 
 def _run_probe_sandbox(base: Path, use_bwrap: bool, root: bool, uid: int | None,
                        cg_dirs: list[str]) -> dict[str, str]:
-    home, run, state, etc = base / "home", base / "run", base / "state", base / "etc"
-    for d in (home, run, state, etc):
+    home, state, etc = base / "home", base / "state", base / "etc"
+    for d in (home, state, etc):
         d.mkdir(parents=True, exist_ok=True)
     gid = uid
     if root and uid is not None:
-        for d in (home, run, state):
+        for d in (home, state):
             os.chown(d, uid, gid)
     etc_files = write_identity_files(etc, uid if uid is not None else os.getuid(),
                                      gid if gid is not None else os.getgid(), bw.HOME_INSIDE)
@@ -214,16 +219,22 @@ def _run_probe_sandbox(base: Path, use_bwrap: bool, root: bool, uid: int | None,
     if root and uid is not None and setpriv_path():
         inner = drop_argv(uid, gid) + inner
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PROBE_CG": cg_dirs[0] if cg_dirs else ""}
+    command = None
     if use_bwrap:
-        argv = bw.build_bwrap_argv(privileged=root, network=False, tmp_bytes=16 * 2**20,
-                                   home=home, run_dir=run, state_dir=state, etc_files=etc_files,
-                                   cgroup_dirs=cg_dirs) + ["--"] + inner
+        command = bw.build_bwrap_command(privileged=root, network=False, tmp_bytes=16 * 2**20,
+                                         home=home, state_dir=state, etc_files=etc_files,
+                                         cgroup_dirs=cg_dirs)
+        argv = command.argv(inner)
     else:
         argv = inner
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=20, env=env, cwd="/")
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=20, env=env, cwd="/",
+                           pass_fds=tuple(command.fds) if command else ())
     except (OSError, subprocess.TimeoutExpired):
         return {}
+    finally:
+        if command is not None:
+            command.close()
     facts = {}
     for line in r.stdout.splitlines():
         k, sep, v = line.partition("=")

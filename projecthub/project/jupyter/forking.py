@@ -129,8 +129,11 @@ class ZygoteProcess:
         stderr = open(self.stderr_path, "wb")
         try:
             self.popen = self.group.spawn(lambda: subprocess.Popen(
-                [sys.executable, "-c", ZYGOTE_BOOT, ZYGOTE_PATH, str(theirs.fileno())],
-                cwd=str(ctx.home), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                # -I and cwd "/": the zygote imports nothing from the project's home, cwd,
+                # PYTHON* variables or user site (a planted ~/json.py would taint every
+                # kernel forked from it); each kernel enters its own cwd after the fork.
+                [sys.executable, "-I", "-c", ZYGOTE_BOOT, ZYGOTE_PATH, str(theirs.fileno())],
+                cwd="/", env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=stderr, pass_fds=(theirs.fileno(),), start_new_session=True))
         finally:
             theirs.close()

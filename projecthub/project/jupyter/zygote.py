@@ -549,6 +549,8 @@ def become_kernel(zygote: Zygote, req: dict, release_fd: int) -> int:
     os.environ.update(req["env"])
     for key, value in IMPORT_ENV.items():
         os.environ.setdefault(key, value)
+    _set_dumpable(True)   # user code's own process again: debuggers and py-spy may attach
+    _user_import_path(req["env"])
     import resource
     for name, value in (req.get("rlimits") or {}).items():
         rid = getattr(resource, _RLIMITS.get(name, ""), None)
@@ -575,6 +577,31 @@ def become_kernel(zygote: Zygote, req: dict, release_fd: int) -> int:
         return finish_kernel()
     ipykernel.kernelapp.IPKernelApp.launch_instance(argv=argv)
     return finish_kernel()
+
+
+def _set_dumpable(on: bool) -> None:
+    """The zygote is not dumpable (project code of its uid must not ptrace it: it is the
+    parent of every stateless kernel); each kernel is, like any process the user starts."""
+    import ctypes
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(4, 1 if on else 0, 0, 0, 0)   # PR_SET_DUMPABLE
+
+
+def _user_import_path(env: dict) -> None:
+    """What ``python -m ipykernel_launcher`` would have on sys.path and the zygote, started
+    with ``-I``, has not: $PYTHONPATH first, the kernel's cwd as IPython's '' entry before
+    the first site-packages (IPython skips it under -I's safe_path; resolved after the chdir
+    above), and the user site when the interpreter has one."""
+    sys.path[0:0] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if "" not in sys.path:
+        at = next((i for i, p in enumerate(sys.path)
+                   if os.path.basename(p) in ("site-packages", "dist-packages")), 0)
+        sys.path.insert(at, "")
+    if sys.prefix == sys.base_prefix and not env.get("PYTHONNOUSERSITE"):
+        import site
+        with contextlib.suppress(Exception):
+            site.ENABLE_USER_SITE = True
+            site.addsitedir(site.getusersitepackages())
 
 
 def _die_with_parent(zygote_pid: int) -> bool:
@@ -620,6 +647,7 @@ def main() -> None:
     if sys.path and sys.path[0] == "":
         del sys.path[0]
     sock = socket.socket(fileno=int(sys.argv[-1]))
+    _set_dumpable(False)
     import gc
     gc.disable()
     before = dict(os.environ)

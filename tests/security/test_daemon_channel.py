@@ -1,0 +1,290 @@
+"""The hub's channel to a project daemon, and the daemon itself, attacked by its own project.
+
+* A project replaces its daemon socket with a symlink to another project's socket and waits
+  for a hub restart: the hub must adopt its own project's daemon or none (the review's
+  critical finding: the attacker's calls ran as the victim).
+* Files planted in the home (``zmq.py``, ``json.py``, ``asyncio/``, ``sitecustomize.py``,
+  ``usercustomize.py``, a ``.pth``) must never run inside the daemon or the Jupyter zygote.
+* The daemon cannot be ptraced by its project; the sandbox cannot make user namespaces; the
+  data dir's path does not show inside; the data dir and the store are private.
+
+Each test drives a real server through its HTTP API; root and bubblewrap are required.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests.security.conftest import Proj, new_project, require_sandbox
+from tests.server import Account, Server
+
+
+@pytest.fixture(scope="module")
+def chan_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    require_sandbox()
+    srv = Server(tmp_path_factory.mktemp("chanhub"), extra_args=["--spare-projects", "0"]).start()
+    yield srv
+    if srv.process is not None and srv.process.poll() is None:
+        srv.stop()
+    srv.cli("stop-all")
+
+
+def restart(server: Server) -> None:
+    server.stop()
+    server.start()
+
+
+def whoami(p: Proj) -> dict:
+    out = p.run("echo $(id -u) $(cat ~/marker 2>/dev/null || echo none)")
+    assert out["exit_code"] == 0, out
+    uid, marker = out["stdout"].split()
+    return {"uid": int(uid), "marker": marker}
+
+
+# --------------------------------------------------------------- 1. the socket swap
+
+def test_symlinked_socket_never_reaches_another_project(chan_server: Server) -> None:
+    server = chan_server
+    attacker = new_project(server, server.new_account("Mallory"), "attacker")
+    victim = new_project(server, server.new_account("Victor"), "victim")
+    attacker.run("echo attacker > ~/marker")
+    victim.run("echo victim > ~/marker")
+    victim_uid = whoami(victim)["uid"]
+    attacker_uid = whoami(attacker)["uid"]
+    assert attacker_uid != victim_uid
+
+    # Every place the attacker could think the hub looks for its socket: where it used to
+    # live inside the sandbox, and the host paths of the victim's socket (old and new).
+    victim_sockets = [server.data_dir / "projects" / victim.project_id / "run" / "daemon.sock",
+                      server.data_dir / "run" / victim.project_id / "daemon.sock"]
+    plant = " ; ".join(
+        f"mkdir -p {d} 2>/dev/null; ln -sfn {victim_sockets[1]} {d}/daemon.sock 2>/dev/null"
+        for d in ("/run/projecthub", "/var/lib/projecthub", "$HOME"))
+    attacker.run(plant)
+    # ...and, as root would find it if the hub's own directory were reachable, nothing the
+    # attacker can write is the hub's directory:
+    assert not (server.data_dir / "run" / attacker.project_id / "daemon.sock").is_symlink()
+
+    restart(server)   # the hub now re-adopts daemons from what it finds on disk
+    me = whoami(attacker)
+    assert me == {"uid": attacker_uid, "marker": "attacker"}, me
+    # the attacker stopping "its" project never stops the victim
+    attacker.stop()
+    assert whoami(victim) == {"uid": victim_uid, "marker": "victim"}
+
+
+def test_hub_refuses_a_tampered_socket_and_logs_it(chan_server: Server) -> None:
+    """Defence in depth: even if the hub's private directory were tampered with (here by
+    root, the only one who can), the hub never follows a symlink there, checks the peer's
+    SO_PEERCRED against the project's uid and sandbox, and logs the refusal."""
+    server = chan_server
+    one = new_project(server, server.new_account("One"), "one")
+    two = new_project(server, server.new_account("Two"), "two")
+    one.run("echo one > ~/marker")
+    two.run("echo two > ~/marker")
+    one_uid = whoami(one)["uid"]
+    server.stop()
+    run_one = server.data_dir / "run" / one.project_id
+    # 1) one's socket replaced by a symlink to two's socket
+    (run_one / "daemon.sock").unlink()
+    os.symlink(server.data_dir / "run" / two.project_id / "daemon.sock", run_one / "daemon.sock")
+    server.start()
+    assert whoami(one) == {"uid": one_uid, "marker": "one"}
+    assert "refusing" in server.log() or "failed verification" in server.log() \
+        or not (run_one / "daemon.sock").is_symlink()
+
+    # 2) a socket that answers as the wrong uid (root's fake daemon) is refused too
+    server.stop()
+    (run_one / "daemon.sock").unlink()
+    fake = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fake.bind(str(run_one / "daemon.sock"))
+    fake.listen(8)
+    try:
+        server.start()
+        assert whoami(one) == {"uid": one_uid, "marker": "one"}
+        assert "refusing the daemon socket of project " + one.project_id in server.log()
+    finally:
+        fake.close()
+
+
+def test_daemon_socket_lives_outside_every_sandbox(chan_server: Server) -> None:
+    server = chan_server
+    p = new_project(server, server.new_account("Sock"), "sock")
+    out = p.run("ls -la /run/projecthub 2>&1; find / -xdev -type s 2>/dev/null | head -5; "
+                "ls /proc/*/fd -l 2>/dev/null | grep -c socket || true")
+    assert "daemon.sock" not in out["stdout"], out["stdout"]
+    run_dir = server.data_dir / "run" / p.project_id
+    st = os.stat(run_dir)
+    assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700
+    assert stat.S_ISSOCK(os.lstat(run_dir / "daemon.sock").st_mode)
+
+
+# --------------------------------------------------------------- 2. planted modules
+
+PLANT = r'''
+import os, sys
+def _mark(name):
+    try:
+        me = open("/proc/self/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        parent = open("/proc/%d/cmdline" % os.getppid(), "rb").read().replace(b"\0", b" ").decode()
+        os.makedirs("/home/user/.pwned", exist_ok=True)
+        with open("/home/user/.pwned/%s-%d" % (name, os.getpid()), "w") as f:
+            f.write(me + "\n" + parent)
+    except Exception:
+        pass
+_mark(NAME)
+if REAL:   # hand over to the real module so whatever imported us keeps working
+    _here = os.path.dirname(os.path.abspath(__file__))
+    if __file__.endswith("__init__.py"):
+        _here = os.path.dirname(_here)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _here]
+    del sys.modules[NAME]
+    import importlib
+    sys.modules[NAME] = importlib.import_module(NAME)
+'''
+
+
+def _plant_code(name: str, real: bool) -> str:
+    return f"NAME = {name!r}\nREAL = {real!r}\n" + PLANT
+
+
+def test_planted_modules_never_run_in_the_daemon_or_zygote(chan_server: Server) -> None:
+    server = chan_server
+    p = new_project(server, server.new_account("Planter"), "planter")
+    py = p.run("python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'")["stdout"].strip()
+    files = {
+        "zmq.py": _plant_code("zmq", True),
+        "json.py": _plant_code("json", True),
+        "signal.py": _plant_code("signal", True),
+        "selectors.py": _plant_code("selectors", True),
+        "asyncio/__init__.py": _plant_code("asyncio", True),
+        "sitecustomize.py": _plant_code("sitecustomize", False),
+        "usercustomize.py": _plant_code("usercustomize", False),
+        f".local/lib/python{py}/site-packages/evil.pth": "import os; exec(open('/home/user/pth_payload.py').read())",
+        "pth_payload.py": _plant_code("pth", False),
+    }
+    for rel, text in files.items():
+        r = p.v3("POST", "/exec", {"command": "mkdir -p \"$(dirname \"$F\")\" && cat > \"$F\"",
+                                   "bash": True, "env": {"F": f"/home/user/{rel}"}, "timeout": 20})
+        assert r.status_code == 200, r.text
+        r = httpx.post(f"{server.url}/api/conat/project", json={
+            "name": "system.writeTextFileToProject", "args": [{"path": rel, "content": text}],
+            "project_id": p.project_id}, headers={"Authorization": f"Bearer {p.key}"}, timeout=30)
+        assert r.status_code == 200 and "error" not in (r.json() or {}), r.text
+    # A fresh daemon (it starts with the planted files in place), then Jupyter: the daemon's
+    # lazy zmq import, the zygote's start-up imports, a forked and a launched kernel.
+    p.stop()
+    assert p.run("echo hi")["stdout"] == "hi\n"
+    client = p.client
+    out = client.system.jupyter_execute(input="print(6*7)", kernel="python3")
+    assert "42" in json.dumps(out), out
+    r = p.v3("POST", "/sessions", {"kernel": "python3"})
+    assert r.status_code in (200, 201), r.text
+    sid = r.json()["session_id"] if "session_id" in r.json() else r.json()["id"]
+    r = p.v3("POST", f"/sessions/{sid}/execute", {"code": "1+1", "timeout_s": 60})
+    assert r.status_code == 200, r.text
+    p.v3("DELETE", f"/sessions/{sid}")
+
+    marks = p.run("for f in ~/.pwned/*; do [ -e \"$f\" ] && { echo \"== $f\"; cat \"$f\"; echo; }; done; true")
+    offenders = []
+    for block in marks["stdout"].split("== ")[1:]:
+        lines = block.splitlines() + ["", "", ""]
+        name, me, parent = lines[0], lines[1], lines[2]
+        in_daemon = "projecthub.project.daemon" in me
+        in_zygote = "zygote" in me and "projecthub.project.daemon" in parent
+        if in_daemon or in_zygote:
+            offenders.append(f"{name}: {me[:200]}")
+    assert not offenders, "planted files ran inside projecthub's own processes:\n" + "\n".join(offenders)
+
+
+def test_forked_kernel_still_imports_from_its_working_directory(chan_server: Server) -> None:
+    server = chan_server
+    p = new_project(server, server.new_account("Jupyter user"), "kernel cwd")
+    p.run("mkdir -p ~/work && echo 'VALUE = 1234' > ~/work/mymodule.py")
+    # a stateless kernel runs in the directory it is given ("path")
+    out = p.client.system.jupyter_execute(input="import mymodule; print(mymodule.VALUE)",
+                                          kernel="python3", path="work")
+    assert "1234" in json.dumps(out), out
+    # a session kernel from its cwd
+    r = p.v3("POST", "/sessions", {"kernel": "python3", "cwd": "work"})
+    assert r.status_code in (200, 201), r.text
+    sid = r.json()["session_id"] if "session_id" in r.json() else r.json()["id"]
+    try:
+        r = p.v3("POST", f"/sessions/{sid}/execute",
+                 {"code": "import mymodule; print(mymodule.VALUE)", "timeout_s": 60})
+        assert r.status_code == 200 and "1234" in r.text, r.text
+    finally:
+        p.v3("DELETE", f"/sessions/{sid}")
+
+
+# --------------------------------------------------------------- 12. smaller holes
+
+def test_no_nested_user_namespaces(chan_server: Server) -> None:
+    p = new_project(chan_server, chan_server.new_account("Userns"), "userns")
+    out = p.run("unshare -Ur id -u; echo rc=$?; unshare -U true; echo rc=$?; "
+                "python3 -c 'import os; os.unshare(os.CLONE_NEWUSER)'; echo rc=$?")
+    assert out["stdout"].count("rc=0") == 0, out
+    # ordinary process creation (threads, vfork, posix_spawn) is unaffected
+    ok = p.run("python3 -c 'import threading, subprocess; t = threading.Thread(target=print); t.start(); "
+               "t.join(); print(subprocess.run([\"echo\", \"spawned\"], capture_output=True).stdout)'")
+    assert ok["exit_code"] == 0 and "spawned" in ok["stdout"], ok
+
+
+def test_host_paths_do_not_leak_into_the_sandbox(chan_server: Server) -> None:
+    server = chan_server
+    p = new_project(server, server.new_account("Leak"), "leak")
+    out = p.run("tr '\\0' ' ' < /proc/1/cmdline; echo; cat /proc/self/mountinfo; "
+                "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done 2>/dev/null")
+    data_dir = str(server.data_dir.resolve())
+    assert data_dir not in out["stdout"], [l for l in out["stdout"].splitlines() if data_dir in l]
+
+
+def test_daemon_cannot_be_ptraced_by_its_project(chan_server: Server) -> None:
+    p = new_project(chan_server, chan_server.new_account("Tracer"), "tracer")
+    code = r'''
+import ctypes, os, json
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+for pid in [d for d in os.listdir("/proc") if d.isdigit()]:
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
+        continue
+    if b"projecthub.project.daemon" in cmd and int(pid) != os.getpid():
+        r = libc.ptrace(0x4206, int(pid), None, None)   # PTRACE_SEIZE
+        out["seize"] = (r, ctypes.get_errno())
+        try:
+            open(f"/proc/{pid}/environ", "rb").read()
+            out["environ"] = "readable"
+        except OSError as e:
+            out["environ"] = e.errno
+        if r == 0:
+            libc.ptrace(0x11, int(pid), None, None)        # PTRACE_DETACH
+print(json.dumps(out))
+'''
+    out = p.run('python3 -c "$CODE"', env={"CODE": code})
+    assert out["exit_code"] == 0, out
+    facts = json.loads(out["stdout"])
+    assert "seize" in facts, "the daemon is not visible inside its sandbox?"
+    assert facts["seize"][0] == -1 and facts["seize"][1] == 1, facts   # EPERM
+    assert facts["environ"] != "readable", facts
+    assert p.run("echo alive")["stdout"] == "alive\n"
+
+
+def test_data_dir_and_store_are_private(chan_server: Server) -> None:
+    data_dir = chan_server.data_dir
+    assert stat.S_IMODE(os.stat(data_dir).st_mode) == 0o700
+    for name in ("hub.db", "hub.db-wal", "hub.db-shm"):
+        path = data_dir / name
+        if path.exists():
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, (name, oct(os.stat(path).st_mode))
+    assert (data_dir / "hub.db").exists()
