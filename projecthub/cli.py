@@ -115,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .api.connections import protocol_class, serve_guard
     try:  # slow/many-connection defences (api/connections.py); also raises the fd limit
         guard = serve_guard(args.max_connections, args.max_connections_per_ip, args.header_timeout,
-                            args.body_timeout)
+                            args.body_timeout, args.forwarded_allow_ips)
     except ValueError as exc:
         sys.exit(f"projecthub: {exc}")
     try:
@@ -329,8 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "$PROJECTHUB_MAX_CONNECTIONS; 0: no cap)")
     serve.add_argument("--max-connections-per-ip", type=int, metavar="N",
                        default=os.environ.get("PROJECTHUB_MAX_CONNECTIONS_PER_IP", "1024"),
-                       help="open connections per client address (IPv6: per /64); more get 503 "
-                            "(default 1024, $PROJECTHUB_MAX_CONNECTIONS_PER_IP; 0: no cap)")
+                       help="open connections per client address (IPv6: per /64; --forwarded-allow-ips "
+                            "proxies exempt); more get 503 (default 1024, "
+                            "$PROJECTHUB_MAX_CONNECTIONS_PER_IP; 0: no cap)")
     serve.add_argument("--header-timeout", type=float, metavar="SECONDS",
                        default=os.environ.get("PROJECTHUB_HEADER_TIMEOUT_S", "10"),
                        help="a request whose headers are not complete after this long gets 408 and is "

@@ -82,6 +82,9 @@ class ConnectionLimits:
     max_per_ip: int = 1024
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    # --forwarded-allow-ips: behind a proxy every connection comes from the proxy, so the
+    # per-address cap would cap everyone; trusted proxies count only against the global cap.
+    trusted_proxies: str | None = None
 
     def validate(self) -> None:
         for name in ("max_connections", "max_per_ip", "header_timeout", "body_timeout"):
@@ -158,12 +161,35 @@ def peer_key(transport: asyncio.BaseTransport) -> str:
     return host
 
 
+def _parse_trusted(value: str | None) -> tuple[bool, set[str], list[Any]]:
+    """uvicorn's --forwarded-allow-ips syntax: '*', or comma-separated addresses and networks
+    (other entries, like a unix socket literal, exempt nothing here)."""
+    addrs: set[str] = set()
+    nets: list[Any] = []
+    for item in (value or "").split(","):
+        item = item.strip()
+        if item == "*":
+            return True, set(), []
+        try:
+            net = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            continue
+        if net.version == 6 and net.prefixlen >= 64:   # peer_key counts IPv6 by /64
+            addrs.add(str(net.supernet(new_prefix=64)))
+        elif net.num_addresses == 1:
+            addrs.add(str(net.network_address))
+        else:
+            nets.append(net)
+    return False, addrs, nets
+
+
 class ConnectionGuard:
     """Counts and timers shared by every connection of one server (one event loop)."""
 
     def __init__(self, limits: ConnectionLimits) -> None:
         limits.validate()
         self.limits = limits
+        self._exempt_all, self._exempt_addrs, self._exempt_nets = _parse_trusted(limits.trusted_proxies)
         self.open = 0
         self.per_peer: dict[str, int] = {}
         # protocol -> None, in the order their current request started
@@ -181,7 +207,7 @@ class ConnectionGuard:
         """Count ``proto`` in, or return the response that refuses it."""
         limits = self.limits
         n = self.per_peer.get(key, 0)
-        if limits.max_per_ip and n >= limits.max_per_ip:
+        if limits.max_per_ip and n >= limits.max_per_ip and not self._exempt(key):
             self.stats["refused_per_ip"] += 1
             log.warning("refused a connection from %s: %d open from this address (--max-connections-per-ip)",
                         key, n)
@@ -196,6 +222,17 @@ class ConnectionGuard:
         self.per_peer[key] = n + 1
         proto._peer = key
         return None
+
+    def _exempt(self, key: str) -> bool:
+        if self._exempt_all or key in self._exempt_addrs:
+            return True
+        if self._exempt_nets:
+            try:
+                addr = ipaddress.ip_network(key, strict=False)
+            except ValueError:
+                return False
+            return any(addr.version == net.version and addr.subnet_of(net) for net in self._exempt_nets)
+        return False
 
     def _evict_oldest_waiting(self) -> bool:
         """Close the connection that has waited longest for its request headers."""
@@ -377,14 +414,15 @@ def protocol_class(guard: ConnectionGuard) -> type[GuardedHttpToolsProtocol]:
 
 
 def serve_guard(max_connections: int | None, max_per_ip: int, header_timeout: float,
-                body_timeout: float) -> ConnectionGuard:
+                body_timeout: float, trusted_proxies: str | None = None) -> ConnectionGuard:
     """What ``projecthub serve`` calls once before uvicorn starts: raise the fd limit, size the
     global cap from it (``max_connections=None``), bound the floodable loggers."""
     fd_limit = raise_fd_limit()
     if max_connections is None:
         max_connections = default_max_connections(fd_limit)
     install_log_limits()
-    guard = ConnectionGuard(ConnectionLimits(max_connections, max_per_ip, header_timeout, body_timeout))
+    guard = ConnectionGuard(ConnectionLimits(max_connections, max_per_ip, header_timeout, body_timeout,
+                                             trusted_proxies))
     log.info("connection limits: %d connections (fd limit %d), %d per client address, "
              "header timeout %g s, body timeout %g s", max_connections, fd_limit, max_per_ip,
              header_timeout, body_timeout)

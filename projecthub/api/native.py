@@ -342,8 +342,12 @@ async def _with_heartbeats(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]
             pending = None
             yield chunk
     finally:
+        # A client that went away must stop the project stream at once (the fabric then
+        # sends ``cancel`` and the daemon stops feeding), not whenever GC finds it: let the
+        # cancelled step finish first, since a running generator cannot be closed.
         if pending is not None:
             pending.cancel()
+            await asyncio.wait({pending})
         aclose = getattr(iterator, "aclose", None)
         if aclose:
             await aclose()

@@ -3,6 +3,12 @@
 ``FabricClient`` is what the host holds for each running daemon; ``serve`` is what the
 daemon runs.  Many requests and streams share the connection, each tagged with an id, so a
 slow exec never blocks a ping.
+
+Streams are flow controlled per stream (see ``messages``): the client grants each stream a
+credit window and tops it up as its consumer drains, and the server's ``_feed`` waits for
+credit before it asks the producer for the next item.  So a stalled SSE reader costs the
+hub at most one window per stream, the daemon holds nothing extra (job output stays in its
+file), and other calls on the same connection are never paused.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ import logging
 import os
 import socket
 import threading
+from collections import deque
 from typing import Any, AsyncIterator, Callable, Coroutine, Protocol
 
 from ..errors import RemoteError, error_text
-from .messages import FrameBuffer, FrameError, encode
+from .messages import HEADER, MAX_FRAME, STREAM_WINDOW, FrameBuffer, FrameError, encode
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +82,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             if self.transport is not None:
                 self.transport.close()
             return
-        for message in messages:
-            self.on_message(message)
+        for message, size in zip(messages, self._frames.sizes):
+            self.on_message(message, size)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -100,6 +107,10 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(encode(message))
 
+    def send_frame(self, frame: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame)
+
     async def drain(self) -> None:
         if self.lost:
             raise ConnectionResetError("Connection lost")
@@ -114,7 +125,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             self.transport.close()
 
     # -- for subclasses
-    def on_message(self, message: dict[str, Any]) -> None:
+    def on_message(self, message: dict[str, Any], size: int) -> None:
         raise NotImplementedError
 
     def on_broken(self, exc: Exception) -> None:
@@ -129,13 +140,41 @@ class _ClientProtocol(_FrameProtocol):
         super().__init__()
         self.client: FabricClient | None = None
 
-    def on_message(self, message: dict[str, Any]) -> None:
+    def on_message(self, message: dict[str, Any], size: int) -> None:
         if self.client is not None:
-            self.client._dispatch(message)
+            self.client._dispatch(message, size)
 
     def on_lost(self, exc: Exception | None) -> None:
         if self.client is not None:
             self.client._fail_all()
+
+
+class _Stream:
+    """Client side of one stream: received items not yet taken by the consumer, and the
+    credit accounting that bounds them (``granted`` and ``received`` count frame bytes)."""
+
+    __slots__ = ("items", "window", "granted", "received", "waiter")
+
+    def __init__(self, window: int) -> None:
+        self.items: deque[tuple[Any, int]] = deque()
+        self.window = window
+        self.granted = window
+        self.received = 0
+        self.waiter: asyncio.Future[None] | None = None
+
+    def push(self, item: Any, size: int = 0) -> None:
+        self.items.append((item, size))
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def get(self) -> tuple[Any, int]:
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.items.popleft()
 
 
 class FabricClient:
@@ -144,7 +183,7 @@ class FabricClient:
         protocol.client = self
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._streams: dict[int, asyncio.Queue[Any]] = {}
+        self._streams: dict[int, _Stream] = {}
         self._closed = protocol.lost
         if self._closed:
             self._fail_all()
@@ -194,27 +233,41 @@ class FabricClient:
         finally:
             self._pending.pop(request_id, None)
 
-    async def stream(self, name: str, args: list[Any]) -> AsyncIterator[Any]:
-        """Yield stream items until the far side ends it; closing the iterator cancels it."""
+    async def stream(self, name: str, args: list[Any], window: int = STREAM_WINDOW) -> AsyncIterator[Any]:
+        """Yield stream items until the far side ends it; closing the iterator cancels it.
+
+        At most ``window`` bytes of item frames (plus one item) are held here: credit is
+        given back only for what the consumer took, so a consumer that stops asking (a
+        stalled HTTP client) stops the daemon's feed instead of filling the hub."""
         if self._closed:
             raise ConnectionLost()
         request_id = next(self._ids)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._streams[request_id] = queue
+        state = _Stream(window)
+        self._streams[request_id] = state
         finished = False
+        taken = 0    # bytes handed to the consumer and not yet given back as credit
         try:
-            self._protocol.send({"t": "sub", "id": request_id, "name": name, "args": args})
+            self._protocol.send({"t": "sub", "id": request_id, "name": name, "args": args,
+                                 "window": window})
             while True:
-                item = await queue.get()
+                # The consumer is back for more, so what it took is drained: top up the
+                # credit in quarter windows (fewer frames, the pipe stays full).
+                if taken >= window // 4 and not self._closed:
+                    state.granted += taken
+                    self._protocol.send({"t": "credit", "id": request_id, "n": taken})
+                    taken = 0
+                item, size = await state.get()
                 if item is _STREAM_END:
                     finished = True
                     return
                 if isinstance(item, RemoteError):
                     finished = True
                     raise item
+                taken += size
                 yield item
         finally:
             self._streams.pop(request_id, None)
+            state.items.clear()
             if not finished:
                 self._send_cancel(request_id)
 
@@ -223,7 +276,7 @@ class FabricClient:
             with contextlib.suppress(Exception):
                 self._protocol.send({"t": "cancel", "id": request_id})
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
+    def _dispatch(self, message: dict[str, Any], size: int = 0) -> None:
         kind = message.get("t")
         request_id = message.get("id")
         if kind == "res":
@@ -235,23 +288,34 @@ class FabricClient:
             else:
                 future.set_exception(_error_from(message.get("error")))
         elif kind in ("item", "end"):
-            queue = self._streams.get(request_id)  # type: ignore[arg-type]
-            if queue is None:
+            state = self._streams.get(request_id)  # type: ignore[arg-type]
+            if state is None:
                 return
             if kind == "item":
-                queue.put_nowait(message.get("data"))
+                if state.received >= state.granted:
+                    # The daemon sent past its credit: never buffer for it (it runs as the
+                    # project user and is not trusted to behave).  End the stream here.
+                    log.warning("fabric: stream %s ignored flow control; cancelled", request_id)
+                    del self._streams[request_id]  # type: ignore[arg-type]
+                    state.items.clear()
+                    state.push(RemoteError("Error: the project daemon sent a stream past its "
+                                           "flow-control window; the stream was cancelled"))
+                    self._send_cancel(request_id)  # type: ignore[arg-type]
+                    return
+                state.received += size
+                state.push(message.get("data"), size)
             elif message.get("error") is not None:
-                queue.put_nowait(_error_from(message["error"]))
+                state.push(_error_from(message["error"]))
             else:
-                queue.put_nowait(_STREAM_END)
+                state.push(_STREAM_END)
 
     def _fail_all(self) -> None:
         self._closed = True
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionLost())
-        for queue in self._streams.values():
-            queue.put_nowait(ConnectionLost())
+        for state in self._streams.values():
+            state.push(ConnectionLost())
 
     async def close(self) -> None:
         self._closed = True
@@ -272,6 +336,38 @@ class Handler(Protocol):
     def stream(self, name: str, args: list[Any]) -> AsyncIterator[Any]: ...
 
 
+class _Credit:
+    """Server side of one stream's flow control: bytes it may still send (may go negative
+    by one item), and a waiter woken by ``credit`` frames."""
+
+    __slots__ = ("available", "waiter")
+
+    def __init__(self, window: int) -> None:
+        self.available = window
+        self.waiter: asyncio.Future[None] | None = None
+
+    def add(self, n: int) -> None:
+        self.available += n
+        if self.available > 0 and self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self) -> None:
+        while self.available <= 0:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+
+_MAX_CREDIT = 1 << 40   # a sanity bound on one credit frame
+
+
+def _too_large(what: str, size: int) -> RemoteError:
+    return RemoteError(f"Error: the {what} is too large to send ({size} bytes; the limit is "
+                       f"{MAX_FRAME} bytes per message)")
+
+
 class _Connection(_FrameProtocol):
     """Server side of one client connection: runs each request as its own task."""
 
@@ -280,19 +376,29 @@ class _Connection(_FrameProtocol):
         self.handler = handler
         self.on_connect = on_connect
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.credits: dict[int, _Credit] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self.on_connect:
             self.on_connect()
 
-    def on_message(self, message: dict[str, Any]) -> None:
+    def on_message(self, message: dict[str, Any], size: int) -> None:
         kind, request_id = message.get("t"), message.get("id")
         if not isinstance(request_id, int):
             return
         if kind == "req":
             self._start(request_id, self._answer(request_id, message))
+        elif kind == "credit":
+            credit = self.credits.get(request_id)
+            n = message.get("n")
+            if credit is not None and isinstance(n, int) and 0 < n <= _MAX_CREDIT:
+                credit.add(n)
         elif kind == "sub":
+            window = message.get("window")
+            # A client without a window (an older hub) gets the old unpaced stream.
+            if isinstance(window, int) and not isinstance(window, bool) and window > 0:
+                self.credits[request_id] = _Credit(min(window, _MAX_CREDIT))
             self._start(request_id, self._feed(request_id, message))
         elif kind == "cancel":
             task = self.tasks.get(request_id)
@@ -309,7 +415,11 @@ class _Connection(_FrameProtocol):
     def _start(self, request_id: int, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self.tasks[request_id] = task
-        task.add_done_callback(lambda _t: self.tasks.pop(request_id, None))
+
+        def forget(_t: object) -> None:
+            self.tasks.pop(request_id, None)
+            self.credits.pop(request_id, None)
+        task.add_done_callback(forget)
 
     async def _answer(self, request_id: int, message: dict[str, Any]) -> None:
         name = message.get("name")
@@ -328,7 +438,13 @@ class _Connection(_FrameProtocol):
             log.exception("handler %s failed", name)
             self.send({"t": "res", "id": request_id, "ok": False, "error": {"error": error_text(exc)}})
             return
-        self.send({"t": "res", "id": request_id, "ok": True, "result": result})
+        frame = encode({"t": "res", "id": request_id, "ok": True, "result": result})
+        if len(frame) - HEADER.size > MAX_FRAME:
+            # The peer would drop the whole connection (every call of the project) on it.
+            error = _too_large("result", len(frame) - HEADER.size).to_json()
+            frame = encode({"t": "res", "id": request_id, "ok": False, "error": error})
+        self.send_frame(frame)
+        del frame, result
         with contextlib.suppress(ConnectionError):
             await self.drain()
 
@@ -338,9 +454,30 @@ class _Connection(_FrameProtocol):
         try:
             if not isinstance(name, str) or not isinstance(args, list):
                 raise RemoteError("Error: malformed request")
-            async for item in self.handler.stream(name, args):
-                self.send({"t": "item", "id": request_id, "data": item})
-                await self.drain()  # back-pressure: a slow reader slows the stream
+            credit = self.credits.get(request_id)
+            items = self.handler.stream(name, args)
+            try:
+                while True:
+                    if credit is not None:
+                        await credit.wait()   # before asking the producer for more
+                    try:
+                        item = await items.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    frame = encode({"t": "item", "id": request_id, "data": item})
+                    del item
+                    if len(frame) - HEADER.size > MAX_FRAME:
+                        raise _too_large("stream item", len(frame) - HEADER.size)
+                    self.send_frame(frame)
+                    if credit is not None:
+                        credit.available -= len(frame) - HEADER.size
+                    del frame
+                    await self.drain()  # and the socket's own back-pressure
+            finally:
+                aclose = getattr(items, "aclose", None)
+                if aclose is not None:   # close the producer now (files, tasks), not at GC
+                    with contextlib.suppress(Exception):
+                        await aclose()
         except asyncio.CancelledError:
             return
         except RemoteError as exc:

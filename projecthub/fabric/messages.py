@@ -3,11 +3,23 @@
 One frame = 4-byte big-endian length + UTF-8 JSON object.  Frame kinds (field ``t``):
 
 * ``req``    client -> server: ``{id, name, args, budget}``; exactly one ``res`` answers it.
-* ``sub``    client -> server: ``{id, name, args}``; answered by ``item`` frames then one ``end``.
+* ``sub``    client -> server: ``{id, name, args, window}``; answered by ``item`` frames then
+  one ``end``.  ``window`` is the stream's credit in bytes of ``item`` frame bodies.
+* ``credit`` client -> server: ``{id, n}``: the consumer drained ``n`` more bytes, so the
+  server may send that much more.
 * ``cancel`` client -> server: ``{id}``; the server cancels that request or stream.
 * ``res``    ``{id, ok: true, result}`` or ``{id, ok: false, error: {...}}``.
 * ``item``   ``{id, data}`` one element of a stream.
 * ``end``    ``{id}`` or ``{id, error: {...}}``: the stream is over.
+
+Flow control is per stream, not per connection: every stream of a project shares one
+connection, so pausing the transport for one slow reader would stall all the others.  The
+server sends an ``item`` only while its credit for that stream is positive (so it can
+overshoot by one item) and waits for ``credit`` frames otherwise; the client grants credit
+as its consumer drains, and treats an item that arrives with no credit left as a protocol
+violation.  A stream therefore holds at most ``window`` + one item on the client side,
+whatever the far side produces, and a slow consumer slows the producer.  ``res`` frames
+are bounded by ``MAX_FRAME``: a server never sends a bigger one (it answers an error).
 
 ``budget`` is the caller's remaining wait in seconds (``null`` = none), so the far side can
 act before the caller gives up (e.g. turn a long exec into a job).  The same dicts can ride
@@ -21,7 +33,12 @@ import struct
 from typing import Any
 
 HEADER = struct.Struct(">I")
-MAX_FRAME = 256 * 2**20  # a frame larger than this is a protocol error, not a big reply
+# A frame larger than this is a protocol error, not a big reply.  The daemon's own caps keep
+# every legitimate reply far below it (exec output, file reads: see project/execution/capture.py
+# and project/files.py); it bounds what one call can make the hub hold.
+MAX_FRAME = 64 * 2**20
+# A stream's credit window: what the hub may hold of one stream (plus one item).
+STREAM_WINDOW = 1 * 2**20
 
 
 class FrameError(Exception):
@@ -49,13 +66,15 @@ def decode(body: bytes | bytearray | memoryview) -> dict[str, Any]:
 
 class FrameBuffer:
     """Incremental frame parser: feed received chunks, get every complete message.
-    Raises FrameError on an oversized or malformed frame.
+    Raises FrameError on an oversized or malformed frame.  After each ``feed``,
+    ``sizes[i]`` is the body size of the i-th message it returned (flow control counts it).
 
     A chunk is parsed in place when nothing is pending from earlier chunks (the usual
     case: one whole frame per receive), so only a partial frame at its end is copied."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self.sizes: list[int] = []
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
         if self._buf:
@@ -63,6 +82,8 @@ class FrameBuffer:
             data = self._buf
         view = memoryview(data)
         out: list[dict[str, Any]] = []
+        sizes: list[int] = []
+        self.sizes = sizes
         start = 0
         size = len(view)
         try:
@@ -75,6 +96,7 @@ class FrameBuffer:
                     break
                 try:
                     out.append(decode(view[start + HEADER.size:end]))
+                    sizes.append(length)
                 except (ValueError, UnicodeDecodeError) as exc:
                     raise FrameError(f"malformed frame: {exc}") from exc
                 start = end

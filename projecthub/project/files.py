@@ -3,6 +3,13 @@
 There is deliberately no path sandbox here: like CoCalc, the project user may touch any
 path its uid can reach.  Isolation between projects is the sandbox's job (mount namespace,
 uid), not string checks on paths.
+
+Reads are bounded: ``readTextFileFromProject`` reads regular files only (a device such as
+``/dev/zero``, a FIFO or a socket is refused before it is opened, and again by ``fstat`` on
+the open descriptor), refuses files over ``ctx.settings["read_file_limit"]`` (default
+8 MiB) and never reads more than limit + 1 bytes, so a file that grows or lies about its
+size (``/proc``) cannot make the daemon hold more.  Large reads run one at a time: a
+decoded str can be 4x its bytes, and the reply's JSON another copy.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -81,20 +89,67 @@ async def listing(ctx: ProjectContext, args: list[Any]) -> list[dict[str, Any]]:
     return await asyncio.to_thread(_listing, ctx, path, bool(opts.get("hidden", False)))
 
 
-def _read_text(target: Path) -> str:
+DEFAULT_READ_LIMIT = 8 * 2**20
+_READ_CHUNK = 1 << 20
+_big_reads: asyncio.Semaphore | None = None
+
+
+def _check_kind(mode: int, target: Path) -> None:
+    if stat.S_ISDIR(mode):
+        raise RemoteError(f"Error: EISDIR: illegal operation on a directory, read '{target}'")
+    if not stat.S_ISREG(mode):
+        raise RemoteError(f"Error: EINVAL: not a regular file (devices, FIFOs and sockets cannot be "
+                          f"read as text), read '{target}'")
+
+
+def _too_big(target: Path, size: int | str, limit: int) -> RemoteError:
+    return RemoteError(f"Error: EFBIG: file too large to read ({size} bytes; readTextFileFromProject "
+                       f"reads at most {limit} bytes; use exec or a job for more), read '{target}'")
+
+
+def _read_text(target: Path, limit: int) -> str:
     try:
-        return target.read_text(encoding="utf-8", errors="replace")
+        _check_kind(os.stat(target).st_mode, target)   # before open: opening a device can act
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise RemoteError(f"Error: ENOENT: no such file or directory, open '{target}'")
-    except IsADirectoryError:
-        raise RemoteError(f"Error: EISDIR: illegal operation on a directory, read '{target}'")
     except PermissionError:
         raise RemoteError(f"Error: EACCES: permission denied, open '{target}'")
+    except OSError as exc:
+        raise RemoteError(f"Error: {exc.strerror or exc}, open '{target}'")
+    try:
+        st = os.fstat(fd)            # what was opened, whatever the path points at by now
+        _check_kind(st.st_mode, target)
+        if st.st_size > limit:
+            raise _too_big(target, st.st_size, limit)
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0:
+            data = os.read(fd, min(left, _READ_CHUNK))
+            if not data:
+                break
+            chunks.append(data)
+            left -= len(data)
+        if left <= 0:
+            raise _too_big(target, f"more than {limit}", limit)
+    except OSError as exc:
+        raise RemoteError(f"Error: {exc.strerror or exc}, read '{target}'")
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    del chunks
+    # as before (Path.read_text): universal newlines
+    return data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
 
 
 async def read_text_file(ctx: ProjectContext, args: list[Any]) -> str:
+    global _big_reads
     path = _require_str(_opts(args).get("path"), "path")
-    return await asyncio.to_thread(_read_text, _resolve(ctx, path))
+    limit = int(ctx.settings.get("read_file_limit", DEFAULT_READ_LIMIT))
+    if _big_reads is None:
+        _big_reads = asyncio.Semaphore(1)
+    async with _big_reads:
+        return await asyncio.to_thread(_read_text, _resolve(ctx, path), limit)
 
 
 def _write_text(target: Path, content: str) -> None:

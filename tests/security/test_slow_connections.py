@@ -220,6 +220,22 @@ def test_one_address_is_capped_while_another_is_served(server: Server) -> None:
     assert call(port, "127.0.0.2").startswith(b"HTTP/1.1 200")
 
 
+def test_a_trusted_proxy_is_not_capped_per_address(tmp_path: Path) -> None:
+    """Behind a reverse proxy every connection comes from the proxy: the proxies the operator
+    names (--forwarded-allow-ips) count only against the global cap."""
+    srv = Server(tmp_path, extra_args=["--spare-projects", "0", "--max-connections-per-ip", "20",
+                                       "--forwarded-allow-ips", "127.0.0.4"]).start()
+    socks: list[socket.socket] = []
+    try:
+        socks = open_slow(srv.port, ["127.0.0.4"], 30) + open_slow(srv.port, ["127.0.0.5"], 20)
+        assert call(srv.port, "127.0.0.4").startswith(b"HTTP/1.1 200")
+        assert not call(srv.port, "127.0.0.5").startswith(b"HTTP/1.1 200")
+    finally:
+        close_all(socks)
+        srv.stop()
+        srv.cli("stop-all")
+
+
 def test_trickled_headers_and_a_stalled_keep_alive_request_time_out(server: Server) -> None:
     """One header byte every 0.3 s does not reset the clock; nor does a completed request on
     a kept-alive connection followed by half of the next one."""

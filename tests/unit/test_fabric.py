@@ -194,3 +194,97 @@ def test_garbage_from_a_client_closes_only_that_connection(tmp_path: Path) -> No
         await client.close()
         server.close()
     run(main())
+
+
+class Counting(Handler):
+    """A producer that counts what it was asked for, and notices when it is closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.produced = 0
+        self.closed = asyncio.Event()
+
+    def stream(self, name: str, args: list[Any]) -> AsyncIterator[Any]:
+        async def chunks() -> AsyncIterator[Any]:
+            try:
+                for i in range(args[0]):
+                    self.produced += 1
+                    yield {"i": i, "data": "x" * 100_000}
+            finally:
+                self.closed.set()
+        return chunks()
+
+
+def test_a_stalled_consumer_stops_the_producer_within_one_window(tmp_path: Path) -> None:
+    """Per-stream credit: the daemon stops producing while the hub's consumer stalls,
+    other calls on the same connection go on, and closing the stream closes the producer."""
+    async def main() -> None:
+        handler = Counting()
+        server = await serve(tmp_path / "d.sock", handler)
+        client = await FabricClient.connect(tmp_path / "d.sock")
+        stream = client.stream("big", [10_000], window=1 << 20)
+        first = await stream.__anext__()
+        assert first["i"] == 0
+        await asyncio.sleep(0.5)            # stall: the far side has all the time it wants
+        assert handler.produced <= 13, handler.produced   # 1 MiB window / 100 kB items + 1
+        assert await client.call("echo", ["still"]) == ["still"]   # nothing else is paused
+        # draining resumes the flow, in order
+        got = [first["i"]] + [(await stream.__anext__())["i"] for _ in range(100)]
+        assert got == list(range(101))
+        await stream.aclose()               # a disconnect: cancel reaches the producer
+        await asyncio.wait_for(handler.closed.wait(), 5)
+        assert handler.produced < 130
+        await client.close()
+        server.close()
+    run(main())
+
+
+def test_a_daemon_ignoring_flow_control_cannot_fill_the_client(tmp_path: Path) -> None:
+    """The daemon runs as the project user: the hub enforces the window itself."""
+    from projecthub.fabric.messages import FrameBuffer, encode
+
+    async def main() -> None:
+        seen: list[dict[str, Any]] = []
+
+        async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            frames = FrameBuffer()
+            sub = None
+            while sub is None:
+                for message in frames.feed(await reader.read(65536)):
+                    sub = message
+            item = encode({"t": "item", "id": sub["id"], "data": "y" * 100_000})
+            for _ in range(100):        # 10 MB against a 256 KiB window
+                writer.write(item)
+            await writer.drain()
+            while data := await reader.read(65536):
+                seen.extend(frames.feed(data))
+
+        server = await asyncio.start_unix_server(flood, path=str(tmp_path / "d.sock"))
+        client = await FabricClient.connect(tmp_path / "d.sock")
+        count = 0
+        with pytest.raises(RemoteError, match="flow-control window"):
+            async for _ in client.stream("big", [], window=256 * 1024):
+                count += 1
+                await asyncio.sleep(0.05)   # a slow consumer
+        assert count <= 4
+        await asyncio.sleep(0.1)
+        assert any(m.get("t") == "cancel" for m in seen)
+        await client.close()
+        server.close()
+    run(main())
+
+
+def test_a_result_over_the_frame_limit_is_an_error_not_a_broken_connection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import projecthub.fabric.local as local
+    monkeypatch.setattr(local, "MAX_FRAME", 1000)   # the daemon's side of the check
+
+    async def main() -> None:
+        server = await serve(tmp_path / "d.sock", Handler())
+        client = await FabricClient.connect(tmp_path / "d.sock")
+        with pytest.raises(RemoteError, match="too large to send"):
+            await client.call("echo", ["z" * 5000])
+        assert await client.call("echo", ["small"]) == ["small"]
+        await client.close()
+        server.close()
+    run(main())

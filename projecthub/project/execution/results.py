@@ -17,13 +17,15 @@ def cut_stderr(text: str) -> str:
     return text if len(text) <= STDERR_CUT else text[: STDERR_CUT - 1] + "\u2026"
 
 
-def _suffixed(text: str, truncated: bool, req: ExecRequest) -> str:
+def _suffixed(text: str, truncated: bool, req: ExecRequest, memory_truncated: bool = False) -> str:
     """CoCalc appends the suffix when the kept text is >= the cap (so exactly-M output
-    gets it too).  Without a user cap, only our own memory cap can trigger it."""
-    if req.max_output is not None:
-        if len(text) >= req.max_output:
-            return f"{text} (truncated at {req.max_output} characters)"
-    elif truncated:
+    gets it too).  Without a user cap, only our own memory caps can trigger it; a memory
+    cap (bytes, capture.py) names the characters actually kept."""
+    if req.max_output is not None and len(text) >= req.max_output:
+        return f"{text} (truncated at {req.max_output} characters)"
+    if memory_truncated:
+        return f"{text} (truncated at {len(text)} characters)"
+    if req.max_output is None and truncated:
         return f"{text} (truncated at {req.output_limit} characters)"
     return text
 
@@ -50,8 +52,8 @@ def blocking_result(req: ExecRequest, outcome: Outcome) -> dict[str, Any]:
         raise RemoteError(f"command '{req.display}' was not able to run "
                           f"-- stderr='{cut_stderr(stderr)}'")
     return {"type": "blocking",
-            "stdout": _suffixed(stdout, outcome.stdout.truncated, req),
-            "stderr": _suffixed(stderr, outcome.stderr.truncated, req),
+            "stdout": _suffixed(stdout, outcome.stdout.truncated, req, outcome.stdout.memory_truncated),
+            "stderr": _suffixed(stderr, outcome.stderr.truncated, req, outcome.stderr.memory_truncated),
             "exit_code": code}
 
 
@@ -78,8 +80,8 @@ def async_final_fields(req: ExecRequest, outcome: Outcome, *, native: bool) -> d
     if code != 0:
         return {"status": "completed", "stdout": stdout, "stderr": stderr, "exit_code": code}
     return {"status": "completed",
-            "stdout": _suffixed(stdout, outcome.stdout.truncated, req),
-            "stderr": _suffixed(stderr, outcome.stderr.truncated, req),
+            "stdout": _suffixed(stdout, outcome.stdout.truncated, req, outcome.stdout.memory_truncated),
+            "stderr": _suffixed(stderr, outcome.stderr.truncated, req, outcome.stderr.memory_truncated),
             "exit_code": code}
 
 

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from ..context import ProjectContext
 from ..tracking import ProcessGroup
-from .capture import StreamCapture
+from .capture import DEFAULT_STREAM_BYTES, OUTPUT_BUDGET, StreamCapture
 from .options import ExecRequest
 
 # After a kill, give the streams this long to reach EOF; a process we could not find
@@ -117,8 +117,13 @@ class Execution:
         self._released = False
         self._release_timer: asyncio.TimerHandle | None = None
         spill_limit = int(ctx.settings.get("job_output_spill_limit", 1 << 30))
-        self.stdout = StreamCapture(req.output_limit, spill_limit)
-        self.stderr = StreamCapture(req.output_limit, spill_limit)
+        # Output memory is capped while reading, per stream and for the whole daemon
+        # (capture.py): what a project prints must never be able to OOM its daemon.
+        cap_bytes = int(ctx.settings.get("exec_output_bytes", DEFAULT_STREAM_BYTES))
+        if "exec_output_budget" in ctx.settings:
+            OUTPUT_BUDGET.limit = int(ctx.settings["exec_output_budget"])
+        self.stdout = StreamCapture(req.output_limit, spill_limit, cap_bytes)
+        self.stderr = StreamCapture(req.output_limit, spill_limit, cap_bytes)
         self.pid: int | None = None
         self.started_at = time.monotonic()
         self.killed_by: str | None = None
@@ -261,6 +266,9 @@ class Execution:
             return
         for t in self._timers:
             t.cancel()
+        self._timers.clear()
+        self.stdout.settle()    # the budget share goes back; the text waits for the reply
+        self.stderr.settle()
         wall = time.monotonic() - self.started_at
         usage = None
         if self._group is not None:
