@@ -1,6 +1,7 @@
 """cgroup-backed ProcessTracker as the daemon uses it: inside the sandbox, as the
-project uid, in the delegated project group (v1 here).  Plus the v2 code path on a
-cgroup2 mount when one is writable (controllers or not: kill/freeze/procs work)."""
+project uid, writing the host's root-owned groups only through the descriptors the host
+opened (v1 here).  Plus the v2 code path on a cgroup2 mount when one is writable
+(controllers or not: kill/freeze/procs work)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import tempfile
 
 import pytest
 
-from projecthub.host.sandbox.cgroups import PIDS_HEADROOM, V2Driver, discover_mounts, remove_tree, write_text
+from projecthub.host.sandbox.cgroups import (PIDS_HEADROOM, POOL_SLOTS, V2Driver, discover_mounts,
+                                             remove_tree, slot_name, write_text)
 from projecthub.host.sandbox.limits import ProjectLimits
 from tests.unit.test_sandbox_support import IS_ROOT, SandboxEnv, bwrap_works, cgroups_work, require
 
@@ -86,7 +88,12 @@ elif mode == "escapee":
                     open(f"/proc/{s}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
     d = getattr(g, "dirs", None) or {"unified": g.dir}
     g.close(); g.close()
-    out["removed"] = not any(os.path.exists(x) for x in d.values())
+    # the group goes back to the pool empty (the daemon cannot remove the host's groups)
+    out["removed"] = not any(int(x) != os.getpid() for x in d.values()
+                             for x in open(os.path.join(x, "cgroup.procs")).read().split())
+    g2 = t.new_group("again")   # the hottest group is the one just given back
+    out["reused"] = (getattr(g2, "dirs", None) or {"unified": g2.dir}) == d
+    g2.close()
 elif mode == "usage":
     g = t.new_group("busy")
     p = g.spawn(lambda: subprocess.Popen([PY, "-c", "import time\nwhile time.process_time() < 0.4: pass"]))
@@ -145,16 +152,32 @@ def test_kill_all_reaches_setsid_double_forked_sleeper(env, proj):
     out = _run(env, proj, "escapee")
     assert out["sleepers"] >= 1 and out["sid_differs"]
     assert out["after_kill"] == 0 and out["alive"] == []
-    assert out["removed"]
+    assert out["removed"] and out["reused"]
 
 
-def test_project_group_has_limits_and_is_delegated(env, proj):
+def test_project_group_has_limits_and_nothing_is_the_projects(env, proj):
     mem, pids = proj.cgroup["memory"], proj.cgroup["pids"]
     assert int(open(os.path.join(mem, "memory.limit_in_bytes")).read()) == 256 * 2**20
     assert int(open(os.path.join(pids, "pids.max")).read()) == 64 + PIDS_HEADROOM
-    assert os.stat(mem).st_uid == proj.uid
-    # Limits stay root-owned: the project cannot raise its own ceiling.
-    assert os.stat(os.path.join(mem, "memory.limit_in_bytes")).st_uid == 0
+    # No delegation (issue 14 item 3): every group, file and directory is root's and
+    # not writable for others, and the pool of exec groups is the host's.
+    for top in proj.cgroup.values():
+        for root, subdirs, files in os.walk(top):
+            for path in (root, *(os.path.join(root, f) for f in files)):
+                st = os.stat(path)
+                assert st.st_uid == 0 and not st.st_mode & 0o022, path
+    assert len(os.listdir(os.path.join(mem))) > POOL_SLOTS
+    assert os.path.isdir(os.path.join(pids, slot_name(POOL_SLOTS - 1)))
+
+
+def test_daemon_tracker_needs_the_hosts_descriptors(env, proj):
+    """Without descriptors (an old host, or a tampered environment) there is no cgroup
+    tracker: the daemon could not write a single cgroup file."""
+    from projecthub.host.sandbox.tracker import tracker_for_daemon
+    spec = env.sandbox.driver.daemon_env(proj.project_id)
+    assert tracker_for_daemon({"PROJECTHUB_CGROUPS": json.dumps(spec)}) is None
+    bad = {**spec, "slots": 2, "fds": {"pids/tasks": [987654, 987655]}, "home_fds": {}}
+    assert tracker_for_daemon({"PROJECTHUB_CGROUPS": json.dumps(bad)}) is None
 
 
 def _writable_v2() -> str | None:
@@ -172,20 +195,23 @@ def test_v2_tracker_kill_and_usage_on_unified_mount():
     try:
         drv.create("p1", None, None, ProjectLimits())
         spec = drv.daemon_env("p1")
-        env = {"PATH": "/usr/bin:/bin", "PROJECTHUB_CGROUPS": json.dumps(spec),
+        fd_spec, fds = drv.open_daemon_fds("p1")
+        env = {"PATH": "/usr/bin:/bin", "PROJECTHUB_CGROUPS": json.dumps({**spec, **fd_spec}),
                "V2_HOME": spec["home"]["unified"], "PYTHONPATH": os.getcwd()}
         for mode in ("escapee", "usage"):
             r = subprocess.run([sys.executable, "-c", SCRIPT, mode], env=env, capture_output=True,
-                               text=True, timeout=60, cwd=tempfile.gettempdir())
+                               text=True, timeout=60, cwd=tempfile.gettempdir(), pass_fds=fds)
             assert r.returncode == 0, r.stderr
             out = json.loads(r.stdout.strip().splitlines()[-1])
             assert out["kind"] == "cgroup-v2"
             if mode == "escapee":
                 assert out["sleepers"] >= 1 and out["after_kill"] == 0 and out["alive"] == []
-                assert out["removed"]
+                assert out["removed"] and out["reused"]
             else:
                 assert out["rc"] == 0 and out["cpu"] > 0.35
         assert drv.pids("p1") == []
+        for fd in fds:
+            os.close(fd)
     finally:
         drv.kill("p1")
         remove_tree(os.path.join(mount, name))
@@ -193,15 +219,18 @@ def test_v2_tracker_kill_and_usage_on_unified_mount():
 
 # ------------------------------------------------------- the exec-group pool (no cgroupfs needed)
 
-def _fake_slot(root, name: str):
-    """A pool slot over plain directories: the control files it writes are plain files."""
+def _fake_slot(root, name: str, fds: dict[str, int]):
+    """A pool slot over plain directories: the control files it writes are plain files,
+    written through descriptors like the host's (``fds``: path -> descriptor)."""
     from projecthub.host.sandbox.tracker import _V1Slot
     dirs = {}
     for ctrl, files in (("memory", ("memory.max_usage_in_bytes", "tasks")), ("cpuacct", ("cpuacct.usage", "tasks"))):
         d = os.path.join(root, ctrl, name)
         os.makedirs(d)
         for f in files:
-            open(os.path.join(d, f), "w").close()
+            path = os.path.join(d, f)
+            open(path, "w").close()
+            fds[path] = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         dirs[ctrl] = d
     return _V1Slot(dirs)
 
@@ -211,37 +240,65 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def test_pool_resets_counters_on_give_back_keeps_a_burst_and_trims_when_idle(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_fds(monkeypatch):
+    from projecthub.host.sandbox import tracker
+    table = tracker.FdTable()
+    monkeypatch.setattr(tracker, "FDS", table)
+    yield table.fds
+    for fd in table.fds.values():
+        os.close(fd)
+
+
+def test_pool_resets_counters_on_give_back_and_trims_spawners_when_idle(tmp_path, monkeypatch, fake_fds):
     import time as time_mod
 
     from projecthub.host.sandbox.tracker import V1Pool
     monkeypatch.setattr(V1Pool, "KEEP", 2)
     monkeypatch.setattr(V1Pool, "IDLE_S", 0.4)
-    pool = V1Pool()
+    slots = [_fake_slot(str(tmp_path), f"s{i}", fake_fds) for i in range(5)]
+    pool = V1Pool(slots)
+    assert pool.size == 5
+    taken = [pool.take() for _ in range(5)]
+    assert taken == slots                      # slot 0 first, then in order
     assert pool.take() is None                 # a busy moment: the pool ran dry
-    slots = [_fake_slot(str(tmp_path), f"s{i}") for i in range(5)]
-    for s in slots:
+    for s in taken:
         assert pool.give(s)
-    assert len(pool._free) == 5                # a burst's groups are all kept
+    assert len(pool._free) == 5                # every group comes back
     assert _read(os.path.join(slots[0].dirs["memory"], "memory.max_usage_in_bytes")) == "0"
     assert _read(os.path.join(slots[0].dirs["cpuacct"], "cpuacct.usage")) == "0"
+    assert all(s.spawner for s in slots)       # a burst's groups keep their spawners
     assert pool.take() is slots[-1]            # the hottest slot first
     assert pool.give(slots[-1])
-    # no burst for IDLE_S: the janitor removes the extra (coldest) slots and their threads
+    # no burst for IDLE_S: the janitor stops the extra (coldest) spawners, keeps the groups
     deadline = time_mod.monotonic() + 5
-    while (len(pool._free) > 2 or any(s.spawner for s in slots[:3])) and time_mod.monotonic() < deadline:
+    while any(s.spawner for s in slots[:3]) and time_mod.monotonic() < deadline:
         time_mod.sleep(0.02)
-    assert pool._free == slots[3:] and pool._janitor is None
+    assert len(pool._free) == 5 and pool._janitor is None
     assert all(s.spawner is None for s in slots[:3])
-    for s in pool._free:
+    for s in slots[3:]:
         s.spawner.stop()
 
 
-def test_pool_refuses_a_group_whose_counters_cannot_be_reset(tmp_path):
+def test_pool_loses_a_group_whose_counters_cannot_be_reset(tmp_path, fake_fds):
     from projecthub.host.sandbox.tracker import V1Pool
-    slot = _fake_slot(str(tmp_path), "s")
-    os.remove(os.path.join(slot.dirs["cpuacct"], "cpuacct.usage"))
-    assert not V1Pool().give(slot)
+    slot = _fake_slot(str(tmp_path), "s", fake_fds)
+    os.close(fake_fds.pop(os.path.join(slot.dirs["cpuacct"], "cpuacct.usage")))
+    pool = V1Pool([slot])
+    assert pool.take() is slot
+    assert not pool.give(slot)
+    assert pool.take() is None
+
+
+def test_writes_only_through_the_hosts_descriptors(tmp_path, fake_fds):
+    """A file the host gave no descriptor for is never opened by path, even if the
+    permissions would allow it."""
+    from projecthub.host.sandbox import tracker
+    path = str(tmp_path / "pids.max")
+    open(path, "w").close()
+    with pytest.raises(PermissionError):
+        tracker._write(path, "10")
+    assert _read(path) == ""
 
 
 def test_kernel_memory_noise_does_not_make_a_group_dirty(tmp_path):
@@ -295,5 +352,11 @@ def test_read_text_reads_files_longer_than_its_buffer(tmp_path):
         data = "".join(chr(97 + i % 26) for i in range(size))
         path.write_text(data)
         assert read_text(str(path)) == data
-    mounts = read_text("/proc/self/mounts")   # a seq_file: records, not one blob
-    assert mounts is not None and mounts == open("/proc/self/mounts").read()
+    # a seq_file: records, not one blob.  Other tests on this machine mount and unmount
+    # (disk images): compare only a read that no mount change overlapped.
+    for _ in range(50):
+        before = open("/proc/self/mounts").read()
+        mounts = read_text("/proc/self/mounts")
+        if open("/proc/self/mounts").read() == before:
+            break
+    assert mounts is not None and mounts == before

@@ -67,9 +67,15 @@ class SandboxEnv:
     def start(self, prepared, argv: list[str], env: dict[str, str] | None = None,
               **popen) -> subprocess.Popen:
         env = env if env is not None else {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": prepared.home_inside}
-        full, kwargs = self.sandbox.daemon_command(prepared, argv, env)
-        kwargs.update(popen)
-        p = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+        fds = self.sandbox.open_cgroup_fds(prepared)   # as the host does (host.py _spawn)
+        try:
+            full, kwargs = self.sandbox.daemon_command(prepared, argv, env)
+            kwargs.update(popen)
+            kwargs["pass_fds"] = (*kwargs.get("pass_fds", ()), *fds)
+            p = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+        finally:
+            for fd in fds:
+                os.close(fd)
         self.procs.append(p)
         return p
 

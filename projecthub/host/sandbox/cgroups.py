@@ -1,14 +1,27 @@
-"""cgroup v1 and v2 behind one host-side driver interface, plus the kill/remove
-helpers the daemon-side tracker (``tracker.py``) shares.
+"""cgroup v1 and v2 behind one host-side driver interface, plus the kill helpers the
+daemon-side tracker (``tracker.py``) shares.
 
 Layout: ``<mount>/<root_name>/<project_id>`` in every controller (v1) or in the
 unified tree (v2).  The project group carries the limits; the daemon lives in it
-(v1) or in its ``daemon`` leaf (v2, "no internal processes" rule) and creates one
-child group per exec/kernel.  Delegation = chown of the project's directory and
-the files a delegatee must write (``tasks``/``cgroup.procs``/...), so the daemon,
-running as the project uid inside the sandbox, can mkdir children and move its
-own threads into them -- but cannot touch the limits on its own group (those
-files stay root-owned).
+(v1) or in its ``daemon`` leaf (v2, "no internal processes" rule).  Below it the host
+makes a fixed pool of ``POOL_SLOTS`` exec groups (``slot-NNN``): one per running
+exec, job, kernel or zygote, reused by the daemon.
+
+No delegation (issue 14 item 3).  Every directory and file of a project's groups is
+root's and not writable for the project uid, so user code cannot move a process
+between groups (v1 checks write access to the destination's ``tasks``/``cgroup.procs``;
+v2 to the common ancestor's ``cgroup.procs``), cannot mkdir a group of its own and
+cannot touch a limit, a freezer or ``cgroup.kill``.  The daemon runs with the same uid
+as its user code, so whatever it may write, user code could too: instead of
+permissions the daemon gets descriptors the host opened as root
+(``open_daemon_fds``, passed through bwrap like ``--ready-fd``).  Since Linux 5.16 a
+write to ``tasks``/``cgroup.procs`` is checked with the credentials of the file's
+*opener* (v1 ``__cgroup1_procs_write``, v2 ``cgroup_procs_write_permission`` via
+``of->file->f_cred``), so a root-opened descriptor lets the daemon move its spawning
+thread into an exec group and back, and adopt a forked kernel, while no descriptor
+user code can open is writable.  The daemon keeps them close-on-exec and is
+non-dumpable, so they cannot be taken from it (``/proc/PID/fd`` reopens with the
+caller's credentials; ``pidfd_getfd`` needs ptrace access).
 """
 
 from __future__ import annotations
@@ -20,14 +33,14 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from .limits import ProjectLimits
 
 # Room in pids.max for the sandbox's own tasks on top of the user's limit: the
 # outer bwrap, its in-namespace init, and the daemon's threads (pids counts
-# threads), which include up to 64 parked spawner threads (tracker.V1Pool.MAX, one
-# per pooled exec group).  bwrap's own zombies (baselines §2) only pile up with a bwrap
+# threads), which include up to 64 parked spawner threads (tracker.V1Pool.SPAWNERS,
+# one per hot pooled exec group).  bwrap's own zombies (baselines §2) only pile up with a bwrap
 # per exec; the daemon design starts one bwrap per project, so a fixed margin is enough.
 PIDS_HEADROOM = 32 + 64
 CFS_PERIOD_US = 100_000
@@ -35,20 +48,52 @@ V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 V2_DAEMON_LEAF = "daemon"
 
+# Exec groups per project, made by the host at project start (the project cannot mkdir).
+# One per concurrently running exec, async job, kernel and kernel zygote: the exec
+# throughput target runs 64 at once, the rest is room for jobs and kernels.  A daemon
+# that finds none free answers an exec with EAGAIN ("too many concurrent processes").
+POOL_SLOTS = 96
+SLOT_PREFIX = "slot-"
+# The controllers an exec group lives in (v1).  "cpu" only carries the project's
+# limits (cpuacct does the accounting): an exec group there would only cost.
+V1_GROUP_CONTROLLERS = ("memory", "pids", "cpuacct", "freezer")
+# Files the daemon writes, per controller, in every exec group (v1) and in the project
+# group it returns its spawning thread to; opened by the host (``open_daemon_fds``).
+V1_SLOT_FILES = {"memory": ("tasks", "cgroup.procs", "memory.limit_in_bytes",
+                            "memory.memsw.limit_in_bytes", "memory.max_usage_in_bytes",
+                            "memory.force_empty"),
+                 "pids": ("tasks", "cgroup.procs", "pids.max"),
+                 "cpuacct": ("tasks", "cgroup.procs", "cpuacct.usage"),
+                 "freezer": ("tasks", "cgroup.procs", "freezer.state")}
+V1_HOME_FILES = ("tasks",)
+# v2: memory.peak is opened read-write: a write resets the peak seen through that
+# descriptor (Linux 6.12+), which the daemon then reads through it.
+V2_SLOT_FILES = ("cgroup.procs", "cgroup.kill", "cgroup.freeze", "pids.max", "memory.max",
+                 "memory.peak")
+V2_HOME_FILES = ("cgroup.procs",)
+_READ_WRITE = {"memory.peak"}
+
+
+def slot_name(i: int) -> str:
+    return f"{SLOT_PREFIX}{i:03d}"
+
 
 # --------------------------------------------------------------------- fs helpers
 
 _READ_SIZE = 65536
-_SHORT_READ = _READ_SIZE // 2
+# A seq_file (/proc, cgroupfs: cgroup.procs, mounts) hands out at most one page per read()
+# however big the buffer (seen: 4 KiB reads of a 10 KiB /proc/self/mounts), and stops short
+# of it only by less than one record.  So only a read under half a page means the end.
+_SHORT_READ = 2048
 
 
 def read_text(path: str) -> str | None:
     # Raw open/read/close: the exec hot path reads a dozen control files per exec, and a
     # text-mode open() adds fstat x2, ioctl(TCGETS), lseek x2 and an io object to each.
-    # A read well short of the buffer is the end, so no extra read() to see EOF: regular
-    # files only come up short at their end, and a seq_file (/proc, cgroupfs) stops short
-    # only at its end or before a record that would not fit, and no record of these files
-    # comes near half the buffer.
+    # A read under _SHORT_READ is the end, so no extra read() to see EOF for the small
+    # control files: regular files only come up short at their end, and a seq_file stops
+    # more than one record short of a page only at its end (no record of these files
+    # comes near 2 KiB).
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -148,13 +193,15 @@ def walk_groups(group_dir: str) -> list[str]:
 
 def kill_groups(proc_dirs: Iterable[str], freezer_dir: str | None = None,
                 freeze_file: str = "freezer.state", kill_file: str | None = None,
-                timeout_s: float = 5.0) -> list[int]:
+                timeout_s: float = 5.0,
+                write: Callable[[str, str], None] = write_text) -> list[int]:
     """SIGKILL everything in ``proc_dirs`` (recursively) until they are empty.
 
     With a freezer the tree is frozen first, so nothing can fork or setsid away
     between reading ``cgroup.procs`` and the kill; killed tasks die on thaw.
     v2's ``cgroup.kill`` (``kill_file``) does all of that in the kernel.
-    Returns the pids signalled.
+    Returns the pids signalled.  ``write`` writes a control file (the daemon passes
+    one that uses the host's descriptors: it may not open them itself).
     """
     proc_dirs = [d for d in proc_dirs if os.path.isdir(d)]
     # Never ourselves: in v1 a daemon thread sitting in a group during spawn()
@@ -169,11 +216,10 @@ def kill_groups(proc_dirs: Iterable[str], freezer_dir: str | None = None,
             return sorted(killed)
         if time.monotonic() > deadline:
             raise TimeoutError(f"cgroup processes survive SIGKILL: {sorted(pids)[:20]}")
-        if kill_file and os.path.exists(kill_file):
-            _try_write(kill_file, "1")
+        if kill_file and _try_write(kill_file, "1", write):
             killed |= pids
         else:
-            frozen = freezer_dir is not None and _freeze(freezer_dir, freeze_file, True)
+            frozen = freezer_dir is not None and _freeze(freezer_dir, freeze_file, True, write)
             for pid in ({p for d in proc_dirs for p in procs_of(d)} | pids) - {me}:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -181,27 +227,28 @@ def kill_groups(proc_dirs: Iterable[str], freezer_dir: str | None = None,
                 except ProcessLookupError:
                     pass
             if frozen:
-                _freeze(freezer_dir, freeze_file, False)
+                _freeze(freezer_dir, freeze_file, False, write)
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
 
 
-def _freeze(freezer_dir: str, freeze_file: str, on: bool) -> bool:
+def _freeze(freezer_dir: str, freeze_file: str, on: bool,
+            write: Callable[[str, str], None] = write_text) -> bool:
     path = os.path.join(freezer_dir, freeze_file)
     if freeze_file == "freezer.state":  # v1
-        if not _try_write(path, "FROZEN" if on else "THAWED"):
+        if not _try_write(path, "FROZEN" if on else "THAWED", write):
             return False
         if on:  # FREEZING -> FROZEN is asynchronous; don't wait forever (D-state tasks)
             end = time.monotonic() + 0.2
             while (read_text(path) or "").strip() == "FREEZING" and time.monotonic() < end:
                 time.sleep(0.001)
         return True
-    return _try_write(path, "1" if on else "0")  # v2 cgroup.freeze
+    return _try_write(path, "1" if on else "0", write)  # v2 cgroup.freeze
 
 
-def _try_write(path: str, value: str) -> bool:
+def _try_write(path: str, value: str, write: Callable[[str, str], None] = write_text) -> bool:
     try:
-        write_text(path, value)
+        write(path, value)
         return True
     except OSError:
         return False
@@ -264,12 +311,55 @@ class CgroupDriver(Protocol):
                limits: ProjectLimits) -> dict[str, str]: ...
     def apply_limits(self, project_id: str, limits: ProjectLimits) -> None: ...
     def daemon_env(self, project_id: str) -> dict: ...
+    def open_daemon_fds(self, project_id: str) -> tuple[dict, list[int]]: ...
     def join_dirs(self, project_id: str) -> list[str]: ...
     def bind_dirs(self, project_id: str) -> list[str]: ...
     def project_ids(self) -> list[str]: ...
     def pids(self, project_id: str) -> list[int]: ...
     def kill(self, project_id: str, timeout_s: float = 5.0) -> list[int]: ...
     def remove(self, project_id: str, timeout_s: float = 2.0) -> None: ...
+
+
+def _open_for_daemon(path: str) -> int:
+    flags = os.O_RDWR if os.path.basename(path) in _READ_WRITE else os.O_WRONLY
+    return os.open(path, flags | os.O_CLOEXEC)
+
+
+def _open_columns(spec: dict, fds: list[int], key: str, paths: list[str], optional: bool) -> None:
+    """Open one file in every slot (a column of descriptors, slot order).  An optional
+    file missing (memsw without swap accounting) or not writable on this kernel
+    (memory.peak before 6.12) is left out: the daemon then does without it."""
+    col: list[int] = []
+    try:
+        for path in paths:
+            col.append(_open_for_daemon(path))
+    except OSError:
+        for fd in col:
+            os.close(fd)
+        if optional:
+            return
+        raise
+    fds.extend(col)
+    spec["fds"][key] = col
+
+
+def _root_layout(top: str, layout: Iterable[str]) -> None:
+    """Make ``top`` the host's alone: undo an older version's delegation (chowned
+    directory, tasks, cgroup.procs) and kill and remove any sub-group that is not part
+    of the layout (a group an older daemon or its user code made)."""
+    keep = set(layout)
+    for entry in os.scandir(top):
+        if entry.is_dir(follow_symlinks=False):
+            if entry.name not in keep:
+                kill_groups([entry.path])
+                remove_tree(entry.path)
+        elif entry.stat(follow_symlinks=False).st_uid != 0:
+            os.chown(entry.path, 0, 0)
+    st = os.stat(top)
+    if st.st_uid != 0 or st.st_gid != 0:
+        os.chown(top, 0, 0)
+    if st.st_mode & 0o022:
+        os.chmod(top, st.st_mode & ~0o022)
 
 
 class V1Driver:
@@ -286,15 +376,33 @@ class V1Driver:
     def dirs(self, project_id: str) -> dict[str, str]:
         return {c: os.path.join(r, project_id) for c, r in self._roots().items()}
 
+    def slot_dirs(self, project_id: str, i: int) -> dict[str, str]:
+        return {c: os.path.join(d, slot_name(i)) for c, d in self.dirs(project_id).items()
+                if c in V1_GROUP_CONTROLLERS}
+
     def create(self, project_id, uid, gid, limits):
+        """The project group and its exec-group pool, all root's (no delegation: see the
+        module docstring; ``uid``/``gid`` are not given anything).  Anything still running
+        in an exec group belonged to a daemon that is gone (a new one starts now): killed."""
         _check_name(project_id)
         dirs = self.dirs(project_id)
+        slots = [slot_name(i) for i in range(POOL_SLOTS)]
         for ctrl, d in dirs.items():
             os.makedirs(d, exist_ok=True)
-            if uid is not None and os.geteuid() == 0:
-                # Delegate: the daemon mkdirs children and moves its own threads.
-                for name in ("", "tasks", "cgroup.procs"):
-                    os.chown(os.path.join(d, name) if name else d, uid, gid if gid is not None else -1)
+            if os.geteuid() == 0:
+                _root_layout(d, slots if ctrl in V1_GROUP_CONTROLLERS else ())
+            if ctrl in V1_GROUP_CONTROLLERS:
+                for name in slots:
+                    try:
+                        os.mkdir(os.path.join(d, name))
+                    except FileExistsError:
+                        pass
+        # pids.current counts the whole subtree: 0 (the usual start) means nothing to look for
+        if "pids" in dirs and read_int(os.path.join(dirs["pids"], "pids.current"), 1) != 0:
+            for i in range(POOL_SLOTS):
+                sd = self.slot_dirs(project_id, i)
+                if any(procs_of(x, recursive=False) for x in sd.values()):
+                    kill_groups(sd.values(), freezer_dir=sd.get("freezer"))
         self.apply_limits(project_id, limits)
         return dirs
 
@@ -315,6 +423,28 @@ class V1Driver:
     def daemon_env(self, project_id):
         dirs = self.dirs(project_id)
         return {"version": "v1", "dirs": dirs, "home": dirs}
+
+    def open_daemon_fds(self, project_id):
+        dirs = self.dirs(project_id)
+        spec: dict = {"slots": POOL_SLOTS, "fds": {}, "home_fds": {}}
+        fds: list[int] = []
+        try:
+            for ctrl in V1_GROUP_CONTROLLERS:
+                if ctrl not in dirs:
+                    continue
+                for name in V1_HOME_FILES:
+                    fd = _open_for_daemon(os.path.join(dirs[ctrl], name))
+                    fds.append(fd)
+                    spec["home_fds"][f"{ctrl}/{name}"] = fd
+                for name in V1_SLOT_FILES[ctrl]:
+                    paths = [os.path.join(dirs[ctrl], slot_name(i), name) for i in range(POOL_SLOTS)]
+                    _open_columns(spec, fds, f"{ctrl}/{name}", paths,
+                                  optional=name not in ("tasks", "cgroup.procs"))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return spec, fds
 
     def join_dirs(self, project_id):
         return list(self.dirs(project_id).values())
@@ -375,6 +505,9 @@ class V2Driver:
                        " ".join("+" + c for c in self.controllers))
 
     def create(self, project_id, uid, gid, limits):
+        """Project group, its ``daemon`` leaf and the exec-group pool, all root's: the
+        project cannot write the common ancestor's ``cgroup.procs`` (the project group's),
+        which v2 requires for any move between two of its groups."""
         _check_name(project_id)
         if not os.path.isdir(self.root):
             os.makedirs(self.root, exist_ok=True)
@@ -383,15 +516,19 @@ class V2Driver:
         d = self.dir(project_id)
         leaf = os.path.join(d, V2_DAEMON_LEAF)
         os.makedirs(leaf, exist_ok=True)
+        slots = [slot_name(i) for i in range(POOL_SLOTS)]
+        if os.geteuid() == 0:
+            _root_layout(d, [V2_DAEMON_LEAF, *slots])
+            _root_layout(leaf, ())
         self._enable(d)
-        if uid is not None and os.geteuid() == 0:
-            # Delegation per cgroup-v2.rst "Delegation Containment": the directory,
-            # cgroup.procs, cgroup.threads and cgroup.subtree_control.
-            for p in (d, *(os.path.join(d, f) for f in ("cgroup.procs", "cgroup.threads",
-                                                        "cgroup.subtree_control")), leaf,
-                      os.path.join(leaf, "cgroup.procs")):
-                if os.path.exists(p):
-                    os.chown(p, uid, gid if gid is not None else -1)
+        stale = read_int(os.path.join(d, "pids.current"), 1) != 0
+        for name in slots:
+            sd = os.path.join(d, name)
+            try:
+                os.mkdir(sd)
+            except FileExistsError:
+                if stale and procs_of(sd):
+                    self._kill_dir(sd)
         self.apply_limits(project_id, limits)
         return {"unified": d}
 
@@ -419,6 +556,24 @@ class V2Driver:
         d = self.dir(project_id)
         return {"version": "v2", "dirs": {"unified": d}, "home": {"unified": os.path.join(d, V2_DAEMON_LEAF)}}
 
+    def open_daemon_fds(self, project_id):
+        d = self.dir(project_id)
+        spec: dict = {"slots": POOL_SLOTS, "fds": {}, "home_fds": {}}
+        fds: list[int] = []
+        try:
+            for name in V2_HOME_FILES:
+                fd = _open_for_daemon(os.path.join(d, V2_DAEMON_LEAF, name))
+                fds.append(fd)
+                spec["home_fds"][f"unified/{name}"] = fd
+            for name in V2_SLOT_FILES:
+                paths = [os.path.join(d, slot_name(i), name) for i in range(POOL_SLOTS)]
+                _open_columns(spec, fds, f"unified/{name}", paths, optional=name != "cgroup.procs")
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return spec, fds
+
     def join_dirs(self, project_id):
         return [os.path.join(self.dir(project_id), V2_DAEMON_LEAF)]
 
@@ -433,10 +588,12 @@ class V2Driver:
     def pids(self, project_id):
         return sorted(procs_of(self.dir(project_id)))
 
-    def kill(self, project_id, timeout_s=5.0):
-        d = self.dir(project_id)
+    def _kill_dir(self, d: str, timeout_s: float = 5.0) -> list[int]:
         return kill_groups([d], freezer_dir=d, freeze_file="cgroup.freeze",
                            kill_file=os.path.join(d, "cgroup.kill"), timeout_s=timeout_s)
+
+    def kill(self, project_id, timeout_s=5.0):
+        return self._kill_dir(self.dir(project_id), timeout_s)
 
     def remove(self, project_id, timeout_s=2.0):
         remove_tree(self.dir(project_id), timeout_s)

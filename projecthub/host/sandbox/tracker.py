@@ -1,7 +1,12 @@
 """Daemon-side ProcessTracker on cgroups: one child group per exec/kernel.
 
-Runs INSIDE the sandbox as the project uid; the host delegated the project's
-groups (see ``cgroups.py``) and told us where they are in ``PROJECTHUB_CGROUPS``.
+Runs INSIDE the sandbox as the project uid.  The host made the project's groups and
+a fixed pool of exec groups, all root's, and handed us descriptors it opened as root
+for the few files we write (see ``cgroups.py`` for why: user code has our uid, so no
+file may be writable for it); ``PROJECTHUB_CGROUPS`` says which descriptor is which.
+Every write goes through ``FdTable`` -- never an open by path, which would fail --
+and a process cannot leave its exec group: the group is the unit of killing, so
+setsid, double forks and renames do not help it either.
 
 Joining: v1 lets single threads move, so ``spawn`` moves only the calling thread
 into the child group, lets ``start()`` fork on the fast vfork/posix_spawn path
@@ -31,6 +36,7 @@ fork bomb could take every pid the daemon needs for its own threads):
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -39,16 +45,41 @@ from typing import Callable, TypeVar
 
 from projecthub.project.tracking import GroupUsage
 
-from .cgroups import (PIDS_HEADROOM, kill_groups, procs_of, read_int, read_int_kept_open, read_text,
-                      read_text_kept_open, remove_tree, write_text)
+from .cgroups import (PIDS_HEADROOM, V1_GROUP_CONTROLLERS, kill_groups, procs_of, read_int,
+                      read_int_kept_open, read_text, read_text_kept_open, slot_name)
 
 T = TypeVar("T")
 ENV_VAR = "PROJECTHUB_CGROUPS"
 
 
-def _safe_name(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100]
-    return "g_" + cleaned.lstrip(".")  # prefix keeps names clear of "daemon" and of control files
+class FdTable:
+    """The descriptors the host opened for us, by the path of the file each one is.
+
+    ``write`` is the only way this module changes a control file: one write() per value
+    (cgroup files act on each write call)."""
+
+    def __init__(self, fds: dict[str, int] | None = None):
+        self.fds: dict[str, int] = dict(fds or {})
+
+    def has(self, path: str) -> bool:
+        return path in self.fds
+
+    def write(self, path: str, value: str) -> None:
+        fd = self.fds.get(path)
+        if fd is None:
+            raise PermissionError(13, "no descriptor from the host for this cgroup file", path)
+        os.write(fd, value.encode())
+
+    def fd(self, path: str) -> int | None:
+        return self.fds.get(path)
+
+
+# The process's table (tracker_for_daemon fills it); tests may give a group their own.
+FDS = FdTable()
+
+
+def _write(path: str, value: str) -> None:
+    FDS.write(path, value)
 
 
 # Memory the daemon keeps out of reach of any one child group: its own charge plus
@@ -125,7 +156,7 @@ os.register_at_fork(after_in_child=_OomBias._forget_in_child)
 
 def _try_write(path: str, value: str) -> None:
     try:
-        write_text(path, value)
+        _write(path, value)
     except OSError:
         pass  # a sub-limit is protection for the daemon, never a reason to fail an exec
 
@@ -146,12 +177,6 @@ def _v1_local_charge(memory_dir: str) -> int:
     charge = _field(read_text(os.path.join(memory_dir, "memory.stat")), "rss")
     _charges[memory_dir] = (now, charge)
     return charge
-
-
-# Per-exec child groups exist for accounting, killing and the daemon-protecting
-# sub-limits above; the project's own limits live on the project group.  The "cpu" controller only carries limits (cpuacct does the
-# accounting), so a child there would just cost a mkdir/rmdir per exec.
-V1_GROUP_CONTROLLERS = ("memory", "pids", "cpuacct", "freezer")
 
 
 class _Spawner:
@@ -185,7 +210,7 @@ class _Spawner:
         tid = str(threading.get_native_id())
         try:
             for d in self._dirs.values():
-                write_text(os.path.join(d, "tasks"), tid)
+                _write(os.path.join(d, "tasks"), tid)
             self.ready = True
         except OSError:
             return   # stays unready: spawns keep the thread-join path
@@ -217,9 +242,10 @@ class _Spawner:
 
 
 class _V1Slot:
-    """An empty per-exec child group kept for the next exec (see ``V1Pool``)."""
+    """One exec group of the host's pool (see ``V1Pool``): its directory per controller."""
 
-    __slots__ = ("dirs", "written", "spawner", "procs", "pids_current", "_pids_current_fd")
+    __slots__ = ("dirs", "written", "spawner", "procs", "pids_current", "_pids_current_fd",
+                 "oom_base")
 
     def __init__(self, dirs: dict[str, str]):
         self.dirs = dirs
@@ -229,6 +255,7 @@ class _V1Slot:
         self.procs = tuple((d, os.path.join(d, "cgroup.procs")) for d in dirs.values())
         self.pids_current = os.path.join(dirs["pids"], "pids.current") if "pids" in dirs else None
         self._pids_current_fd: int | None = None
+        self.oom_base = -1   # memory.oom_control's oom_kill when the slot was last given back
 
     def read_pids_current(self) -> int:
         """pids.current, -1 if unreadable.  Read at the end of every exec, so through a
@@ -241,122 +268,140 @@ class _V1Slot:
         except (OSError, ValueError):
             return -1
 
-    def close_files(self) -> None:
-        if self._pids_current_fd is not None:
-            os.close(self._pids_current_fd)
-            self._pids_current_fd = None
+    def oom_kills(self) -> int:
+        mem = self.dirs.get("memory")
+        return _field(read_text(os.path.join(mem, "memory.oom_control")), "oom_kill") if mem else 0
 
 
 class V1Pool:
-    """Empty child groups per daemon, reused instead of mkdir + rmdir per exec
-    (4 controllers: ~0.2-0.4 ms and a good share of the daemon's exec cpu).
+    """The host's exec groups, reused (the project cannot mkdir or rmdir groups: the
+    pool is fixed at ``cgroups.POOL_SLOTS`` per project).
 
-    A group goes back only when it is verifiably clean: no task and no sub-group in
-    any controller, it never needed a kill, no OOM kill happened in it and it holds
-    (almost) no memory charge.  Giving one back resets its peak memory and cpu
-    counters; if a reset fails the group is removed instead.
+    A group goes back once it is verifiably empty (``V1Group.close``); giving it back
+    resets its peak memory and cpu counters, and an OOM kill is counted from the
+    group's oom_kill total at that moment.  Leftover page cache is reclaimed
+    (``memory.force_empty``) so the next exec's peak starts near zero.
 
-    Size: up to ``MAX`` slots, so a burst of concurrent execs keeps finding pooled
-    groups with parked spawners (a group made on demand costs mkdir x4, 8 thread
-    migrations on the event loop and later rmdir x4: about a third of the daemon's cpu
-    per exec at 64 concurrent calls).  While more than ``KEEP`` slots are free, a
-    janitor thread watches: once no burst needed more than ``KEEP`` for ``IDLE_S`` it
-    removes the extra slots (rmdir may have to wait for their spawner threads to leave),
-    so an idle daemon keeps at most ``KEEP`` groups and parked threads."""
+    Hot groups keep a parked spawner thread (``_Spawner``), at most ``SPAWNERS`` of
+    them, so a burst of concurrent execs keeps finding groups that spawn without a
+    migration (a thread-join spawn costs 8 migrations on the event loop).  While more
+    than ``KEEP`` spawners exist a janitor watches: once no burst needed more than
+    ``KEEP`` groups for ``IDLE_S`` it stops the extra (coldest) ones, so an idle daemon
+    keeps at most ``KEEP`` parked threads."""
 
-    MAX = 64
+    SPAWNERS = 64
     KEEP = 8
     IDLE_S = 30.0
     MAX_CHARGE = 2**20   # leftover pages (cache, anon) a reused group may hold
     MAX_KMEM = 4 * 2**20  # leftover kernel memory (see V1Group._only_kernel_noise)
 
-    def __init__(self) -> None:
-        self._free: list[_V1Slot] = []   # a stack: the hottest slot is taken first
+    def __init__(self, slots: list[_V1Slot] | None = None) -> None:
+        self.size = len(slots or [])
+        self._free: list[_V1Slot] = list(reversed(slots or []))   # a stack: the hottest on top
         self._lock = threading.Lock()
-        self._busy_at = 0.0               # last take() that left at most KEEP free slots
+        self._in_use = 0
+        self._spawners = 0
+        self._busy_at = 0.0               # last take() that left more than KEEP in use
         self._janitor: threading.Thread | None = None
 
     def take(self) -> _V1Slot | None:
         with self._lock:
-            if len(self._free) <= self.KEEP:
+            if not self._free:
+                return None
+            self._in_use += 1
+            if self._in_use > self.KEEP:
                 self._busy_at = time.monotonic()
-            return self._free.pop() if self._free else None
+            return self._free.pop()
+
+    def lose(self, slot: _V1Slot) -> None:
+        """``slot`` cannot be used again (processes in it survived SIGKILL)."""
+        with self._lock:
+            self._in_use = max(0, self._in_use - 1)
+            if slot.spawner is not None:
+                self._spawners -= 1
+        if slot.spawner is not None:
+            slot.spawner.stop()
+            slot.spawner = None
 
     def give(self, slot: _V1Slot) -> bool:
-        """Keep ``slot`` (True) or refuse it (False: the caller removes it).  The peak
-        memory and cpu counters are reset here rather than in take(): a blocking exec
-        gives its group back after its reply (exec._run), off the next exec's path."""
+        """Keep ``slot`` for the next exec (True), or refuse it (False: its counters
+        could not be reset; the caller loses it).  The counters are reset here rather
+        than in take(): a blocking exec gives its group back after its reply
+        (exec._run), off the next exec's path."""
         try:
             if "memory" in slot.dirs:
-                write_text(os.path.join(slot.dirs["memory"], "memory.max_usage_in_bytes"), "0")
+                _write(os.path.join(slot.dirs["memory"], "memory.max_usage_in_bytes"), "0")
             if "cpuacct" in slot.dirs:
-                write_text(os.path.join(slot.dirs["cpuacct"], "cpuacct.usage"), "0")
+                _write(os.path.join(slot.dirs["cpuacct"], "cpuacct.usage"), "0")
         except OSError:
+            self.lose(slot)
             return False
         janitor: threading.Thread | None = None
+        spawner = False
         with self._lock:
-            if len(self._free) >= self.MAX:
-                return False
+            self._in_use = max(0, self._in_use - 1)
             self._free.append(slot)
-            if len(self._free) > self.KEEP and self._janitor is None:
+            if slot.spawner is None and self._spawners < self.SPAWNERS:
+                self._spawners += 1
+                spawner = True
+            if self._spawners > self.KEEP and self._janitor is None:
                 janitor = self._janitor = threading.Thread(
                     target=self._retire_extras, name="cgroup-pool-janitor", daemon=True)
-        if slot.spawner is None:
+        if spawner:
             slot.spawner = _Spawner(slot.dirs)
         if janitor is not None:
             janitor.start()
         return True
 
     def _retire_extras(self) -> None:
-        """Janitor thread: wait until no burst needed more than KEEP slots for IDLE_S,
-        then remove the extra (coldest) slots and end."""
+        """Janitor thread: wait until no burst needed more than KEEP groups for IDLE_S,
+        then stop the spawners of all but the KEEP hottest free groups, and end."""
         while True:
             time.sleep(self.IDLE_S / 4)
             with self._lock:
-                extra = len(self._free) - self.KEEP
-                if extra > 0 and time.monotonic() - self._busy_at <= self.IDLE_S:
+                if self._spawners > self.KEEP and time.monotonic() - self._busy_at <= self.IDLE_S:
                     continue
-                retired = self._free[:max(extra, 0)]
-                del self._free[:len(retired)]
+                retired = []
+                kept = 0
+                for slot in reversed(self._free):   # hottest first
+                    if slot.spawner is None:
+                        continue
+                    if kept < self.KEEP:
+                        kept += 1
+                        continue
+                    retired.append(slot.spawner)
+                    slot.spawner = None
+                self._spawners -= len(retired)
                 self._janitor = None
-            for slot in retired:
-                _discard(slot)
+            for spawner in retired:
+                spawner.stop()
             return
 
 
-def _discard(slot: _V1Slot, strict: bool = False) -> None:
-    if slot.spawner is not None:
-        slot.spawner.stop()   # a live thread keeps the group busy (rmdir: EBUSY)
-        slot.spawner = None
-    slot.close_files()
-    for d in slot.dirs.values():
-        try:
-            remove_tree(d)
-        except OSError:
-            if strict:
-                raise
-
-
 class V1Group:
-    def __init__(self, name: str, parents: dict[str, str], pool: V1Pool | None = None):
+    def __init__(self, name: str, parents: dict[str, str], pool: V1Pool):
         self.name = name
         parents = {c: p for c, p in parents.items() if c in V1_GROUP_CONTROLLERS}
         self._parents = parents
         self._pool = pool
         self._closed = False
         self._verified_empty = False   # kill_all found nothing, and nothing spawned since
-        self._had_kill = False         # some task needed killing: never reuse the group
         self._oom_seen = False
         self._charge = 0
         self._final_usage = False      # usage() read after the group was verified empty
-        slot = pool.take() if pool is not None else None
+        slot = pool.take()
         if slot is None:
-            slot = _V1Slot({c: os.path.join(p, _safe_name(name)) for c, p in parents.items()})
-            for d in slot.dirs.values():
-                os.mkdir(d)
+            raise OSError(errno.EAGAIN, "too many processes running at once in this project: "
+                          f"all {pool.size} of its process groups are in use")
+        if slot.oom_base < 0:
+            slot.oom_base = slot.oom_kills()
         self._slot = slot
         self.dirs = slot.dirs
-        self._sub_limits()
+        try:
+            self._sub_limits()
+        except BaseException:
+            pool.give(slot)
+            raise
 
     def _write_limit(self, path: str, value: str) -> None:
         if self._slot.written.get(path) != value:
@@ -381,7 +426,7 @@ class V1Group:
                 if self._slot.written.get(mem) != str(limit):
                     # memory first (memsw is still unlimited), then memsw (must stay >= memory);
                     # a reused group may hold an older memsw below the new value: raise it first
-                    has_memsw = os.path.exists(memsw)
+                    has_memsw = FDS.has(memsw)
                     if has_memsw and mem in self._slot.written and int(self._slot.written[mem]) < limit:
                         _try_write(memsw, str(limit))
                     _try_write(mem, str(limit))
@@ -403,20 +448,20 @@ class V1Group:
         _OomBias.enter()
         try:
             for ctrl, d in self.dirs.items():
-                write_text(os.path.join(d, "tasks"), tid)
+                _write(os.path.join(d, "tasks"), tid)
                 moved.append(ctrl)
             return start()
         finally:
             for ctrl in moved:
-                write_text(os.path.join(self._parents[ctrl], "tasks"), tid)
+                _write(os.path.join(self._parents[ctrl], "tasks"), tid)
             _OomBias.leave()
 
     def adopt(self, pid: int) -> None:
         """Move a running process in (a kernel forked by a zygote): v1 moves a whole
-        thread group through ``cgroup.procs``; we own the delegated groups."""
+        thread group through ``cgroup.procs``, with the host's descriptor."""
         self._verified_empty = False
         for d in self.dirs.values():
-            write_text(os.path.join(d, "cgroup.procs"), str(pid))
+            _write(os.path.join(d, "cgroup.procs"), str(pid))
 
     def env_marker(self) -> dict[str, str]:
         return {}
@@ -448,15 +493,15 @@ class V1Group:
         if self._empty_now():   # the common end of an exec: skip the freezer dance
             self._verified_empty = True
             return
-        if kill_groups(self.dirs.values(), freezer_dir=self.dirs.get("freezer")):
-            self._had_kill = True
+        kill_groups(self.dirs.values(), freezer_dir=self.dirs.get("freezer"), write=_write)
+        self._verified_empty = True
 
     def kill_all_but_migrants(self) -> None:
         """``kill_all`` for an exec that is answered before its group is released
         (``close`` then runs the complete ``kill_all``): one read of ``pids.current``
-        -- every task in this pids group and its sub-groups -- instead of a stat and a
-        cgroup.procs read per controller.  Only a process that moved itself out of the
-        pids group (it could as well leave every group) is left for ``close``."""
+        -- every task in this pids group -- instead of a stat and a cgroup.procs read
+        per controller.  No process can leave the group (the project cannot write any
+        cgroup file), so a count equal to the parked spawner means empty."""
         path = self._slot.pids_current
         if path is None or self._verified_empty:
             self.kill_all()
@@ -476,7 +521,7 @@ class V1Group:
         if mem:
             u.max_rss_bytes = read_int(os.path.join(mem, "memory.max_usage_in_bytes"))
             u.rss_bytes = read_int(os.path.join(mem, "memory.usage_in_bytes"))
-            u.oom_killed = _field(read_text(os.path.join(mem, "memory.oom_control")), "oom_kill") > 0
+            u.oom_killed = self._slot.oom_kills() > self._slot.oom_base
             self._oom_seen = self._oom_seen or u.oom_killed
             self._charge = u.rss_bytes
             self._final_usage = self._verified_empty
@@ -486,44 +531,111 @@ class V1Group:
     def close(self) -> None:
         if self._closed:
             return
-        self.kill_all()
         self._closed = True
-        if self._reusable() and self._pool is not None and self._pool.give(self._slot):
-            return
-        _discard(self._slot, strict=True)
+        try:
+            self.kill_all()
+        except BaseException:
+            self._pool.lose(self._slot)   # processes that survive SIGKILL: never reuse
+            raise
+        self._tidy()
+        self._pool.give(self._slot)
 
-    def _reusable(self) -> bool:
-        if self._pool is None or self._had_kill or not self._verified_empty or self._oom_seen:
-            return False
+    def _tidy(self) -> None:
+        """Before the group goes back: count its OOM kills so far (the next exec only
+        reports its own) and reclaim leftover pages, so its peak starts near zero."""
         mem = self.dirs.get("memory")
-        if mem:
-            if not self._final_usage:   # no usage() since the group emptied: look now
-                self._charge = read_int(os.path.join(mem, "memory.usage_in_bytes"))
-                if _field(read_text(os.path.join(mem, "memory.oom_control")), "oom_kill") > 0:
-                    return False
-            if self._charge > V1Pool.MAX_CHARGE and not self._only_kernel_noise(mem):
-                return False
-        return True
+        if not mem:
+            return
+        if not self._final_usage:   # no usage() since the group emptied: look now
+            self._charge = read_int(os.path.join(mem, "memory.usage_in_bytes"))
+            self._oom_seen = self._oom_seen or self._slot.oom_kills() > self._slot.oom_base
+        if self._oom_seen:
+            self._slot.oom_base = self._slot.oom_kills()
+        if self._charge > V1Pool.MAX_CHARGE and not self._only_kernel_noise(mem):
+            _try_write(os.path.join(mem, "memory.force_empty"), "0")
 
     def _only_kernel_noise(self, mem: str) -> bool:
         """Even ``true`` leaves 0.1-1.3 MB of kernel memory (slab objects freed later
         or never: dentries, RCU-freed task structs) charged to its group, so a charge
-        cap alone discarded a pooled group every ~20 execs (a new group costs ~3 ms of
-        migrations on the event loop).  Pages (file cache, anon) must stay under
-        MAX_CHARGE; kernel memory may reach MAX_KMEM."""
+        cap alone would reclaim every ~20 execs.  Pages (file cache, anon) must stay
+        under MAX_CHARGE; kernel memory may reach MAX_KMEM."""
         kmem = read_int(os.path.join(mem, "memory.kmem.usage_in_bytes"))
         return self._charge - kmem <= V1Pool.MAX_CHARGE and kmem <= V1Pool.MAX_KMEM
+
+
+class _V2Slot:
+    __slots__ = ("dir", "cpu_base", "oom_base")
+
+    def __init__(self, d: str):
+        self.dir = d
+        self.cpu_base: tuple[int, int] | None = None   # cpu.stat user/system usec when given back
+        self.oom_base = -1
+
+    def cpu_usec(self) -> tuple[int, int]:
+        stat = read_text(os.path.join(self.dir, "cpu.stat"))
+        return _field(stat, "user_usec"), _field(stat, "system_usec")
+
+    def oom_kills(self) -> int:
+        return _field(read_text(os.path.join(self.dir, "memory.events")), "oom_kill")
+
+    def reset_peak(self) -> None:
+        """memory.peak through the host's read-write descriptor: a write resets what
+        reads through that descriptor report (Linux 6.12+; older kernels: lifetime peak)."""
+        fd = FDS.fd(os.path.join(self.dir, "memory.peak"))
+        if fd is not None:
+            try:
+                os.write(fd, b"reset")
+            except OSError:
+                pass
+
+    def read_peak(self) -> int:
+        fd = FDS.fd(os.path.join(self.dir, "memory.peak"))
+        if fd is not None:
+            try:
+                return int(os.pread(fd, 64, 0))
+            except (OSError, ValueError):
+                pass
+        return read_int(os.path.join(self.dir, "memory.peak"))
+
+
+class V2Pool:
+    """v2's fixed pool: no spawner threads (v2 moves whole processes, see V2Group)."""
+
+    def __init__(self, slots: list[_V2Slot]):
+        self.size = len(slots)
+        self._free = list(reversed(slots))
+        self._lock = threading.Lock()
+
+    def take(self) -> _V2Slot | None:
+        with self._lock:
+            return self._free.pop() if self._free else None
+
+    def give(self, slot: _V2Slot) -> None:
+        slot.reset_peak()
+        slot.cpu_base = slot.cpu_usec()
+        with self._lock:
+            self._free.append(slot)
 
 
 class V2Group:
     _move_lock = threading.Lock()
 
-    def __init__(self, name: str, parent: str, home: str):
+    def __init__(self, name: str, parent: str, home: str, pool: V2Pool):
         self.name = name
-        self.dir = os.path.join(parent, _safe_name(name))
         self._home = home
+        self._pool = pool
         self._closed = False
-        os.mkdir(self.dir)
+        slot = pool.take()
+        if slot is None:
+            raise OSError(errno.EAGAIN, "too many processes running at once in this project: "
+                          f"all {pool.size} of its process groups are in use")
+        if slot.cpu_base is None:
+            slot.cpu_base = slot.cpu_usec()
+            slot.reset_peak()
+        if slot.oom_base < 0:
+            slot.oom_base = slot.oom_kills()
+        self._slot = slot
+        self.dir = slot.dir
         self._sub_limits(parent)
 
     def _sub_limits(self, parent: str) -> None:
@@ -539,17 +651,17 @@ class V2Group:
     def spawn(self, start: Callable[[], T]) -> T:
         pid = str(os.getpid())
         with self._move_lock:
-            write_text(os.path.join(self.dir, "cgroup.procs"), pid)
+            _write(os.path.join(self.dir, "cgroup.procs"), pid)
             _OomBias.enter()
             try:
                 return start()
             finally:
                 _OomBias.leave()
-                write_text(os.path.join(self._home, "cgroup.procs"), pid)
+                _write(os.path.join(self._home, "cgroup.procs"), pid)
 
     def adopt(self, pid: int) -> None:
         """Move a running process in (a kernel forked by a zygote)."""
-        write_text(os.path.join(self.dir, "cgroup.procs"), str(pid))
+        _write(os.path.join(self.dir, "cgroup.procs"), str(pid))
 
     def env_marker(self) -> dict[str, str]:
         return {}
@@ -559,25 +671,27 @@ class V2Group:
 
     def kill_all(self) -> None:
         kill_groups([self.dir], freezer_dir=self.dir, freeze_file="cgroup.freeze",
-                    kill_file=os.path.join(self.dir, "cgroup.kill"))
+                    kill_file=os.path.join(self.dir, "cgroup.kill"), write=_write)
 
     def usage(self) -> GroupUsage:
         u = GroupUsage()
-        stat = read_text(os.path.join(self.dir, "cpu.stat"))
-        u.cpu_user_s = _field(stat, "user_usec") / 1e6
-        u.cpu_sys_s = _field(stat, "system_usec") / 1e6
+        user, system = self._slot.cpu_usec()
+        base_user, base_system = self._slot.cpu_base or (0, 0)
+        u.cpu_user_s = max(0, user - base_user) / 1e6
+        u.cpu_sys_s = max(0, system - base_system) / 1e6
         u.rss_bytes = read_int(os.path.join(self.dir, "memory.current"))
-        u.max_rss_bytes = read_int(os.path.join(self.dir, "memory.peak"))
-        u.oom_killed = _field(read_text(os.path.join(self.dir, "memory.events")), "oom_kill") > 0
+        u.max_rss_bytes = self._slot.read_peak()
+        u.oom_killed = self._slot.oom_kills() > self._slot.oom_base
         u.pids = len(self.pids())
         return u
 
     def close(self) -> None:
         if self._closed:
             return
-        self.kill_all()
-        remove_tree(self.dir)
         self._closed = True
+        self.kill_all()   # raises if processes survive SIGKILL: the slot is then never reused
+        self._slot.oom_base = self._slot.oom_kills()
+        self._pool.give(self._slot)
 
 
 def _field(text: str | None, key: str) -> int:
@@ -592,55 +706,81 @@ def _field(text: str | None, key: str) -> int:
 
 
 class CgroupTracker:
-    def __init__(self, version: str, dirs: dict[str, str], home: dict[str, str]):
+    def __init__(self, version: str, dirs: dict[str, str], home: dict[str, str], slots: int):
         self.kind = f"cgroup-{version}"
         self.version = version
         self.dirs = dirs
         self.home = home
-        self._v1_pool = V1Pool() if version == "v1" else None
-        if self._v1_pool is not None:
+        self._v1_pool: V1Pool | None = None
+        self._v2_pool: V2Pool | None = None
+        if version == "v1":
+            self._v1_pool = V1Pool([_V1Slot({c: os.path.join(p, slot_name(i))
+                                              for c, p in dirs.items() if c in V1_GROUP_CONTROLLERS})
+                                    for i in range(slots)])
             self._prewarm_v1()
+        else:
+            self._v2_pool = V2Pool([_V2Slot(os.path.join(dirs["unified"], slot_name(i)))
+                                    for i in range(slots)])
 
     def _prewarm_v1(self) -> None:
-        """One empty group (and its spawner, which moves itself in the background) made
-        at daemon start, so the project's first exec neither mkdirs nor migrates.
-        Best effort: any failure just leaves the pool empty."""
+        """The first group gets its spawner (which moves itself in the background) at
+        daemon start, so the project's first exec does not migrate."""
         assert self._v1_pool is not None
-        dirs = {c: os.path.join(p, f"g_pool-{os.getpid()}")
-                for c, p in self.dirs.items() if c in V1_GROUP_CONTROLLERS}
-        made: list[str] = []
-        try:
-            for d in dirs.values():
-                os.mkdir(d)
-                made.append(d)
-        except OSError:
-            for d in made:
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    pass
-            return
-        self._v1_pool.give(_V1Slot(dirs))
+        slot = self._v1_pool.take()
+        if slot is not None:
+            self._v1_pool.give(slot)
 
     def new_group(self, name: str):
-        if self.version == "v1":
+        if self._v1_pool is not None:
             return V1Group(name, self.dirs, self._v1_pool)
-        return V2Group(name, self.dirs["unified"], self.home["unified"])
+        assert self._v2_pool is not None
+        return V2Group(name, self.dirs["unified"], self.home["unified"], self._v2_pool)
+
+
+def fd_table_from_spec(version: str, dirs: dict[str, str], home: dict[str, str], spec: dict) -> FdTable:
+    """``{path: fd}`` from the host's description: ``fds`` maps "<controller>/<file>" to one
+    descriptor per exec group (slot order), ``home_fds`` "<controller>/<file>" to the
+    descriptor of that file in the group the daemon lives in."""
+    table: dict[str, int] = {}
+    slots = int(spec["slots"])
+    for key, column in dict(spec.get("fds") or {}).items():
+        ctrl, _, name = str(key).partition("/")
+        if ctrl not in dirs or len(column) != slots:
+            raise ValueError(f"bad cgroup descriptor column {key!r}")
+        for i, fd in enumerate(column):
+            table[os.path.join(dirs[ctrl], slot_name(i), name)] = int(fd)
+    for key, fd in dict(spec.get("home_fds") or {}).items():
+        ctrl, _, name = str(key).partition("/")
+        if ctrl not in home:
+            raise ValueError(f"bad cgroup descriptor {key!r}")
+        table[os.path.join(home[ctrl], name)] = int(fd)
+    return FdTable(table)
 
 
 def tracker_for_daemon(environ: dict[str, str] | None = None) -> CgroupTracker | None:
     """The cgroup tracker described by ``PROJECTHUB_CGROUPS``, or None when the host
-    gave us no (writable) groups -- the caller then uses the MarkerTracker."""
+    gave us no groups or no descriptors to write them with -- the caller then uses the
+    MarkerTracker."""
+    global FDS
     raw = (environ if environ is not None else os.environ).get(ENV_VAR)
     if not raw:
         return None
     try:
         spec = json.loads(raw)
         version, dirs, home = spec["version"], dict(spec["dirs"]), dict(spec.get("home") or spec["dirs"])
+        slots = int(spec.get("slots") or 0)
+        table = fd_table_from_spec(version, dirs, home, spec) if slots > 0 else None
     except (ValueError, KeyError, TypeError):
         return None
-    if version not in ("v1", "v2") or not dirs:
+    if version not in ("v1", "v2") or not dirs or table is None:
         return None
-    if not all(os.access(d, os.W_OK) for d in dirs.values()):
+    needed = "tasks" if version == "v1" else "cgroup.procs"
+    if not any(p.endswith("/" + needed) for p in table.fds):
         return None
-    return CgroupTracker(version, dirs, home)
+    try:
+        for fd in set(table.fds.values()):
+            os.set_inheritable(fd, False)   # close-on-exec: never into a user process
+    except OSError:
+        return None   # not the descriptors the host described
+    FDS = table
+    return CgroupTracker(version, dirs, home, slots)

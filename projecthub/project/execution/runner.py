@@ -159,7 +159,11 @@ class Execution:
             self._fail(PermissionError(errno_mod.EPERM, "uid/gid not permitted"))
             return
 
-        self._group = self.ctx.tracker.new_group(self.name)
+        try:
+            self._group = self.ctx.tracker.new_group(self.name)
+        except OSError as exc:   # e.g. EAGAIN: every process group of the project is in use
+            self._fail(exc)
+            return
         env = self.ctx.child_env(req.env)
         env.update(self._group.env_marker())        # after the overlay: a user cannot spoof it
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
