@@ -47,6 +47,10 @@ MIN_BODY_RATE = 1024
 # Request line + headers; nginx's large_client_header_buffers default is 4 x 8 KiB.
 MAX_HEADER_BYTES = 64 * 1024
 
+# Connections one sweep closes before it yields the loop (closing thousands at once would stall
+# the legitimate requests in between); the rest go 10 ms later.
+SWEEP_BATCH = 256
+
 _IDLE, _HEADERS, _BODY = 0, 1, 2
 
 
@@ -280,17 +284,18 @@ class ConnectionGuard:
             self.awaiting_body[proto] = None
             self._arm(proto.loop)
 
-    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop, delay: float | None = None) -> None:
         if self._sweeper is None:
-            self._sweeper = loop.call_later(self.tick, self._sweep, loop)
+            self._sweeper = loop.call_later(self.tick if delay is None else delay, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweeper = None
         now = loop.time()
         expired_headers = expired_bodies = 0
+        budget = SWEEP_BATCH
         if self.limits.header_timeout:
             deadline = now - self.limits.header_timeout
-            while self.awaiting_headers:
+            while self.awaiting_headers and budget:
                 proto = next(iter(self.awaiting_headers))
                 if proto._since > deadline:
                     break   # started in time; every later entry started later still
@@ -302,16 +307,23 @@ class ConnectionGuard:
                     self.awaiting_headers[proto] = None
                     continue
                 expired_headers += 1
+                budget -= 1
                 proto._close_with(TIMEOUT)
         if self.limits.body_timeout and self.awaiting_body:
             stall = self.limits.body_timeout
             for proto in list(self.awaiting_body):
-                if proto.flow is not None and proto.flow.read_paused:
-                    proto._since = now   # the app is not reading: not the client's fault
+                if not budget:
+                    break
+                cycle = proto.cycle
+                if ((proto.flow is not None and proto.flow.read_paused)
+                        or (cycle is not None and cycle.waiting_for_100_continue)):
+                    # the app is not reading yet (or has not sent 100 Continue): not the client's fault
+                    proto._since = proto._body_start = now
                     continue
                 too_slow = (now - proto._body_start > stall + proto._body_bytes / MIN_BODY_RATE)
                 if now - proto._since > stall or too_slow:
                     expired_bodies += 1
+                    budget -= 1
                     proto._close_with(TIMEOUT)
         if expired_headers:
             self.stats["header_timeouts"] += expired_headers
@@ -322,7 +334,7 @@ class ConnectionGuard:
             log.warning("closed %d connections whose request body stalled for %g s (--body-timeout)",
                         expired_bodies, self.limits.body_timeout)
         if self.awaiting_headers or self.awaiting_body:
-            self._arm(loop)
+            self._arm(loop, None if budget else 0.01)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
