@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
+from ..auth.resolve import SLOW_CHECK
 from ..auth.throttle import BadKeyThrottle
 from ..errors import RemoteError
 
@@ -195,18 +196,23 @@ def client_address(request: Request) -> str:
 
 
 async def authenticate_key(request: Request, key: str) -> Identity | None:
-    """Resolve ``key`` for any surface; the bad-key throttle (``auth/throttle.py``) runs
-    before any store read or hash, and only records a failure after one."""
+    """Resolve ``key`` for any surface, with the bad-key throttle (``auth/throttle.py``):
+    the cheap check first (memory, or one row read and one HMAC round); a legacy hash's
+    1000 rounds only after the address has waited out its penalty; every failure recorded
+    and answered after the address's delay."""
     hub = request.app.state.hub
-    identity = hub.resolver.cached(key)  # verified seconds ago: never throttled
-    if identity is not None:
-        return await hub.resolve_key(key)  # the usual path (touches last_active when due)
+    resolver = hub.resolver
+    identity = resolver.peek(key) or await hub.db.run(resolver.resolve, key, False)
     throttle: BadKeyThrottle = request.app.state.throttle
     address = client_address(request)
-    delay = throttle.penalty(address)
-    if delay:
-        await asyncio.sleep(delay)
-    identity = await hub.resolve_key(key)
+    if identity is SLOW_CHECK:
+        delay = throttle.penalty(address)
+        if delay:
+            await asyncio.sleep(delay)
+        identity = await hub.db.run(resolver.resolve, key)
     if identity is None:
         throttle.record_failure(address)
+        delay = throttle.penalty(address)
+        if delay:
+            await asyncio.sleep(delay)
     return identity

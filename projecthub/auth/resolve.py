@@ -68,6 +68,21 @@ RECENT_WINDOW = 10.0
 _REFRESH_LIMIT = 256
 
 
+class SlowCheck:
+    """The type of ``SLOW_CHECK``: "this key's hash is a legacy one; verifying it costs
+    1000 rounds, ask again with allow_slow=True"."""
+
+    def __repr__(self) -> str:
+        return "SLOW_CHECK"
+
+
+SLOW_CHECK = SlowCheck()
+
+
+class _SlowCheckNeeded(Exception):
+    pass
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who a request acts as.  Account keys set ``account_id``; project keys set only
@@ -130,8 +145,12 @@ class KeyResolver:
 
     # -- public -------------------------------------------------------------
 
-    def resolve(self, key: str | None) -> Identity | None:
+    def resolve(self, key: str | None, allow_slow: bool = True) -> Identity | None | SlowCheck:
         """The identity behind ``key``, or None for "not authenticated".
+
+        With ``allow_slow=False``, a key whose stored hash is a legacy 1000-round one is
+        not verified: the answer is ``SLOW_CHECK``, so the caller can apply the bad-key
+        throttle before paying for it (``api/requests.authenticate_key``).
 
         May write to the store (delete an expired or orphaned key, refresh
         ``last_active``), so call it where store calls are allowed.
@@ -152,7 +171,10 @@ class KeyResolver:
             self._touch(entry.key_id, now)
             return entry.identity
 
-        found = self._resolve_uncached(key, digest)
+        try:
+            found = self._resolve_uncached(key, digest, allow_slow)
+        except _SlowCheckNeeded:
+            return SLOW_CHECK
         if found is None:
             return None
         identity, key_id, expire = found
@@ -163,21 +185,6 @@ class KeyResolver:
                     self._insert(digest, _Entry(identity, key_id, expire, now))
                     self._mark_used(digest, now)
         return identity
-
-    def cached(self, key: str | None) -> Identity | None:
-        """The identity of a fresh, unexpired cache entry for ``key``, or None; memory
-        only, and unlike ``peek`` whether or not ``last_active`` is due.  Lets the bad-key
-        throttle wave through, before any work, a key that verified seconds ago."""
-        if not isinstance(key, str) or not key:
-            return None
-        digest = _digest(key)
-        with self._lock:
-            entry = self._cache.get(digest)
-            if entry is None or self._clock() - entry.cached_at >= self._ttl:
-                return None
-            if _expired(entry.expire, self._wall_clock()):
-                return None
-            return entry.identity
 
     def peek(self, key: str | None) -> Identity | None:
         """Answer from memory only: the cached identity when it is fresh, unexpired
@@ -265,7 +272,8 @@ class KeyResolver:
 
     # -- internals ----------------------------------------------------------
 
-    def _resolve_uncached(self, key: str, digest: str) -> tuple[Identity, int, datetime | None] | None:
+    def _resolve_uncached(self, key: str, digest: str,
+                          allow_slow: bool = True) -> tuple[Identity, int, datetime | None] | None:
         # Spec 2.3 step 2 (legacy plain-text keys in accounts.api_key, matched by
         # string equality) is deliberately NOT supported: we never store secrets in
         # plain text, and there are no legacy keys to honour.
@@ -276,7 +284,7 @@ class KeyResolver:
         if row is None:
             return None
         # The secret first: a bad one costs this one read and one HMAC round, no more.
-        if not self._secret_matches(key, digest, key_id, row["hash"]):
+        if not self._secret_matches(key, digest, key_id, row["hash"], allow_slow):
             return None
         account = self._store.get_account(row["account_id"])
         if account is None or account["banned"]:
@@ -308,10 +316,13 @@ class KeyResolver:
             return None
         return _identity(row, account), row["expire"]
 
-    def _secret_matches(self, key: str, digest: str, key_id: int, stored_hash: str) -> bool:
+    def _secret_matches(self, key: str, digest: str, key_id: int, stored_hash: str,
+                        allow_slow: bool = True) -> bool:
         with self._lock:
             if self._verified.get(digest) == stored_hash:
                 return True
+        if not allow_slow and needs_upgrade(stored_hash):
+            raise _SlowCheckNeeded
         if not verify_secret(key, stored_hash):
             return False
         if needs_upgrade(stored_hash):  # a legacy 1000-round hash: pay for it only this once

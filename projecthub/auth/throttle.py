@@ -1,20 +1,20 @@
-"""The bad-key throttle: a client address that keeps presenting bad keys waits, before any work.
+"""The bad-key throttle: an address that keeps presenting bad keys waits, and cannot buy work.
 
-Each address gets ``limit_per_minute`` failed authentications free; beyond that, every
-further request from it whose key is not already known good (``KeyResolver.cached``)
-first waits 0.1 s, 0.2 s, 0.4 s ... up to 5 s, and only then reaches the store.  So the
-wait is paid *before* the row read and hash, not after them: concurrency from one
-address buys an attacker at most one resolution per connection per delay, and the
-connection cap per address (``api/server.py``) bounds the connections.
+Each client address gets ``limit_per_minute`` failed authentications free; each further
+failure is answered only after 0.1 s, 0.2 s, 0.4 s ... up to 5 s (``penalty``), so one
+connection cannot guess faster than that, and the per-address connection cap
+(``--max-connections-per-ip``) bounds the connections.  What a failure costs the server
+before that wait is one indexed row read and one HMAC round (``auth/keys.py``,
+``auth/resolve.py``); the only expensive check left, a legacy 1000-round hash not yet
+upgraded, is paid only *after* the address has waited out its penalty
+(``api/requests.authenticate_key``).
+
+Good keys are never delayed by someone else's guessing, not even from the same address
+(a NAT): the cheap check answers them before any wait.
 
 The address is the TCP peer.  It is only replaced by an ``X-Forwarded-For`` value when
 the operator names the proxies (``projecthub serve --forwarded-allow-ips``): otherwise
 a client could pick a fresh "address" per request and never be throttled.
-
-Good keys are never delayed by someone else's guessing: a key that verified seconds ago
-is answered from memory first.  A good key that is *not* cached, presented from an
-address that is over its budget, waits like any other (the server cannot tell it from a
-guess without doing the work the throttle exists to defer).
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ class BadKeyThrottle:
         return window
 
     def penalty(self, client: str) -> float:
-        """Seconds a request from ``client`` waits before its key is checked (0 within budget)."""
+        """Seconds ``client`` waits now: 0 within its allowance, then doubling per failure."""
         window = self._window(client, self._clock())
         excess = 0 if window is None else len(window) - self.limit
-        if excess < 0:
+        if excess <= 0:
             return 0.0
-        return min(FIRST_DELAY_S * 2 ** min(excess, 10), MAX_DELAY_S)
+        return min(FIRST_DELAY_S * 2 ** min(excess - 1, 10), MAX_DELAY_S)
 
     def record_failure(self, client: str) -> None:
         now = self._clock()

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from projecthub.auth import keys
-from projecthub.auth.resolve import KeyResolver
+from projecthub.auth.resolve import SLOW_CHECK, KeyResolver
 from projecthub.store import Store
 from projecthub.store.schema import api_keys
 
@@ -72,11 +72,16 @@ def test_bad_secret_reads_only_the_key_row(store: Store, monkeypatch: pytest.Mon
     assert reads == ["get_api_key"]
 
 
-def test_cached_answers_from_memory_only(store: Store) -> None:
+def test_slow_legacy_check_is_deferred_when_asked(store: Store) -> None:
     account = store.create_account()
-    _, secret = store.create_api_key(account)
-    resolver = KeyResolver(store, cache_ttl=5)
-    assert resolver.cached(secret) is None            # never resolved: unknown, not "bad"
-    assert resolver.resolve(secret) is not None
-    assert resolver.cached(secret).account_id == account  # type: ignore[union-attr]
-    assert resolver.cached("sk-\ud800") is None and resolver.cached(None) is None
+    row, secret = store.create_api_key(account)
+    with store.engine.begin() as conn:
+        conn.execute(update(api_keys).where(api_keys.c.id == row["id"]).values(hash=_legacy_hash(secret)))
+    resolver = KeyResolver(store, cache_ttl=0)
+    assert resolver.resolve(secret, allow_slow=False) is SLOW_CHECK       # nothing hashed yet
+    assert resolver.resolve(secret[:3] + "q" * 16 + secret[19:], allow_slow=False) is SLOW_CHECK
+    assert resolver.resolve("sk-nonsense", allow_slow=False) is None       # no row: cheap "no"
+    assert resolver.resolve(secret).account_id == account                 # type: ignore[union-attr]
+    # upgraded: from now on the cheap check answers for good and bad secrets alike
+    assert resolver.resolve(secret, allow_slow=False).account_id == account  # type: ignore[union-attr]
+    assert resolver.resolve(secret[:3] + "q" * 16 + secret[19:], allow_slow=False) is None
