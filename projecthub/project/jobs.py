@@ -40,6 +40,9 @@ from .execution.runner import Execution
 JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 STATS_KEEP = 100
 EVENT_CHUNK = 1 << 16
+# One jobOutput page at most: callers page on with "end".  Bounded so one call costs the
+# daemon and the hub a few MiB (a decoded str can be 4x its bytes), whatever was asked.
+OUTPUT_PAGE_MAX = 4 << 20
 RESTART_NOTE = ("\n[projecthub] the project daemon stopped while this job was running; "
                 "its processes were stopped and its exit status is unknown\n")
 
@@ -70,7 +73,7 @@ def _read_head(path: Path, chars: int) -> str:
     """First ``chars`` characters of an output file (reads at most 4 bytes per char)."""
     try:
         with open(path, "rb") as f:
-            data = f.read(max(chars, 0) * 4)
+            data = f.read(min(max(chars, 0) * 4, OUTPUT_PAGE_MAX))   # max_output may be huge
     except OSError:
         return ""
     return data.decode("utf-8", errors="replace")[:chars]
@@ -426,7 +429,7 @@ class JobManager:
         self._touch(job_id)
         try:
             with open(self.root / job_id / stream, "rb") as f:
-                return os.pread(f.fileno(), min(length, 16 << 20), offset)
+                return os.pread(f.fileno(), min(length, OUTPUT_PAGE_MAX), offset)
         except FileNotFoundError:
             return b""
 
