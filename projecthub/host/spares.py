@@ -178,5 +178,8 @@ class SparePool:
 
 
 def remove_spare_dirs(data_dir: Path, project_id: str) -> None:
+    from .sandbox import disk
+    # unmount first: rmtree must never walk into a mounted image (or leave its loop device)
+    disk.remove(data_dir / "projects" / project_id)
     for path in (data_dir / "projects" / project_id, data_dir / "run" / project_id):
         shutil.rmtree(path, ignore_errors=True)

@@ -317,16 +317,21 @@ def _resize_offline(img: Path, size: int) -> None:
         os.ftruncate(f.fileno(), size)
 
 
+# nosuid/nodev: a file the project made cannot become setuid or a device on the host;
+# noatime: reads do not write; noinit_itable: no kernel thread zeroing the inode tables
+# that mkfs left uninitialised (lazy_itable_init) -- ~160 MiB of writes per 10 GiB image,
+# needless with checksummed group descriptors.
+_MOUNT_OPTIONS = "loop,nosuid,nodev,noatime,noinit_itable"
+
+
 def _mount_image(img: Path, mnt: Path) -> None:
     # No journal: after a host crash the image may be unclean.  -p repairs what is safe to
     # repair and is a no-op on a clean filesystem (a few ms).
     _run(["e2fsck", "-p", str(img)], check=False)
-    # nosuid/nodev: a file the project made cannot become setuid or a device on the host;
-    # noatime: reads do not write.
-    r = _run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime", str(img), str(mnt)], check=False)
+    r = _run(["mount", "-t", "ext4", "-o", _MOUNT_OPTIONS, str(img), str(mnt)], check=False)
     if r.returncode != 0:
         _run(["e2fsck", "-f", "-p", str(img)], check=False)   # an unclean image: repair once
-        r = _run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime", str(img), str(mnt)], check=False)
+        r = _run(["mount", "-t", "ext4", "-o", _MOUNT_OPTIONS, str(img), str(mnt)], check=False)
     if r.returncode != 0:
         raise DiskError(f"cannot mount the project's disk image: {r.stderr.strip()[-300:]}")
 
