@@ -33,8 +33,10 @@ Decisions (numbers from this machine, 2 cores under load):
   process in another project's cgroup is never matched by uid.  Uids are still
   allocated per data dir (two servers hand out the same numbers); give each server
   its own ``uid_range`` when several run on one machine.
-* homes have no disk quota (this filesystem has none); ``/tmp`` is a sized tmpfs
-  charged to the project's memory.  ``doctor`` says so in a note.
+* disk: home and the daemon's state dir live in a sparse per-project ext4 image,
+  loop-mounted while the project runs (``disk.py``; ``disk_bytes``, default 10 GiB);
+  ``/tmp`` is a sized tmpfs charged to the project's memory.  Without root or loop
+  devices homes are plain directories and ``doctor`` reports ``disk-limit`` missing.
 """
 
 from typing import TYPE_CHECKING, Any
