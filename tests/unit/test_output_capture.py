@@ -54,8 +54,9 @@ def test_concurrent_captures_share_one_daemon_budget_and_give_it_back() -> None:
     for _ in range(64):
         for cap in caps:
             cap.feed(b"x" * 65536)                # 10 x 4 MiB printed against a 4 MiB budget
-    assert budget.used <= 4 << 20
-    assert sum(cap.kept_chars for cap in caps) <= 4 << 20
+    guaranteed = 256 << 10   # every stream keeps its first 256 KiB whatever the budget says
+    assert budget.used <= (4 << 20) + 10 * guaranteed
+    assert sum(cap.kept_chars for cap in caps) <= (4 << 20) + 10 * guaranteed
     assert all(cap.total_bytes == 4 << 20 for cap in caps)
     for cap in caps:
         cap.settle()
@@ -63,6 +64,17 @@ def test_concurrent_captures_share_one_daemon_budget_and_give_it_back() -> None:
     fresh = StreamCapture(10**9, cap_bytes=8 << 20, budget=budget)
     fresh.feed(b"y" * 1000)
     assert fresh.text() == "y" * 1000 and not fresh.truncated
+
+
+def test_a_spent_budget_still_leaves_every_stream_its_first_256_kib() -> None:
+    budget = OutputBudget(1 << 20)
+    hog = StreamCapture(10**9, cap_bytes=8 << 20, budget=budget)
+    for _ in range(32):
+        hog.feed(b"h" * 65536)
+    assert budget.available() == 0
+    quick = StreamCapture(10**9, cap_bytes=8 << 20, budget=budget)
+    quick.feed(b"q" * 100_000)
+    assert quick.text() == "q" * 100_000 and not quick.truncated
 
 
 def test_cocalc_character_cap_is_unchanged() -> None:

@@ -14,7 +14,10 @@ its kept text will cost as a joined str and as JSON (``cost``), and applied whil
 * per daemon: every running capture draws on one ``OUTPUT_BUDGET`` (``exec_output_budget``,
   default 32 MiB), so 10 or 64 concurrent execs flooding their pipes keep at most that much
   together, well inside the daemon's memory reserve.  A capture gives its share back when
-  its execution finishes (``settle``).
+  its execution finishes (``settle``).  The first ``GUARANTEED_BYTES`` (256 KiB) of every
+  stream are kept whatever the budget says, so long-running jobs that hold the budget
+  never leave a quick exec without its output (at most 96 exec groups x 2 streams x
+  256 KiB beyond the budget).
 
 Past a cap the rest is counted (``total_bytes``) and dropped (or spilled to the job's file),
 never decoded; the process is not killed (CoCalc semantics) unless the caller asked for it.
@@ -32,6 +35,7 @@ SPILL_NOTE = "\n[projecthub: {n} bytes of output beyond the in-memory cap were d
 
 DEFAULT_STREAM_BYTES = 8 * 2**20
 DEFAULT_DAEMON_BYTES = 32 * 2**20
+GUARANTEED_BYTES = 256 * 2**10
 # Bytes JSON escapes: control characters become \u00XX (6 characters), '"' and '\' two.
 _JSON_ESCAPED = bytes(range(0x20)) + b'"\\'
 _ESCAPE_EXTRA = 5
@@ -114,7 +118,7 @@ class StreamCapture:
         """Keep as much of ``text`` as the byte caps allow (a cut between characters)."""
         width = max(self._width, _width(text))
         escapes = min(escapes, len(text))
-        allowed = min(self.cap_bytes, self._charged + self._budget.available())
+        allowed = min(self.cap_bytes, max(GUARANTEED_BYTES, self._charged + self._budget.available()))
         new_cost = cost(self._chars + len(text), self._escapes + escapes, width)
         if new_cost > allowed:
             self.truncated = self.memory_truncated = True
