@@ -390,8 +390,14 @@ class HubService:
 
     async def project_stream(self, project_id: str, name: str, args: list[Any]) -> AsyncIterator[Any]:
         await self._ensure_running(project_id)   # the running cap applies to streams too
-        async for item in self.host.stream(project_id, name, args):
-            yield item
+        inner = self.host.stream(project_id, name, args)
+        try:
+            async for item in inner:
+                yield item
+        finally:   # a client that goes away frees the daemon stream now, not at garbage collection
+            aclose = getattr(inner, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     # -- the Jupyter API's per-account scratch project -----------------------------------------
     async def jupyter_scratch_project(self, account_id: str) -> str:
