@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -168,6 +169,31 @@ def test_project_group_has_limits_and_nothing_is_the_projects(env, proj):
                 assert st.st_uid == 0 and not st.st_mode & 0o022, path
     assert len(os.listdir(os.path.join(mem))) > POOL_SLOTS
     assert os.path.isdir(os.path.join(pids, slot_name(POOL_SLOTS - 1)))
+
+
+def test_groups_are_readable_for_the_project_whatever_the_servers_umask():
+    """The server runs with umask 077 (its data dir is private); the groups it makes must
+    still be 0755 -- enterable and readable for the daemon, writable for nobody but root."""
+    require("cgroups (root with a writable cgroup mount)", IS_ROOT and cgroups_work())
+    from projecthub.host.sandbox.cgroups import make_driver
+    drv = make_driver(f"phtest-umask-{os.getpid()}")
+    assert drv is not None
+    old = os.umask(0o077)
+    try:
+        drv.create("p1", None, None, ProjectLimits())
+    finally:
+        os.umask(old)
+    try:
+        tops = drv.dirs("p1").values() if drv.version == "v1" else [drv.dir("p1")]
+        for top in tops:
+            for d in (os.path.dirname(top), top, *(os.path.join(top, e) for e in os.listdir(top)
+                                                   if os.path.isdir(os.path.join(top, e)))):
+                assert stat.S_IMODE(os.stat(d).st_mode) == 0o755, d
+    finally:
+        drv.kill("p1")
+        drv.remove("p1")
+        for top in (drv.dirs("p1").values() if drv.version == "v1" else [drv.dir("p1")]):
+            remove_tree(os.path.dirname(top))
 
 
 def test_daemon_tracker_needs_the_hosts_descriptors(env, proj):

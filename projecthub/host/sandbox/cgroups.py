@@ -343,6 +343,25 @@ def _open_columns(spec: dict, fds: list[int], key: str, paths: list[str], option
     spec["fds"][key] = col
 
 
+def _mkdir_readable(path: str) -> None:
+    """A group directory the project can enter and read but not write: 0755 whatever the
+    server's umask (077 since item 12 would make it 0700: the daemon could not even read
+    its own groups)."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        if stat.S_IMODE(os.stat(path).st_mode) == 0o755:
+            return
+    os.chmod(path, 0o755)
+
+
+def _makedirs_readable(path: str) -> None:
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        _makedirs_readable(parent)
+    _mkdir_readable(path)
+
+
 def _root_layout(top: str, layout: Iterable[str]) -> None:
     """Make ``top`` the host's alone: undo an older version's delegation (chowned
     directory, tasks, cgroup.procs) and kill and remove any sub-group that is not part
@@ -358,8 +377,8 @@ def _root_layout(top: str, layout: Iterable[str]) -> None:
     st = os.stat(top)
     if st.st_uid != 0 or st.st_gid != 0:
         os.chown(top, 0, 0)
-    if st.st_mode & 0o022:
-        os.chmod(top, st.st_mode & ~0o022)
+    if stat.S_IMODE(st.st_mode) != 0o755:
+        os.chmod(top, 0o755)
 
 
 class V1Driver:
@@ -388,15 +407,12 @@ class V1Driver:
         dirs = self.dirs(project_id)
         slots = [slot_name(i) for i in range(POOL_SLOTS)]
         for ctrl, d in dirs.items():
-            os.makedirs(d, exist_ok=True)
+            _makedirs_readable(d)
             if os.geteuid() == 0:
                 _root_layout(d, slots if ctrl in V1_GROUP_CONTROLLERS else ())
             if ctrl in V1_GROUP_CONTROLLERS:
                 for name in slots:
-                    try:
-                        os.mkdir(os.path.join(d, name))
-                    except FileExistsError:
-                        pass
+                    _mkdir_readable(os.path.join(d, name))
         # pids.current counts the whole subtree: 0 (the usual start) means nothing to look for
         if "pids" in dirs and read_int(os.path.join(dirs["pids"], "pids.current"), 1) != 0:
             for i in range(POOL_SLOTS):
@@ -509,13 +525,12 @@ class V2Driver:
         project cannot write the common ancestor's ``cgroup.procs`` (the project group's),
         which v2 requires for any move between two of its groups."""
         _check_name(project_id)
-        if not os.path.isdir(self.root):
-            os.makedirs(self.root, exist_ok=True)
+        _makedirs_readable(self.root)
         self._enable(self.mount)
         self._enable(self.root)
         d = self.dir(project_id)
         leaf = os.path.join(d, V2_DAEMON_LEAF)
-        os.makedirs(leaf, exist_ok=True)
+        _makedirs_readable(leaf)
         slots = [slot_name(i) for i in range(POOL_SLOTS)]
         if os.geteuid() == 0:
             _root_layout(d, [V2_DAEMON_LEAF, *slots])
@@ -524,11 +539,10 @@ class V2Driver:
         stale = read_int(os.path.join(d, "pids.current"), 1) != 0
         for name in slots:
             sd = os.path.join(d, name)
-            try:
-                os.mkdir(sd)
-            except FileExistsError:
-                if stale and procs_of(sd):
-                    self._kill_dir(sd)
+            existed = os.path.isdir(sd)
+            _mkdir_readable(sd)
+            if existed and stale and procs_of(sd):
+                self._kill_dir(sd)
         self.apply_limits(project_id, limits)
         return {"unified": d}
 

@@ -124,6 +124,19 @@ class _OomBias:
         os.pwrite(cls._fd, value.encode(), 0)
 
     @classmethod
+    def prepare(cls) -> None:
+        """Open the file and read the baseline now: the daemon makes itself non-dumpable
+        after start-up, and then /proc/self files are root's (no more opens for writing)."""
+        with cls._lock:
+            try:
+                if cls._baseline is None:
+                    cls._baseline = (read_text(cls._path) or "0").strip()
+                if cls._fd is None:
+                    cls._fd = os.open(cls._path, os.O_WRONLY | os.O_CLOEXEC)
+            except OSError:
+                pass
+
+    @classmethod
     def _forget_in_child(cls) -> None:
         cls._fd = None
 
@@ -777,10 +790,14 @@ def tracker_for_daemon(environ: dict[str, str] | None = None) -> CgroupTracker |
     needed = "tasks" if version == "v1" else "cgroup.procs"
     if not any(p.endswith("/" + needed) for p in table.fds):
         return None
+    first = next((d for c, d in dirs.items() if c in (*V1_GROUP_CONTROLLERS, "unified")), None)
+    if first is None or read_text(os.path.join(first, slot_name(0), "cgroup.procs")) is None:
+        return None   # groups we cannot even read (modes): no cgroup tracking at all
     try:
         for fd in set(table.fds.values()):
             os.set_inheritable(fd, False)   # close-on-exec: never into a user process
     except OSError:
         return None   # not the descriptors the host described
     FDS = table
+    _OomBias.prepare()
     return CgroupTracker(version, dirs, home, slots)
