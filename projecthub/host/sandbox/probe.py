@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from . import bwrap as bw
 from . import disk
-from .cgroups import make_driver, read_int, read_text, discover_mounts
+from .cgroups import make_driver, read_int, read_text, discover_mounts, slot_name
 from .limits import ProjectLimits
 from .users import drop_argv, setpriv_path, write_identity_files
 
@@ -78,7 +78,13 @@ grep -E '^(NoNewPrivs|CapEff|CapBnd|CapPrm):' /proc/self/status | tr -d '\t ' | 
 echo "tmp=$(awk '$2 == "/tmp" {print $4}' /proc/self/mounts | tail -n 1)"
 if unshare -U true 2>/dev/null; then echo userns=open; else echo userns=blocked; fi
 if [ -n "$PROBE_CG" ]; then
-  if mkdir "$PROBE_CG/child" 2>/dev/null && rmdir "$PROBE_CG/child"; then echo cgdelegate=yes; else echo cgdelegate=no; fi
+  if mkdir "$PROBE_CG/child" 2>/dev/null; then rmdir "$PROBE_CG/child"; echo cgmkdir=yes; else echo cgmkdir=no; fi
+  w=no
+  for f in cgroup.procs tasks pids.max memory.limit_in_bytes memory.max slot-000/cgroup.procs slot-000/tasks slot-000/pids.max; do
+    if [ -e "$PROBE_CG/$f" ] && (echo $$ > "$PROBE_CG/$f") 2>/dev/null; then w=yes; fi
+  done
+  echo cgwrite=$w
+  if cat "$PROBE_CG/slot-000/cgroup.procs" >/dev/null 2>&1; then echo cgread=yes; else echo cgread=no; fi
 fi
 """
 
@@ -159,10 +165,14 @@ def probe(data_dir: Path | str, *, mode: str = "auto", cgroup_root_name: str = "
                         f"/tmp tmpfs {tmp_opts}" if sized else "no private size-limited /tmp"
                         + ("" if "--size" in bw.bwrap_features() else " (bwrap lacks --size)")))
     if driver is not None:
-        deleg = facts.get("cgdelegate") == "yes"
-        layers.append(Layer("cgroup-delegation", deleg,
-                            "daemon can create per-exec child groups" if deleg
-                            else "sandboxed uid cannot mkdir in its cgroup"))
+        # Issue 14 item 3 (cgroups.py): the project uid owns nothing in its cgroup tree; the
+        # daemon writes its exec groups through descriptors the host opened as root.
+        locked = (facts.get("cgmkdir"), facts.get("cgwrite"), facts.get("cgread")) == ("no", "no", "yes")
+        layers.append(Layer("cgroup-lockdown", locked,
+                            "sandboxed uid reads its groups but cannot create groups, move processes "
+                            "or change limits (daemon writes through host-opened fds)" if locked else
+                            f"sandboxed uid: mkdir={facts.get('cgmkdir')} write={facts.get('cgwrite')} "
+                            f"read={facts.get('cgread')} in its cgroup"))
     if not use_bwrap:
         report.notes.append("NO SANDBOX: projects see the host filesystem, processes and network")
     disk_ok, disk_detail = disk.probe(data_dir / "probe")
@@ -218,7 +228,10 @@ def _run_probe_sandbox(base: Path, use_bwrap: bool, root: bool, uid: int | None,
     inner = [sh, "-c", _SCRIPT]
     if root and uid is not None and setpriv_path():
         inner = drop_argv(uid, gid) + inner
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PROBE_CG": cg_dirs[0] if cg_dirs else ""}
+    # a controller with the exec-group pool (v1's cpu has none)
+    probe_cg = next((d for d in cg_dirs if os.path.isdir(os.path.join(d, slot_name(0)))),
+                    cg_dirs[0] if cg_dirs else "")
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PROBE_CG": probe_cg}
     command = None
     if use_bwrap:
         command = bw.build_bwrap_command(privileged=root, network=False, tmp_bytes=16 * 2**20,
