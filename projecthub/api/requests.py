@@ -197,12 +197,14 @@ def client_address(request: Request) -> str:
 
 async def authenticate_key(request: Request, key: str) -> Identity | None:
     """Resolve ``key`` for any surface, with the bad-key throttle (``auth/throttle.py``):
-    the cheap check first (memory, or one row read and one HMAC round); a legacy hash's
-    1000 rounds only after the address has waited out its penalty; every failure recorded
-    and answered after the address's delay."""
+    the cheap checks first (memory and one HMAC round; else one row read and one HMAC
+    round); a legacy hash's 1000 rounds only after the address has waited out its
+    penalty; every failure recorded and answered after the address's delay."""
     hub = request.app.state.hub
     resolver = hub.resolver
-    identity = resolver.peek(key) or await hub.db.run(resolver.resolve, key, False)
+    identity = resolver.peek(key)
+    if identity is None and not resolver.rejects(key):  # rejects: from memory, one HMAC
+        identity = await hub.db.run(resolver.resolve, key, False)
     throttle: BadKeyThrottle = request.app.state.throttle
     address = client_address(request)
     if identity is SLOW_CHECK:

@@ -132,6 +132,14 @@ def verify_secret(secret: str, stored: str) -> bool:
         return False
 
 
+def is_well_formed(stored: str) -> bool:
+    """True for a complete ``sha512$<salt>$<n>$<128 hex>`` value (not the empty
+    placeholder a row holds for a moment while its key is being created)."""
+    parts = stored.split("$") if isinstance(stored, str) else []
+    return (len(parts) == 4 and parts[0] == HASH_ALGORITHM and len(parts[3]) == 128
+            and parts[2].isascii() and parts[2].isdigit())
+
+
 def needs_upgrade(stored: str) -> bool:
     """True for a well-formed hash that is not in the current (fast) format."""
     parts = stored.split("$") if isinstance(stored, str) else []

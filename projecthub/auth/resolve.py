@@ -15,9 +15,12 @@ cannot stop matching it, and a legacy 1000-round hash costs ~2 ms.  A legacy has
 replaced by a fast one on its first successful verification (``upgrade.py``).
 
 A presented key that fails costs one store read (its row) and one HMAC round: the
-secret is checked before the account and collaborator reads, so a spray of bad
-secrets for a real key id costs the store thread about what a spray of unknown key
-ids does.
+secret is checked before the account and collaborator reads.  After that first read,
+further bad secrets for the same row are refused from memory (``rejects``: the row's
+stored hash is remembered, one HMAC round on the event loop, no store call), which is
+sound because row ids are never reused (AUTOINCREMENT) and a row's hash only ever
+changes for the same secret (the legacy upgrade).  ``rejects`` never accepts anything:
+a match still takes the full path.
 
 Even those reads cost a request ~1.4 ms, and a client calling every few seconds
 would pay them on almost every call.  So entries of keys used recently are
@@ -48,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .keys import key_row_id, needs_upgrade, verify_secret
+from .keys import is_well_formed, key_row_id, needs_upgrade, verify_secret
 from .upgrade import upgrade_hash
 
 if TYPE_CHECKING:  # the store imports auth.keys; avoid an import cycle at runtime
@@ -132,6 +135,9 @@ class KeyResolver:
         self._cache: dict[str, _Entry] = {}
         # digest of a presented key -> the stored hash it was verified against (see above)
         self._verified: dict[str, str] = {}
+        # key row id -> its stored hash as last read (well-formed, fast-format only): lets
+        # ``rejects`` refuse bad secrets for a real key id without the store.
+        self._row_hashes: dict[int, str] = {}
         self._digests_by_key: dict[int, set[str]] = {}
         self._last_touch: dict[int, float] = {}
         self._recent_window = recent_window
@@ -185,6 +191,17 @@ class KeyResolver:
                     self._insert(digest, _Entry(identity, key_id, expire, now))
                     self._mark_used(digest, now)
         return identity
+
+    def rejects(self, key: str | None) -> bool:
+        """Memory only, for the event loop: True when ``key`` is certainly not a valid key
+        (not in the key format, or its secret does not match the hash last read for its
+        row: one HMAC round).  False means "not known to be bad": call ``resolve``."""
+        key_id = key_row_id(key) if isinstance(key, str) else None
+        if key_id is None:
+            return True   # resolve() would answer None without reading anything
+        with self._lock:
+            stored = self._row_hashes.get(key_id)
+        return stored is not None and not verify_secret(key, stored)
 
     def peek(self, key: str | None) -> Identity | None:
         """Answer from memory only: the cached identity when it is fresh, unexpired
@@ -262,6 +279,7 @@ class KeyResolver:
                 self._cache.pop(digest, None)
                 self._last_used.pop(digest, None)
             self._last_touch.pop(key_id, None)
+            self._row_hashes.pop(key_id, None)
 
     def invalidate_all(self) -> None:
         with self._lock:
@@ -269,6 +287,7 @@ class KeyResolver:
             self._cache.clear()
             self._digests_by_key.clear()
             self._last_used.clear()
+            self._row_hashes.clear()
 
     # -- internals ----------------------------------------------------------
 
@@ -283,6 +302,12 @@ class KeyResolver:
         row = self._store.get_api_key(key_id)
         if row is None:
             return None
+        stored = row["hash"]
+        if is_well_formed(stored) and not needs_upgrade(stored):  # legacy: never on the loop
+            with self._lock:
+                if len(self._row_hashes) >= _SWEEP_THRESHOLD:
+                    self._row_hashes.clear()   # rare; costs one more read per key
+                self._row_hashes[key_id] = stored
         # The secret first: a bad one costs this one read and one HMAC round, no more.
         if not self._secret_matches(key, digest, key_id, row["hash"], allow_slow):
             return None

@@ -85,3 +85,29 @@ def test_slow_legacy_check_is_deferred_when_asked(store: Store) -> None:
     # upgraded: from now on the cheap check answers for good and bad secrets alike
     assert resolver.resolve(secret, allow_slow=False).account_id == account  # type: ignore[union-attr]
     assert resolver.resolve(secret[:3] + "q" * 16 + secret[19:], allow_slow=False) is None
+
+
+def test_rejects_bad_secrets_from_memory_after_one_read(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    account = store.create_account()
+    row, secret = store.create_api_key(account)
+    resolver = KeyResolver(store, cache_ttl=0)
+    bad = secret[:3] + "w" * 16 + secret[19:]
+    assert resolver.rejects("not-a-key") and resolver.rejects("")
+    assert not resolver.rejects(bad)              # row never read: not known to be bad
+    assert resolver.resolve(bad) is None          # one read, remembers the row's hash
+    assert resolver.rejects(bad)
+    assert not resolver.rejects(secret)           # never accepts: a match takes the full path
+    assert resolver.resolve(secret).account_id == account  # type: ignore[union-attr]
+    resolver.invalidate_key(row["id"])            # a deleted/edited key: forget the hash too
+    assert not resolver.rejects(bad)
+
+
+def test_rejects_never_remembers_a_legacy_or_placeholder_hash(store: Store) -> None:
+    row, secret = store.create_api_key(store.create_account())
+    resolver = KeyResolver(store, cache_ttl=0)
+    bad = secret[:3] + "v" * 16 + secret[19:]
+    for stored in ("", _legacy_hash(secret)):     # "" is what a row holds while being created
+        with store.engine.begin() as conn:
+            conn.execute(update(api_keys).where(api_keys.c.id == row["id"]).values(hash=stored))
+        assert resolver.resolve(bad, allow_slow=False) in (None, SLOW_CHECK)
+        assert not resolver.rejects(bad)
