@@ -255,7 +255,11 @@ class HubService:
         if self.host_id:  # the host that will run it (the only one, in the embedded server)
             await self.db.update_project(project_id, host_id=self.host_id)
         if start:
-            await self._ensure_running(project_id)
+            try:
+                await self._ensure_running(project_id)
+            except BaseException:   # e.g. max_running_projects: a refused call leaves no project
+                await self.delete_project(project_id)
+                raise
         return project_id
 
     async def _claim_spare(self, account_id: str, title: str, description: str,

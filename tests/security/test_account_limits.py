@@ -102,6 +102,16 @@ def test_max_running_projects_refused_by_every_starting_call(capped: Server) -> 
         out = hub_call(capped, acct.api_key, "jupyter.execute",
                        {"project_id": c, "kernel": "python3", "input": "1+1"})
         assert isinstance(out, dict) and "max_running_projects=2" in out["error"], out
+        # creating one more with start: refused, and nothing is left behind (a 4th is past
+        # max_projects anyway, so make room first)
+        v3(capped, acct.api_key, "DELETE", f"/projects/{c}")
+        before = {p["project_id"] for p in v3(capped, acct.api_key, "GET", "/projects").json()}
+        r = v3(capped, acct.api_key, "POST", "/projects", {"title": "started", "start": True})
+        assert r.status_code == 429 and "max_running_projects=2" in r.json()["error"], r.text
+        out = hub_call(capped, acct.api_key, "projects.createProject", {"title": "started", "start": True})
+        assert isinstance(out, dict) and "max_running_projects=2" in out["error"], out
+        assert {p["project_id"] for p in v3(capped, acct.api_key, "GET", "/projects").json()} == before
+        c = make_projects(capped, acct, 1)[0]
         r = httpx.post(capped.url + "/api/v2/exec", headers=_auth(acct.api_key), timeout=60,
                        json={"project_id": c, "command": "true"})
         assert "max_running_projects=2" in r.json().get("error", ""), r.text
