@@ -95,6 +95,14 @@ elif mode == "escapee":
     g2 = t.new_group("again")   # the hottest group is the one just given back
     out["reused"] = (getattr(g2, "dirs", None) or {"unified": g2.dir}) == d
     g2.close()
+elif mode == "fds":
+    from projecthub.host.sandbox import tracker as tracker_mod
+    import socket
+    a, b = socket.socketpair()
+    out["lowest_host_fd"] = min(tracker_mod.FDS.fds.values())
+    out["n_host_fds"] = len(tracker_mod.FDS.fds)
+    out["new_fd"] = max(a.fileno(), b.fileno())
+    out["cloexec"] = not any(os.get_inheritable(fd) for fd in tracker_mod.FDS.fds.values())
 elif mode == "usage":
     g = t.new_group("busy")
     p = g.spawn(lambda: subprocess.Popen([PY, "-c", "import time\nwhile time.process_time() < 0.4: pass"]))
@@ -134,6 +142,15 @@ def test_tracker_kind_inside_sandbox(env, proj):
     assert out["rc"] == 0 and out["cpu"] > 0.35 and out["pids"] == 0
     assert out["max_rss"] > 1 << 20
     assert out["thread_back"]
+
+
+def test_host_descriptors_sit_high_and_close_on_exec(env, proj):
+    """The ~1,450 descriptors from the host are moved above select()'s 1024, so the
+    daemon's own new fds stay small (the kernel zygote select()s on one it inherits)."""
+    out = _run(env, proj, "fds")
+    assert out["n_host_fds"] > 4 * POOL_SLOTS
+    assert out["lowest_host_fd"] >= 1024 and out["new_fd"] < 1024
+    assert out["cloexec"]
 
 
 def test_memory_hog_is_oom_killed_inside_the_group(env, proj):

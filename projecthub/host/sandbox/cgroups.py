@@ -320,6 +320,22 @@ class CgroupDriver(Protocol):
     def remove(self, project_id: str, timeout_s: float = 2.0) -> None: ...
 
 
+def _room_for_fds(n: int) -> None:
+    """The host opens ~1,450 descriptors per daemon start (briefly): raise the soft
+    RLIMIT_NOFILE if it would not leave room (1024 is a common default)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_now = 256
+    need = open_now + n + 1024
+    if soft != resource.RLIM_INFINITY and soft < need:
+        new = need if hard == resource.RLIM_INFINITY else min(hard, need)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
 def _open_for_daemon(path: str) -> int:
     flags = os.O_RDWR if os.path.basename(path) in _READ_WRITE else os.O_WRONLY
     return os.open(path, flags | os.O_CLOEXEC)
@@ -444,6 +460,7 @@ class V1Driver:
         dirs = self.dirs(project_id)
         spec: dict = {"slots": POOL_SLOTS, "fds": {}, "home_fds": {}}
         fds: list[int] = []
+        _room_for_fds(POOL_SLOTS * sum(len(f) for f in V1_SLOT_FILES.values()) + len(dirs))
         try:
             for ctrl in V1_GROUP_CONTROLLERS:
                 if ctrl not in dirs:
@@ -574,6 +591,7 @@ class V2Driver:
         d = self.dir(project_id)
         spec: dict = {"slots": POOL_SLOTS, "fds": {}, "home_fds": {}}
         fds: list[int] = []
+        _room_for_fds(POOL_SLOTS * len(V2_SLOT_FILES) + len(V2_HOME_FILES))
         try:
             for name in V2_HOME_FILES:
                 fd = _open_for_daemon(os.path.join(d, V2_DAEMON_LEAF, name))

@@ -770,6 +770,30 @@ def fd_table_from_spec(version: str, dirs: dict[str, str], home: dict[str, str],
     return FdTable(table)
 
 
+# Where the daemon keeps the host's descriptors: above select()'s FD_SETSIZE (1024) and
+# clear of the low numbers, so the daemon's own fds (sockets it hands to the kernel zygote,
+# which select()s) stay small.  ~1,450 of them arrive at whatever numbers the host had.
+FD_BASE = 4096
+
+
+def _move_high(table: FdTable) -> FdTable:
+    """Re-number ``table``'s descriptors from FD_BASE up (close-on-exec), raising the soft
+    RLIMIT_NOFILE as far as needed (never past the hard limit: then they stay put)."""
+    import fcntl
+    import resource
+    need = FD_BASE + len(table.fds) + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            return table
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    moved: dict[str, int] = {}
+    for path, fd in table.fds.items():
+        moved[path] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FD_BASE)
+        os.close(fd)
+    return FdTable(moved)
+
+
 def tracker_for_daemon(environ: dict[str, str] | None = None) -> CgroupTracker | None:
     """The cgroup tracker described by ``PROJECTHUB_CGROUPS``, or None when the host
     gave us no groups or no descriptors to write them with -- the caller then uses the
@@ -796,6 +820,7 @@ def tracker_for_daemon(environ: dict[str, str] | None = None) -> CgroupTracker |
     try:
         for fd in set(table.fds.values()):
             os.set_inheritable(fd, False)   # close-on-exec: never into a user process
+        table = _move_high(table)
     except OSError:
         return None   # not the descriptors the host described
     FDS = table
