@@ -403,3 +403,23 @@ def test_read_text_reads_files_longer_than_its_buffer(tmp_path):
         if open("/proc/self/mounts").read() == before:
             break
     assert mounts is not None and mounts == before
+
+
+def test_v2_needs_a_kernel_that_checks_the_openers_credentials(tmp_path, monkeypatch):
+    """Before Linux 5.16 a v2 move was checked with the writer's own credentials, so the
+    daemon could move nothing through root's descriptors: no cgroup tracker then."""
+    from projecthub.host.sandbox import tracker
+    monkeypatch.setattr(tracker, "FDS", tracker.FDS)   # restored after the test
+    (tmp_path / "slot-000").mkdir()
+    (tmp_path / "slot-000" / "cgroup.procs").write_text("")
+    fd = os.open(tmp_path / "slot-000" / "cgroup.procs", os.O_WRONLY)
+    spec = {"version": "v2", "dirs": {"unified": str(tmp_path)}, "home": {"unified": str(tmp_path)},
+            "slots": 1, "fds": {"unified/cgroup.procs": [fd]}, "home_fds": {}}
+    env = {"PROJECTHUB_CGROUPS": json.dumps(spec)}
+    monkeypatch.setattr(tracker, "_kernel_version", lambda: (5, 15))
+    assert tracker.tracker_for_daemon(env) is None
+    monkeypatch.setattr(tracker, "_kernel_version", lambda: (5, 16))
+    t = tracker.tracker_for_daemon(env)
+    assert t is not None and t.kind == "cgroup-v2"
+    for moved in tracker.FDS.fds.values():
+        os.close(moved)

@@ -794,6 +794,14 @@ def _move_high(table: FdTable) -> FdTable:
     return FdTable(moved)
 
 
+def _kernel_version() -> tuple[int, int]:
+    try:
+        major, minor = os.uname().release.split(".")[:2]
+        return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+    except ValueError:
+        return (0, 0)
+
+
 def tracker_for_daemon(environ: dict[str, str] | None = None) -> CgroupTracker | None:
     """The cgroup tracker described by ``PROJECTHUB_CGROUPS``, or None when the host
     gave us no groups or no descriptors to write them with -- the caller then uses the
@@ -810,6 +818,10 @@ def tracker_for_daemon(environ: dict[str, str] | None = None) -> CgroupTracker |
     except (ValueError, KeyError, TypeError):
         return None
     if version not in ("v1", "v2") or not dirs or table is None:
+        return None
+    if version == "v2" and _kernel_version() < (5, 16):
+        # before 5.16 v2 checked the writer's own credentials on the common ancestor's
+        # cgroup.procs (the project group's: root's), so no move would work
         return None
     needed = "tasks" if version == "v1" else "cgroup.procs"
     if not any(p.endswith("/" + needed) for p in table.fds):
