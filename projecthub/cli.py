@@ -297,8 +297,11 @@ def cmd_stop_all(args: argparse.Namespace) -> None:
             store.update_project(project["project_id"], state="stopped",
                                  state_time=datetime.now(timezone.utc))
             stopped.append(project["project_id"])
-        elif disk.attached(data_dir / "projects" / project["project_id"]):
-            sandbox.stop_project(project["project_id"])   # a disk image left mounted: release it
+    # images left mounted (a start that failed after mounting, a project missing from the
+    # store): release every one under this data dir, so no loop device outlives stop-all
+    for base in sorted((data_dir / "projects").glob("*")):
+        if disk.attached(base):
+            sandbox.stop_project(base.name)
     _emit({"stopped": stopped})
 
 

@@ -226,14 +226,17 @@ class Sandbox:
 
     def stop_project(self, project_id: str, timeout_s: float = 5.0) -> None:
         _check_project_id(project_id)
-        if self.driver is not None and project_id in self.driver.project_ids():
-            self.driver.kill(project_id, timeout_s)
-            self.driver.remove(project_id, timeout_s=timeout_s)
-        # Also the fallback sweep: catches anything started before cgroups existed
-        # or by mode "none" without cgroups.
-        _kill_matching(lambda proc: self._belongs(proc, project_id), timeout_s)
-        # Nothing of the project runs any more: unmount its image (frees the loop device).
-        disk.detach(self.project_dir(project_id))
+        try:
+            if self.driver is not None and project_id in self.driver.project_ids():
+                self.driver.kill(project_id, timeout_s)
+                self.driver.remove(project_id, timeout_s=timeout_s)
+            # Also the fallback sweep: catches anything started before cgroups existed
+            # or by mode "none" without cgroups.
+            _kill_matching(lambda proc: self._belongs(proc, project_id), timeout_s)
+        finally:
+            # Unmount the project's image (frees the loop device) even if a kill step
+            # failed: a mount still in use is detached lazily and freed with its last user.
+            disk.detach(self.project_dir(project_id))
 
     def running_projects(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
