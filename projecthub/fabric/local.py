@@ -147,6 +147,7 @@ class _ClientProtocol(_FrameProtocol):
     def on_lost(self, exc: Exception | None) -> None:
         if self.client is not None:
             self.client._fail_all()
+            self.client._notify_lost()
 
 
 class _Stream:
@@ -185,6 +186,10 @@ class FabricClient:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._streams: dict[int, _Stream] = {}
         self._closed = protocol.lost
+        self._closed_here = False
+        # Called once when the far side goes away (not after our own close()): the host
+        # uses it to clean up after a daemon that died.
+        self.on_lost: Callable[[], None] | None = None
         if self._closed:
             self._fail_all()
 
@@ -317,8 +322,17 @@ class FabricClient:
         for state in self._streams.values():
             state.push(ConnectionLost())
 
+    def _notify_lost(self) -> None:
+        callback, self.on_lost = self.on_lost, None
+        if callback is not None and not self._closed_here:
+            try:
+                callback()
+            except Exception:
+                log.exception("on_lost callback failed")
+
     async def close(self) -> None:
         self._closed = True
+        self._closed_here = True
         self._protocol.close()
         await asyncio.sleep(0)   # let connection_lost run (it fails what is still pending)
 

@@ -49,6 +49,7 @@ class DaemonHandle:
     instance_id: str         # random id the daemon picked at start: survives hub restarts
     started: float
     process: subprocess.Popen[bytes] | None = None  # only when this hub process started it
+    daemon_pid: int | None = None  # the daemon itself (SO_PEERCRED), as the host sees it
 
 
 class Host:
@@ -60,6 +61,7 @@ class Host:
         self.jupyter_pool_size = jupyter_pool_size
         self._handles: dict[str, DaemonHandle] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._lost_tasks: set[asyncio.Task[None]] = set()
         self.spares = SparePool(db, data_dir, self._spawn, self._stop_unowned, size=spare_projects)
 
     # -- lifecycle of the host itself ---------------------------------------------------
@@ -151,6 +153,7 @@ class Host:
         if handle is None:
             handle = await self._adopt(project_id, register=False)
         if handle is not None:
+            handle.client.on_lost = None   # this stop cleans up itself
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(handle.client.call("daemon.shutdown", [], 5.0), 5.0)
             await handle.client.close()
@@ -224,7 +227,7 @@ class Host:
             expect = peer.PeerExpectation(
                 project_id, self._expected_uid(project_id), sandbox_pid=int(record["pid"]),
                 daemon_pid=daemon_pid if isinstance(daemon_pid, int) else None)
-            client, info, _ = await self._connect(project_id, expect, 2.0)
+            client, info, who = await self._connect(project_id, expect, 2.0)
         except peer.PeerMismatch:
             # Whatever answers there is not this project's daemon: never adopt it, and
             # stop what is left of the project's own sandbox so a fresh daemon starts.
@@ -233,7 +236,8 @@ class Host:
         except (OSError, asyncio.TimeoutError, RemoteError, KeyError, ValueError, TypeError):
             return None
         handle = DaemonHandle(project_id, client, int(record["pid"]), info["instance_id"],
-                              float(record.get("started", time.time())))
+                              float(record.get("started", time.time())), daemon_pid=who.pid)
+        self._watch(handle)
         if register:
             self._handles[project_id] = handle
             await self._set_state(project_id, "running")
@@ -319,10 +323,43 @@ class Host:
         # The daemon's pid as the host sees it: an adopt after a restart must meet it again.
         _write_json(run_dir / "host.json", {"pid": process.pid, "daemon_pid": who.pid,
                                              "started": started})
-        handle = DaemonHandle(project_id, client, process.pid, info["instance_id"], started, process)
+        handle = DaemonHandle(project_id, client, process.pid, info["instance_id"], started, process,
+                              daemon_pid=who.pid)
+        self._watch(handle)
         log.info("started daemon of %s (pid %s) in %.0f ms", project_id, process.pid,
                  (time.time() - started) * 1000)
         return handle
+
+    def _watch(self, handle: DaemonHandle) -> None:
+        """When a daemon dies (its project can SIGKILL it: same uid), what it started must not
+        live on in its exec groups until the next start: stop the project's sandbox at once."""
+        def lost() -> None:
+            task = asyncio.get_running_loop().create_task(self._after_daemon_lost(handle))
+            self._lost_tasks.add(task)
+            task.add_done_callback(self._lost_tasks.discard)
+        handle.client.on_lost = lost
+
+    async def _after_daemon_lost(self, handle: DaemonHandle) -> None:
+        project_id = handle.project_id
+        if await asyncio.to_thread(_wait_gone_or_alive, handle.daemon_pid, 1.0):
+            return   # the connection dropped but the daemon lives: the next call re-adopts it
+        async with self._lock(project_id):
+            current = self._handles.get(project_id)
+            if current is not None and current is not handle:
+                return   # a new daemon runs already
+            registered = current is handle
+            if registered:
+                self._handles.pop(project_id, None)
+            elif self.spares.is_parked(project_id) or self.is_running(project_id):
+                return
+            log.warning("the daemon of %s died; stopping everything it left in its sandbox", project_id)
+            self._reap(handle)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.sandbox.stop_project, project_id)
+            with contextlib.suppress(FileNotFoundError):
+                (self._run_dir(project_id) / "host.json").unlink()
+            if registered:
+                await self._set_state(project_id, "stopped")
 
     async def _wait_for_ready(self, fd: int, process: subprocess.Popen[bytes]) -> None:
         """Until the daemon writes its ready byte or the pipe closes (it died, or the fd did
@@ -384,6 +421,20 @@ def _alive(pid: Any) -> bool:
         return False
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _wait_gone_or_alive(pid: int | None, timeout: float) -> bool:
+    """True if ``pid`` is still alive after ``timeout`` (False at once when it is gone)."""
+    if pid is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        proc.wait(timeout)
+        return False
+    except psutil.TimeoutExpired:
+        return _alive(pid)
     except psutil.Error:
         return False
 

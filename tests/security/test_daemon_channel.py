@@ -300,3 +300,31 @@ def test_data_dir_and_store_are_private(chan_server: Server) -> None:
         if path.exists():
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, (name, oct(os.stat(path).st_mode))
     assert (data_dir / "hub.db").exists()
+
+
+def test_killing_its_own_daemon_leaves_nothing_running(chan_server: Server) -> None:
+    """User code shares the daemon's uid, so it can SIGKILL it; what it started must then
+    die with the daemon, not live on in its exec groups until the project's next start."""
+    import psutil
+    from tests.security.conftest import wait_until
+    p = new_project(chan_server, chan_server.new_account("Suicide"), "kill own daemon")
+    marker = "4242.4321"
+    kill_daemon = ("for d in /proc/[0-9]*; do "
+                   "if tr '\\0' ' ' < $d/cmdline 2>/dev/null | grep -q 'projecthub.project.daemon import'; "
+                   "then kill -9 ${d#/proc/}; fi; done")
+    r = p.v3("POST", "/exec", {"command": f"setsid -f bash -c 'exec -a sleeper sleep {marker}'; "
+                                          f"sleep 0.5; {kill_daemon}; sleep 30",
+                               "bash": True, "timeout": 60}, timeout=90)
+    assert r.status_code >= 400 or r.json().get("exit_code") != 0, r.text   # its daemon is gone
+
+    def survivors() -> list[int]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if marker in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc.pid)
+            except psutil.Error:
+                pass
+        return found
+    assert wait_until(lambda: not survivors(), timeout=10), f"still running: {survivors()}"
+    assert p.run("echo back")["stdout"] == "back\n"   # the next call starts a fresh daemon

@@ -56,11 +56,12 @@ def test_a_cannot_read_list_write_or_delete_b_files(server: Server, proj_a: Proj
         assert "secret.txt" not in out["stdout"], f"listed B's home through {path}: {out['stdout']}"
     # The file API goes through A's daemon too: same paths, same result.
     for path in targets:
-        try:
-            text = proj_a.client.system.read_text_file_from_project(path=path)
-        except Exception as exc:  # an error is the expected outcome
-            text = str(exc)
-        assert secret not in str(text), f"file API leaked B's secret through {path}"
+        r = httpx.post(f"{proj_a.server.url}/api/conat/project",
+                       json={"name": "system.readTextFileFromProject", "args": [{"path": path}],
+                             "project_id": proj_a.project_id},
+                       headers={"Authorization": f"Bearer {proj_a.key}"}, timeout=30)
+        assert r.status_code in (200, 400), r.text   # an {"error": ...} is the expected outcome
+        assert secret not in r.text, f"file API leaked B's secret through {path}"
     # B is untouched.
     assert (proj_b.home / "secret.txt").read_text().strip() == secret
     assert not any(p.name.startswith("pwned") or p.name.endswith(".moved") for p in proj_b.home.iterdir())

@@ -17,7 +17,8 @@ Mount plan (one long-lived sandbox per project; a bwrap per exec would cost
   sandbox, see ``fabric/peer.py``);
 * /etc/passwd, /etc/group and the emptied shadow files are copied in from file
   descriptors (``--ro-bind-data``), so no data-dir path shows in the sandbox's mountinfo;
-* the project's own cgroup directories, writable, at their host paths;
+* the project's own cgroup directories, read-only, at their host paths (the daemon
+  writes them through descriptors the host opened);
 * a seccomp filter that refuses new user namespaces (``seccomp.py``).
 
 Every option reaches bwrap through ``--args FD``: the sandbox's pid 1 is a bwrap
@@ -231,7 +232,9 @@ def _fill(b: ArgvBuilder, feats: frozenset[str], *, privileged: bool, network: b
     b.mount("--bind", str(home), HOME_INSIDE)
     b.mount("--bind", str(state_dir), STATE_INSIDE)
     for d in cgroup_dirs:
-        b.mount("--bind", d, d)
+        # read-only: the daemon writes its groups only through descriptors the host opened
+        # (tracker.py), so nothing inside needs a writable cgroup path.
+        b.mount("--ro-bind", d, d)
     # The daemon works from "/", never from the home (whose files are hostile to it);
     # user processes get their cwd explicitly.
     b.raw("--chdir", "/")
