@@ -30,6 +30,7 @@ device files.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -395,16 +396,8 @@ def _empty(d: Path) -> None:
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(path, ignore_errors=True)
         else:
-            with _suppress_os():
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-
-
-class _suppress_os:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
 
 
 def _run(argv: list[str], *, check: bool = True, ok_codes: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
@@ -464,7 +457,7 @@ def probe(scratch: Path) -> tuple[bool, str]:
         return True, (f"per-project sparse ext4 image, loop-mounted at the home (ENOSPC at the "
                       f"limit; probe {1000 * (time.monotonic() - t0):.0f} ms)")
     except (DiskError, OSError) as e:
-        with _suppress_os():
+        with contextlib.suppress(OSError):
             detach(base)
         return False, f"loop-mounted image does not work here: {e}"
     finally:
