@@ -218,7 +218,9 @@ def detach(base: Path) -> None:
     mount (say a host-side fd still open in the home) is detached lazily and freed when closed.
     """
     for path in [base / name for name in BOUND_DIRS] + [mount_point(base)]:
-        while is_mounted(path):   # a bind may have been stacked twice by a crash: peel all
+        for _ in range(8):   # a bind may have been stacked twice by a crash: peel them all
+            if not is_mounted(path):
+                break
             _umount(path)
 
 
