@@ -119,7 +119,11 @@ def image_size(base: Path) -> int | None:
 
 
 def _superblock(img: Path | str) -> dict[str, str]:
-    r = _run(["dumpe2fs", "-h", str(img)], check=False)
+    """dumpe2fs -h as a dict; empty when it cannot be read (no e2fsprogs, not ext4)."""
+    try:
+        r = _run(["dumpe2fs", "-h", str(img)], check=False)
+    except DiskError:
+        return {}
     fields: dict[str, str] = {}
     for line in r.stdout.splitlines():
         k, sep, v = line.partition(":")
