@@ -10,6 +10,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -169,3 +170,20 @@ def test_no_project_starts_when_the_data_disk_is_below_its_floor(base: Path) -> 
     disk.attach(inner, 16 * MiB)
     assert disk.attached(inner)
     disk.detach(inner)
+
+
+def test_without_root_the_probe_says_disk_limits_are_not_enforced(tmp_path: Path) -> None:
+    require("root (to drop to an unprivileged uid) and setpriv",
+            os.geteuid() == 0 and shutil.which("setpriv") is not None)
+    scratch = Path(tempfile.mkdtemp(prefix="phdisknr", dir="/tmp"))
+    os.chown(scratch, 65534, 65534)
+    code = ("import sys; from pathlib import Path; from projecthub.host.sandbox import disk; "
+            f"ok, detail = disk.probe(Path({str(scratch)!r})); print(ok, detail)")
+    try:
+        r = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                            sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           cwd=str(Path(__file__).resolve().parents[2]), env={"PATH": os.environ["PATH"]})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("False") and "not root" in r.stdout, r.stdout
