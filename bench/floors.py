@@ -50,6 +50,14 @@ def direct_spawn(cases: list[dict[str, Any]], timeout: float = 600) -> list[dict
     return _spawner_results(out.stdout)
 
 
+def _close(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def sandboxed_spawn(cases: list[dict[str, Any]], timeout: float = 600) -> list[dict[str, Any]]:
     """The same spawner, started like a project daemon: projecthub's own Sandbox builds
     the bwrap + cgroup + setpriv uid drop command (root) and the spawner runs in it."""
@@ -65,7 +73,10 @@ def sandboxed_spawn(cases: list[dict[str, Any]], timeout: float = 600) -> list[d
     argv, kwargs = sandbox.daemon_command(prepared, [PY, "-c", SPAWNER_SRC, json.dumps(cases)], env)
     kwargs.pop("start_new_session", None)
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+        finally:
+            _close(kwargs.get("pass_fds", ()))   # bwrap's options and data: read once per start
         if out.returncode:
             raise RuntimeError(out.stderr[-2000:])
         res = _spawner_results(out.stdout)
@@ -93,12 +104,16 @@ def sandboxed_python_start(n: int) -> dict[str, Any]:
     out: dict[str, Any] = {"sandbox": sandbox.report.mode}
     try:
         for name, code in (("python_pass", "pass"), ("python_import_daemon", "import projecthub.project.daemon")):
-            argv, kwargs = sandbox.daemon_command(prepared, [PY, "-c", code], env)
-            kwargs.pop("start_new_session", None)
             samples = []
             for _ in range(n + 1):
+                # a fresh command per start: bwrap reads its options and data fds to the end
+                argv, kwargs = sandbox.daemon_command(prepared, [PY, "-c", code], env)
+                kwargs.pop("start_new_session", None)
                 t0 = time.perf_counter()
-                r = subprocess.run(argv, capture_output=True, timeout=60, **kwargs)
+                try:
+                    r = subprocess.run(argv, capture_output=True, timeout=60, **kwargs)
+                finally:
+                    _close(kwargs.get("pass_fds", ()))
                 samples.append(time.perf_counter() - t0)
                 if r.returncode:
                     raise RuntimeError(r.stderr.decode()[-2000:])

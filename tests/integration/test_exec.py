@@ -193,7 +193,7 @@ def test_commands_are_the_oom_killers_first_choice_and_the_daemon_is_not(
     hub.projects.start(project_id)
     top = psutil.Process(hub.projects.status(project_id)["project.pid"])
     daemon = next(p for p in [top, *top.children(recursive=True)]
-                  if "projecthub.project.daemon" in p.cmdline())
+                  if "projecthub.project.daemon" in " ".join(p.cmdline()))
     baseline = int(open(f"/proc/{daemon.pid}/oom_score_adj").read())
     assert baseline < CHILD_OOM_SCORE_ADJ
     for _ in range(3):   # every exec raises the daemon's value for its spawn, then restores it

@@ -46,7 +46,7 @@ def wait_for_ready_spare(server: Server, timeout: float = 30.0) -> tuple[str, in
     while time.monotonic() < deadline:
         for project_id in spare_ids(server):
             pid = daemon_pid(server, project_id)
-            if pid is not None and (server.data_dir / "projects" / project_id / "run").exists():
+            if pid is not None and (server.data_dir / "projects" / project_id / "home").exists():
                 time.sleep(0.2)   # host.json is written before the daemon answers: let it finish
                 return project_id, pid
         time.sleep(0.1)

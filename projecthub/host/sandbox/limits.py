@@ -18,6 +18,10 @@ _SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 # Lower bounds below which a project cannot even start its daemon (python + bwrap).
 _MIN_MEMORY = 32 * 2**20
 _MIN_PIDS = 8
+# Upper bounds the kernel accepts: a larger value is refused here with a clear message
+# instead of failing the project's start with EINVAL from the cgroup file.
+_MAX_PIDS = 4_194_304 - 128         # PID_MAX_LIMIT, less the daemon's headroom (PIDS_HEADROOM)
+_MAX_BYTES = 2**50                  # 1 PiB: far above any machine, below page_counter's max
 _MIN_TMP = 1 * 2**20
 # disk_bytes: ext4 needs a few MiB of metadata; the upper bound is ext4's file size limit
 # for the sparse image (4 KiB blocks), so a typo fails here and not inside mkfs.
@@ -92,6 +96,8 @@ def _coerce(name: str, value: Any) -> Any:
         lo = _MIN_MEMORY if name == "memory_bytes" else _MIN_TMP
         if n < lo:
             raise ValueError(f"{name}: must be at least {lo} bytes ({lo // 2**20} MiB), got {n}")
+        if n > _MAX_BYTES:
+            raise ValueError(f"{name}: must be at most {_MAX_BYTES} bytes (1 PiB), got {n}")
         return n
     if name == "disk_bytes":
         n = parse_size(name, value)
@@ -100,8 +106,8 @@ def _coerce(name: str, value: Any) -> Any:
         return n
     if name == "pids":
         n = _int(name, value)
-        if n < _MIN_PIDS:
-            raise ValueError(f"pids: must be at least {_MIN_PIDS}, got {n}")
+        if not _MIN_PIDS <= n <= _MAX_PIDS:
+            raise ValueError(f"pids: must be between {_MIN_PIDS} and {_MAX_PIDS}, got {n}")
         return n
     if name == "cpu_shares":
         n = _int(name, value)
