@@ -13,7 +13,7 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .config import ServerSettings, default_data_dir, parse_range, prepare_data_dir
 
@@ -198,17 +198,8 @@ def cmd_project_limits(args: argparse.Namespace) -> None:
     if project is None:
         _fail(f"no project with id {args.project}")
     settings = dict(project.get("settings") or {})
-    overrides = dict(settings.get("limits", {}))
-    for item in args.set or []:
-        name, sep, raw = item.partition("=")
-        if not sep:
-            _fail(f"--set takes NAME=VALUE, got {item!r}")
-        try:
-            overrides[name] = json.loads(raw)
-        except ValueError:
-            overrides[name] = raw  # sizes such as 2G stay strings; ProjectLimits parses them
-    for name in args.unset or []:
-        overrides.pop(name, None)
+    # sizes such as 2G stay strings; ProjectLimits parses them
+    overrides = _edit_overrides(settings.get("limits", {}), args, lambda name, raw: raw)
     defaults = ProjectLimits.from_json(json.loads(os.environ.get("PROJECTHUB_DEFAULT_LIMITS") or "{}"))
     try:
         effective = ProjectLimits.merged(defaults, overrides)
@@ -227,14 +218,11 @@ def cmd_project_limits(args: argparse.Namespace) -> None:
            "note": "applied at the project's next start" if args.set or args.unset else None})
 
 
-def cmd_account_limits(args: argparse.Namespace) -> None:
-    """Show or override an account's caps (max_projects, max_running_projects)."""
-    from .hub.account_limits import AccountLimits
-    store = _store(args.data_dir)
-    account = store.get_account(args.account)
-    if account is None:
-        _fail(f"no account with id {args.account}")
-    overrides = dict(store.get_account_limits(args.account))
+def _edit_overrides(current: dict[str, Any], args: argparse.Namespace,
+                    not_json: Callable[[str, str], Any]) -> dict[str, Any]:
+    """``current`` with ``--set NAME=VALUE`` (a JSON value, else ``not_json(name, raw)``) and
+    ``--unset NAME`` applied."""
+    overrides = dict(current)
     for item in args.set or []:
         name, sep, raw = item.partition("=")
         if not sep:
@@ -242,9 +230,21 @@ def cmd_account_limits(args: argparse.Namespace) -> None:
         try:
             overrides[name] = json.loads(raw)
         except ValueError:
-            _fail(f"{name} must be a non-negative integer or null, got {raw!r}")
+            overrides[name] = not_json(name, raw)
     for name in args.unset or []:
         overrides.pop(name, None)
+    return overrides
+
+
+def cmd_account_limits(args: argparse.Namespace) -> None:
+    """Show or override an account's caps (max_projects, max_running_projects)."""
+    from .hub.account_limits import AccountLimits
+    store = _store(args.data_dir)
+    account = store.get_account(args.account)
+    if account is None:
+        _fail(f"no account with id {args.account}")
+    overrides = _edit_overrides(store.get_account_limits(args.account), args, lambda name, raw: _fail(
+        f"{name} must be a non-negative integer or null, got {raw!r}"))
     try:
         overrides = AccountLimits.check(overrides)
         defaults = AccountLimits.from_json(json.loads(os.environ.get("PROJECTHUB_ACCOUNT_LIMITS") or "{}"))

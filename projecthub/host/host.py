@@ -255,15 +255,21 @@ class Host:
             await self._set_state(project_id, "running")
             return handle
         except RemoteError:
-            await self._set_state(project_id, "stopped")
+            await self._failed_start(project_id)
             raise
         except Exception as exc:  # sandbox/OS failures reach callers as a clear error
             log.exception("could not start project %s", project_id)
-            await self._set_state(project_id, "stopped")
+            await self._failed_start(project_id)
             raise RemoteError(f"Error: project {project_id} could not start: {exc}") from exc
         except BaseException:
-            await self._set_state(project_id, "stopped")
+            await asyncio.shield(self._failed_start(project_id))
             raise
+
+    async def _failed_start(self, project_id: str) -> None:
+        """Nothing of a failed start stays behind: processes, cgroups, the mounted image."""
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.sandbox.stop_project, project_id)
+        await self._set_state(project_id, "stopped")
 
     async def _spawn(self, project: dict[str, Any]) -> DaemonHandle:
         """Start ``project``'s daemon in its sandbox; the caller registers the handle."""
