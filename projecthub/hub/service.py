@@ -299,6 +299,10 @@ class HubService:
         await self.db.delete_project(project_id)
         self._forget_collaborators(project_id)
         await self.host.stop(project_id)
+        try:   # its files go too (image and dirs): the data disk gets the space back, no undelete
+            await asyncio.to_thread(self.host.sandbox.purge_project, project_id)
+        except Exception:   # the project is deleted either way; an operator can remove the dir
+            log.exception("could not remove the files of deleted project %s", project_id)
 
     async def project_state(self, project_id: str) -> dict[str, Any]:
         project = await self.db.get_project(project_id)
@@ -331,8 +335,9 @@ class HubService:
 
     async def set_limits(self, project_id: str, overrides: dict[str, Any], *,
                          account_id: str | None = None) -> dict[str, Any]:
-        """Per-project overrides.  Anyone on the project may tighten a limit; only an admin
-        (or the CLI, ``account_id=None``) may raise one above the server default."""
+        """Per-project overrides.  The owner may only tighten the project's *current* effective
+        limits (which include what an operator set: an owner must not undo an operator's
+        restriction); only an admin (or the CLI, ``account_id=None``) may loosen any."""
         project = await self.db.get_project(project_id)
         if project is None:
             raise RemoteError(f"Error: project {project_id} does not exist")
@@ -340,18 +345,26 @@ class HubService:
             # a collaborator could otherwise squeeze the owner's project to nothing
             raise RemoteError("Error: only the project's owner or an admin may change its limits",
                               status=403)
+        if not isinstance(overrides, dict):
+            raise RemoteError("Error: limits must be a JSON object")
         settings = dict(project.get("settings") or {})
-        merged_overrides = {**settings.get("limits", {}), **overrides}
+        stored = dict(settings.get("limits") or {})
+        # keys absent from the request keep their stored (e.g. operator-set) values
+        merged_overrides = {**stored, **overrides}
         defaults = self.host.sandbox.config.defaults
         try:
             limits = ProjectLimits.merged(defaults, merged_overrides)
         except ValueError as exc:
             raise RemoteError(f"Error: {exc}")
         if account_id is not None and not await self._is_admin(account_id):
-            raised = _raised_limits(defaults, limits)
+            try:
+                current = ProjectLimits.merged(defaults, stored)
+            except ValueError:   # a stored override the server no longer accepts: be strict
+                current = ProjectLimits.merged(defaults, {})
+            raised = _raised_limits(current, limits)
             if raised:
                 raise RemoteError(f"Error: only an admin may raise {', '.join(raised)} above the "
-                                  "server default", status=403)
+                                  "project's current limit", status=403)
         try:   # e.g. disk_bytes below what the project already stores: could never apply
             await asyncio.to_thread(self.host.sandbox.check_limits, project_id, limits)
         except ValueError as exc:
@@ -488,15 +501,16 @@ def check_fields(**fields: Any) -> None:
             raise RemoteError(f"Error: {exc}", status=400)
 
 
-def _raised_limits(defaults: ProjectLimits, limits: ProjectLimits) -> list[str]:
-    """Names of limits that ``limits`` loosens compared with ``defaults``."""
+def _raised_limits(current: ProjectLimits, limits: ProjectLimits) -> list[str]:
+    """Names of limits that ``limits`` loosens compared with ``current``: a larger value,
+    ``None`` (unlimited) where ``current`` has a limit, network on where it is off."""
     raised = []
-    for name, default in defaults.to_json().items():
+    for name, now in current.to_json().items():
         value = getattr(limits, name)
-        if isinstance(default, bool) or isinstance(value, bool):
-            if value and not default:  # e.g. network access where the default is none
+        if isinstance(now, bool) or isinstance(value, bool):
+            if value and not now:  # e.g. network access where the project has none
                 raised.append(name)
-        elif default is not None and (value is None or value > default):
+        elif now is not None and (value is None or value > now):
             raised.append(name)
     return raised
 

@@ -94,7 +94,16 @@ def test_limit_changes_by_v3_and_cli_apply_and_data_survives_stop_start(fresh_a,
 
     # v3: growing applies live (where the host has CAP_SYS_RESOURCE, else at the next
     # start); shrinking below what is stored is refused clearly
-    assert a.set_limits(disk_bytes="128M")["disk_bytes"] == 128 * MiB
+    # the owner may only tighten its current limits (review item 5): growing is an admin's call
+    assert a.v3("PUT", "/limits", {"disk_bytes": "128M"}).status_code == 403
+    admin = server.cli("account", "create", "--name", "Disk Admin", "--admin")
+    r = httpx.post(server.url + "/api/conat/hub", headers={"Authorization": f"Bearer {a.key}"},
+                   json={"name": "projects.addCollaborator",
+                         "args": [{"opts": {"project_id": a.project_id, "account_id": admin["account_id"]}}]},
+                   timeout=30)
+    assert r.status_code == 200 and "error" not in r.json(), r.text
+    r = a.v3("PUT", "/limits", {"disk_bytes": "128M"}, key=admin["api_key"])
+    assert r.status_code == 200 and r.json()["disk_bytes"] == 128 * MiB, r.text
     if not can_grow_online():
         a.stop()
     assert 110 * 1024 <= _size_kib(a) <= 128 * 1024
