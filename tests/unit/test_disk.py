@@ -187,3 +187,98 @@ def test_without_root_the_probe_says_disk_limits_are_not_enforced(tmp_path: Path
         shutil.rmtree(scratch, ignore_errors=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("False") and "not root" in r.stdout, r.stdout
+
+
+# ------------------------------------------------------------------ review of issue 14 (findings 1, 8, 10)
+
+def _allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def test_deleted_files_give_their_space_back_to_the_data_disk(base: Path) -> None:
+    """Mounted with discard: the loop driver punches holes in the backing file."""
+    disk.attach(base, 64 * MiB)
+    img = base / "disk.img"
+    before = _allocated(img)
+    (base / "home" / "big").write_bytes(os.urandom(24 * MiB))
+    os.sync()
+    assert _allocated(img) >= before + 24 * MiB
+    (base / "home" / "big").unlink()
+    os.sync()
+    assert _allocated(img) <= before + 2 * MiB, (before, _allocated(img))
+
+
+def test_an_image_that_grew_before_discard_is_trimmed_at_its_next_mount(base: Path) -> None:
+    disk.attach(base, 64 * MiB)
+    img = base / "disk.img"
+    before = _allocated(img)
+    disk.detach(base)
+    # write and delete with the old mount options (no discard): the backing file keeps it
+    mnt = base / "disk"
+    subprocess.run(["mount", "-o", "loop,nosuid,nodev", str(img), str(mnt)], check=True, timeout=30)
+    (mnt / "home" / "old").write_bytes(os.urandom(16 * MiB))
+    os.sync()
+    (mnt / "home" / "old").unlink()
+    os.sync()
+    subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+    assert _allocated(img) >= before + 16 * MiB
+    disk.attach(base, 64 * MiB)
+    assert _allocated(img) <= before + 2 * MiB, (before, _allocated(img))
+
+
+def test_the_image_root_is_root_0700_once_mounted(base: Path) -> None:
+    disk.attach(base, 32 * MiB)
+    st = (base / "disk").stat()
+    assert disk.attached(base) and st.st_mode & 0o777 == 0o700 and st.st_uid == 0
+
+
+def test_no_image_mounts_when_the_data_disk_cannot_back_every_mounted_limit(base: Path) -> None:
+    """Two projects whose limits together exceed the data disk: the second is refused
+    before it has an image, and starts once the first has stopped."""
+    disk.attach(base, 64 * MiB)                   # a ~60 MiB "data disk" for inner projects
+    p1, p2 = base / "home" / "projects" / "p1", base / "home" / "projects" / "p2"
+    p1.mkdir(parents=True)
+    p2.mkdir()
+    disk.attach(p1, 40 * MiB)
+    try:
+        with pytest.raises(disk.DiskError, match="insufficient storage.*running projects may still write"):
+            disk.attach(p2, 40 * MiB)
+        assert not (p2 / "disk.img").exists() and not disk.attached(p2)
+        assert disk.mounted_images(p1.parent) == [p1 / "disk.img"]
+        disk.attach(p2, 8 * MiB)                  # a small one still fits
+        disk.detach(p2)
+    finally:
+        disk.detach(p1)
+    disk.attach(p2, 40 * MiB)
+    try:
+        # the image exists now, but p1's remaining limit is again too much to back
+        with pytest.raises(disk.DiskError, match="insufficient storage"):
+            disk.attach(p1, 40 * MiB)
+        assert not disk.attached(p1)
+    finally:
+        disk.detach(p2)
+
+
+def test_purge_removes_a_deleted_projects_image_and_dirs(base: Path) -> None:
+    disk.attach(base, 32 * MiB)
+    (base / "home" / "f").write_bytes(b"x" * MiB)
+    disk.purge(base)
+    assert not base.exists() and str(base) not in _loops()
+    base.mkdir()   # for the fixture's teardown
+
+
+def test_a_shrink_below_resize2fs_minimum_is_refused_up_front(base: Path) -> None:
+    """Many inodes pin block groups: 16000 empty files use < 1 MiB but resize2fs cannot
+    go below ~64 MiB.  check_new_limit used to compare bytes only and accept 48 MiB."""
+    disk.attach(base, 128 * MiB)
+    for i in range(16000):
+        (base / "home" / f"f{i}").touch()
+    disk.detach(base)
+    assert (disk.used_bytes(base) or 0) < 4 * MiB
+    minimum = disk.min_bytes(base / "disk.img")
+    assert minimum is not None and minimum > 48 * MiB
+    with pytest.raises(ValueError, match=r"disk_bytes: .*cannot shrink below .*resize2fs -P"):
+        disk.check_new_limit(base, 48 * MiB)
+    disk.check_new_limit(base, minimum + MiB)
+    disk.attach(base, minimum + MiB)
+    assert disk.image_size(base) == minimum + MiB

@@ -3,12 +3,22 @@
 Why an image: the data filesystem here (ext4 on /) has no project quotas, and uid
 quotas would need the filesystem remounted; an image is a real kernel limit that
 works on any backing filesystem.  A project that fills its image gets ENOSPC from
-its own filesystem -- the data disk, other projects and the hub's store are untouched.
+its own filesystem.
+
+The images are sparse, so two more rules keep them from hurting each other and the hub:
+- space a project frees comes back to the data disk: images are mounted with
+  ``discard`` (the loop driver punches holes in the backing file) and trimmed once at
+  every mount (images that grew before this existed);
+- no overcommit between running projects: an image is mounted only if the data
+  filesystem can back the rest of every mounted image's limit, plus this one's, and
+  keep a reserve (``check_commitment``, under a lock shared by every hub and CLI on the
+  data dir).  So a running project's write can fail on the data disk only if something
+  outside projecthub fills it.
 
 Layout of ``projects/<id>/`` (``base``):
 
     disk.img              the sparse image (root 0600); its apparent size is the limit
-    disk/                 mount point of the image (root 0700, not traversable by projects)
+    disk/                 mount point of the image; its root is made root 0700 after mounting
         home/ state/      the project's writable directories, inside the image
     home state            bind mounts of disk/home and disk/state
 
@@ -21,7 +31,8 @@ cannot fill.
 Lifecycle: ``attach`` when the project starts (creates the image on first use,
 copying an existing plain home/state into it -- nothing is lost -- and applies a
 changed limit: shrink offline, never below what is in use), ``grow`` while it runs
-(online resize2fs), ``detach`` when it stops (no loop device is left behind).
+(online resize2fs), ``detach`` when it stops (no loop device is left behind), ``purge``
+when the project is deleted (its image and directories are removed: no undelete).
 
 Everything here runs as root on the host; nothing in ``base`` except the inside of
 the image is writable by the project, and the image is never mounted with suid or
@@ -34,11 +45,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import logging
+import re
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger("projecthub.host.disk")
@@ -60,6 +74,8 @@ _MIGRATION_SLACK = 16 * 2**20
 # are sparse (overcommitted), and the hub's store shares that filesystem.
 _HOST_FLOOR_MAX = 2**30
 _HOST_FLOOR_FRACTION = 0.02
+# Serialises check-and-mount across threads and processes (hub, CLI) on one data dir.
+_LOCK_NAME = ".disk.lock"
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
@@ -159,25 +175,97 @@ def used_bytes(base: Path) -> int | None:
         return None
 
 
+def _free_and_floor(base: Path) -> tuple[int, int]:
+    st = os.statvfs(base)
+    return st.f_bavail * st.f_frsize, min(_HOST_FLOOR_MAX, int(st.f_blocks * st.f_frsize * _HOST_FLOOR_FRACTION))
+
+
+def unbacked_bytes(img: Path) -> int:
+    """How much more of the data disk ``img`` may still take: its size (the limit) minus
+    what the backing file already holds."""
+    try:
+        st = img.stat()
+    except FileNotFoundError:
+        return 0
+    return max(0, st.st_size - st.st_blocks * 512)
+
+
+def mounted_images(projects: Path) -> list[Path]:
+    """The images of ``projects/*`` that are mounted now (their projects are running)."""
+    root = os.path.realpath(projects)
+    out = []
+    for mp in _mount_points():
+        parent, name = os.path.split(mp)
+        if name == MOUNT_NAME and os.path.dirname(parent) == root:
+            out.append(Path(parent) / IMAGE_NAME)
+    return out
+
+
+def check_commitment(base: Path, extra: int) -> None:
+    """DiskError unless the data filesystem can back ``extra`` more bytes for ``base`` on top
+    of what every other mounted image may still write, and keep its reserve.  Call with
+    ``_commit_lock`` held."""
+    free, floor = _free_and_floor(base)
+    own = os.path.realpath(image_path(base))
+    others = sum(unbacked_bytes(img) for img in mounted_images(base.parent) if str(img) != own)
+    if others + extra > free - floor:
+        raise DiskError(f"insufficient storage: the server's data disk has {_fmt(free)} free; running "
+                        f"projects may still write {_fmt(others)} into their images, this project "
+                        f"{_fmt(extra)} more, and {_fmt(floor)} stay reserved; stop a project or "
+                        f"lower disk_bytes")
+
+
+@contextlib.contextmanager
+def _commit_lock(base: Path) -> Iterator[None]:
+    """flock on ``projects/.disk.lock``: one check-and-mount at a time per data dir."""
+    fd = os.open(base.parent / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def check_host_space(base: Path) -> None:
     """DiskError when the data filesystem is below its floor: starting (and so growing) one
     more sparse image could then fill the disk the hub's store lives on."""
-    st = os.statvfs(base)
-    free = st.f_bavail * st.f_frsize
-    floor = min(_HOST_FLOOR_MAX, int(st.f_blocks * st.f_frsize * _HOST_FLOOR_FRACTION))
+    free, floor = _free_and_floor(base)
     if free < floor:
         raise DiskError(f"insufficient storage: the server's data disk has {_fmt(free)} free, below "
                         f"its floor of {_fmt(floor)}; projects cannot start until space is freed")
 
 
 def check_new_limit(base: Path, size: int | None) -> None:
-    """Refuse a limit below what the project already stores (a shrink could not apply)."""
+    """Refuse a limit below what the project already stores (a shrink could not apply).
+
+    Bytes in use are not enough: resize2fs cannot shrink below the block groups that hold
+    inodes and directories (a project that spreads many directories pins a filesystem of
+    GiBs with MiBs of data), so an unmounted image is also checked against ``resize2fs -P``.
+    Mounted, that estimate reads stale on-disk counters and is not used: such a shrink
+    may still fail at the next start, which then keeps the old size and logs it."""
     if size is None:
         return
     used = used_bytes(base)
     if used is not None and used + _MIGRATION_SLACK // 4 > size:
         raise ValueError(f"disk_bytes: the project already uses {_fmt(used)} of disk; "
                          f"delete files first or choose more than {_fmt(used + _MIGRATION_SLACK // 4)}")
+    current = image_size(base)
+    if current is not None and size < current and not attached(base):
+        minimum = min_bytes(image_path(base))
+        if minimum is not None and size < minimum:
+            raise ValueError(f"disk_bytes: the project's filesystem cannot shrink below {_fmt(minimum)} "
+                             f"({minimum} bytes, resize2fs -P); choose at least that")
+
+
+def min_bytes(img: Path) -> int | None:
+    """``resize2fs -P``: the smallest size the unmounted filesystem in ``img`` can shrink to."""
+    sb = _superblock(img)
+    try:
+        r = _run(["resize2fs", "-P", str(img)], check=False)
+        m = re.search(r"minimum size of the filesystem: (\d+)", r.stdout)
+        return int(m.group(1)) * int(sb["Block size"]) if m else None
+    except (DiskError, KeyError, ValueError):
+        return None
 
 
 # ------------------------------------------------------------------------------ lifecycle
@@ -197,16 +285,23 @@ def attach(base: Path, size: int | None) -> None:
         _bind_all(base)
         return
     check_host_space(base)
-    if not img.exists():
-        if size is None:
-            return
-        _create(base, size)
-    elif size is not None and (image_size(base) != size or fs_bytes(img) != size):
-        _resize_offline(img, size)
-    mnt.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(mnt, 0o700)
-    _mount_image(img, mnt)
+    if not img.exists() and size is None:
+        return
+    with _commit_lock(base):
+        if not img.exists():
+            check_commitment(base, size)   # before mkfs: a refused start makes no image
+            _create(base, size)
+        elif size is not None and (image_size(base) != size or fs_bytes(img) != size):
+            _resize_offline(img, size)
+        # the image as it now is (a refused shrink keeps its old size) must be backed
+        check_commitment(base, unbacked_bytes(img))
+        mnt.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(mnt, 0o700)
+        _mount_image(img, mnt)
     try:
+        os.chmod(mnt, 0o700)   # the image's root, now: not traversable by projects
+        # returns what an image made before ``discard`` kept of deleted files (ms when none)
+        _run(["fstrim", str(mnt)], check=False)
         for name in BOUND_DIRS:
             (mnt / name).mkdir(mode=0o700, exist_ok=True)
         _bind_all(base)
@@ -238,6 +333,16 @@ def grow(base: Path, size: int) -> bool:
     dev = _loop_device(image_path(base))
     if dev is None or not can_grow_online():
         return False
+    with _commit_lock(base):
+        try:
+            check_commitment(base, unbacked_bytes(image_path(base)) + size - current)
+        except DiskError as e:
+            log.warning("not growing %s now: %s", dev, e)   # the next start checks again
+            return False
+        return _grow_locked(base, dev, size)
+
+
+def _grow_locked(base: Path, dev: str, size: int) -> bool:
     with open(image_path(base), "r+b") as f:
         os.ftruncate(f.fileno(), size)
     r = _run(["losetup", "-c", dev], check=False)
@@ -266,6 +371,15 @@ def remove(base: Path) -> None:
     detach(base)
     for p in (image_path(base), image_path(base).with_suffix(".new")):
         p.unlink(missing_ok=True)
+
+
+def purge(base: Path) -> None:
+    """A deleted project's files: the image and ``base`` itself go (there is no undelete).
+    The project must be stopped; nothing is removed while anything is still mounted in it."""
+    remove(base)
+    if attached(base) or any(is_mounted(base / name) for name in BOUND_DIRS):
+        raise DiskError(f"cannot delete {base}: still mounted")
+    shutil.rmtree(base, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ internals
@@ -324,11 +438,14 @@ def _resize_offline(img: Path, size: int) -> None:
         os.ftruncate(f.fileno(), size)
 
 
+# discard: a file the project deletes frees its blocks in the backing file too (the loop
+# driver punches holes), so the data disk gets the space back -- measured: 100 MiB written
+# then deleted leaves the image's allocation where it was before (stat -c %b);
 # nosuid/nodev: a file the project made cannot become setuid or a device on the host;
 # noatime: reads do not write; noinit_itable: no kernel thread zeroing the inode tables
 # that mkfs left uninitialised (lazy_itable_init) -- ~160 MiB of writes per 10 GiB image,
 # needless with checksummed group descriptors.
-_MOUNT_OPTIONS = "loop,nosuid,nodev,noatime,noinit_itable"
+_MOUNT_OPTIONS = "loop,nosuid,nodev,noatime,noinit_itable,discard"
 
 
 def _mount_image(img: Path, mnt: Path) -> None:
