@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +33,8 @@ from .spares import SparePool
 log = logging.getLogger("projecthub.host")
 
 _START_TIMEOUT_S = 30.0
+_ADOPT_TIMEOUT_S = 5.0
+_ADOPT_CONCURRENCY = 8
 
 # How a daemon starts: ``python -I -c DAEMON_BOOT PATH_ENTRY options...``.  ``-I`` keeps the
 # cwd, PYTHON* variables and the user site off ``sys.path`` (a planted ``~/zmq.py`` must
@@ -70,17 +73,22 @@ class Host:
         projects = await self.db.list_all_projects()
         spare_ids = [p["project_id"] for p in projects if p.get("state") == SPARE_STATE]
         known = {p["project_id"] for p in projects if not p.get("deleted")} - set(spare_ids)
-        for project in projects:
+        # Concurrently, a few at a time: one project whose daemon does not answer must not
+        # hold up the others (nor the server's start) for its whole timeout.
+        limit = asyncio.Semaphore(_ADOPT_CONCURRENCY)
+
+        async def resume(project: dict[str, Any]) -> None:
             project_id = project["project_id"]
-            if project.get("deleted") or project_id in spare_ids:
-                continue
-            if project.get("state") in ("running", "starting"):
-                if await self._adopt(project_id) is None:
-                    await self._set_state(project_id, "stopped")
-            elif _alive((_read_json(self._run_dir(project_id) / "host.json") or {}).get("pid")):
-                # A stopped project whose daemon is alive was parked by the previous server
-                # (see spares.py): nobody started it, so it must not keep running.
-                await self._stop_unowned(project_id, None)
+            async with limit:
+                if project.get("state") in ("running", "starting"):
+                    if await self._adopt(project_id) is None:
+                        await self._set_state(project_id, "stopped")
+                elif _alive((_read_json(self._run_dir(project_id) / "host.json") or {}).get("pid")):
+                    # A stopped project whose daemon is alive was parked by the previous
+                    # server (see spares.py): nobody started it, so it must not keep running.
+                    await self._stop_unowned(project_id, None)
+        await asyncio.gather(*(resume(p) for p in projects
+                               if not p.get("deleted") and p["project_id"] not in spare_ids))
         await self.spares.start(spare_ids)
         with contextlib.suppress(Exception):
             killed = await asyncio.to_thread(self.sandbox.kill_strays, known)
@@ -227,13 +235,20 @@ class Host:
             expect = peer.PeerExpectation(
                 project_id, self._expected_uid(project_id), sandbox_pid=int(record["pid"]),
                 daemon_pid=daemon_pid if isinstance(daemon_pid, int) else None)
-            client, info, who = await self._connect(project_id, expect, 2.0)
-        except peer.PeerMismatch:
-            # Whatever answers there is not this project's daemon: never adopt it, and
-            # stop what is left of the project's own sandbox so a fresh daemon starts.
+            if expect.daemon_pid is not None:
+                _resume(expect.daemon_pid)   # its project may have SIGSTOPped it (same uid)
+            client, info, who = await self._connect(project_id, expect, _ADOPT_TIMEOUT_S)
+        except (peer.PeerMismatch, OSError, asyncio.TimeoutError, RemoteError, KeyError,
+                ValueError, TypeError) as exc:
+            # The sandbox is alive but has no daemon we can trust and talk to (another
+            # process answers, or none, or it is stopped): never adopt it, and never leave
+            # it running unowned and uncounted either.  Stop all of it; the next call
+            # starts a fresh daemon.
+            log.warning("cannot adopt the daemon of %s (%s); stopping its sandbox", project_id,
+                        exc.__class__.__name__)
             await asyncio.to_thread(self.sandbox.stop_project, project_id)
-            return None
-        except (OSError, asyncio.TimeoutError, RemoteError, KeyError, ValueError, TypeError):
+            with contextlib.suppress(FileNotFoundError):
+                (self._run_dir(project_id) / "host.json").unlink()
             return None
         handle = DaemonHandle(project_id, client, int(record["pid"]), info["instance_id"],
                               float(record.get("started", time.time())), daemon_pid=who.pid)
@@ -391,8 +406,11 @@ class Host:
         delay = 0.002
         while True:
             if process.poll() is not None:
-                raise RemoteError(f"Error: project daemon exited with code {process.returncode} "
-                                  f"while starting: {_tail(log_path)}")
+                # its stderr (a traceback with host paths, text the project controls) goes to
+                # the server's log only, never into an API answer
+                log.warning("project %s: daemon exited with code %s while starting: %s",
+                            expect.project_id, process.returncode, _tail(log_path))
+                raise RemoteError("Error: project daemon failed to start (see the server log)")
             with contextlib.suppress(OSError):
                 return await self._connect(expect.project_id, expect, 5.0)
             if time.monotonic() > deadline:
@@ -420,6 +438,13 @@ def project_path() -> str:
     leak host layout and mostly do not exist in the sandbox (each miss is a failed execve)."""
     dirs = [os.path.dirname(sys.executable), *_SYSTEM_PATH]
     return ":".join(d for d in dict.fromkeys(dirs) if os.path.isdir(d))
+
+
+def _resume(pid: int) -> None:
+    """SIGCONT ``pid`` if it is stopped (root may signal any process)."""
+    with contextlib.suppress(psutil.Error, OSError):
+        if psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+            os.kill(pid, signal.SIGCONT)
 
 
 def _alive(pid: Any) -> bool:

@@ -310,7 +310,7 @@ def test_killing_its_own_daemon_leaves_nothing_running(chan_server: Server) -> N
     p = new_project(chan_server, chan_server.new_account("Suicide"), "kill own daemon")
     marker = "4242.4321"
     kill_daemon = ("for d in /proc/[0-9]*; do "
-                   "if tr '\\0' ' ' < $d/cmdline 2>/dev/null | grep -q 'projecthub.project.daemon import'; "
+                   "if tr '\\0' ' ' < $d/cmdline 2>/dev/null | grep -qE 'projecthub.project.daemon (import|--project-id)'; "
                    "then kill -9 ${d#/proc/}; fi; done")
     r = p.v3("POST", "/exec", {"command": f"setsid -f bash -c 'exec -a sleeper sleep {marker}'; "
                                           f"sleep 0.5; {kill_daemon}; sleep 30",
@@ -328,3 +328,66 @@ def test_killing_its_own_daemon_leaves_nothing_running(chan_server: Server) -> N
         return found
     assert wait_until(lambda: not survivors(), timeout=10), f"still running: {survivors()}"
     assert p.run("echo back")["stdout"] == "back\n"   # the next call starts a fresh daemon
+
+
+def test_ipython_config_runs_in_kernels_not_in_the_zygote(chan_server: Server) -> None:
+    """~/.ipython config files are Python the project wrote: the zygote that forks every
+    stateless kernel must not run them; each kernel does, as a launched kernel would."""
+    p = new_project(chan_server, chan_server.new_account("Config"), "ipython config")
+    config = _plant_code("ipython_kernel_config", False) + "\nc.InteractiveShell.colors = 'nocolor'\n"
+    r = httpx.post(f"{chan_server.url}/api/conat/project", json={
+        "name": "system.writeTextFileToProject",
+        "args": [{"path": ".ipython/profile_default/ipython_kernel_config.py", "content": config}],
+        "project_id": p.project_id}, headers={"Authorization": f"Bearer {p.key}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    for _ in range(2):
+        out = p.client.system.jupyter_execute(input="print(6*7)", kernel="python3")
+        assert "42" in json.dumps(out), out
+    marks = p.run("for f in ~/.pwned/*; do [ -e \"$f\" ] && { echo \"== $f\"; cat \"$f\"; echo; }; done; true")
+    blocks = marks["stdout"].split("== ")[1:]
+    assert blocks, "the kernels never loaded the user's IPython config"
+    for block in blocks:
+        lines = block.splitlines() + ["", "", ""]
+        me, parent = lines[1], lines[2]
+        assert not ("zygote" in me and "projecthub.project.daemon" in parent), \
+            f"the zygote ran the user's IPython config: {me[:200]}"
+
+
+def test_a_stopped_daemon_is_never_left_running_unowned(chan_server: Server) -> None:
+    """SIGSTOP its own daemon, then wait for a hub restart: the hub must either take the
+    daemon back (running, counted, answering) or stop the whole sandbox, never mark the
+    project stopped while its processes run on."""
+    import psutil
+    server = chan_server
+    p = new_project(server, server.new_account("Freezer"), "sigstop")
+    marker = "3000.4242"
+    stop_daemon = ("for d in /proc/[0-9]*; do "
+                   "if tr '\\0' ' ' < $d/cmdline 2>/dev/null | grep -qE 'projecthub.project.daemon (import|--project-id)'; "
+                   "then kill -STOP ${d#/proc/}; fi; done")
+    r = p.v3("POST", "/exec", {"command": f"sleep 1; {stop_daemon}; exec -a survivor sleep {marker}",
+                               "bash": True, "async": True, "timeout": 3000})
+    assert r.status_code == 200, r.text
+    time.sleep(2.5)
+    try:
+        restart(server)
+    finally:
+        ensure_up(server)
+    state = p.info().get("state")
+    state = state.get("state") if isinstance(state, dict) else state
+
+    def survivors() -> list[int]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if marker in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc.pid)
+            except psutil.Error:
+                pass
+        return found
+    if state == "stopped":
+        assert not survivors(), "the project is 'stopped' but its processes run on"
+    else:
+        assert state == "running", state
+        t0 = time.monotonic()
+        assert p.run("echo alive", timeout=10)["stdout"] == "alive\n"
+        assert time.monotonic() - t0 < 5

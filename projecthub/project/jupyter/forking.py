@@ -42,6 +42,16 @@ RESTART_DELAYS_S = (0.0, 1.0, 5.0, 30.0, 120.0)
 STABLE_AFTER_S = 60.0     # a zygote that lived this long resets the restart back-off
 
 
+def _parent_of(pid: int) -> int | None:
+    """The parent pid from /proc/<pid>/stat (the command name may hold spaces or ')')."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def eligible(spec: KernelSpecInfo) -> bool:
     """Our own interpreter's ipykernel, interrupted by signal: a forked kernel serves its
     control channel on its main thread (``zygote.Prebuilt._init_sockets``), so it could
@@ -226,6 +236,10 @@ class ZygoteProcess:
         if "pid" not in reply:
             raise RuntimeError(f"zygote could not fork: {reply.get('error')}")
         pid = int(reply["pid"])
+        if self.pid is None or _parent_of(pid) != self.pid:
+            # Only a fresh child of this zygote may be moved into a kernel's group (through
+            # the host's root-opened cgroup descriptors): never a pid the zygote names.
+            raise RuntimeError(f"zygote reported pid {pid}, which is not its child")
         proc = ForkedProcess(pid)
         proc.greets = self.welcome
         self.children[pid] = (proc, group)

@@ -162,6 +162,13 @@ class Prebuilt:
         cl_config = copy.deepcopy(app.config)
         app.init_profile_dir()
         app.init_config_files()
+        # A config file the project can write (~/.ipython/...) is Python code: it must run
+        # in each kernel, never in the zygote that every stateless kernel is forked from.
+        # With one present, kernels start the ordinary way after the fork and load it.
+        owned = [os.path.join(d, name) for d, name, *_ in self._config_stamp(app)
+                 if os.access(d, os.W_OK) or os.access(os.path.join(d, name), os.W_OK)]
+        if owned:
+            raise RuntimeError(f"user config files present ({', '.join(owned)}): not prebuilt")
         app.load_config_file()
         app.update_config(cl_config)
         for section in ("IPKernelApp", "IPythonKernel", "Kernel"):
