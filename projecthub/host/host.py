@@ -89,11 +89,13 @@ class Host:
                     await self._stop_unowned(project_id, None)
         await asyncio.gather(*(resume(p) for p in projects
                                if not p.get("deleted") and p["project_id"] not in spare_ids))
-        await self.spares.start(spare_ids)
         with contextlib.suppress(Exception):
             killed = await asyncio.to_thread(self.sandbox.kill_strays, known)
             if killed:
                 log.warning("killed %d stray processes of unknown projects", len(killed))
+        # Spares last: a spare started before the stray sweep is in no list of known
+        # projects, and the sweep would kill it under its new project.
+        await self.spares.start(spare_ids)
 
     async def close(self) -> None:
         """Drop connections; the daemons of running projects keep running for the next hub
