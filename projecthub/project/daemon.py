@@ -39,11 +39,12 @@ import logging
 import os
 import signal
 import socket
+import stat
 import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, AsyncIterator, NoReturn
+from typing import TYPE_CHECKING, Any, AsyncIterator, NoReturn, TextIO
 
 from ..errors import RemoteError
 from ..fabric.local import serve
@@ -207,6 +208,27 @@ def make_undumpable() -> None:
         log.warning("prctl(PR_SET_DUMPABLE, 0) failed: errno %d", ctypes.get_errno())
 
 
+def _open_log(path: Path) -> TextIO | None:
+    """The daemon's log file, or None (then the caller logs to stderr).  The state dir is
+    project-writable, so the path may be a planted symlink or FIFO: never follow a final
+    symlink, never block in open (a FIFO without a reader fails at once, with one it is
+    refused below), append to regular files only."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        os.set_blocking(fd, True)
+        return open(fd, "a", encoding="utf-8", errors="backslashreplace")
+    except OSError:
+        os.close(fd)
+        return None
+
+
 def main(argv: list[str] | None = None) -> None:
     opts = _parse(sys.argv[1:] if argv is None else argv)
     os.umask(0o022)   # files a project makes are its own; never the server's umask
@@ -222,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     state_dir = Path(opts.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
-        filename=state_dir / "daemon.log", level=logging.INFO,
+        stream=_open_log(state_dir / "daemon.log") or sys.stderr, level=logging.INFO,
         format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}')
     home = Path(opts.home)
     # Never work from the home: relative paths are resolved against ctx.home explicitly,

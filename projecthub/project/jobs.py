@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,6 +46,16 @@ EVENT_CHUNK = 1 << 16
 OUTPUT_PAGE_MAX = 4 << 20
 RESTART_NOTE = ("\n[projecthub] the project daemon stopped while this job was running; "
                 "its processes were stopped and its exit status is unknown\n")
+# The jobs dir is the project's own writable state: code in the project can plant anything
+# there (a FIFO, a symlink, a huge or malformed job.json, a million dirs).  The daemon reads
+# it at start, before it signals ready, so every read is bounded and nothing in it may raise.
+LOAD_MAX = 1000              # newest job dirs read at start (older ones stay on disk, unknown)
+SCAN_MAX = 100_000           # directory entries looked at, at most, to find them
+JOB_FILE_MAX = 64 << 20      # a job.json bigger than this is not read
+BAD_SUFFIX = ".bad"          # job.json that does not validate is renamed job.json.bad
+_GROUP_RE = re.compile(r"^(x[0-9a-f]{16}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
+_STATUSES = frozenset({"running", "completed", "error", "killed"})
+_MAX_MS = 2**53              # a JSON-safe integer: start times are epoch milliseconds
 
 
 def missing_job(job_id: object) -> RemoteError:
@@ -64,19 +75,93 @@ def utf8_safe_end(data: bytes) -> int:
 
 def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    try:   # whatever the project left there (a FIFO would block the open below for good)
+        os.unlink(tmp)
+    except OSError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
         json.dump(data, f, separators=(",", ":"))
     os.replace(tmp, path)
+
+
+def _open_regular(path: Path) -> int:
+    """A read descriptor for ``path`` if it is a regular file: never follows a final symlink
+    and never blocks (a FIFO or device the project planted raises OSError instead)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file; OSError when it is not one or is larger."""
+    fd = _open_regular(path)
+    try:
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+        raise OSError(f"{path}: larger than {limit} bytes")
+    finally:
+        os.close(fd)
 
 
 def _read_head(path: Path, chars: int) -> str:
     """First ``chars`` characters of an output file (reads at most 4 bytes per char)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(min(max(chars, 0) * 4, OUTPUT_PAGE_MAX))   # max_output may be huge
+        fd = _open_regular(path)
     except OSError:
         return ""
+    try:
+        data = os.read(fd, min(max(chars, 0) * 4, OUTPUT_PAGE_MAX))   # max_output may be huge
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
     return data.decode("utf-8", errors="replace")[:chars]
+
+
+def _is_int(value: Any, lo: int = 0, hi: int = _MAX_MS) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _is_time(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and 0 <= value < _MAX_MS)
+
+
+def valid_job(job_id: str, data: Any) -> bool:
+    """True if ``data`` (a parsed job.json) has every field the manager relies on, with the
+    right type.  The file is project-writable, so anything else is possible."""
+    if not isinstance(data, dict):
+        return False
+    meta, record, result = data.get("meta"), data.get("record"), data.get("result")
+    if not isinstance(meta, dict) or not isinstance(record, dict):
+        return False
+    if result is not None and not isinstance(result, dict):
+        return False
+    key = meta.get("idempotency_key")
+    max_output = meta.get("max_output")
+    finished_at = meta.get("finished_at")
+    return (meta.get("job_id", job_id) == job_id and _is_int(meta.get("start"))
+            and isinstance(meta.get("group", job_id), str) and bool(_GROUP_RE.match(meta.get("group", job_id)))
+            and isinstance(meta.get("native", False), bool)
+            and (key is None or (isinstance(key, str) and len(key) <= 4096))
+            and (max_output is None or _is_int(max_output, 0, 2**62))
+            and (finished_at is None or _is_time(finished_at))
+            and record.get("job_id") == job_id and _is_int(record.get("start"))
+            and record.get("status") in _STATUSES
+            and all(isinstance(record.get(k, ""), str) for k in ("stdout", "stderr"))
+            and isinstance(record.get("stats", []), list))
 
 
 def view(record: dict[str, Any], result: dict[str, Any] | None) -> dict[str, Any]:
@@ -251,36 +336,44 @@ class JobManager:
         job.pulse()
 
     def load(self) -> None:
-        """Read every retained job.  Jobs that were running in a previous daemon process
-        are finished as "error" with a note.
+        """Read the retained jobs (the newest ``LOAD_MAX``).  Jobs that were running in a
+        previous daemon process are finished as "error" with a note.
 
         We do not re-adopt their processes even if some survived: their stdout/stderr
         pipes led to the dead daemon (so their output is lost or they died of SIGPIPE),
         and a process that is not our child cannot be waited for, so its exit status is
         unknowable.  Survivors found by their marker are killed instead, so nothing runs
-        unaccounted."""
-        if not self.root.is_dir():
+        unaccounted.
+
+        Never raises: the jobs dir is project-writable and this runs before the daemon is
+        ready, so one bad file must not keep the project from starting.  A job.json that
+        does not validate is renamed ``job.json.bad`` and its job is not known."""
+        try:
+            paths = self._newest_job_dirs(min(self.max_jobs, LOAD_MAX))
+        except OSError:
             return
         orphaned: list[tuple[str, Path, dict[str, Any]]] = []
-        for path in self.root.iterdir():
-            if not JOB_ID_RE.match(path.name):
-                continue
+        for path in paths:
             try:
-                data = json.loads((path / "job.json").read_text(encoding="utf-8"))
-                meta, record = data["meta"], data["record"]
-            except (OSError, ValueError, KeyError, TypeError):
-                shutil.rmtree(path, ignore_errors=True)   # died while being created
+                data = self._load_one(path)
+            except Exception:   # a bug here must not brick the project either
+                data = None
+            if data is None:
                 continue
-            if record.get("status") == "running":
+            meta, record = data["meta"], data["record"]
+            if record["status"] == "running":
                 orphaned.append((path.name, path, data))
             key = meta.get("idempotency_key")
             self._index[path.name] = _Entry(meta["start"], meta.get("finished_at") or time.time(),
-                                            time.time(), key, "error" if record.get("status") == "running"
-                                            else record.get("status", "error"), bool(meta.get("native")))
+                                            time.time(), key, "error" if record["status"] == "running"
+                                            else record["status"], meta.get("native", False))
             if key is not None:
                 self._keys[key] = path.name
         if orphaned:
-            self._kill_survivors([data["meta"].get("group", job_id) for job_id, _, data in orphaned])
+            try:
+                self._kill_survivors([data["meta"].get("group", job_id) for job_id, _, data in orphaned])
+            except Exception:
+                pass
         for job_id, path, data in orphaned:
             meta, record = data["meta"], data["record"]
             limit = meta.get("max_output") or (1 << 20)
@@ -289,12 +382,64 @@ class JobManager:
                 "status": "error", "exit_code": 1,
                 "stdout": _read_head(path / "stdout", limit),
                 "stderr": _read_head(path / "stderr", limit) + RESTART_NOTE,
-                "elapsed_s": round(now - meta["start"] / 1000, 3),
+                "elapsed_s": round(max(0.0, now - meta["start"] / 1000), 3),
             })
             meta["finished_at"] = now
             data["result"] = None
-            _atomic_write_json(path / "job.json", data)
-        self._prune(force=True)
+            try:
+                _atomic_write_json(path / "job.json", data)
+            except (OSError, ValueError):
+                pass   # the index (and the answer) say "error" anyway
+        try:
+            self._prune(force=True)
+        except Exception:
+            pass
+
+    def _newest_job_dirs(self, limit: int) -> list[Path]:
+        """Up to ``limit`` job dirs (real directories named like a job id), newest first,
+        looking at no more than ``SCAN_MAX`` entries of the jobs dir."""
+        found: list[tuple[float, str]] = []
+        with os.scandir(self.root) as it:
+            for n, entry in enumerate(it):
+                if n >= SCAN_MAX:
+                    break
+                if not JOB_ID_RE.match(entry.name):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    found.append((st.st_mtime, entry.name))
+        found.sort(reverse=True)
+        return [self.root / name for _, name in found[:limit]]
+
+    def _load_one(self, path: Path) -> dict[str, Any] | None:
+        """The validated job.json of ``path``, or None (then the dir is removed if it never
+        got a job.json, or its job.json is quarantined as job.json.bad)."""
+        file = path / "job.json"
+        if os.path.lexists(str(file) + BAD_SUFFIX):
+            return None   # quarantined at an earlier start: leave it for a human
+        try:
+            raw = _read_bounded(file, JOB_FILE_MAX)
+        except FileNotFoundError:
+            shutil.rmtree(path, ignore_errors=True)   # died while being created
+            return None
+        except OSError:
+            raw = None
+        data: Any = None
+        if raw is not None:
+            try:
+                data = json.loads(raw.decode("utf-8"))
+            except (ValueError, RecursionError):
+                data = None
+        if raw is not None and valid_job(path.name, data):
+            return data
+        try:
+            os.replace(file, str(file) + BAD_SUFFIX)
+        except OSError:
+            pass
+        return None
 
     def _kill_survivors(self, groups: list[str]) -> None:
         tracker = self.ctx.tracker
@@ -360,10 +505,11 @@ class JobManager:
     def _disk(self, job_id: str) -> dict[str, Any] | None:
         if not isinstance(job_id, str) or job_id not in self._index:
             return None
-        try:
-            return json.loads((self.root / job_id / "job.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        try:   # read again after load: the project may have replaced it since
+            data = json.loads(_read_bounded(self.root / job_id / "job.json", JOB_FILE_MAX).decode("utf-8"))
+        except (OSError, ValueError, RecursionError):
             return None
+        return data if valid_job(job_id, data) else None
 
     def _touch(self, job_id: str) -> None:
         entry = self._index.get(job_id)
@@ -427,11 +573,14 @@ class JobManager:
         if offset < 0 or length < 0:
             raise RemoteError("error invalid range: offset and length must not be negative")
         self._touch(job_id)
-        try:
-            with open(self.root / job_id / stream, "rb") as f:
-                return os.pread(f.fileno(), min(length, OUTPUT_PAGE_MAX), offset)
-        except FileNotFoundError:
+        try:   # never a FIFO or symlink the project planted (it would block the daemon)
+            fd = _open_regular(self.root / job_id / stream)
+        except OSError:
             return b""
+        try:
+            return os.pread(fd, min(length, OUTPUT_PAGE_MAX), offset)
+        finally:
+            os.close(fd)
 
     async def events(self, job_id: str, offset_stdout: int = 0,
                      offset_stderr: int = 0) -> AsyncIterator[dict[str, Any]]:
@@ -442,7 +591,12 @@ class JobManager:
         offsets = {"stdout": max(0, offset_stdout), "stderr": max(0, offset_stderr)}
         job = self._running.get(job_id)
         stats_seen = job.samples if job is not None else 0
-        files = {s: open(self.root / job_id / s, "rb") for s in offsets if (self.root / job_id / s).exists()}
+        files = {}
+        for s in offsets:   # regular files only: a planted FIFO would block the daemon
+            try:
+                files[s] = open(_open_regular(self.root / job_id / s), "rb")
+            except OSError:
+                pass
         try:
             while True:
                 woke = job.changed() if job is not None else None
