@@ -316,6 +316,9 @@ class HubService:
     async def project_status(self, project_id: str) -> dict[str, Any]:
         status = await self.host.status(project_id)
         status.setdefault("state", (await self.project_state(project_id))["state"])
+        # the image's real size: differs from limits' disk_bytes while a shrink is pending
+        # (next start) or could not apply (logged)
+        status["disk_bytes_applied"] = self.host.sandbox.disk_bytes_applied(project_id)
         return status
 
     async def add_collaborator(self, project_id: str, account_id: str) -> None:

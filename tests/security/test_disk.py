@@ -5,8 +5,10 @@ projects or the hub.  ``disk_bytes`` is enforced by a per-project loop-mounted e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -228,3 +230,107 @@ def test_a_full_data_disk_answers_507_not_500_and_recovers(tmp_path: Path) -> No
             srv.stop()
             srv.cli("stop-all")
         subprocess.run(["umount", str(data)], check=False)
+
+
+# --------------------------------------------------- review of issue 14: the shared data disk
+
+@contextlib.contextmanager
+def _small_data_disk(tmp_path: Path, size: str = "96M", disk_bytes: str = "48M") -> Iterator[Server]:
+    """A server whose data dir is its own small ext4 filesystem (stands in for a data disk
+    smaller than the sum of the projects' limits)."""
+    img, data = tmp_path / "data.img", tmp_path / "data"
+    data.mkdir()
+    subprocess.run(["truncate", "-s", size, str(img)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(img)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(img), str(data)], check=True)
+    srv = None
+    try:
+        srv = Server(data, extra_args=["--spare-projects", "0",
+                                       "--default-limits", f'{{"disk_bytes": "{disk_bytes}"}}']).start()
+        yield srv
+    finally:
+        if srv is not None:
+            srv.stop()
+            srv.cli("stop-all")
+        subprocess.run(["umount", str(data)], check=False)
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def test_running_projects_never_overcommit_the_data_disk_and_deletes_free_it(tmp_path: Path) -> None:
+    """Review finding 1: a 96 MiB data disk, two projects of 48 MiB each.  Before, both
+    started and the first to fill the disk made the other's synced writes vanish (loop I/O
+    errors); and space a project deleted never came back to the data disk."""
+    require_loop()
+    with _small_data_disk(tmp_path) as srv:
+        acct = srv.new_account("Commit")
+        a = new_project(srv, acct, "a")
+        assert a.run("echo ok")["stdout"] == "ok\n"
+        v = new_project(srv, acct, "victim")
+        r = v.v3("POST", "/start")
+        assert r.status_code == 507, r.text
+        err = r.json()["error"]
+        assert "insufficient storage" in err and "running projects may still write" in err, err
+        assert not (srv.data_dir / "projects" / v.project_id / "disk.img").exists()
+
+        # what A deletes goes back to the data disk (discard), while it runs
+        free0 = _free(srv.data_dir)
+        out = a.run("head -c 30M /dev/urandom > f && sync && echo ok", timeout=60)
+        assert out["stdout"] == "ok\n", out
+        assert _free(srv.data_dir) <= free0 - 28 * MiB
+        assert a.run("rm f && sync && echo ok")["stdout"] == "ok\n"
+        assert wait_until(lambda: _free(srv.data_dir) >= free0 - 2 * MiB, 5), (free0, _free(srv.data_dir))
+
+        # once A stops, the victim starts and keeps what it syncs
+        a.stop()
+        assert v.run("head -c 20M /dev/urandom > v && md5sum v > v.md5 && sync && echo ok",
+                     timeout=60)["stdout"] == "ok\n"
+        v.stop()
+        assert v.run("md5sum -c v.md5")["exit_code"] == 0
+        v.stop()
+
+
+def test_deleting_a_project_deletes_its_image_and_frees_the_data_disk(tmp_path: Path) -> None:
+    """Review finding 1: a deleted project kept its image (and its bytes) forever, so
+    create -> fill -> delete -> repeat consumed the disk with no cap."""
+    require_loop()
+    with _small_data_disk(tmp_path) as srv:
+        acct = srv.new_account("Delete")
+        free0 = _free(srv.data_dir)
+        p = new_project(srv, acct, "doomed")
+        assert p.run("head -c 30M /dev/urandom > f && sync && echo ok", timeout=60)["stdout"] == "ok\n"
+        base = srv.data_dir / "projects" / p.project_id
+        assert _free(srv.data_dir) <= free0 - 28 * MiB and (base / "disk.img").exists()
+        r = httpx.delete(f"{srv.url}/api/v3/projects/{p.project_id}",
+                         headers={"Authorization": f"Bearer {acct.api_key}"}, timeout=60)
+        assert r.status_code == 204, r.text
+        assert not base.exists() and _mounted_under(p) == [] and not _loops_of(p)
+        assert _free(srv.data_dir) >= free0 - 2 * MiB, (free0, _free(srv.data_dir))
+
+
+def test_the_image_root_is_not_traversable_and_the_applied_size_is_reported(fresh_a, server: Server) -> None:
+    """Review findings 10 (mount point showed the image root's 0755) and 8 (a shrink the
+    API accepted could fail at start while GET limits reported it applied)."""
+    require_loop()
+    a = fresh_a()   # the default 10 GiB: 4 KiB blocks, 8192 inodes per 128 MiB group
+    assert a.run("echo ok")["stdout"] == "ok\n"
+    mnt = server.data_dir / "projects" / a.project_id / "disk"
+    assert mnt.stat().st_mode & 0o777 == 0o700 and mnt.stat().st_uid == 0
+    size = a.v3("GET", "/limits").json()["disk_bytes"]
+    assert a.info()["status"]["disk_bytes_applied"] == size
+    # many inodes pin block groups: the minimum size is far above the bytes used
+    out = a.run("mkdir many && cd many && seq 1 20000 | xargs touch && echo ok", timeout=60)
+    assert out["stdout"] == "ok\n", str(out)
+    # while it runs the minimum cannot be read (stale on-disk counters): accepted, it fails
+    # at the next start, which keeps the old size -- and says so in the project's status
+    assert a.set_limits(disk_bytes="256M")["disk_bytes"] == 256 * MiB
+    a.stop()
+    assert a.run("echo ok")["stdout"] == "ok\n"
+    assert a.info()["status"]["disk_bytes_applied"] == size
+    a.stop()
+    # stopped, it is refused up front, naming the minimum
+    r = a.v3("PUT", "/limits", {"disk_bytes": "200M"})
+    assert r.status_code == 409 and "cannot shrink below" in r.json()["error"], r.text

@@ -238,6 +238,18 @@ class Sandbox:
             # failed: a mount still in use is detached lazily and freed with its last user.
             disk.detach(self.project_dir(project_id))
 
+    def disk_bytes_applied(self, project_id: str) -> int | None:
+        """The size of the project's image now: what really bounds it (a shrink that could
+        not apply at start leaves it above ``disk_bytes``); None without an image."""
+        _check_project_id(project_id)
+        return disk.image_size(self.project_dir(project_id))
+
+    def purge_project(self, project_id: str) -> None:
+        """Delete a stopped, deleted project's files (its image and directories): the data
+        disk gets the space back.  There is no undelete."""
+        _check_project_id(project_id)
+        disk.purge(self.project_dir(project_id))
+
     def running_projects(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
         if self.driver is not None:
