@@ -452,7 +452,12 @@ class _Connection(_FrameProtocol):
             log.exception("handler %s failed", name)
             self.send({"t": "res", "id": request_id, "ok": False, "error": {"error": error_text(exc)}})
             return
-        frame = encode({"t": "res", "id": request_id, "ok": True, "result": result})
+        try:   # a result that cannot be encoded still gets an answer, never silence
+            frame = encode({"t": "res", "id": request_id, "ok": True, "result": result})
+        except Exception as exc:   # e.g. a value JSON has no form for
+            log.exception("result of %s cannot be encoded", name)
+            frame = encode({"t": "res", "id": request_id, "ok": False,
+                            "error": {"error": f"Error: the result cannot be sent: {type(exc).__name__}"}})
         if len(frame) - HEADER.size > MAX_FRAME:
             # The peer would drop the whole connection (every call of the project) on it.
             error = _too_large("result", len(frame) - HEADER.size).to_json()

@@ -29,6 +29,7 @@ on NATS subjects later; only the framing here is Unix-socket specific.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any
 
@@ -50,8 +51,22 @@ class FrameError(Exception):
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+# A lone surrogate: what ``os.listdir``, ``os.readlink``, ``os.environ`` ... return (PEP 383
+# surrogateescape) for bytes that are not UTF-8, e.g. a file named b"bad\xff".
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    body = _encode_json(message).encode()
+    """One frame.  Text that is not valid Unicode (lone surrogates) is sent with each such
+    code point replaced by U+FFFD: consistently, on every frame, instead of failing the call
+    (the hub's HTTP answers and CoCalc's clients need real text, and a request with a lone
+    surrogate is refused at the API anyway, so escaping them could never round-trip)."""
+    text = _encode_json(message)
+    try:
+        body = text.encode()
+    except UnicodeEncodeError:   # JSON syntax is ASCII: a surrogate can only be inside a string
+        body = _LONE_SURROGATE.sub(REPLACEMENT, text).encode()
     return HEADER.pack(len(body)) + body
 
 
