@@ -183,3 +183,42 @@ async def test_native_jobs_api_wrappers(ctx):
     for bad in ({"job_id": "x"}, {}):
         with pytest.raises(RemoteError, match="does not exist"):
             await job_record(ctx, bad)
+
+
+async def test_load_validates_quarantines_and_caps(ctx, monkeypatch):
+    """Review item 6: load() never raises on what the project planted in its jobs dir, and
+    reads only the newest LOAD_MAX job dirs."""
+    import json
+    import os
+
+    from projecthub.project import jobs as jobs_mod
+    jobs = job_manager(ctx)
+    good = start(jobs, ctx, {"command": "echo ok"})
+    await jobs.wait(good.job_id)
+    root = jobs.root
+    bad = {
+        "00000000-0000-4000-8000-000000000001": '{"meta": {"x": 1}, "record": {"status": "done"}}',
+        "00000000-0000-4000-8000-000000000002": "null",
+        "00000000-0000-4000-8000-000000000003": "[" * 50000,
+        "00000000-0000-4000-8000-000000000004": json.dumps({
+            "meta": {"start": 1, "group": "../escape"},
+            "record": {"status": "running", "job_id": "00000000-0000-4000-8000-000000000004", "start": 1}}),
+    }
+    for job_id, text in bad.items():
+        (root / job_id).mkdir()
+        (root / job_id / "job.json").write_text(text)
+    os.mkfifo(root / "00000000-0000-4000-8000-000000000005")          # not a dir: ignored
+    (root / "00000000-0000-4000-8000-000000000006").mkdir()
+    os.mkfifo(root / "00000000-0000-4000-8000-000000000006" / "job.json")
+    fresh = JobManager(ctx)
+    fresh.load()
+    assert fresh.get(good.job_id)["status"] == "completed"
+    for job_id in [*bad, "00000000-0000-4000-8000-000000000006"]:
+        assert fresh.get(job_id) is None
+        assert (root / job_id / "job.json.bad").exists()
+    # the cap: with LOAD_MAX = 1 only the newest dir is read
+    os.utime(root / good.job_id, (time.time() + 100, time.time() + 100))
+    monkeypatch.setattr(jobs_mod, "LOAD_MAX", 1)
+    capped = JobManager(ctx)
+    capped.load()
+    assert [j["job_id"] for j in capped.list()] == [good.job_id]
