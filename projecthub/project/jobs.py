@@ -52,6 +52,7 @@ RESTART_NOTE = ("\n[projecthub] the project daemon stopped while this job was ru
 LOAD_MAX = 1000              # newest job dirs read at start (older ones stay on disk, unknown)
 SCAN_MAX = 100_000           # directory entries looked at, at most, to find them
 JOB_FILE_MAX = 64 << 20      # a job.json bigger than this is not read
+LOAD_BYTES_MAX = 256 << 20   # nor more than this in all at start (a start must stay quick)
 BAD_SUFFIX = ".bad"          # job.json that does not validate is renamed job.json.bad
 _GROUP_RE = re.compile(r"^(x[0-9a-f]{16}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 _STATUSES = frozenset({"running", "completed", "error", "killed"})
@@ -98,10 +99,17 @@ def _open_regular(path: Path) -> int:
     return fd
 
 
+class _TooLarge(OSError):
+    pass
+
+
 def _read_bounded(path: Path, limit: int) -> bytes:
-    """At most ``limit`` bytes of a regular file; OSError when it is not one or is larger."""
+    """At most ``limit`` bytes of a regular file; OSError when it is not one, _TooLarge when
+    it is larger."""
     fd = _open_regular(path)
     try:
+        if os.fstat(fd).st_size > limit:
+            raise _TooLarge(f"{path}: larger than {limit} bytes")
         chunks: list[bytes] = []
         total = 0
         while total <= limit:
@@ -110,7 +118,7 @@ def _read_bounded(path: Path, limit: int) -> bytes:
                 return b"".join(chunks)
             chunks.append(chunk)
             total += len(chunk)
-        raise OSError(f"{path}: larger than {limit} bytes")
+        raise _TooLarge(f"{path}: larger than {limit} bytes")
     finally:
         os.close(fd)
 
@@ -353,11 +361,13 @@ class JobManager:
         except OSError:
             return
         orphaned: list[tuple[str, Path, dict[str, Any]]] = []
+        budget = LOAD_BYTES_MAX
         for path in paths:
             try:
-                data = self._load_one(path)
+                data, size = self._load_one(path, min(JOB_FILE_MAX, budget))
             except Exception:   # a bug here must not brick the project either
-                data = None
+                data, size = None, 0
+            budget -= size
             if data is None:
                 continue
             meta, record = data["meta"], data["record"]
@@ -414,17 +424,21 @@ class JobManager:
         found.sort(reverse=True)
         return [self.root / name for _, name in found[:limit]]
 
-    def _load_one(self, path: Path) -> dict[str, Any] | None:
-        """The validated job.json of ``path``, or None (then the dir is removed if it never
-        got a job.json, or its job.json is quarantined as job.json.bad)."""
+    def _load_one(self, path: Path, limit: int) -> tuple[dict[str, Any] | None, int]:
+        """(the validated job.json of ``path`` or None, bytes read).  None: the dir is
+        removed if it never got a job.json; a job.json larger than ``limit`` is left alone
+        (unknown, maybe legitimate); anything else that does not validate is quarantined
+        as job.json.bad."""
         file = path / "job.json"
         if os.path.lexists(str(file) + BAD_SUFFIX):
-            return None   # quarantined at an earlier start: leave it for a human
+            return None, 0   # quarantined at an earlier start: leave it for a human
         try:
-            raw = _read_bounded(file, JOB_FILE_MAX)
+            raw = _read_bounded(file, limit)
         except FileNotFoundError:
             shutil.rmtree(path, ignore_errors=True)   # died while being created
-            return None
+            return None, 0
+        except _TooLarge:
+            return None, 0
         except OSError:
             raw = None
         data: Any = None
@@ -433,13 +447,14 @@ class JobManager:
                 data = json.loads(raw.decode("utf-8"))
             except (ValueError, RecursionError):
                 data = None
+        size = 0 if raw is None else len(raw)
         if raw is not None and valid_job(path.name, data):
-            return data
+            return data, size
         try:
             os.replace(file, str(file) + BAD_SUFFIX)
         except OSError:
             pass
-        return None
+        return None, size
 
     def _kill_survivors(self, groups: list[str]) -> None:
         tracker = self.ctx.tracker

@@ -222,3 +222,27 @@ async def test_load_validates_quarantines_and_caps(ctx, monkeypatch):
     capped = JobManager(ctx)
     capped.load()
     assert [j["job_id"] for j in capped.list()] == [good.job_id]
+
+
+async def test_load_leaves_oversized_job_files_alone(ctx, monkeypatch):
+    """A job.json over the per-file (or the whole start's) byte budget is not read, and not
+    quarantined either: it may be a legitimate job with a large result."""
+    from projecthub.project import jobs as jobs_mod
+    jobs = job_manager(ctx)
+    job = start(jobs, ctx, {"command": "echo ok"})
+    await jobs.wait(job.job_id)
+    size = (jobs.root / job.job_id / "job.json").stat().st_size
+    monkeypatch.setattr(jobs_mod, "JOB_FILE_MAX", size - 1)
+    fresh = JobManager(ctx)
+    fresh.load()
+    assert fresh.get(job.job_id) is None
+    assert (jobs.root / job.job_id / "job.json").exists()
+    monkeypatch.setattr(jobs_mod, "JOB_FILE_MAX", 64 << 20)
+    monkeypatch.setattr(jobs_mod, "LOAD_BYTES_MAX", size - 1)
+    fresh = JobManager(ctx)
+    fresh.load()
+    assert fresh.get(job.job_id) is None
+    monkeypatch.setattr(jobs_mod, "LOAD_BYTES_MAX", size)
+    fresh = JobManager(ctx)
+    fresh.load()
+    assert fresh.get(job.job_id)["status"] == "completed"
