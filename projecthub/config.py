@@ -82,8 +82,17 @@ class ServerSettings:
     data_dir: Path = field(default_factory=default_data_dir)
     host: str = "127.0.0.1"
     port: int = 8765
-    # Largest request body accepted on any endpoint; bigger bodies get HTTP 413.
+    # Largest request body accepted (/api/conat/project: file content); bigger bodies get HTTP 413.
     max_body_bytes: int = 16 * 2**20
+    # Largest body of a call that carries no file content (conat hub, v1, v2, v3): commands,
+    # code cells and options.  A command bigger than 128 KiB cannot even be exec'd, and
+    # CoCalc's own API routes accept 1 MB.  /api/conat/project keeps max_body_bytes
+    # (writeTextFileToProject carries file content).
+    max_call_body_bytes: int = 2 * 2**20
+    # Reply bytes the hub may hold for clients that have not read them yet (api/replies.py);
+    # over it, a large reply is answered 503 instead.
+    reply_buffer_bytes: int = field(default_factory=lambda: int(_env_float(
+        "PROJECTHUB_REPLY_BUFFER_BYTES", 256 * 2**20)))
     # How long a verified API key is trusted without re-checking its hash (seconds).
     key_cache_ttl: float = 2.0
     # Server-wide default limits per project (JSON object of ProjectLimits fields, sizes like "2G").

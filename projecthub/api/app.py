@@ -22,6 +22,7 @@ from ..hub.db import AsyncStore
 from ..hub.service import HubService
 from ..store import Store
 from . import compat, native
+from .replies import ReplyBudget
 from .requests import BadKeyThrottle
 
 log = logging.getLogger("projecthub.server")
@@ -60,6 +61,7 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
         app.state.settings = settings
         app.state.hub = hub
         app.state.throttle = BadKeyThrottle(settings.bad_key_limit_per_minute)
+        app.state.replies = ReplyBudget(settings.reply_buffer_bytes)   # replies held for slow clients
         await host.start()
         hub.start_key_refresh()
         log.info("projecthub listening on http://%s:%s (data dir %s)", settings.host, settings.port,

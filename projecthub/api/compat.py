@@ -13,14 +13,14 @@ import uuid
 from typing import Any, Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from ..auth.resolve import Identity
 from ..errors import RemoteError, error_text
 from ..hub.functions import HUB_FUNCTIONS
 from ..hub.service import HubService
 from ..project.api import PUBLIC_FUNCTIONS
-from .requests import HTTPError, api_key_from, authenticate_key, parse_json_object, parse_params, read_body
+from .replies import BoundedJSONResponse as JSONResponse
+from .requests import HTTPError, api_key_from, authenticate_key, decode_object, decode_params, read_body
 
 log = logging.getLogger("projecthub.api")
 
@@ -82,17 +82,22 @@ def _call_fields(body: dict[str, Any]) -> tuple[str, list[Any]]:
     return name, args
 
 
-def conat_endpoint(handler: Callable[[Request, HubService, dict[str, Any]], Awaitable[Any]]
+def conat_endpoint(body_limit: str, caller: Callable[[Request], Awaitable[Identity]],
+                   handler: Callable[[Request, HubService, Identity, dict[str, Any]], Awaitable[Any]]
                    ) -> Callable[[Request], Awaitable[JSONResponse]]:
-    """Body decoding and CoCalc's error model shared by the two conat routes: framework
-    failures (bad JSON, too large) get 400/413, everything else HTTP 200 ``{"error": ...}``."""
+    """Authentication, body decoding and CoCalc's error model shared by the two conat routes.
+    The key comes from the headers and is checked (throttled) before a byte of the body is
+    read: an anonymous or bad-key client costs no body parse.  Framework failures (bad
+    JSON, too large) get 400/413, everything else HTTP 200 ``{"error": ...}``."""
     async def endpoint(request: Request) -> JSONResponse:
         try:
-            body = parse_json_object(await read_body(request, request.app.state.settings.max_body_bytes))
-        except HTTPError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
-        try:
-            return _ok(await handler(request, _hub(request), body))
+            identity = await caller(request)
+            limit = getattr(request.app.state.settings, body_limit)
+            try:
+                body = await decode_object(await read_body(request, limit))
+            except HTTPError as exc:
+                return JSONResponse({"error": exc.message}, status_code=exc.status)
+            return _ok(await handler(request, _hub(request), identity, body))
         except RemoteError as exc:
             return _err(exc)
         except Exception as exc:
@@ -100,11 +105,21 @@ def conat_endpoint(handler: Callable[[Request, HubService, dict[str, Any]], Awai
     return endpoint
 
 
-@conat_endpoint
-async def conat_project(request: Request, hub: HubService, body: dict[str, Any]) -> Any:
+async def _project_caller(request: Request) -> Identity:
     identity = await authenticate(request)
     if identity is None or not (identity.account_id or identity.project_id):
         raise RemoteError("must sign in as project or account")
+    return identity
+
+
+async def _hub_caller(request: Request) -> Identity:
+    identity = await authenticate(request)
+    if identity is None or not identity.account_id:
+        raise RemoteError("must be signed in and MUST provide an api key (cookies are not allowed)")
+    return identity
+
+
+async def _conat_project(request: Request, hub: HubService, identity: Identity, body: dict[str, Any]) -> Any:
     project_id = await hub.authorize_project(identity, body.get("project_id") or None)
     compute_server_id = body.get("compute_server_id", 0)
     if compute_server_id not in (0, None):
@@ -119,11 +134,7 @@ async def conat_project(request: Request, hub: HubService, body: dict[str, Any])
     return await hub.project_call(project_id, name, args, call_budget(request, body, name, args))
 
 
-@conat_endpoint
-async def conat_hub(request: Request, hub: HubService, body: dict[str, Any]) -> Any:
-    identity = await authenticate(request)
-    if identity is None or not identity.account_id:
-        raise RemoteError("must be signed in and MUST provide an api key (cookies are not allowed)")
+async def _conat_hub(request: Request, hub: HubService, identity: Identity, body: dict[str, Any]) -> Any:
     name, args = _call_fields(body)
     function = HUB_FUNCTIONS.get(name)
     if function is None:
@@ -134,6 +145,11 @@ async def conat_hub(request: Request, hub: HubService, body: dict[str, Any]) -> 
     except asyncio.TimeoutError:
         subject = f"hub.account.{identity.account_id}.api"
         raise RemoteError(f"timeout - callHub: subject='{subject}', name='{name}', code='408' ")
+
+
+# /api/conat/project carries file content (writeTextFileToProject): the big body limit
+conat_project = conat_endpoint("max_body_bytes", _project_caller, _conat_project)
+conat_hub = conat_endpoint("max_call_body_bytes", _hub_caller, _conat_hub)
 
 
 # -- legacy v1 and v2 exec ----------------------------------------------------------------
@@ -186,14 +202,14 @@ _V2_FIELDS = ("command", "args", "path", "timeout", "max_output", "bash", "err_o
 async def v1_project_exec(request: Request) -> JSONResponse:
     hub = _hub(request)
     try:
-        params = _coerce_exec_params(parse_params(
-            request, await read_body(request, request.app.state.settings.max_body_bytes)))
-        try:
+        try:   # the key is in the headers (Basic auth): checked before the body is read
             identity = await authenticate(request)
         except RemoteError as exc:
             raise HTTPError(400, exc.message)
         if identity is None:
             raise HTTPError(400, "No account found. Is your API key wrong?")
+        params = _coerce_exec_params(await decode_params(
+            request, await read_body(request, request.app.state.settings.max_call_body_bytes)))
         if not isinstance(params.get("project_id"), str):
             raise HTTPError(400, "invalid parameters 'project_id' is required")
         if not isinstance(params.get("command"), str):
@@ -219,15 +235,18 @@ async def v1_project_exec(request: Request) -> JSONResponse:
 
 async def v2_exec(request: Request) -> JSONResponse:
     hub = _hub(request)
-    try:
-        params = _coerce_exec_params(parse_params(
-            request, await read_body(request, request.app.state.settings.max_body_bytes)))
-    except HTTPError as exc:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
-    try:
+    try:   # the key is in the headers (Basic auth): checked before the body is read
         identity = await authenticate(request)
         if identity is None:
             raise RemoteError("must be signed in")
+    except RemoteError as exc:
+        return _err(exc)
+    try:
+        params = _coerce_exec_params(await decode_params(
+            request, await read_body(request, request.app.state.settings.max_call_body_bytes)))
+    except HTTPError as exc:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    try:
         project_id = params.get("project_id")
         if not isinstance(project_id, str):
             raise RemoteError("Error: project_id must be specified")

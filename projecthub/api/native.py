@@ -13,14 +13,15 @@ import math
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ..auth.resolve import Identity
 from ..errors import RemoteError
 from ..hub.service import HubService, is_uuid
 from .openapi import OPENAPI
-from .requests import HTTPError, api_key_from, authenticate_key, parse_json_object, read_body
+from .replies import BoundedJSONResponse as JSONResponse   # big replies count against the budget
+from .requests import HTTPError, api_key_from, authenticate_key, decode_object, read_body
 
 HEARTBEAT_S = 15.0
 _STATUS_BY_PREFIX = (
@@ -114,7 +115,8 @@ def check_fields(body: dict[str, Any], spec: dict[str, tuple[type, ...]]) -> Non
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    return parse_json_object(await read_body(request, request.app.state.settings.max_body_bytes))
+    # no v3 call carries file content: the small call limit; decoded off the loop when big
+    return await decode_object(await read_body(request, request.app.state.settings.max_call_body_bytes))
 
 
 async def _project(request: Request, identity: Identity) -> str:

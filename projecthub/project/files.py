@@ -8,8 +8,12 @@ Reads are bounded: ``readTextFileFromProject`` reads regular files only (a devic
 ``/dev/zero``, a FIFO or a socket is refused before it is opened, and again by ``fstat`` on
 the open descriptor), refuses files over ``ctx.settings["read_file_limit"]`` (default
 8 MiB) and never reads more than limit + 1 bytes, so a file that grows or lies about its
-size (``/proc``) cannot make the daemon hold more.  Large reads run one at a time: a
-decoded str can be 4x its bytes, and the reply's JSON another copy.
+size (``/proc``) cannot make the daemon hold more.  The limit also counts what the reply
+costs as JSON, like exec output (execution/capture.py): a control byte becomes ``\u0001``
+(6 bytes) and an invalid byte U+FFFD (3 bytes), so a file whose JSON text would exceed the
+limit is refused with the same EFBIG error (8 MiB of control bytes were a 48 MiB reply).
+Large reads run one at a time: a decoded str can be 4x its bytes, and the reply's JSON
+another copy.
 """
 
 from __future__ import annotations
@@ -91,6 +95,10 @@ async def listing(ctx: ProjectContext, args: list[Any]) -> list[dict[str, Any]]:
 
 DEFAULT_READ_LIMIT = 8 * 2**20
 _READ_CHUNK = 1 << 20
+# Bytes JSON escapes: '"', '\' and \b \t \n \f \r become two bytes, other control
+# characters \u00XX (six).
+_SHORT_ESCAPED = b'"\\\b\t\n\f\r'
+_LONG_ESCAPED = bytes(c for c in range(0x20) if c not in _SHORT_ESCAPED)
 _big_reads: asyncio.Semaphore | None = None
 
 
@@ -105,6 +113,14 @@ def _check_kind(mode: int, target: Path) -> None:
 def _too_big(target: Path, size: int | str, limit: int) -> RemoteError:
     return RemoteError(f"Error: EFBIG: file too large to read ({size} bytes; readTextFileFromProject "
                        f"reads at most {limit} bytes; use exec or a job for more), read '{target}'")
+
+
+def _json_size(text: str) -> int:
+    """Bytes of ``text`` as a JSON string body (UTF-8, escapes counted, quotes not)."""
+    encoded = text.encode("utf-8")
+    short = len(encoded) - len(encoded.translate(None, _SHORT_ESCAPED))
+    long = len(encoded) - len(encoded.translate(None, _LONG_ESCAPED))
+    return len(encoded) + short + 5 * long
 
 
 def _read_text(target: Path, limit: int) -> str:
@@ -139,7 +155,14 @@ def _read_text(target: Path, limit: int) -> str:
     data = b"".join(chunks)
     del chunks
     # as before (Path.read_text): universal newlines
-    return data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+    del data
+    size = _json_size(text)
+    if size > limit:   # the reply, not the file, is what the hub and the client hold
+        raise RemoteError(f"Error: EFBIG: file too large to read ({size} bytes as JSON text, with control "
+                          f"characters escaped; readTextFileFromProject reads at most {limit} bytes; use "
+                          f"exec or a job for more), read '{target}'")
+    return text
 
 
 async def read_text_file(ctx: ProjectContext, args: list[Any]) -> str:

@@ -86,8 +86,8 @@ def test_bad_json_is_400_on_every_surface(server: Server, proj_a: Proj, surface:
     require_sandbox()
     for path, body in _bodies(proj_a.project_id)[surface]:
         _check(_post(server, path, body.encode(), proj_a.key), surface)
-        if surface != "v3":   # v3 authenticates first (401); the others decode first
-            _check(_post(server, path, body.encode(), None), surface)
+        # without a key every surface refuses before it reads the body (review finding 2)
+        _check_unauthenticated(_post(server, path, body.encode(), None), surface)
     # the same surrogate sent as raw UTF-8 bytes (ED A0 80) instead of an escape
     path, body = _bodies(proj_a.project_id)[surface][0]
     raw = body.encode().replace(SURROGATE.encode(), b'"\xed\xa0\x80"')
@@ -97,12 +97,21 @@ def test_bad_json_is_400_on_every_surface(server: Server, proj_a: Proj, surface:
     assert proj_a.run("echo alive")["stdout"] == "alive\n"   # nothing was broken on the way
 
 
-def test_deep_json_before_authentication_is_400_not_500(server: Server,
-                                                         log_since: Callable[[], str]) -> None:
+def _check_unauthenticated(r: httpx.Response, surface: str) -> None:
+    """Refused on the key alone: v3 401, v1 400, conat and v2 CoCalc's HTTP 200 error."""
+    assert r.status_code == {"v3": 401, "v1": 400}.get(surface, 200), (surface, r.status_code, r.text[:300])
+    body = r.json()
+    assert isinstance(body.get("error"), str) and body["error"], body
+    assert "malformed" not in body["error"], body   # the body was never decoded
+    assert "Traceback" not in r.text and "internal server error" not in r.text
+
+
+def test_deep_json_before_authentication_is_refused_not_500(server: Server,
+                                                            log_since: Callable[[], str]) -> None:
     for path in ("/api/conat/hub", "/api/conat/project", "/api/v1/project_exec", "/api/v2/exec"):
         surface = "v1" if "v1" in path else ("conat" if "conat" in path else "v2")
-        _check(_post(server, path, DEEP.encode(), None), surface)
-        _check(_post(server, path, DEEP.encode(), "sk-wrongwrongwrongwr000001"), surface)
+        _check_unauthenticated(_post(server, path, DEEP.encode(), None), surface)
+        _check_unauthenticated(_post(server, path, DEEP.encode(), "sk-wrongwrongwrongwr000001"), surface)
     assert "Traceback" not in log_since()
 
 
