@@ -24,9 +24,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Test servers default to 2 GiB images, not 10 GiB: a hub starts a project only if the data
+# disk can back every running image's limit (disk.py), and a session server runs many
+# projects at once.  A test's own --default-limits (or the caller's env) still wins.
+TEST_ENV = {"PROJECTHUB_DEFAULT_LIMITS": '{"disk_bytes": "2G"}'}
+
+
 def cli(data_dir: Path, *args: str) -> dict[str, Any]:
     out = subprocess.run([*PROJECTHUB, *args, "--data-dir", str(data_dir)], capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, env={**TEST_ENV, **os.environ})
     assert out.returncode == 0, out.stderr + out.stdout
     return json.loads(out.stdout)
 
@@ -50,7 +56,7 @@ class Server:
 
     def start(self, timeout: float = 30.0) -> "Server":
         log = open(self.data_dir / "server.log", "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**TEST_ENV, **os.environ, "PYTHONUNBUFFERED": "1"}
         # every test server gets its own uid block, so concurrent servers never share a uid
         base = 200000 + (self.port % 2000) * 1000
         self.process = subprocess.Popen(
