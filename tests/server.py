@@ -24,7 +24,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# Test servers default to 2 GiB images, not 10 GiB: a hub starts a project only if the data
+# Test servers pin 2 GiB images (the server's default): a hub starts a project only if the data
 # disk can back every running image's limit (disk.py), and a session server runs many
 # projects at once.  A test's own --default-limits (or the caller's env) still wins.
 TEST_ENV = {"PROJECTHUB_DEFAULT_LIMITS": '{"disk_bytes": "2G"}'}

@@ -137,7 +137,7 @@ def test_probe_really_fills_an_image(base: Path) -> None:
 
 
 def test_disk_bytes_limit_parsing() -> None:
-    assert ProjectLimits().disk_bytes == 10 * 2**30
+    assert ProjectLimits().disk_bytes == 2 * 2**30
     assert ProjectLimits.merged(ProjectLimits(), {"disk_bytes": "2G"}).disk_bytes == 2 * 2**30
     assert ProjectLimits.merged(ProjectLimits(), {"disk_bytes": None}).disk_bytes is None
     for bad in (1024, "lots", True, -1, 2**50):

@@ -41,7 +41,9 @@ class ProjectLimits:
     network: bool = False               # False = own netns with loopback only (no egress)
     # home + daemon state + run dir, in a sparse per-project ext4 image (disk.py); None =
     # not enforced (a project that already has an image keeps it at its current size)
-    disk_bytes: int | None = 10 * 2**30
+    # 2 GiB: hubs never overcommit the data disk (disk.py), so the default decides how many
+    # projects run at once (~35 on 80 GiB free); raise it per project or by --default-limits.
+    disk_bytes: int | None = 2 * 2**30
 
     def __post_init__(self) -> None:
         self.validate()
