@@ -24,10 +24,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# Test servers pin 2 GiB images (the server's default): a hub starts a project only if the data
-# disk can back every running image's limit (disk.py), and a session server runs many
-# projects at once.  A test's own --default-limits (or the caller's env) still wins.
-TEST_ENV = {"PROJECTHUB_DEFAULT_LIMITS": '{"disk_bytes": "2G"}'}
+# Test servers pin 1 GiB images (the server's default is 2 GiB): a hub starts a project only if
+# the data disk can back every running image's limit (disk.py), and a session server runs
+# dozens of projects at once (tests that need more disk set their own limits).  A test's own --default-limits (or the caller's env) still wins.
+TEST_ENV = {"PROJECTHUB_DEFAULT_LIMITS": '{"disk_bytes": "1G"}'}
 
 
 def cli(data_dir: Path, *args: str) -> dict[str, Any]:
