@@ -88,7 +88,11 @@ def test_a_cannot_see_or_signal_b_processes(proj_a: Proj, proj_b: Proj) -> None:
                             f"grep -l 'sleep.{marker}' /proc/[0-9]*/cmdline; true")
         assert f"sleep" + "\0" + marker not in a_view["stdout"] and marker not in a_view["stdout"]
         # kill from a shell, by host pid and by B's namespace pid, every way
-        proj_a.run(f"kill -9 {victim.pid} {b_pid} -{b_pid}; pkill -9 -f 'sleep {marker}'; true", timeout=10)
+        # (B's namespace pid may name one of A's own processes, A's daemon included: that
+        # exec may then lose its connection, as with kill -1 below; only B matters here.)
+        proj_a.v3("POST", "/exec", {"command": f"kill -9 {victim.pid} {b_pid} -{b_pid}; "
+                                               f"pkill -9 -f 'sleep {marker}'; true",
+                                    "bash": True, "timeout": 10})
         # kill -1 hits every process A's uid can see: A's own daemon included (same uid),
         # so that exec may lose its connection; B must not notice anything.
         proj_a.v3("POST", "/exec", {"command": "kill -9 -1", "bash": True, "timeout": 10})

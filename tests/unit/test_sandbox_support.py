@@ -92,7 +92,7 @@ class SandboxEnv:
         for pid in list(sb.running_projects()):
             sb.stop_project(pid)
         sb.kill_strays(set())
-        for base in (self.data_dir / "projects").glob("*"):
+        for base in (self.data_dir / "projects").glob("[!.]*"):   # not .disk.lock
             sb.stop_project(base.name)   # also prepared-only ones: unmounts their disk image
         for p in self.procs:
             if p.poll() is None:
