@@ -274,7 +274,10 @@ class Server:
 
     def start(self, timeout: float = 60.0) -> "Server":
         logf = open(self.data_dir / "server.log", "ab")
-        args = [*PROJECTHUB, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        # 256 MiB project images: a hub never overcommits its data disk, and the scale
+        # scenario runs 200 projects at once (the default 2 GiB would need 400 GiB free).
+        args = [*PROJECTHUB, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+                "--default-limits", '{"disk_bytes": "256M"}']
         if self.sandbox != "auto":
             args += ["--sandbox", self.sandbox]
         self.process = subprocess.Popen(args, stdout=logf, stderr=logf, cwd=ROOT,

@@ -22,7 +22,10 @@ def prepare_data_dir(path: Path) -> Path:
     host bind-mounts into their sandboxes, never the data dir itself."""
     os.umask(0o077)
     path.mkdir(parents=True, exist_ok=True)
-    if path.stat().st_uid == os.geteuid():
+    st = path.stat()
+    if st.st_uid == os.geteuid() and st.st_mode & 0o066:
+        # nobody else may list or write it (a server in sandbox mode "none" sets 0711 itself:
+        # its daemons run as project uids and must traverse to their homes; that is kept)
         os.chmod(path, 0o700)
         for name in ("hub.db", "hub.db-wal", "hub.db-shm", "hub.db-journal"):
             try:

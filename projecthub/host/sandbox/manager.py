@@ -76,6 +76,10 @@ class Sandbox:
             raise RuntimeError("require_isolation is set but layers are missing:\n" + self.report.to_text())
         self.is_root = os.geteuid() == 0
         self.use_bwrap = self.report.mode.startswith("bwrap")
+        if not self.use_bwrap and self.is_root:
+            # Mode "none": daemons run as their project's uid on the host's filesystem and
+            # must traverse the data dir to their home (0711: not listable; hub.db stays 0600).
+            os.chmod(self.data_dir, 0o711)
         self.driver: CgroupDriver | None = (make_driver(config.cgroup_root_name)
                                             if self.report.cgroup_version else None)
         self.uids = UidAllocator(self.data_dir, config.uid_range)
