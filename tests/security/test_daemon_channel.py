@@ -55,6 +55,27 @@ def whoami(p: Proj) -> dict:
     return {"uid": int(uid), "marker": marker}
 
 
+def signal_own_daemon(signal_option: str) -> str:
+    """A shell line, run inside a project, that sends its own daemon ``kill SIGNAL_OPTION``
+    (the pattern matches the daemon's command line, old layout or new, not this shell's)."""
+    return ("for d in /proc/[0-9]*; do "
+            "if tr '\\0' ' ' < $d/cmdline 2>/dev/null | grep -qE 'projecthub.project.daemon (import|--project-id)'; "
+            f"then kill {signal_option} ${{d#/proc/}}; fi; done")
+
+
+def host_processes_with(marker: str) -> list[int]:
+    """Live host processes whose command line contains ``marker``."""
+    import psutil
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if marker in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        except psutil.Error:
+            pass
+    return found
+
+
 # --------------------------------------------------------------- 1. the socket swap
 
 def test_symlinked_socket_never_reaches_another_project(chan_server: Server) -> None:
@@ -305,27 +326,17 @@ def test_data_dir_and_store_are_private(chan_server: Server) -> None:
 def test_killing_its_own_daemon_leaves_nothing_running(chan_server: Server) -> None:
     """User code shares the daemon's uid, so it can SIGKILL it; what it started must then
     die with the daemon, not live on in its exec groups until the project's next start."""
-    import psutil
     from tests.security.conftest import wait_until
     p = new_project(chan_server, chan_server.new_account("Suicide"), "kill own daemon")
     marker = "4242.4321"
-    kill_daemon = ("for d in /proc/[0-9]*; do "
-                   "if tr '\\0' ' ' < $d/cmdline 2>/dev/null | grep -qE 'projecthub.project.daemon (import|--project-id)'; "
-                   "then kill -9 ${d#/proc/}; fi; done")
+    kill_daemon = signal_own_daemon("-9")
     r = p.v3("POST", "/exec", {"command": f"setsid -f bash -c 'exec -a sleeper sleep {marker}'; "
                                           f"sleep 0.5; {kill_daemon}; sleep 30",
                                "bash": True, "timeout": 60}, timeout=90)
     assert r.status_code >= 400 or r.json().get("exit_code") != 0, r.text   # its daemon is gone
 
     def survivors() -> list[int]:
-        found = []
-        for proc in psutil.process_iter(["cmdline"]):
-            try:
-                if marker in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc.pid)
-            except psutil.Error:
-                pass
-        return found
+        return host_processes_with(marker)
     assert wait_until(lambda: not survivors(), timeout=10), f"still running: {survivors()}"
     assert p.run("echo back")["stdout"] == "back\n"   # the next call starts a fresh daemon
 
@@ -357,13 +368,10 @@ def test_a_stopped_daemon_is_never_left_running_unowned(chan_server: Server) -> 
     """SIGSTOP its own daemon, then wait for a hub restart: the hub must either take the
     daemon back (running, counted, answering) or stop the whole sandbox, never mark the
     project stopped while its processes run on."""
-    import psutil
     server = chan_server
     p = new_project(server, server.new_account("Freezer"), "sigstop")
     marker = "3000.4242"
-    stop_daemon = ("for d in /proc/[0-9]*; do "
-                   "if tr '\\0' ' ' < $d/cmdline 2>/dev/null | grep -qE 'projecthub.project.daemon (import|--project-id)'; "
-                   "then kill -STOP ${d#/proc/}; fi; done")
+    stop_daemon = signal_own_daemon("-STOP")
     r = p.v3("POST", "/exec", {"command": f"sleep 1; {stop_daemon}; exec -a survivor sleep {marker}",
                                "bash": True, "async": True, "timeout": 3000})
     assert r.status_code == 200, r.text
@@ -376,14 +384,7 @@ def test_a_stopped_daemon_is_never_left_running_unowned(chan_server: Server) -> 
     state = state.get("state") if isinstance(state, dict) else state
 
     def survivors() -> list[int]:
-        found = []
-        for proc in psutil.process_iter(["cmdline"]):
-            try:
-                if marker in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc.pid)
-            except psutil.Error:
-                pass
-        return found
+        return host_processes_with(marker)
     if state == "stopped":
         assert not survivors(), "the project is 'stopped' but its processes run on"
     else:
