@@ -78,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .api.app import build_sandbox, create_app
+    from .host.environment import EnvironmentError_
     settings = ServerSettings(host=args.host, port=args.port,
                               sandbox_mode=args.sandbox, require_isolation=args.require_isolation)
     if args.uid_range is not None:
@@ -102,6 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         sys.exit(f"projecthub: --account-limits: {exc}")
     if args.data_dir:
         settings.data_dir = Path(args.data_dir)
+    settings.project_env, settings.project_rootfs = args.project_env, args.project_rootfs
     if args.spare_projects is not None:
         if args.spare_projects < 0:
             sys.exit("projecthub: --spare-projects must be >= 0")
@@ -120,7 +122,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         sys.exit(f"projecthub: {exc}")
     try:
         sandbox = build_sandbox(settings)
-    except (RuntimeError, ValueError, TypeError) as exc:  # a missing layer, or bad default limits
+    except (RuntimeError, ValueError, TypeError, EnvironmentError_) as exc:
+        # a missing layer, bad default limits, or a project environment that cannot work
         print(f"projecthub: refusing to start: {exc}", file=sys.stderr)
         sys.exit(1)
     store = _store(str(settings.data_dir))
@@ -355,6 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated addresses/networks of reverse proxies whose X-Forwarded-For "
                             "is trusted (default: none, the TCP peer is the client; "
                             "$PROJECTHUB_FORWARDED_ALLOW_IPS)")
+    serve.add_argument("--project-env", default=os.environ.get("PROJECTHUB_PROJECT_ENV") or None,
+                       metavar="DIR",
+                       help="the software projects run: a managed environment's directory (built "
+                            "there when missing) or an existing Python environment (a prefix with "
+                            "bin/python); default <data-dir>/env ($PROJECTHUB_PROJECT_ENV)")
+    serve.add_argument("--project-rootfs", default=os.environ.get("PROJECTHUB_PROJECT_ROOTFS") or None,
+                       metavar="DIR",
+                       help="an unpacked root filesystem (e.g. `docker export` output) used as the "
+                            "projects' /usr, /etc, /bin, /lib ($PROJECTHUB_PROJECT_ROOTFS)")
     serve.add_argument("--log-level", default=os.environ.get("PROJECTHUB_LOG_LEVEL", "info"))
     serve.set_defaults(func=cmd_serve)
 
@@ -371,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     jupyter.add_argument("--project", default=None,
                          help="copy this project's limit overrides to every account's scratch project")
     jupyter.set_defaults(func=cmd_jupyter_api)
+
+    from .cli_env import add_env_parser
+    add_env_parser(sub)
 
     stop_all = sub.add_parser("stop-all", help="stop every running project of a data dir")
     stop_all.add_argument("--data-dir", default=None)

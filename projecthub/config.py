@@ -108,6 +108,9 @@ class ServerSettings:
     # Sandbox: "auto" (bwrap when it works), "bwrap", or "none".
     sandbox_mode: str = "auto"
     require_isolation: bool = False
+    # The software projects run (host/environment.py): None = the managed one in <data-dir>/env
+    project_env: str | None = None
+    project_rootfs: str | None = None
     # Bridge budget for a CoCalc call without a top-level timeout (CoCalc: 15 s).
     default_call_timeout_s: float = 15.0
     # Longest any single HTTP call may wait: stays under the official client's 120 s.

@@ -10,9 +10,14 @@ from typing import Iterator
 
 import pytest
 
-from tests.server import Account, Server
+from tests.server import Account, Server, ensure_project_env
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # the project environment every test server mounts (numpy, ipykernel...): once per checkout
+    ensure_project_env()
 
 
 def require(capability: str, available: bool) -> None:

@@ -27,7 +27,20 @@ def free_port() -> int:
 # Test servers pin 1 GiB images (the server's default is 2 GiB): a hub starts a project only if
 # the data disk can back every running image's limit (disk.py), and a session server runs
 # dozens of projects at once (tests that need more disk set their own limits).  A test's own --default-limits (or the caller's env) still wins.
-TEST_ENV = {"PROJECTHUB_DEFAULT_LIMITS": '{"disk_bytes": "1G"}'}
+#
+# Every test server shares one managed project environment (host/environment.py), built once
+# per checkout by ensure_project_env() (tests/conftest.py calls it at session start; ~1 min
+# the first time, then cached in .cache/project-env) instead of one per data dir.
+PROJECT_ENV = Path(__file__).resolve().parent.parent / ".cache" / "project-env"
+TEST_ENV = {"PROJECTHUB_DEFAULT_LIMITS": '{"disk_bytes": "1G"}', "PROJECTHUB_PROJECT_ENV": str(PROJECT_ENV)}
+
+
+def ensure_project_env() -> Path:
+    """Build the shared project environment if it is missing (locked: concurrent callers wait)."""
+    from projecthub.host import environment
+    if environment.current_generation(PROJECT_ENV) is None:
+        environment.build(PROJECT_ENV, progress=lambda line: print(line, flush=True))
+    return PROJECT_ENV
 
 
 def cli(data_dir: Path, *args: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
@@ -14,6 +15,7 @@ from starlette.routing import Route
 
 from ..auth.resolve import KeyResolver
 from ..config import ServerSettings, prepare_data_dir
+from ..host.environment import resolve as resolve_environment
 from ..host.host import Host
 from ..host.sandbox import ProjectLimits, Sandbox, SandboxConfig
 from ..host.sandbox.disk import disk_full_message
@@ -29,11 +31,16 @@ log = logging.getLogger("projecthub.server")
 
 
 def build_sandbox(settings: ServerSettings) -> Sandbox:
-    """Raises ValueError for invalid default limits, RuntimeError under --require-isolation."""
+    """Raises ValueError for invalid default limits, RuntimeError under --require-isolation,
+    EnvironmentError_ for a project environment that cannot work.  Builds the managed project
+    environment when it is missing (progress on stderr)."""
     defaults = ProjectLimits.from_json(settings.default_limits)
+    environment = resolve_environment(
+        settings.data_dir, settings.project_env, settings.project_rootfs,
+        progress=lambda line: print(f"projecthub: {line}", file=sys.stderr, flush=True))
     return Sandbox(SandboxConfig(data_dir=settings.data_dir, mode=settings.sandbox_mode,
                                  require_isolation=settings.require_isolation, defaults=defaults,
-                                 uid_range=settings.uid_range))
+                                 uid_range=settings.uid_range, environment=environment))
 
 
 def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Starlette:

@@ -27,6 +27,7 @@ from ..fabric import peer
 from ..fabric.local import FabricClient
 from ..hub.db import AsyncStore
 from ..store.store import SPARE_STATE
+from .environment import ProjectEnvironment
 from .sandbox import PreparedProject, ProjectLimits, Sandbox
 from .spares import SparePool
 
@@ -301,11 +302,13 @@ class Host:
         settings = {"jupyter": {"pool_size": self.jupyter_pool_size}, "limits": limits.to_json()}
         run_dir = self._run_dir(project_id)
         listen = peer.bind_daemon_socket(run_dir)   # private to the server; see fabric/peer.py
-        inner = [sys.executable, "-I", "-c", DAEMON_BOOT, self.sandbox.daemon_path_entry(),
+        environment = self.sandbox.config.environment
+        inner = [environment.python, "-I", "-c", DAEMON_BOOT, self.sandbox.daemon_path_entry(),
                  "--project-id", project_id, "--home", prepared.home_inside,
                  "--listen-fd", str(listen.fileno()), "--state-dir", prepared.state_inside,
                  "--tmp-dir", prepared.tmp_inside, "--settings", json.dumps(settings)]
-        env = {"PATH": project_path(), "LANG": os.environ.get("LANG", "C.UTF-8"),
+        env = {"PATH": project_path(environment, prepared.home_inside),
+               "LANG": os.environ.get("LANG", "C.UTF-8"),
                "PYTHONDONTWRITEBYTECODE": "1"}
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         launch_fds: tuple[int, ...] = ()
@@ -434,12 +437,14 @@ class Host:
 _SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
-def project_path() -> str:
-    """PATH inside projects: the server's Python environment (python3, pip, jupyter with the
-    kernel's packages) then the system directories.  Not the server's own PATH: its entries
-    leak host layout and mostly do not exist in the sandbox (each miss is a failed execve)."""
-    dirs = [os.path.dirname(sys.executable), *_SYSTEM_PATH]
-    return ":".join(d for d in dict.fromkeys(dirs) if os.path.isdir(d))
+def project_path(environment: ProjectEnvironment, home: str) -> str:
+    """PATH inside projects: the user's own scripts (``pip install --user``), the project
+    environment (python3, pip, jupyter), then the system directories.  Not the server's own
+    PATH: its entries leak host layout and mostly do not exist in the sandbox (each miss is
+    a failed execve)."""
+    root = environment.rootfs or ""
+    system = [d for d in _SYSTEM_PATH if os.path.isdir(root + d)]
+    return ":".join(dict.fromkeys([f"{home}/.local/bin", *environment.bin_dirs, *system]))
 
 
 def _resume(pid: int) -> None:

@@ -35,8 +35,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import projecthub
-
+from ..environment import ProjectEnvironment, package_dir, server_environment
 from .seccomp import filter_program
 
 HOME_INSIDE = "/home/user"
@@ -66,19 +65,20 @@ def bwrap_features() -> frozenset[str]:
     return frozenset(w for w in text.split() if w.startswith("--"))
 
 
-def code_paths() -> tuple[list[str], str | None]:
-    """Read-only host paths the daemon's interpreter needs, and a PYTHONPATH entry when
-    the projecthub package is not installed into the prefix (a source checkout)."""
-    pkg_dir = os.path.dirname(os.path.realpath(projecthub.__file__))
-    exe_prefix = os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))
-    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
-                                             sys.base_exec_prefix, exe_prefix)}
-    prefixes |= {p for p in (sys.prefix, sys.base_prefix)}  # unresolved venv path used by shebangs
-    pythonpath = None
-    if not any(_under(pkg_dir, p) for p in prefixes):
-        prefixes.add(pkg_dir)
-        pythonpath = os.path.dirname(pkg_dir)
-    return _minimal(p for p in prefixes if not _system_covered(p)), pythonpath
+def code_paths(environment: ProjectEnvironment | None = None) -> tuple[list[str], str | None]:
+    """Read-only host paths the daemon's interpreter needs (the project environment's, see
+    ``host/environment.py``, plus the projecthub package directory alone), and the
+    ``sys.path`` entry the daemon imports projecthub from ("" when the environment's
+    interpreter has it installed)."""
+    env = environment or server_environment()
+    pkg_dir = package_dir()
+    paths = set(env.ro_paths)
+    pythonpath: str | None = os.path.dirname(pkg_dir)
+    if env.kind == "server" and any(_under(pkg_dir, p) for p in paths):
+        pythonpath = None
+    if pythonpath is not None:
+        paths.add(pkg_dir)
+    return _minimal(p for p in paths if env.rootfs or not _system_covered(p)), pythonpath
 
 
 def _under(path: str, parent: str) -> bool:
@@ -170,14 +170,16 @@ class ArgvBuilder:
 
 def build_bwrap_command(*, privileged: bool, network: bool, tmp_bytes: int | None,
                         home: Path, state_dir: Path, etc_files: dict[str, Path],
-                        cgroup_dirs: list[str], hostname: str = "project") -> BwrapCommand:
+                        cgroup_dirs: list[str], hostname: str = "project",
+                        environment: ProjectEnvironment | None = None) -> BwrapCommand:
     if not bwrap_path():
         raise RuntimeError("bwrap: not installed")
     feats = bwrap_features()
     b = ArgvBuilder()
     try:
         _fill(b, feats, privileged=privileged, network=network, tmp_bytes=tmp_bytes, home=home,
-              state_dir=state_dir, etc_files=etc_files, cgroup_dirs=cgroup_dirs, hostname=hostname)
+              state_dir=state_dir, etc_files=etc_files, cgroup_dirs=cgroup_dirs, hostname=hostname,
+              environment=environment or server_environment())
     except BaseException:
         BwrapCommand([], b.fds).close()
         raise
@@ -204,11 +206,14 @@ def _fill(b: ArgvBuilder, feats: frozenset[str], *, privileged: bool, network: b
         b.raw("--unshare-user")
         if "--disable-userns" in feats:
             b.raw("--disable-userns")
+    # The system directories: the host's, or an unpacked image's (--project-rootfs)
+    root = environment.rootfs or ""
     for d in SYSTEM_DIRS:
-        if os.path.islink(d):
-            b.raw("--symlink", os.readlink(d), d)
-        elif os.path.isdir(d):
-            b.mount("--ro-bind", d, d)
+        src = root + d
+        if os.path.islink(src):
+            b.raw("--symlink", os.readlink(src), d)
+        elif os.path.isdir(src):
+            b.mount("--ro-bind", src, d)
     for name in ("passwd", "group"):
         if name in etc_files:
             b.data("--ro-bind-data", name, Path(etc_files[name]).read_bytes(), f"/etc/{name}")
@@ -226,9 +231,14 @@ def _fill(b: ArgvBuilder, feats: frozenset[str], *, privileged: bool, network: b
     b.raw("--perms", "1777")
     b.mount("--tmpfs", None, TMP_INSIDE)
     b.mount("--symlink", "/tmp", "/var/tmp")
-    ro, _ = code_paths()
+    ro, _ = code_paths(environment)
     for p in ro:
         b.mount("--ro-bind", p, p)
+    for p in environment.masked_paths:
+        # the base interpreter's site-packages: the server machine's packages, not the
+        # project environment's (a managed venv enables it only for the user site)
+        if os.path.isdir(p) and any(_under(p, q) for q in ro + list(SYSTEM_DIRS)):
+            b.raw("--perms", "0755", "--tmpfs", p, "--remount-ro", p)
     b.mount("--bind", str(home), HOME_INSIDE)
     b.mount("--bind", str(state_dir), STATE_INSIDE)
     for d in cgroup_dirs:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import psutil
 
+from ..environment import ProjectEnvironment, server_environment
 from . import bwrap as bw
 from . import disk
 from .cgroups import CgroupDriver, make_driver
@@ -44,6 +45,8 @@ class SandboxConfig:
     cgroup_root_name: str = "projecthub"    # /sys/fs/cgroup/<ctrl>/projecthub/<project_id>
     require_isolation: bool = False
     defaults: ProjectLimits = field(default_factory=ProjectLimits)
+    # The software projects run (host/environment.py); serve resolves a managed one.
+    environment: ProjectEnvironment = field(default_factory=server_environment)
 
 
 @dataclass
@@ -149,7 +152,7 @@ class Sandbox:
     def daemon_path_entry(self) -> str:
         """Where the daemon imports projecthub from when it is not installed in the
         interpreter's prefix (a source checkout, read-only in the sandbox), else ""."""
-        return bw.code_paths()[1] or ""
+        return bw.code_paths(self.config.environment)[1] or ""
 
     def daemon_command(self, prepared: PreparedProject, inner_argv: list[str],
                        env: dict[str, str]) -> tuple[list[str], dict]:
@@ -166,7 +169,8 @@ class Sandbox:
             command = bw.build_bwrap_command(
                 privileged=self.is_root, network=p.limits.network, tmp_bytes=p.limits.tmp_bytes,
                 home=p.home_outside, state_dir=p.state_outside, etc_files=p.etc_files,
-                cgroup_dirs=self.driver.bind_dirs(p.project_id) if self.driver and p.cgroup else [])
+                cgroup_dirs=self.driver.bind_dirs(p.project_id) if self.driver and p.cgroup else [],
+                environment=self.config.environment)
             # setsid inside: the daemon becomes its own session and process-group leader
             # (not in bwrap-init's), with no controlling terminal.  -w only matters if
             # setsid had to fork, which it does not here (pid 2 is not a group leader).

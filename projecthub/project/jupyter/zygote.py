@@ -604,11 +604,28 @@ def _user_import_path(env: dict) -> None:
         at = next((i for i, p in enumerate(sys.path)
                    if os.path.basename(p) in ("site-packages", "dist-packages")), 0)
         sys.path.insert(at, "")
-    if sys.prefix == sys.base_prefix and not env.get("PYTHONNOUSERSITE"):
+    if _user_site_enabled() and not env.get("PYTHONNOUSERSITE"):
         import site
         with contextlib.suppress(Exception):
             site.ENABLE_USER_SITE = True
             site.addsitedir(site.getusersitepackages())
+
+
+def _user_site_enabled() -> bool:
+    """Whether this interpreter has a user site when started without ``-I``: outside a venv,
+    or in one made with ``include-system-site-packages = true`` (the managed project
+    environment is, so that ``pip install --user`` packages import)."""
+    if sys.prefix == sys.base_prefix:
+        return True
+    try:
+        with open(os.path.join(sys.prefix, "pyvenv.cfg"), encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition("=")
+                if key.strip().lower() == "include-system-site-packages":
+                    return value.strip().lower() == "true"
+    except OSError:
+        pass
+    return False
 
 
 def _die_with_parent(zygote_pid: int) -> bool:

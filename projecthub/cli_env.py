@@ -1,0 +1,110 @@
+"""``projecthub env build|status|install``: the project software environment (host/environment.py).
+
+Each prints one JSON object on stdout (progress goes to stderr); a failure prints
+``{"error": ...}`` and exits 2, and leaves the previous environment in use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import default_data_dir
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _root(args: argparse.Namespace) -> Path:
+    from .host.environment import default_root
+    if args.env_dir:
+        return Path(args.env_dir)
+    if os.environ.get("PROJECTHUB_PROJECT_ENV"):
+        return Path(os.environ["PROJECTHUB_PROJECT_ENV"])
+    return default_root(Path(args.data_dir) if args.data_dir else default_data_dir())
+
+
+def _run(action) -> None:
+    from .host.environment import EnvironmentError_
+    try:
+        result = action()
+    except EnvironmentError_ as exc:   # one line, like every admin command's error
+        print(json.dumps({"error": str(exc)}))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("projecthub: interrupted; the previous project environment stays in use", file=sys.stderr)
+        sys.exit(130)
+    print(json.dumps(result))
+
+
+def cmd_env_build(args: argparse.Namespace) -> None:
+    from .host import environment as envmod
+
+    def action() -> dict:
+        root = _root(args)
+        packages = tuple(args.package) if args.package else envmod.DEFAULT_PACKAGES
+        if args.package:   # the daemon's own modules always; --package adds to them
+            packages = envmod.DEFAULT_PACKAGES[:4] + tuple(args.package)
+        if envmod.current_generation(root) is not None and not args.rebuild:
+            _progress(f"a project environment exists in {root} (--rebuild to make a new one)")
+        else:
+            envmod.build(root, packages, progress=_progress)
+        env = envmod.managed_environment(root)
+        assert env is not None
+        return envmod.status(env)
+    _run(action)
+
+
+def cmd_env_status(args: argparse.Namespace) -> None:
+    from .host import environment as envmod
+
+    def action() -> dict:
+        root = _root(args)
+        if (root / "bin" / "python").exists() and not (root / envmod.CURRENT).exists():
+            return envmod.status(envmod.external_environment(root))
+        env = envmod.managed_environment(root)
+        if env is None:
+            raise envmod.EnvironmentError_(f"no project environment in {root}: run `projecthub env build`")
+        return envmod.status(env)
+    _run(action)
+
+
+def cmd_env_install(args: argparse.Namespace) -> None:
+    from .host import environment as envmod
+
+    def action() -> dict:
+        root = _root(args)
+        envmod.install(root, list(args.packages), progress=_progress)
+        env = envmod.managed_environment(root)
+        assert env is not None
+        return envmod.status(env)
+    _run(action)
+
+
+def add_env_parser(sub: argparse._SubParsersAction) -> None:
+    env = sub.add_parser("env", help="the project software environment (Python, ipykernel, numpy...)")
+    actions = env.add_subparsers(dest="action", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", default=None)
+        p.add_argument("--env-dir", default=None,
+                       help="the environment's directory (default: $PROJECTHUB_PROJECT_ENV, "
+                            "else <data-dir>/env)")
+
+    build = actions.add_parser("build", help="build the managed environment (default packages)")
+    common(build)
+    build.add_argument("--package", action="append", metavar="REQ",
+                       help="build with these packages instead of the default scientific set")
+    build.add_argument("--rebuild", action="store_true", help="build a new one even if one exists")
+    build.set_defaults(func=cmd_env_build)
+    status = actions.add_parser("status", help="what the environment holds")
+    common(status)
+    status.set_defaults(func=cmd_env_status)
+    install = actions.add_parser("install", help="add packages for every project")
+    common(install)
+    install.add_argument("packages", nargs="+", metavar="PKG")
+    install.set_defaults(func=cmd_env_install)
