@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from . import bwrap as bw
 from . import disk
+from . import network
 from .cgroups import make_driver, read_int, read_text, discover_mounts, slot_name
 from .limits import ProjectLimits
 from .users import drop_argv, setpriv_path, write_identity_files
@@ -178,7 +179,19 @@ def probe(data_dir: Path | str, *, mode: str = "auto", cgroup_root_name: str = "
     disk_ok, disk_detail = disk.probe(data_dir / "probe")
     layers.append(Layer("disk-limit", disk_ok, disk_detail if disk_ok else
                         disk_detail + "; disk_bytes NOT enforced: " + _disk_note(data_dir)))
+    layers.append(_network_layer(use_bwrap and root))
     return report
+
+
+def _network_layer(sandboxed_root: bool) -> Layer:
+    """What ``network=true`` gives here.  Either way no project shares the host's network
+    namespace (where it cannot be given it is refused), so the layer holds; the detail says
+    which, and why not."""
+    hole = network.firewall_hole()
+    if hole:
+        return Layer("network-egress", False, hole)
+    ok, detail = network.support() if sandboxed_root else (False, "needs the bwrap sandbox as root")
+    return Layer("network-egress", True, detail if ok else f"network=true is refused here: {detail}")
 
 
 def _disk_note(data_dir: Path) -> str:
