@@ -119,14 +119,22 @@ def test_no_egress_without_network(env, proj):
         srv.close()
 
 
-def test_network_on_reaches_host(env):
+def test_network_on_is_not_the_hosts_network(env):
+    # network=true: its own netns with a veth (sandbox/network.py), never the host's, so
+    # the host's loopback stays out of reach (tests/security/test_network.py: the rest)
+    from projecthub.host.sandbox import network
+    require("network egress (ip, nft, nsenter, ip_forward=1)", network.prerequisites() == "")
     netp = env.prepare("gamma", network=True)
     srv = _listener()
     try:
-        r = env.py(netp, CONNECT.format(port=srv.getsockname()[1]))
-        assert r.stdout.startswith("connected"), r.stdout + r.stderr
+        r = env.py(netp, CONNECT.format(port=srv.getsockname()[1]) +
+                   "import socket; print(sorted(n for _, n in socket.if_nameindex()))")
+        assert r.stdout.startswith("refused"), r.stdout + r.stderr
+        assert "['eth0', 'lo']" in r.stdout, r.stdout
     finally:
         srv.close()
+        env.sandbox.stop_project("gamma")
+    assert env.sandbox.network.attached() == []
 
 
 def test_tmp_is_private_and_size_limited(env):

@@ -171,7 +171,11 @@ class ArgvBuilder:
 def build_bwrap_command(*, privileged: bool, network: bool, tmp_bytes: int | None,
                         home: Path, state_dir: Path, etc_files: dict[str, Path],
                         cgroup_dirs: list[str], hostname: str = "project",
-                        environment: ProjectEnvironment | None = None) -> BwrapCommand:
+                        environment: ProjectEnvironment | None = None,
+                        resolv_conf: bytes | None = None) -> BwrapCommand:
+    """``network``: True when the caller starts bwrap inside the project's prepared network
+    namespace (``network.py``: ``nsenter`` first), False for a fresh one with loopback only.
+    Never the host's.  ``resolv_conf``: that namespace's /etc/resolv.conf."""
     if not bwrap_path():
         raise RuntimeError("bwrap: not installed")
     feats = bwrap_features()
@@ -179,7 +183,7 @@ def build_bwrap_command(*, privileged: bool, network: bool, tmp_bytes: int | Non
     try:
         _fill(b, feats, privileged=privileged, network=network, tmp_bytes=tmp_bytes, home=home,
               state_dir=state_dir, etc_files=etc_files, cgroup_dirs=cgroup_dirs, hostname=hostname,
-              environment=environment or server_environment())
+              environment=environment or server_environment(), resolv_conf=resolv_conf)
     except BaseException:
         BwrapCommand([], b.fds).close()
         raise
@@ -191,9 +195,31 @@ def build_bwrap_command(*, privileged: bool, network: bool, tmp_bytes: int | Non
     return BwrapCommand(b.args, b.fds, seccomp=program is not None)
 
 
+def _resolv_conf_path(root: str) -> str | None:
+    """Where /etc/resolv.conf really is inside (symlinks followed within ``root``, e.g.
+    systemd's /run/systemd/resolve/stub-resolv.conf), if bwrap can put a file there: an
+    existing file, or a path outside the read-only system dirs (bwrap creates it on the
+    sandbox's root tmpfs).  None: no resolv.conf (a read-only dir without the file)."""
+    path = "/etc/resolv.conf"
+    for _ in range(8):
+        host = root + path
+        if os.path.islink(host):
+            target = os.readlink(host)
+            path = os.path.normpath(target if target.startswith("/") else
+                                    os.path.join(os.path.dirname(path), target))
+            continue
+        if os.path.isfile(host):
+            return path
+        if os.path.lexists(host):
+            return None
+        return None if any(_under(path, d) for d in SYSTEM_DIRS) else path
+    return None
+
+
 def _fill(b: ArgvBuilder, feats: frozenset[str], *, privileged: bool, network: bool,
           tmp_bytes: int | None, home: Path, state_dir: Path, etc_files: dict[str, Path],
-          cgroup_dirs: list[str], hostname: str) -> None:
+          cgroup_dirs: list[str], hostname: str, environment: ProjectEnvironment,
+          resolv_conf: bytes | None = None) -> None:
     b.raw("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", hostname)
     if not network:
         b.raw("--unshare-net")
@@ -219,11 +245,14 @@ def _fill(b: ArgvBuilder, feats: frozenset[str], *, privileged: bool, network: b
             b.data("--ro-bind-data", name, Path(etc_files[name]).read_bytes(), f"/etc/{name}")
     for name in HIDDEN_ETC:
         src = etc_files.get(name.rstrip("-"))
-        if src and os.path.exists(f"/etc/{name}"):
+        if src and os.path.exists(f"{root}/etc/{name}"):
             b.data("--ro-bind-data", name, Path(src).read_bytes(), f"/etc/{name}", perms="0400")
     b.mount("--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu")
-    if network:
-        b.mount("--ro-bind-try", "/run/systemd/resolve", "/run/systemd/resolve")
+    if network and resolv_conf is not None:
+        # the host's upstream resolvers (network.py): its 127.0.0.x stub is out of reach
+        dest = _resolv_conf_path(root)
+        if dest:
+            b.data("--ro-bind-data", "resolv.conf", resolv_conf, dest)
     b.mount("--proc", None, "/proc")
     b.mount("--dev", None, "/dev")
     if tmp_bytes is not None and "--size" in feats:

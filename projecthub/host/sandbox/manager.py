@@ -10,6 +10,7 @@ Start chain in root mode (decisions and numbers in the package docstring):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import psutil
 from ..environment import ProjectEnvironment, server_environment
 from . import bwrap as bw
 from . import disk
+from . import network as net
 from .cgroups import CgroupDriver, make_driver
 from .limits import ProjectLimits
 from .probe import CapabilityReport, probe
@@ -63,6 +65,7 @@ class PreparedProject:
     limits: ProjectLimits = field(default_factory=ProjectLimits)
     etc_files: dict[str, Path] = field(default_factory=dict)
     cgroup_env: dict[str, Any] | None = None
+    network: net.Attachment | None = None   # network=true: its netns, veth and resolv.conf
 
 
 class Sandbox:
@@ -70,6 +73,8 @@ class Sandbox:
         self.config = config
         self.data_dir = Path(config.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(Exception):   # the probe then reports what is still missing
+            net.repair_firewall()
         self.report: CapabilityReport = probe(self.data_dir, mode=config.mode,
                                               cgroup_root_name=config.cgroup_root_name,
                                               uid_range=config.uid_range)
@@ -91,6 +96,10 @@ class Sandbox:
         self._tag = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
         # disk_bytes is enforced only where the probe really filled a loop-mounted image
         self.disk_enforced = self.report.enforced("disk-limit")
+        # network=true: a netns + veth + NAT per project (network.py), never the host's netns
+        self.network = net.ProjectNetworks(self._tag)
+        if config.defaults.network:
+            self._check_network()
 
     # ------------------------------------------------------------------ prepare
 
@@ -128,13 +137,20 @@ class Sandbox:
         if self.driver is not None:
             cgroup = self.driver.create(project_id, uid, gid, limits)
             cg_env = self.driver.daemon_env(project_id)
+        attachment = None
+        if limits.network:
+            self._check_network()
+            attachment = self.network.setup(project_id)   # also removes an earlier start's
+        else:
+            self.network.teardown(project_id)   # network was on at the last start
         inside = self.use_bwrap
         p = PreparedProject(
             project_id=project_id, uid=uid, gid=gid,
             home_outside=home, home_inside=bw.HOME_INSIDE if inside else str(home),
             state_outside=state, state_inside=bw.STATE_INSIDE if inside else str(state),
             tmp_inside=bw.TMP_INSIDE if inside else str(self._plain_tmp(base, uid, gid)),
-            cgroup=cgroup, limits=limits, etc_files=etc_files, cgroup_env=cg_env)
+            cgroup=cgroup, limits=limits, etc_files=etc_files, cgroup_env=cg_env,
+            network=attachment)
         self._prepared[project_id] = p
         return p
 
@@ -167,10 +183,11 @@ class Sandbox:
         fds: list[int] = []
         if self.use_bwrap:
             command = bw.build_bwrap_command(
-                privileged=self.is_root, network=p.limits.network, tmp_bytes=p.limits.tmp_bytes,
+                privileged=self.is_root, network=p.network is not None, tmp_bytes=p.limits.tmp_bytes,
                 home=p.home_outside, state_dir=p.state_outside, etc_files=p.etc_files,
                 cgroup_dirs=self.driver.bind_dirs(p.project_id) if self.driver and p.cgroup else [],
-                environment=self.config.environment)
+                environment=self.config.environment,
+                resolv_conf=p.network.resolv_conf if p.network else None)
             # setsid inside: the daemon becomes its own session and process-group leader
             # (not in bwrap-init's), with no controlling terminal.  -w only matters if
             # setsid had to fork, which it does not here (pid 2 is not a group leader).
@@ -178,6 +195,8 @@ class Sandbox:
             if not sess:
                 command.options.append("--new-session")
             argv = command.argv(drop + sess + list(inner_argv))
+            if p.network is not None:
+                argv = p.network.enter_argv() + argv   # nsenter execs bwrap: same pid
             fds = command.fds
             cwd = "/"
         else:
@@ -222,6 +241,15 @@ class Sandbox:
         """ValueError for limits that cannot apply to this project (disk_bytes below use)."""
         _check_project_id(project_id)
         disk.check_new_limit(self.project_dir(project_id), limits.disk_bytes)
+        if limits.network:
+            self._check_network()   # applies at the next start (the netns is made then)
+
+    def _check_network(self) -> None:
+        """ValueError when ``network=true`` cannot be given here (and why)."""
+        why = "needs the bwrap sandbox as root" if not (self.use_bwrap and self.is_root) else \
+            net.prerequisites(self.network.pool_text)
+        if why:
+            raise ValueError(f"network: not available on this host: {why}")
 
     def update_limits(self, project_id: str, limits: ProjectLimits) -> None:
         if limits.disk_bytes is not None and disk.attached(self.project_dir(project_id)):
@@ -242,9 +270,13 @@ class Sandbox:
             # or by mode "none" without cgroups.
             _kill_matching(lambda proc: self._belongs(proc, project_id), timeout_s)
         finally:
-            # Unmount the project's image (frees the loop device) even if a kill step
-            # failed: a mount still in use is detached lazily and freed with its last user.
-            disk.detach(self.project_dir(project_id))
+            try:
+                # its veth, netns and firewall entry (network=true): none outlives the stop
+                self.network.teardown(project_id)
+            finally:
+                # Unmount the project's image (frees the loop device) even if a kill step
+                # failed: a mount still in use is detached lazily and freed with its last user.
+                disk.detach(self.project_dir(project_id))
 
     def disk_bytes_applied(self, project_id: str) -> int | None:
         """The size of the project's image now: what really bounds it (a shrink that could
@@ -286,6 +318,8 @@ class Sandbox:
                     self.driver.remove(proj)
         killed += _kill_matching(lambda proc: (o := self._owner(proc)) is not None
                                  and o not in known_project_ids, 5.0)
+        # networks a crash or a lost daemon left (network.py): only running projects keep one
+        self.network.sweep(set(self.running_projects()))
         return sorted(set(killed))
 
     # ------------------------------------------------------------------ fallback matching
