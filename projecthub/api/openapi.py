@@ -103,7 +103,10 @@ OPENAPI: dict[str, Any] = {
                 "cpu_shares": {"type": ["integer", "null"], "minimum": 2, "maximum": 262144},
                 "tmp_bytes": {"oneOf": [{"type": "integer", "minimum": 2**20}, {"type": "null"},
                                         {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[KMGT]i?B?$"}]},
-                "network": {"type": "boolean", "description": "true = full host network (admins)"},
+                "network": {"type": "boolean",
+                            "description": "true = outbound access through the project's own network "
+                                           "namespace and NAT, never to the host or other projects "
+                                           "(admins only; applies at the project's next start)"},
                 "disk_bytes": {"oneOf": [{"type": "integer", "minimum": 16 * 2**20, "maximum": 16 * 2**40 - 2**30},
                                          {"type": "null"},
                                          {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[KMGT]i?B?$"}],
