@@ -125,12 +125,28 @@ def resolve(data_dir: Path, project_env: str | None = None, rootfs: str | None =
         root = default_root(data_dir)
     env = managed_environment(root)
     if env is None:
+        _check_managed_root(root)
         if not build_missing:
             raise EnvironmentError_(f"no project environment in {root}: run `projecthub env build`")
         build(root, progress=progress)
         env = managed_environment(root)
         assert env is not None
     return env
+
+
+def _check_managed_root(root: Path) -> None:
+    """A managed environment is built only where one is or nothing is: never into a
+    directory of other files (``--project-env /etc`` is a mistake, not a request)."""
+    try:
+        entries = [e.name for e in root.iterdir()]
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise EnvironmentError_(f"project environment {root}: {exc.strerror}") from None
+    ours = [e for e in entries if _GEN_RE.match(e) or e in (CURRENT, ".lock", f".{CURRENT}.tmp")]
+    if len(ours) != len(entries):
+        raise EnvironmentError_(f"{root} is neither a project environment (made by `projecthub env "
+                                "build`) nor a Python environment (no bin/python)")
 
 
 def managed_environment(root: Path) -> ProjectEnvironment | None:
@@ -314,6 +330,7 @@ def build(root: Path, packages: tuple[str, ...] = DEFAULT_PACKAGES, *,
     """A fresh managed environment with ``packages``; returns its generation."""
     say = progress or (lambda line: None)
     root = Path(os.path.abspath(root))
+    _check_managed_root(root)
     with _locked(root):
         _sweep(root, current_generation(root))
         gen = _next_generation(root)

@@ -1,0 +1,130 @@
+"""``projecthub env build|install|status`` and serve's environment flags: what an admin sees,
+including every way an install can fail without breaking the environment in use."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_project_env import make_wheel
+from tests.server import PROJECTHUB
+
+# the daemon's own modules only: quick to build from pip's cache
+SMALL = ["--package", "six"]
+
+
+def env_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PROJECTHUB, "env", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def small_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("envs") / "env"
+    out = env_cli("build", "--env-dir", str(root), *SMALL)
+    assert out.returncode == 0, out.stderr[-2000:]
+    status = json.loads(out.stdout)
+    assert status["generation"] == "gen-1" and status["missing_daemon_modules"] == []
+    assert "six" in status["installed"] and "numpy" not in status["installed"]
+    assert "[1/3]" in out.stderr and "[3/3]" in out.stderr   # progress, on stderr
+    return root
+
+
+def current(root: Path) -> str:
+    return os.readlink(root / "current")
+
+
+def test_install_local_wheel_makes_a_new_generation(small_env: Path, tmp_path: Path) -> None:
+    name, data = make_wheel("phub_env_pkg", "2.0", "X = 2\n")
+    (tmp_path / name).write_bytes(data)
+    before = current(small_env)
+    out = env_cli("install", "--env-dir", str(small_env), str(tmp_path / name))
+    assert out.returncode == 0, out.stderr[-2000:]
+    status = json.loads(out.stdout)
+    assert status["installed"]["phub_env_pkg"] == "2.0"
+    assert current(small_env) != before and status["generation"] == current(small_env)
+    assert before in status["generations"]     # kept for projects still running on it
+    new = small_env / current(small_env)
+    # the copy's scripts point at the copy, not at the generation it came from
+    pip = (new / "bin" / "pip").read_text()
+    assert pip.startswith(f"#!{new}/bin/python")
+    check = subprocess.run([str(new / "bin" / "python"), "-c", "import phub_env_pkg; print(phub_env_pkg.X)"],
+                           capture_output=True, text=True)
+    assert check.stdout == "2\n", check.stderr
+
+
+def test_failing_install_keeps_the_environment_in_use(small_env: Path, tmp_path: Path) -> None:
+    before = current(small_env)
+    gens = sorted(p.name for p in small_env.iterdir() if p.name.startswith("gen-"))
+    out = env_cli("install", "--env-dir", str(small_env), str(tmp_path / "missing-1.0-py3-none-any.whl"))
+    assert out.returncode == 2
+    error = json.loads(out.stdout)["error"]
+    assert "pip install" in error and "missing-1.0-py3-none-any.whl" in error
+    assert "Traceback" not in out.stderr + out.stdout
+    assert current(small_env) == before
+    assert sorted(p.name for p in small_env.iterdir() if p.name.startswith("gen-")) == gens
+
+
+def test_interrupted_install_keeps_the_environment_in_use(small_env: Path, tmp_path: Path) -> None:
+    name, data = make_wheel("phub_slow_pkg", "1.0", "Y = 1\n")
+    (tmp_path / name).write_bytes(data)
+    before = current(small_env)
+    proc = subprocess.Popen([*PROJECTHUB, "env", "install", "--env-dir", str(small_env), str(tmp_path / name)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    known = {p.name for p in small_env.iterdir()}
+    while time.monotonic() < deadline and not ({p.name for p in small_env.iterdir()} - known):
+        time.sleep(0.01)   # killed once the new generation exists (mid-copy or mid-pip)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert current(small_env) == before
+    python = small_env / before / "bin" / "python"
+    assert subprocess.run([str(python), "-c", "import zmq, ipykernel"]).returncode == 0
+    # the next install sweeps the half-made generation and succeeds
+    out = env_cli("install", "--env-dir", str(small_env), str(tmp_path / name))
+    assert out.returncode == 0, out.stderr[-2000:]
+    gens = [p for p in small_env.iterdir() if p.name.startswith("gen-")]
+    assert all((g / "projecthub-env.json").exists() for g in gens), gens
+
+
+def test_bad_input(small_env: Path, tmp_path: Path) -> None:
+    out = env_cli("status", "--env-dir", str(tmp_path / "nothing-here"))
+    assert out.returncode == 2 and "env build" in json.loads(out.stdout)["error"]
+    out = env_cli("install", "--env-dir", str(small_env), " ")
+    assert out.returncode == 2 and "not a package requirement" in json.loads(out.stdout)["error"]
+    out = env_cli("install", "--env-dir", str(small_env), "--index-url=http://evil")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    # a directory of other files is never turned into an environment
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    out = env_cli("build", "--env-dir", str(other))
+    assert out.returncode == 2 and "neither a project environment" in json.loads(out.stdout)["error"]
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--project-rootfs", "/nonexistent/rootfs", "no such directory"),
+    ("--project-rootfs", "/proc/self", "not an unpacked root filesystem"),
+    ("--project-env", "/etc", "neither a project environment"),
+])
+def test_serve_refuses_an_unusable_environment(tmp_path: Path, flag: str, value: str, message: str) -> None:
+    out = subprocess.run([*PROJECTHUB, "serve", "--data-dir", str(tmp_path / "d"), "--port", "1", flag, value],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "refusing to start" in out.stderr and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_serve_refuses_an_environment_without_the_daemons_modules(tmp_path: Path) -> None:
+    import venv
+    prefix = tmp_path / "bare"
+    venv.EnvBuilder(with_pip=False).create(prefix)
+    out = subprocess.run([*PROJECTHUB, "serve", "--data-dir", str(tmp_path / "d"), "--port", "1",
+                          "--project-env", str(prefix)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "needs zmq" in out.stderr and "pip install ipykernel" in out.stderr, out.stderr
