@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="DIR",
                        help="the software projects run: a managed environment's directory (built "
                             "there when missing) or an existing Python environment (a prefix with "
-                            "bin/python); default <data-dir>/env ($PROJECTHUB_PROJECT_ENV)")
+                            "bin/python); default ~/.cache/projecthub/project-env, "
+                            "$PROJECTHUB_PROJECT_ENV")
     serve.add_argument("--project-rootfs", default=os.environ.get("PROJECTHUB_PROJECT_ROOTFS") or None,
                        metavar="DIR",
                        help="an unpacked root filesystem (e.g. `docker export` output) used as the "

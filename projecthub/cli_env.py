@@ -12,7 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-from .config import default_data_dir
 
 
 def _progress(line: str) -> None:
@@ -25,7 +24,7 @@ def _root(args: argparse.Namespace) -> Path:
         return Path(args.env_dir)
     if os.environ.get("PROJECTHUB_PROJECT_ENV"):
         return Path(os.environ["PROJECTHUB_PROJECT_ENV"])
-    return default_root(Path(args.data_dir) if args.data_dir else default_data_dir())
+    return default_root()
 
 
 def _run(action) -> None:
@@ -90,10 +89,9 @@ def add_env_parser(sub: argparse._SubParsersAction) -> None:
     actions = env.add_subparsers(dest="action", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", default=None)
         p.add_argument("--env-dir", default=None,
                        help="the environment's directory (default: $PROJECTHUB_PROJECT_ENV, "
-                            "else <data-dir>/env)")
+                            "else ~/.cache/projecthub/project-env)")
 
     build = actions.add_parser("build", help="build the managed environment (default packages)")
     common(build)

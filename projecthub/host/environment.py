@@ -2,7 +2,7 @@
 
 Three kinds (``resolve``):
 
-* **managed** (the default, ``<data-dir>/env``): a virtual environment projecthub builds and
+* **managed** (the default, ``~/.cache/projecthub/project-env``): a virtual environment projecthub builds and
   owns, with ipykernel and a scientific default set (``DEFAULT_PACKAGES``).  It lives in
   generations: ``gen-N/`` is a complete venv, ``current`` a symlink to the one in use, and
   ``gen-N/projecthub-env.json`` is written last, so a generation without it is an
@@ -104,8 +104,12 @@ def package_dir() -> str:
 
 # ---------------------------------------------------------------------------- resolving
 
-def default_root(data_dir: Path) -> Path:
-    return Path(data_dir) / "env"
+def default_root(data_dir: Path | None = None) -> Path:
+    """One managed environment per machine user, outside every data dir: its path shows
+    inside sandboxes (it is mounted at its host path), the data dir's must not; and
+    servers with different data dirs share one build."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "projecthub" / "project-env"
 
 
 def resolve(data_dir: Path, project_env: str | None = None, rootfs: str | None = None, *,
