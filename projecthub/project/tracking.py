@@ -12,10 +12,25 @@ descendants that called ``setsid`` or double-forked.  Backends:
 
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass
 from typing import Callable, Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+def own_maxrss(ru: object) -> int:
+    """A reaped child's ``ru_maxrss`` in bytes when it is the child's own peak, else 0.
+
+    Linux starts a child's peak at its parent's: fork copies the mm's high-water mark, and
+    an exec after vfork (how the daemon spawns) takes the mark of the mm it leaves, which is
+    the daemon's.  So every command reports at least the daemon's own peak (20-40 MB).  A
+    value above the daemon's peak now can only be the child's (the max of the two); one
+    at or below it says nothing.  Call after the child was reaped."""
+    child_kib = int(getattr(ru, "ru_maxrss", 0) or 0)
+    if child_kib <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss:
+        return 0
+    return child_kib * 1024
 
 
 @dataclass
@@ -26,6 +41,9 @@ class GroupUsage:
     rss_bytes: int = 0         # current resident memory of the whole group
     pids: int = 0              # processes currently alive in the group
     oom_killed: bool = False   # the kernel OOM killer fired inside this group
+    # max_rss_bytes is the group's own peak, counted from when this group was taken (a cgroup
+    # whose counters were reset for it).  False: a sample of live processes, or 0 (unknown).
+    exact_peak: bool = False
 
 
 class ProcessGroup(Protocol):

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, TypeVar
 
-from .tracking import GroupUsage
+from .tracking import GroupUsage, own_maxrss
 
 T = TypeVar("T")
 
@@ -386,10 +386,12 @@ class MarkerGroup:
 
     def record_rusage(self, ru: "os.struct_rusage | object") -> None:
         """Called by whoever reaped a root (``os.wait4``): its rusage covers the root and
-        every descendant it waited for, which is the group's cpu once it has exited."""
+        every descendant it waited for, which is the group's cpu once it has exited.  Its
+        peak only counts above the daemon's own (``own_maxrss``); below that the peak is
+        what ``usage`` sampled (0 for a command that ended before any sample)."""
         self._ru_user += float(getattr(ru, "ru_utime", 0.0))
         self._ru_sys += float(getattr(ru, "ru_stime", 0.0))
-        self._ru_maxrss = max(self._ru_maxrss, int(getattr(ru, "ru_maxrss", 0)) * 1024)
+        self._ru_maxrss = max(self._ru_maxrss, own_maxrss(ru))
 
     def usage(self) -> GroupUsage:
         user, sys_, rss = self._ru_user, self._ru_sys, 0

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..context import ProjectContext
-from ..tracking import ProcessGroup
+from ..tracking import ProcessGroup, own_maxrss
 from .capture import DEFAULT_STREAM_BYTES, OUTPUT_BUDGET, StreamCapture
 from .options import ExecRequest
 
@@ -317,13 +317,18 @@ class Execution:
             kill_text=f"killed command '{self._argv[0]} {' '.join(self._argv[1:])}'",
         )
         if ru is not None:
+            # precise, but only for the root and the children it waited for
             outcome.cpu_user_s, outcome.cpu_sys_s = ru.ru_utime, ru.ru_stime
-            outcome.max_rss_bytes = ru.ru_maxrss * 1024
         if usage is not None:
+            # the group's counters also cover orphans and children nobody waited for
             outcome.cpu_user_s = max(outcome.cpu_user_s, usage.cpu_user_s)
             outcome.cpu_sys_s = max(outcome.cpu_sys_s, usage.cpu_sys_s)
-            outcome.max_rss_bytes = max(outcome.max_rss_bytes, usage.max_rss_bytes)
             outcome.oom_killed = usage.oom_killed
+        if usage is not None and usage.exact_peak:
+            outcome.max_rss_bytes = usage.max_rss_bytes
+        elif self.accounting:   # no peak of the group's own: the root's, unless it is the daemon's
+            outcome.max_rss_bytes = max(own_maxrss(ru) if ru is not None else 0,
+                                        usage.max_rss_bytes if usage is not None else 0)
         self.done.set_result(outcome)
         if self.on_change:
             self.on_change()
