@@ -111,6 +111,34 @@ elif mode == "usage":
     out.update(cpu=u.cpu_user_s + u.cpu_sys_s, max_rss=u.max_rss_bytes, pids=u.pids)
     out["thread_back"] = "/busy" not in open("/proc/thread-self/cgroup").read()
     g.close()
+elif mode == "accounting":
+    # one group after another, reused from the pool: each reports only its own command
+    def run(argv):
+        g = t.new_group("acct")
+        p = g.spawn(lambda: subprocess.Popen(argv))
+        rc = p.wait()
+        g.kill_all()
+        u = g.usage()
+        g.close()
+        return rc, u
+    big = "b = bytearray(150 * 10**6)\nfor i in range(0, len(b), 4096): b[i] = 1"
+    hog = "x = []\nwhile True: x.append(bytearray(16 * 2**20)); x[-1][::4096] = b'x' * len(x[-1][::4096])"
+    busy = "import time\nwhile time.process_time() < 0.35:\n    for _ in range(20000): pass"
+    rc, u = run([PY, "-c", big])
+    out.update(big_rc=rc, big=u.max_rss_bytes, big_exact=u.exact_peak)
+    small = [run(["true"])[1] for _ in range(10)]
+    out.update(small=max(u.max_rss_bytes for u in small), small_exact=all(u.exact_peak for u in small))
+    rc, u = run([PY, "-c", busy])
+    out.update(busy_user=u.cpu_user_s)
+    rc, u = run(["true"])
+    out.update(idle_cpu=u.cpu_user_s + u.cpu_sys_s)
+    rc, u = run([PY, "-c", hog])
+    out.update(hog_rc=rc, hog_oom=u.oom_killed)
+    after = [run(["true"])[1] for _ in range(3)]
+    out.update(after_oom=[u.oom_killed for u in after])
+    g = t.new_group("closed")
+    g.close()
+    out["closed_usage"] = g.usage().max_rss_bytes   # never reads a slot it gave back
 print(json.dumps(out))
 '''
 
@@ -142,6 +170,20 @@ def test_tracker_kind_inside_sandbox(env, proj):
     assert out["rc"] == 0 and out["cpu"] > 0.35 and out["pids"] == 0
     assert out["max_rss"] > 1 << 20
     assert out["thread_back"]
+
+
+def test_each_group_reports_only_its_own_command(env, proj):
+    """Peak memory, cpu and OOM kills of reused pooled groups (issue 15 item 4): a `true`
+    after a 150 MB command reports its own few hundred KiB, not the 150 MB nor the
+    "daemon"'s 20+ MB; an OOM kill is reported for the command it killed only."""
+    out = _run(env, proj, "accounting")
+    assert out["big_rc"] == 0 and out["big_exact"]
+    assert 150 * 10**6 <= out["big"] <= 165 * 10**6, out
+    assert out["small_exact"] and out["small"] <= 4 * 2**20, out
+    assert out["busy_user"] >= 0.2 and out["idle_cpu"] <= 0.05, out
+    assert out["hog_rc"] == -9 and out["hog_oom"] is True, out
+    assert out["after_oom"] == [False, False, False], out
+    assert out["closed_usage"] == 0
 
 
 def test_host_descriptors_sit_high_and_close_on_exec(env, proj):
@@ -308,8 +350,9 @@ def test_pool_resets_counters_on_give_back_and_trims_spawners_when_idle(tmp_path
     for s in taken:
         assert pool.give(s)
     assert len(pool._free) == 5                # every group comes back
-    assert _read(os.path.join(slots[0].dirs["memory"], "memory.max_usage_in_bytes")) == "0"
     assert _read(os.path.join(slots[0].dirs["cpuacct"], "cpuacct.usage")) == "0"
+    # the peak is reset when a group is taken (V1Group), not here
+    assert _read(os.path.join(slots[0].dirs["memory"], "memory.max_usage_in_bytes")) == ""
     assert all(s.spawner for s in slots)       # a burst's groups keep their spawners
     assert pool.take() is slots[-1]            # the hottest slot first
     assert pool.give(slots[-1])
@@ -321,6 +364,25 @@ def test_pool_resets_counters_on_give_back_and_trims_spawners_when_idle(tmp_path
     assert all(s.spawner is None for s in slots[:3])
     for s in slots[3:]:
         s.spawner.stop()
+
+
+def test_peak_is_measured_from_the_charge_at_its_reset(tmp_path, fake_fds):
+    """Writing 0 sets the peak to the charge now (what the command before left): that is
+    the baseline; the command's peak is what the group reached above it."""
+    slot = _fake_slot(str(tmp_path), "s", fake_fds)
+    peak = os.path.join(slot.dirs["memory"], "memory.max_usage_in_bytes")
+    os.close(fake_fds[peak])
+    fake_fds[peak] = os.open(peak, os.O_RDWR | os.O_CLOEXEC)   # as the host opens it
+    slot.reset_cpu()
+    slot.reset_peak()
+    assert _read(peak) == "0" and slot.peak_reset and slot.mem_base == 0
+    with open(peak, "w") as f:   # the kernel's side: a reset sets the peak to the charge
+        f.write("700000")
+    slot.reset_peak()
+    assert slot.mem_base == 700000
+    with open(peak, "w") as f:
+        f.write("900000")
+    assert slot.peak() == 200000
 
 
 def test_pool_loses_a_group_whose_counters_cannot_be_reset(tmp_path, fake_fds):

@@ -71,7 +71,9 @@ V1_HOME_FILES = ("tasks",)
 V2_SLOT_FILES = ("cgroup.procs", "cgroup.kill", "cgroup.freeze", "pids.max", "memory.max",
                  "memory.peak")
 V2_HOME_FILES = ("cgroup.procs",)
-_READ_WRITE = {"memory.peak"}
+# Peak counters the daemon resets and then reads on every exec: read-write, so a read is one
+# pread on the same descriptor (the files are world-readable anyway; no new descriptor).
+_READ_WRITE = {"memory.peak", "memory.max_usage_in_bytes"}
 
 
 def slot_name(i: int) -> str:

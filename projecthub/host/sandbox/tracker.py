@@ -174,6 +174,18 @@ def _try_write(path: str, value: str) -> None:
         pass  # a sub-limit is protection for the daemon, never a reason to fail an exec
 
 
+def _read_int_through(path: str) -> int:
+    """A counter the host opened read-write for us (``cgroups._READ_WRITE``): one pread
+    on its descriptor, which regenerates the value; by path when there is none."""
+    fd = FDS.fd(path)
+    if fd is not None:
+        try:
+            return int(os.pread(fd, 64, 0))
+        except (OSError, ValueError):
+            pass   # a write-only descriptor: read it by path
+    return read_int(path)
+
+
 # memory.stat is the costliest control file to read (the kernel sums every counter
 # over the subtree) and the daemon's charge only feeds a reserve with a 16 MiB margin:
 # read it at most this often instead of on every exec.
@@ -258,7 +270,7 @@ class _V1Slot:
     """One exec group of the host's pool (see ``V1Pool``): its directory per controller."""
 
     __slots__ = ("dirs", "written", "spawner", "procs", "pids_current", "_pids_current_fd",
-                 "oom_base")
+                 "oom_base", "mem_base", "peak_reset", "cpu_reset", "_max_usage")
 
     def __init__(self, dirs: dict[str, str]):
         self.dirs = dirs
@@ -269,6 +281,39 @@ class _V1Slot:
         self.pids_current = os.path.join(dirs["pids"], "pids.current") if "pids" in dirs else None
         self._pids_current_fd: int | None = None
         self.oom_base = -1   # memory.oom_control's oom_kill when the slot was last given back
+        # The group's charge when its peak was last reset: what the command before left
+        # (page cache, kernel objects, both capped by _tidy), not the next command's.
+        self.mem_base = 0
+        # Peak reset for the current command; cpu counters reset at least once by this daemon
+        # (a group the host kept from an earlier daemon carries that daemon's counters).
+        self.peak_reset = False
+        self.cpu_reset = False
+        self._max_usage = (os.path.join(dirs["memory"], "memory.max_usage_in_bytes")
+                           if "memory" in dirs else None)
+
+    def reset_cpu(self) -> None:
+        """Zero cpuacct's counters (usage, usage_user, usage_sys; raises OSError)."""
+        if "cpuacct" in self.dirs:
+            _write(os.path.join(self.dirs["cpuacct"], "cpuacct.usage"), "0")
+        self.cpu_reset = True
+
+    def reset_peak(self) -> None:
+        """Start the peak over for the command about to run.  Writing 0 sets it to the
+        group's charge now, which becomes ``mem_base``.  Done when the group is taken, not
+        when it is given back: what a command leaves behind (kernel objects freed after
+        RCU, a few hundred KiB) drains for a while after it ends, and a baseline read
+        then would hide the next command's first few hundred KiB."""
+        self.peak_reset = False
+        if self._max_usage is not None:
+            _write(self._max_usage, "0")
+            self.mem_base = _read_int_through(self._max_usage)
+            self.peak_reset = True
+
+    def peak(self) -> int:
+        """Peak charge since the last reset, above ``mem_base``."""
+        if self._max_usage is None:
+            return 0
+        return max(0, _read_int_through(self._max_usage) - self.mem_base)
 
     def read_pids_current(self) -> int:
         """pids.current, -1 if unreadable.  Read at the end of every exec, so through a
@@ -291,9 +336,10 @@ class V1Pool:
     pool is fixed at ``cgroups.POOL_SLOTS`` per project).
 
     A group goes back once it is verifiably empty (``V1Group.close``); giving it back
-    resets its peak memory and cpu counters, and an OOM kill is counted from the
-    group's oom_kill total at that moment.  Leftover page cache is reclaimed
-    (``memory.force_empty``) so the next exec's peak starts near zero.
+    resets its cpu counters, and an OOM kill is counted from the group's oom_kill total
+    at that moment.  Leftover page cache is reclaimed (``memory.force_empty``), and
+    taking the group resets its peak: the next exec's peak is what it adds to what
+    little stays charged (``_V1Slot.reset_peak``).
 
     Hot groups keep a parked spawner thread (``_Spawner``), at most ``SPAWNERS`` of
     them, so a burst of concurrent execs keeps finding groups that spawn without a
@@ -338,14 +384,11 @@ class V1Pool:
 
     def give(self, slot: _V1Slot) -> bool:
         """Keep ``slot`` for the next exec (True), or refuse it (False: its counters
-        could not be reset; the caller loses it).  The counters are reset here rather
+        could not be reset; the caller loses it).  The cpu counters are reset here rather
         than in take(): a blocking exec gives its group back after its reply
-        (exec._run), off the next exec's path."""
+        (exec._run), off the next exec's path.  The peak cannot wait (``reset_peak``)."""
         try:
-            if "memory" in slot.dirs:
-                _write(os.path.join(slot.dirs["memory"], "memory.max_usage_in_bytes"), "0")
-            if "cpuacct" in slot.dirs:
-                _write(os.path.join(slot.dirs["cpuacct"], "cpuacct.usage"), "0")
+            slot.reset_cpu()
         except OSError:
             self.lose(slot)
             return False
@@ -408,8 +451,15 @@ class V1Group:
                           f"all {pool.size} of its process groups are in use")
         if slot.oom_base < 0:
             slot.oom_base = slot.oom_kills()
+        try:
+            if not slot.cpu_reset:   # first use by this daemon (give() resets it after that)
+                slot.reset_cpu()
+            slot.reset_peak()
+        except OSError:
+            pass   # usage() then says its peak is not exact (peak_reset)
         self._slot = slot
         self.dirs = slot.dirs
+        self._last_usage: GroupUsage | None = None
         try:
             self._sub_limits()
         except BaseException:
@@ -525,6 +575,8 @@ class V1Group:
             self.kill_all()
 
     def usage(self) -> GroupUsage:
+        if self._closed:   # the slot may be another command's by now: never read it again
+            return self._last_usage or GroupUsage()
         u = GroupUsage()
         cpuacct = self.dirs.get("cpuacct")
         if cpuacct:
@@ -532,13 +584,16 @@ class V1Group:
             u.cpu_sys_s = read_int(os.path.join(cpuacct, "cpuacct.usage_sys")) / 1e9
         mem = self.dirs.get("memory")
         if mem:
-            u.max_rss_bytes = read_int(os.path.join(mem, "memory.max_usage_in_bytes"))
-            u.rss_bytes = read_int(os.path.join(mem, "memory.usage_in_bytes"))
-            u.oom_killed = self._slot.oom_kills() > self._slot.oom_base
+            slot = self._slot
+            u.max_rss_bytes = slot.peak()
+            u.exact_peak = slot.peak_reset
+            self._charge = read_int(os.path.join(mem, "memory.usage_in_bytes"))
+            u.rss_bytes = max(0, self._charge - slot.mem_base)
+            u.oom_killed = slot.oom_kills() > slot.oom_base
             self._oom_seen = self._oom_seen or u.oom_killed
-            self._charge = u.rss_bytes
             self._final_usage = self._verified_empty
         u.pids = len(self.pids())
+        self._last_usage = u
         return u
 
     def close(self) -> None:
@@ -577,12 +632,14 @@ class V1Group:
 
 
 class _V2Slot:
-    __slots__ = ("dir", "cpu_base", "oom_base")
+    __slots__ = ("dir", "cpu_base", "oom_base", "mem_base", "peak_reset")
 
     def __init__(self, d: str):
         self.dir = d
         self.cpu_base: tuple[int, int] | None = None   # cpu.stat user/system usec when given back
         self.oom_base = -1
+        self.mem_base = 0          # memory.peak right after its reset: the charge left then
+        self.peak_reset = False    # memory.peak was reset for the current command
 
     def cpu_usec(self) -> tuple[int, int]:
         stat = read_text(os.path.join(self.dir, "cpu.stat"))
@@ -593,22 +650,26 @@ class _V2Slot:
 
     def reset_peak(self) -> None:
         """memory.peak through the host's read-write descriptor: a write resets what
-        reads through that descriptor report (Linux 6.12+; older kernels: lifetime peak)."""
+        reads through that descriptor report (Linux 6.12+).  Older kernels only have the
+        group's lifetime peak, which is not one command's: then there is no peak at all."""
+        self.peak_reset = False
         fd = FDS.fd(os.path.join(self.dir, "memory.peak"))
         if fd is not None:
             try:
                 os.write(fd, b"reset")
-            except OSError:
-                pass
-
-    def read_peak(self) -> int:
-        fd = FDS.fd(os.path.join(self.dir, "memory.peak"))
-        if fd is not None:
-            try:
-                return int(os.pread(fd, 64, 0))
+                self.mem_base = int(os.pread(fd, 64, 0))
+                self.peak_reset = True
             except (OSError, ValueError):
                 pass
-        return read_int(os.path.join(self.dir, "memory.peak"))
+
+    def peak(self) -> int:
+        if not self.peak_reset:
+            return 0
+        fd = FDS.fd(os.path.join(self.dir, "memory.peak"))
+        try:
+            return max(0, int(os.pread(fd, 64, 0)) - self.mem_base)   # type: ignore[arg-type]
+        except (OSError, ValueError, TypeError):
+            return 0
 
 
 class V2Pool:
@@ -624,8 +685,7 @@ class V2Pool:
             return self._free.pop() if self._free else None
 
     def give(self, slot: _V2Slot) -> None:
-        slot.reset_peak()
-        slot.cpu_base = slot.cpu_usec()
+        slot.cpu_base = slot.cpu_usec()   # the peak is reset on take (_V1Slot.reset_peak: why)
         with self._lock:
             self._free.append(slot)
 
@@ -644,11 +704,12 @@ class V2Group:
                           f"all {pool.size} of its process groups are in use")
         if slot.cpu_base is None:
             slot.cpu_base = slot.cpu_usec()
-            slot.reset_peak()
+        slot.reset_peak()
         if slot.oom_base < 0:
             slot.oom_base = slot.oom_kills()
         self._slot = slot
         self.dir = slot.dir
+        self._last_usage: GroupUsage | None = None
         self._sub_limits(parent)
 
     def _sub_limits(self, parent: str) -> None:
@@ -687,15 +748,20 @@ class V2Group:
                     kill_file=os.path.join(self.dir, "cgroup.kill"), write=_write)
 
     def usage(self) -> GroupUsage:
+        if self._closed:   # the slot may be another command's by now: never read it again
+            return self._last_usage or GroupUsage()
         u = GroupUsage()
-        user, system = self._slot.cpu_usec()
-        base_user, base_system = self._slot.cpu_base or (0, 0)
+        slot = self._slot
+        user, system = slot.cpu_usec()
+        base_user, base_system = slot.cpu_base or (0, 0)
         u.cpu_user_s = max(0, user - base_user) / 1e6
         u.cpu_sys_s = max(0, system - base_system) / 1e6
-        u.rss_bytes = read_int(os.path.join(self.dir, "memory.current"))
-        u.max_rss_bytes = self._slot.read_peak()
-        u.oom_killed = self._slot.oom_kills() > self._slot.oom_base
+        u.rss_bytes = max(0, read_int(os.path.join(self.dir, "memory.current")) - slot.mem_base)
+        u.max_rss_bytes = slot.peak()
+        u.exact_peak = slot.peak_reset
+        u.oom_killed = slot.oom_kills() > slot.oom_base
         u.pids = len(self.pids())
+        self._last_usage = u
         return u
 
     def close(self) -> None:
