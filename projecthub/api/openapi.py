@@ -74,8 +74,17 @@ EXEC_RESULT = {
         "stdout": {"type": "string"}, "stderr": {"type": "string"},
         "stdout_truncated": {"type": "boolean"}, "stderr_truncated": {"type": "boolean"},
         "stdout_bytes": {"type": "integer"}, "stderr_bytes": {"type": "integer"},
-        "wall_s": {"type": "number"}, "cpu_user_s": {"type": "number"}, "cpu_sys_s": {"type": "number"},
-        "max_rss_bytes": {"type": "integer"},
+        "wall_s": {"type": "number"},
+        "cpu_user_s": {"type": "number", "description": "CPU seconds in user mode of every process of "
+                       "this exec (its own cgroup; the root's rusage where that is more precise)"},
+        "cpu_sys_s": {"type": "number", "description": "CPU seconds in the kernel, counted the same way"},
+        "max_rss_bytes": {"type": "integer", "description": "Peak memory charged to this exec's own cgroup "
+                          "(anonymous memory, page cache it brought in, kernel memory), counted from "
+                          "when it started; in steps of 256 KiB per CPU, so a command as small as "
+                          "`true` may read 0. Without cgroups: the root process's peak (with the children "
+                          "it waited for) when above the project daemon's own, which every child "
+                          "inherits; else 0 (unknown)"},
+        "oom_killed": {"type": "boolean", "description": "The OOM killer killed a process of this exec"},
         "job_id": {"type": "string", "description": "Present when the exec became (or was started as) a job"},
         "status": {"enum": ["running", "completed", "error", "killed"]},
     },
