@@ -103,7 +103,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         sys.exit(f"projecthub: --account-limits: {exc}")
     if args.data_dir:
         settings.data_dir = Path(args.data_dir)
-    settings.project_env, settings.project_rootfs = args.project_env, args.project_rootfs
+    # a flag beats the other kind's environment variable (they exclude each other)
+    env_var, rootfs_var = os.environ.get("PROJECTHUB_PROJECT_ENV"), os.environ.get("PROJECTHUB_PROJECT_ROOTFS")
+    settings.project_env = args.project_env or (None if args.project_rootfs else env_var or None)
+    settings.project_rootfs = args.project_rootfs or (None if args.project_env else rootfs_var or None)
     if args.spare_projects is not None:
         if args.spare_projects < 0:
             sys.exit("projecthub: --spare-projects must be >= 0")
@@ -358,13 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated addresses/networks of reverse proxies whose X-Forwarded-For "
                             "is trusted (default: none, the TCP peer is the client; "
                             "$PROJECTHUB_FORWARDED_ALLOW_IPS)")
-    serve.add_argument("--project-env", default=os.environ.get("PROJECTHUB_PROJECT_ENV") or None,
+    serve.add_argument("--project-env", default=None,
                        metavar="DIR",
                        help="the software projects run: a managed environment's directory (built "
                             "there when missing) or an existing Python environment (a prefix with "
                             "bin/python); default ~/.cache/projecthub/project-env, "
                             "$PROJECTHUB_PROJECT_ENV")
-    serve.add_argument("--project-rootfs", default=os.environ.get("PROJECTHUB_PROJECT_ROOTFS") or None,
+    serve.add_argument("--project-rootfs", default=None,
                        metavar="DIR",
                        help="an unpacked root filesystem (e.g. `docker export` output) used as the "
                             "projects' /usr, /etc, /bin, /lib ($PROJECTHUB_PROJECT_ROOTFS)")

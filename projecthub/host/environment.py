@@ -189,8 +189,40 @@ def rootfs_environment(rootfs: Path) -> ProjectEnvironment:
     python = next((p for p in _ROOTFS_PYTHONS if os.path.lexists(str(rootfs) + p)), None)
     if python is None:
         raise EnvironmentError_(f"--project-rootfs {rootfs}: no python3 in /usr/local/bin or /usr/bin")
+    missing = _rootfs_missing_modules(rootfs, python)
+    if missing:
+        raise EnvironmentError_(
+            f"--project-rootfs {rootfs}: the project daemon needs {', '.join(missing)} in the image's "
+            f"{python} (`pip install ipykernel psutil` in the image)")
     return ProjectEnvironment(kind="rootfs", python=python,
                               bin_dirs=(os.path.dirname(python),), rootfs=str(rootfs))
+
+
+def _rootfs_missing_modules(rootfs: Path, python: str) -> list[str]:
+    """``missing_modules`` for the image's interpreter, run with the image as its root (its
+    libraries, not the host's); unchecked (start-up then fails with the reason) without bwrap."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return []
+    from .sandbox.bwrap import SYSTEM_DIRS   # what a project's sandbox takes from the image
+    argv = [exe, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--unshare-all", "--die-with-parent"]
+    for d in SYSTEM_DIRS:
+        src = str(rootfs) + d
+        if os.path.islink(src):
+            argv += ["--symlink", os.readlink(src), d]
+        elif os.path.isdir(src):
+            argv += ["--ro-bind", src, d]
+    argv += ["--", python]
+    code = ("import importlib.util, sys; "
+            "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))")
+    try:
+        out = subprocess.run([*argv, "-I", "-c", code, *DAEMON_MODULES], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [f"(the image's python did not run: {exc})"]
+    if out.returncode != 0:
+        return [f"(the image's python failed: {_tail(out.stderr)})"]
+    return out.stdout.split()
 
 
 def _base_prefixes(prefix: Path) -> set[str]:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.integration.test_project_env import make_wheel
-from tests.server import PROJECTHUB
+from tests.server import PROJECTHUB, Server
 
 # the daemon's own modules only: quick to build from pip's cache
 SMALL = ["--package", "six"]
@@ -128,3 +130,67 @@ def test_serve_refuses_an_environment_without_the_daemons_modules(tmp_path: Path
     out = subprocess.run([*PROJECTHUB, "serve", "--data-dir", str(tmp_path / "d"), "--port", "1",
                           "--project-env", str(prefix)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "needs zmq" in out.stderr and "pip install ipykernel" in out.stderr, out.stderr
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path):
+    """An unpacked-image stand-in: the host's /usr through a copy-on-write overlay (so the test
+    can add packages without touching the host), its own /etc with a marker, merged-usr links."""
+    if os.geteuid() != 0 or not shutil.which("bwrap"):
+        from tests.conftest import require
+        require("root and bwrap (rootfs test)", False)
+    root, upper, work = tmp_path / "rootfs", tmp_path / "upper", tmp_path / "work"
+    for d in (root / "usr", upper, work):
+        d.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir=/usr,upperdir={upper},workdir={work}", str(root / "usr")], check=True)
+    try:
+        subprocess.run(["cp", "-a", "/etc", str(root / "etc")], check=True)
+        (root / "etc" / "projecthub-rootfs-marker").write_text("from the image\n")
+        for name in ("bin", "lib", "lib64", "sbin"):
+            if os.path.islink(f"/{name}"):
+                os.symlink(os.readlink(f"/{name}"), root / name)
+        site = root / "usr/local/lib/python3.11/dist-packages"
+        # the image's python3 (Debian's) gets the daemon's modules, from pip's cache
+        out = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(site),
+                              "ipykernel>=6.29", "psutil>=5.9", "jupyter_client>=8.6", "pyzmq>=26"],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root / "usr")])
+
+
+def test_serve_with_a_rootfs(tmp_path: Path, rootfs: Path) -> None:
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("the host has no /usr/bin/python3 to stand in for the image's")
+    server = Server(tmp_path / "d", extra_args=["--project-rootfs", str(rootfs), "--spare-projects", "0"])
+    server.data_dir.mkdir()
+    server.start(timeout=90)
+    try:
+        account = server.new_account("Rootfs")
+        import cocalc_api
+        hub = cocalc_api.Hub(api_key=account.api_key, host=server.url)
+        project = cocalc_api.Project(api_key=account.api_key, host=server.url,
+                                     project_id=hub.projects.create_project(title="rootfs"))
+        out = project.system.exec(command="cat /etc/projecthub-rootfs-marker; command -v python3; "
+                                          "python3 -c 'import sys; print(sys.version_info[:2])'", bash=True)
+        assert out["stdout"].splitlines() == ["from the image", "/usr/bin/python3", "(3, 11)"], out
+        assert project.system.jupyter_execute(input="import sys; sys.executable", kernel="python3") == [
+            {"data": {"text/plain": "'/usr/bin/python3'"}}]
+    finally:
+        server.stop()
+        server.cli("stop-all")
+
+
+def test_serve_refuses_a_rootfs_without_the_daemons_modules(tmp_path: Path) -> None:
+    root = tmp_path / "bare"
+    root.mkdir()
+    for name in ("usr", "etc"):
+        (root / name).mkdir()
+    (root / "usr" / "bin").mkdir()
+    os.symlink("/nonexistent", root / "usr" / "bin" / "python3")
+    out = subprocess.run([*PROJECTHUB, "serve", "--data-dir", str(tmp_path / "d"), "--port", "1",
+                          "--project-rootfs", str(root)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "refusing to start" in out.stderr, out.stderr
+    assert "python" in out.stderr and "Traceback" not in out.stderr
