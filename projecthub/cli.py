@@ -160,11 +160,27 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     from .host.sandbox import probe
     data_dir = prepare_data_dir(Path(args.data_dir) if args.data_dir else default_data_dir())
     report = probe(data_dir)
+    report.notes.append(_environment_note())
     if args.json:
         _emit(report.to_json())
     else:
         print(report.to_text())
     sys.exit(0 if report.all_enforced or not args.strict else 1)
+
+
+def _environment_note() -> str:
+    """What software projects get here (host/environment.py), without building anything."""
+    from .host import environment
+    try:
+        env = environment.resolve(Path("."), os.environ.get("PROJECTHUB_PROJECT_ENV") or None,
+                                  os.environ.get("PROJECTHUB_PROJECT_ROOTFS") or None, build_missing=False)
+    except environment.EnvironmentError_ as exc:
+        return f"project environment: {exc}"
+    if env.kind == "managed":
+        meta = environment.read_meta(Path(env.prefix or ""))
+        return (f"project environment: managed, {Path(env.prefix or '').name} at {env.root} "
+                f"(Python {meta.get('python')}; {', '.join(meta.get('packages') or [])})")
+    return f"project environment: {env.kind}, {env.python}"
 
 
 def cmd_account_create(args: argparse.Namespace) -> None:

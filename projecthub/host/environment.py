@@ -131,7 +131,8 @@ def resolve(data_dir: Path, project_env: str | None = None, rootfs: str | None =
     if env is None:
         _check_managed_root(root)
         if not build_missing:
-            raise EnvironmentError_(f"no project environment in {root}: run `projecthub env build`")
+            raise EnvironmentError_(f"no project environment in {root} yet: `projecthub env build` makes it "
+                                    "(serve does on its first start)")
         build(root, progress=progress)
         env = managed_environment(root)
         assert env is not None
