@@ -5,6 +5,7 @@ opened (v1 here).  Plus the v2 code path on a cgroup2 mount when one is writable
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -138,7 +139,21 @@ elif mode == "accounting":
     out.update(after_oom=[u.oom_killed for u in after])
     g = t.new_group("closed")
     g.close()
-    out["closed_usage"] = g.usage().max_rss_bytes   # never reads a slot it gave back
+    # a group given back never touches its slot again (another command may hold it): a
+    # later exec there runs on, whatever a stale kernel or exec object does to its old group
+    other = t.new_group("other")   # the hottest slot: the one just given back
+    p = other.spawn(lambda: subprocess.Popen(["sleep", "30"]))
+    out["closed_usage"] = g.usage().max_rss_bytes
+    g.kill_all()
+    out["closed_pids"] = g.pids()
+    try:
+        g.spawn(lambda: subprocess.Popen(["true"]))
+        out["closed_spawn"] = "ran"
+    except OSError as e:
+        out["closed_spawn"] = e.errno
+    out["other_alive"] = p.poll() is None and other.pids() == [p.pid]
+    other.close()
+    p.wait()
 print(json.dumps(out))
 '''
 
@@ -183,7 +198,8 @@ def test_each_group_reports_only_its_own_command(env, proj):
     assert out["busy_user"] >= 0.2 and out["idle_cpu"] <= 0.05, out
     assert out["hog_rc"] == -9 and out["hog_oom"] is True, out
     assert out["after_oom"] == [False, False, False], out
-    assert out["closed_usage"] == 0
+    assert out["closed_usage"] == 0 and out["closed_pids"] == []
+    assert out["closed_spawn"] == errno.EBADF and out["other_alive"]
 
 
 def test_host_descriptors_sit_high_and_close_on_exec(env, proj):

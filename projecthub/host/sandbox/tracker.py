@@ -174,6 +174,11 @@ def _try_write(path: str, value: str) -> None:
         pass  # a sub-limit is protection for the daemon, never a reason to fail an exec
 
 
+def _given_back(name: str) -> OSError:
+    """What spawn/adopt raise on a closed group: its slot may hold another command now."""
+    return OSError(errno.EBADF, f"process group {name!r} was closed and given back")
+
+
 def _read_int_through(path: str) -> int:
     """A counter the host opened read-write for us (``cgroups._READ_WRITE``): one pread
     on its descriptor, which regenerates the value; by path when there is none."""
@@ -498,6 +503,8 @@ class V1Group:
                     self._slot.written[mem] = str(limit)
 
     def spawn(self, start: Callable[[], T]) -> T:
+        if self._closed:
+            raise _given_back(self.name)
         self._verified_empty = False
         spawner = self._slot.spawner
         if spawner is not None and spawner.ready:
@@ -522,6 +529,8 @@ class V1Group:
     def adopt(self, pid: int) -> None:
         """Move a running process in (a kernel forked by a zygote): v1 moves a whole
         thread group through ``cgroup.procs``, with the host's descriptor."""
+        if self._closed:
+            raise _given_back(self.name)
         self._verified_empty = False
         for d in self.dirs.values():
             _write(os.path.join(d, "cgroup.procs"), str(pid))
@@ -698,6 +707,7 @@ class V2Group:
         self._home = home
         self._pool = pool
         self._closed = False
+        self._released = False   # given back: nothing here may touch the slot again
         slot = pool.take()
         if slot is None:
             raise OSError(errno.EAGAIN, "too many processes running at once in this project: "
@@ -723,6 +733,8 @@ class V2Group:
                 _try_write(os.path.join(self.dir, "memory.max"), str(limit))
 
     def spawn(self, start: Callable[[], T]) -> T:
+        if self._closed:
+            raise _given_back(self.name)
         pid = str(os.getpid())
         with self._move_lock:
             _write(os.path.join(self.dir, "cgroup.procs"), pid)
@@ -735,15 +747,21 @@ class V2Group:
 
     def adopt(self, pid: int) -> None:
         """Move a running process in (a kernel forked by a zygote)."""
+        if self._closed:
+            raise _given_back(self.name)
         _write(os.path.join(self.dir, "cgroup.procs"), str(pid))
 
     def env_marker(self) -> dict[str, str]:
         return {}
 
     def pids(self) -> list[int]:
+        if self._released:
+            return []
         return sorted(procs_of(self.dir))
 
     def kill_all(self) -> None:
+        if self._released:   # the slot may be another command's now (a stale kernel object)
+            return
         kill_groups([self.dir], freezer_dir=self.dir, freeze_file="cgroup.freeze",
                     kill_file=os.path.join(self.dir, "cgroup.kill"), write=_write)
 
@@ -770,6 +788,7 @@ class V2Group:
         self._closed = True
         self.kill_all()   # raises if processes survive SIGKILL: the slot is then never reused
         self._slot.oom_base = self._slot.oom_kills()
+        self._released = True
         self._pool.give(self._slot)
 
 
