@@ -8,9 +8,9 @@ waits, then sees the steps already recorded and does nothing.
 
 Adding a step: append a ``Migration`` with the next version, and update
 ``schema.py`` (which always describes the latest schema).  Step 1 creates the
-tables from ``schema.py``; if a later step changes one of those tables, first
-freeze step 1 by copying the version-1 table definitions into this module, so a
-fresh database still replays history step by step.
+version-1 tables from the frozen copy below (step 3 added columns to ``projects``),
+so a fresh database replays history step by step; a step that changes a table
+created by a later step freezes that step's tables the same way.
 """
 
 from __future__ import annotations
@@ -19,13 +19,90 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Connection, Engine, func, insert, select, text
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 
 from . import schema
 from .engine import BEGIN_MODE
+from .schema import UUID_LEN, JSONText, UTCDateTime
 
 # Arbitrary constant identifying our migration lock among PostgreSQL advisory locks.
 _PG_ADVISORY_LOCK_KEY = 0x70726A68  # "prjh"
+
+# -- version 1, frozen (migration 3 changed ``projects``): what step 1 creates, so a fresh
+# database replays history step by step.  Never edit these; change schema.py and add a step.
+_v1 = MetaData()
+_V1_TABLES = [
+    Table("accounts", _v1,
+          Column("account_id", String(UUID_LEN), primary_key=True),
+          Column("first_name", String(254), nullable=False, default=""),
+          Column("last_name", String(254), nullable=False, default=""),
+          Column("email", String(254), nullable=True, unique=True),
+          Column("is_admin", Boolean, nullable=False, default=False),
+          Column("banned", Boolean, nullable=False, default=False),
+          Column("created", UTCDateTime, nullable=False)),
+    Table("hosts", _v1,
+          Column("host_id", Integer, primary_key=True, autoincrement=True),
+          Column("name", String(254), nullable=False, unique=True),
+          Column("address", Text, nullable=False, default=""),
+          Column("created", UTCDateTime, nullable=False),
+          Column("last_seen", UTCDateTime, nullable=True),
+          sqlite_autoincrement=True),
+    Table("projects", _v1,
+          Column("project_id", String(UUID_LEN), primary_key=True),
+          Column("title", Text, nullable=False, default=""),
+          Column("description", Text, nullable=False, default=""),
+          Column("created", UTCDateTime, nullable=False),
+          Column("last_edited", UTCDateTime, nullable=False),
+          Column("deleted", Boolean, nullable=False, default=False),
+          Column("host_id", Integer, ForeignKey("hosts.host_id"), nullable=True),
+          Column("state", String(32), nullable=False, default="stopped", server_default="stopped"),
+          Column("state_time", UTCDateTime, nullable=True),
+          Column("settings", JSONText, nullable=False, default=dict),
+          Column("uid", Integer, nullable=True, unique=True)),
+    Table("project_users", _v1,
+          Column("project_id", String(UUID_LEN), ForeignKey("projects.project_id", ondelete="CASCADE"),
+                 primary_key=True),
+          Column("account_id", String(UUID_LEN), ForeignKey("accounts.account_id", ondelete="CASCADE"),
+                 primary_key=True),
+          Column("group", String(16), nullable=False),
+          Column("hide", Boolean, nullable=False, default=False),
+          Index("ix_project_users_account", "account_id")),
+    Table("api_keys", _v1,
+          Column("id", Integer, primary_key=True, autoincrement=True),
+          Column("account_id", String(UUID_LEN), ForeignKey("accounts.account_id", ondelete="CASCADE"),
+                 nullable=False),
+          Column("project_id", String(UUID_LEN), ForeignKey("projects.project_id", ondelete="CASCADE"),
+                 nullable=True),
+          Column("name", String(128), nullable=False, default=""),
+          Column("trunc", String(16), nullable=False),
+          Column("hash", String(173), nullable=False),
+          Column("created", UTCDateTime, nullable=False),
+          Column("expire", UTCDateTime, nullable=True),
+          Column("last_active", UTCDateTime, nullable=True),
+          Index("ix_api_keys_account", "account_id"),
+          Index("ix_api_keys_project", "project_id"),
+          sqlite_autoincrement=True),
+    Table("settings", _v1,
+          Column("key", String(254), primary_key=True),
+          Column("value", JSONText, nullable=True)),
+]
 
 
 @dataclass(frozen=True)
@@ -36,7 +113,7 @@ class Migration:
 
 
 def _v1_initial(conn: Connection) -> None:
-    schema.metadata.create_all(conn, tables=schema.V1_TABLES, checkfirst=False)
+    _v1.create_all(conn, tables=_V1_TABLES, checkfirst=False)
 
 
 def _v2_account_settings(conn: Connection) -> None:
@@ -44,10 +121,22 @@ def _v2_account_settings(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=schema.V2_TABLES, checkfirst=False)
 
 
+def _v3_project_lifecycle(conn: Connection) -> None:
+    for name in schema.V3_PROJECT_COLUMNS:
+        column = schema.projects.c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE projects ADD COLUMN {name} {kind}"))
+    # Projects deleted before: their grace period for purging starts now.
+    conn.execute(update(schema.projects).where(schema.projects.c.deleted.is_(True))
+                 .values(deleted_time=datetime.now(timezone.utc)))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "accounts, projects, collaborators, api keys, hosts, settings", _v1_initial),
     Migration(2, "account_settings: per-account limit overrides, jupyter scratch project",
               _v2_account_settings),
+    Migration(3, "projects: state_reason, deleted_time, purged (idle stop, purge after delete)",
+              _v3_project_lifecycle),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version

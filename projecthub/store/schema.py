@@ -103,6 +103,12 @@ projects = Table(
     Column("settings", JSONText, nullable=False, default=dict),
     # Linux uid of the project; UNIQUE still admits many NULLs.
     Column("uid", Integer, nullable=True, unique=True),
+    # Migration 3 (project lifecycle): why the project is in its state (e.g. stopped after
+    # idle_timeout_s), when it was deleted, and when its files were purged (a deleted
+    # project's files stay for --purge-after; hub/lifecycle.py).
+    Column("state_reason", Text, nullable=True),
+    Column("deleted_time", UTCDateTime, nullable=True),
+    Column("purged", UTCDateTime, nullable=True),
 )
 
 project_users = Table(
@@ -187,7 +193,8 @@ account_settings = Table(
     Column("jupyter_project_id", String(UUID_LEN), nullable=True),
 )
 
-# Tables created by migration 1, in dependency order.
-V1_TABLES = [accounts, hosts, projects, project_users, api_keys, settings]
+# Migration 1 creates its own frozen copy of the version-1 tables (migrations.py).
 # Tables created by migration 2.
 V2_TABLES = [account_settings]
+# Columns migration 3 adds to ``projects``.
+V3_PROJECT_COLUMNS = ["state_reason", "deleted_time", "purged"]

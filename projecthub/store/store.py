@@ -36,7 +36,7 @@ _UNSET: Any = object()
 
 _PROJECT_FIELDS: Final = frozenset(
     {"title", "description", "last_edited", "deleted", "host_id", "state", "state_time",
-     "settings", "uid"}
+     "settings", "uid", "state_reason", "deleted_time", "purged"}
 )
 # Every api_keys column except the hash: what callers may show or send.
 _PUBLIC_KEY_COLUMNS: Final = [c for c in api_keys.c if c.name != "hash"]
@@ -311,7 +311,8 @@ class Store:
 
     def update_project(self, project_id: str, **fields: Any) -> None:
         """Set any of: title, description, last_edited, deleted, host_id, state,
-        state_time, settings (a dict, replaces the old one), uid."""
+        state_time, settings (a dict, replaces the old one), uid, state_reason,
+        deleted_time, purged."""
         unknown = set(fields) - _PROJECT_FIELDS
         if unknown:
             raise ValueError(f"cannot update project fields {sorted(unknown)}")
@@ -333,8 +334,39 @@ class Store:
             raise ValueError(f"no project with id {project_id}")
 
     def delete_project(self, project_id: str) -> None:
-        """Mark deleted (CoCalc keeps the row; so do we)."""
-        self.update_project(project_id, deleted=True)
+        """Mark deleted (CoCalc keeps the row; so do we).  ``deleted_time`` starts the grace
+        period after which the project's files are purged (the first deletion counts)."""
+        with self._write() as conn:
+            result = conn.execute(update(projects).where(projects.c.project_id == project_id)
+                                  .values(deleted=True))
+            if result.rowcount == 0:
+                raise ValueError(f"no project with id {project_id}")
+            conn.execute(update(projects).where(projects.c.project_id == project_id,
+                                                projects.c.deleted_time.is_(None))
+                         .values(deleted_time=utcnow()))
+
+    def unpurged_deleted_projects(self, deleted_before: datetime | None = None) -> list[dict[str, Any]]:
+        """Deleted projects whose files have not been purged yet, oldest deletion first
+        (``project_id``, ``deleted_time``); only those deleted before ``deleted_before`` if given."""
+        query = (select(projects.c.project_id, projects.c.deleted_time)
+                 .where(projects.c.deleted.is_(True), projects.c.purged.is_(None),
+                        projects.c.state != SPARE_STATE)
+                 .order_by(projects.c.deleted_time, projects.c.project_id))
+        if deleted_before is not None:
+            query = query.where(projects.c.deleted_time <= deleted_before)
+        with self._read() as conn:
+            return [_as_dict(r) for r in conn.execute(query)]
+
+    def project_settings(self, project_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """``settings`` of each of ``project_ids`` that exists (one query per 500 ids)."""
+        out: dict[str, dict[str, Any]] = {}
+        ids = [p for p in dict.fromkeys(project_ids) if _is_uuid(p)]
+        with self._read() as conn:
+            for chunk in _chunks(ids):
+                for row in conn.execute(select(projects.c.project_id, projects.c.settings)
+                                        .where(projects.c.project_id.in_(chunk))):
+                    out[row.project_id] = dict(row.settings or {})
+        return out
 
     def list_projects(
         self,
