@@ -431,21 +431,34 @@ def test_idle_sessions_are_culled(tmp_path: Path, mpl_dir: Path) -> None:
         close_loop(lp)
 
 
-def test_idle_pool_shrinks_to_one(tmp_path: Path, mpl_dir: Path) -> None:
+def test_idle_pool_shrinks_to_zero_with_its_zygote(tmp_path: Path, mpl_dir: Path) -> None:
+    """A project that ran Jupyter once must not keep a pool and a zygote forever (issue 15)."""
     lp = asyncio.new_event_loop()
     try:
         service = JupyterService(make_ctx(tmp_path, mpl_dir), pool_size=2, pool_idle_timeout_s=60)
         run(lp, service.start())
         run(lp, service.jupyter_execute({"input": "1", "kernel": "python3"}))
         wait_until(lp, lambda: len(service.pool.idle_kernels()) == 2, 30)
+        zygotes = service.launcher.zygotes
+        wait_until(lp, lambda: zygotes.zygotes(), 30)
+        zygote = zygotes.zygotes()[0].popen
         # no request for longer than the idle timeout (the per-call `pool.timeout_s`
-        # shortens it): down to one warm kernel, never zero
+        # shortens it): no kernel left, and the zygote is closed too
         service.pool._pools["python3"].timeout_s = 0.2
         run(lp, asyncio.sleep(0.3))
         lp.call_soon(service.pool.housekeeping)   # what the upkeep task runs periodically
-        wait_until(lp, lambda: len(service.pool.idle_kernels()) == 1, 10)
+        wait_until(lp, lambda: not service.pool.idle_kernels() and not zygotes.zygotes()
+                   and zygote.poll() is not None, 10)
         run(lp, asyncio.sleep(1.0))
-        assert len(service.pool.idle_kernels()) == 1
+        lp.call_soon(service.pool.housekeeping)
+        run(lp, asyncio.sleep(0.5))
+        assert not service.pool.idle_kernels() and not zygotes.zygotes()   # nothing restarts them
+        # the next call works (an ordinary kernel start) and brings the pool back, without a burst
+        assert run(lp, service.jupyter_execute({"input": "2+2", "kernel": "python3"})) == [
+            {"data": {"text/plain": "4"}}]
+        service.pool._pools["python3"].timeout_s = 60   # (the per-call value would stay 0.2)
+        wait_until(lp, lambda: len(service.pool.idle_kernels()) == 2 and zygotes.zygotes(), 30)
+        assert not service.pool._pools["python3"].bursting(time.monotonic())
         run(lp, service.close())
     finally:
         close_loop(lp)

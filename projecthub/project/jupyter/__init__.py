@@ -22,8 +22,10 @@ __all__ = ["JupyterService"]
 
 
 class JupyterService:
-    def __init__(self, ctx: ProjectContext, *, pool_size: int = 1, pool_idle_timeout_s: float = 1800,
+    def __init__(self, ctx: ProjectContext, *, pool_size: int = 1, pool_idle_timeout_s: float = 180,
                  session_idle_timeout_s: float = 3600) -> None:
+        # pool_idle_timeout_s: the stateless pool and its zygotes shrink to zero after this
+        # long without a stateless call (the host may set it: $PROJECTHUB_JUPYTER_IDLE_S)
         self.ctx = ctx
         settings = ctx.settings or {}
         self.catalog = SpecCatalog()

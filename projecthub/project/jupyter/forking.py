@@ -290,6 +290,7 @@ class ZygoteManager:
         self._retry_at: dict[str, float] = {}
         self._closed_specs: set[str] = set()
         self._closing: set[asyncio.Task[None]] = set()
+        self._retiring: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def get(self, spec: KernelSpecInfo) -> ZygoteProcess | None:
@@ -317,6 +318,30 @@ class ZygoteManager:
         if spec.name not in self._starting and time.monotonic() >= self._retry_at.get(spec.name, 0):
             self._starting[spec.name] = asyncio.get_running_loop().create_task(self._start(spec))
         return None
+
+    def retire(self, spec: KernelSpecInfo) -> bool:
+        """Close the spec's zygote (its pool went idle): its memory goes back to the project.
+        Kernels it forked that still run (a long cell) would die with it, so it is closed
+        once they have exited; no new kernel forks from it meanwhile.  Not a failure: the
+        next ``get`` starts a new zygote at once, without back-off."""
+        z = self._zygotes.pop(spec.name, None)
+        if z is None:
+            return False
+        self._failures.pop(spec.name, None)
+        self._retry_at.pop(spec.name, None)
+        task = asyncio.get_running_loop().create_task(self._close_when_unused(z))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return True
+
+    @staticmethod
+    async def _close_when_unused(z: ZygoteProcess) -> None:
+        try:
+            running = [proc.reported for proc, _group in z.children.values()]
+            if running:
+                await asyncio.wait(running)
+        finally:   # also when the manager closes meanwhile
+            await z.close()
 
     async def ready(self, spec: KernelSpecInfo) -> ZygoteProcess | None:
         """Wait for the spec's zygote (tests, warm-up); None if it cannot start."""
@@ -352,7 +377,7 @@ class ZygoteManager:
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._starting.values()):
+        for task in [*self._starting.values(), *self._retiring]:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task

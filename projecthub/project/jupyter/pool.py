@@ -11,6 +11,12 @@ never waits for an unrelated refill.
 While calls keep finding the pool empty it holds BURST_SIZE kernels instead of
 the default size (see ``_Pool.target``), shrinking back once the burst is over; a
 size the caller chose (``pool.size``) is kept exactly.
+
+A pool without a stateless call for its ``timeout_s`` (the daemon's default: a few
+minutes, ``jupyter/__init__.py``; CoCalc's ``pool.timeout_s`` per call) shrinks to zero,
+and the spec's zygote is closed with it: a project that ran Jupyter once must not keep
+a kernel and a zygote (~120 MiB) forever.  The next call starts a kernel the ordinary
+way (~0.5 s) while the zygote comes back in the background.
 """
 
 from __future__ import annotations
@@ -55,11 +61,16 @@ class _Pool:
     primed: bool = False       # a refill has delivered a kernel (misses before are cold starts)
     hot_until: float = 0.0
     chosen_size: bool = False  # a caller set `size`: keep exactly that many, never burst
+    held: bool = False         # ``KernelPool.hold``: never idle (a spare project's warm pool)
+
+    def is_idle(self, now: float) -> bool:
+        return not self.held and now - self.last_request > self.timeout_s
 
     def target(self, now: float) -> int:
-        # Idle for timeout_s: shrink to one warm kernel (CoCalc never goes to zero).
-        if now - self.last_request > self.timeout_s:
-            return min(self.size, 1)
+        # Idle for timeout_s: no kernel at all (CoCalc keeps one; here the memory of an
+        # idle project goes back to the machine).
+        if self.is_idle(now):
+            return 0
         if self.bursting(now):
             return max(self.size, BURST_SIZE)
         return self.size
@@ -96,7 +107,9 @@ class KernelPool:
                       timeout_s: float | None = None) -> Kernel:
         """A fresh, warm kernel for one stateless call; the caller must release() it."""
         pool = self._pool(spec)
-        pool.last_request = time.monotonic()
+        now = time.monotonic()
+        woke = pool.is_idle(now)   # the first call after an idle shrink: no burst for it
+        pool.last_request = now
         if size is not None:
             pool.size = max(0, min(int(size), MAX_POOL_SIZE))
             pool.chosen_size = True
@@ -109,7 +122,8 @@ class KernelPool:
         if kernel is not None:
             self._refill_later()
             return kernel
-        pool.missed(pool.last_request)
+        if not woke:
+            pool.missed(now)
         if pool.booting > len(pool.waiters):
             waiter: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
             pool.waiters.append(waiter)
@@ -175,20 +189,39 @@ class KernelPool:
             self._pools[spec.name] = pool
         return pool
 
+    def hold(self, spec: KernelSpecInfo) -> None:
+        """Keep the spec's pool filled, and so its zygote running, however long no call
+        comes: a spare project's warm-up (``jupyter/warm.py``), until ``release_holds``."""
+        self._pool(spec).held = True
+        self._wake.set()
+
+    def release_holds(self) -> None:
+        """The project is in use now: held pools age like any other from this moment."""
+        now = time.monotonic()
+        for pool in self._pools.values():
+            if pool.held:
+                pool.held = False
+                pool.last_request = now
+
     def idle_kernels(self) -> list[Kernel]:
         return [k for p in self._pools.values() for k in p.idle]
 
     # --- background upkeep ---------------------------------------------------------------
 
     def housekeeping(self) -> None:
-        """Shrink pools idle for too long and drop dead idle kernels; wakes refills."""
+        """Shrink pools idle for too long (to zero, with their zygotes) and drop dead idle
+        kernels; wakes refills."""
         now = time.monotonic()
+        zygotes = getattr(self.launcher, "zygotes", None)
         for pool in self._pools.values():
             dead = [k for k in pool.idle if not k.alive]
             for k in dead:
                 pool.idle.remove(k)
                 k.close()
             self._trim(pool, pool.target(now))
+            if (zygotes is not None and pool.is_idle(now) and not pool.idle and not pool.booting
+                    and not pool.waiters):
+                zygotes.retire(pool.spec)   # only if none of its kernels is still in use
         self._wake.set()
 
     def _trim(self, pool: _Pool, keep: int) -> None:
@@ -203,9 +236,12 @@ class KernelPool:
 
     def _next_deficit(self, now: float) -> _Pool | None:
         for pool in self._pools.values():
+            short = len(pool.idle) + pool.booting < pool.target(now) or len(pool.waiters) > pool.booting
+            if not short and pool.is_idle(now):
+                continue   # asking for the parallelism (re)starts the spec's zygote: not when idle
             if pool.retry_at > now or pool.booting >= self._parallel(pool):
                 continue
-            if len(pool.idle) + pool.booting < pool.target(now) or len(pool.waiters) > pool.booting:
+            if short:
                 return pool
         return None
 
