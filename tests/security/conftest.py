@@ -242,5 +242,6 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
 
 
 def venv_python() -> str:
-    import sys
-    return sys.executable if os.path.exists(sys.executable) else (shutil.which("python3") or "python3")
+    """The Python inside projects: the project environment's, first on their PATH (the
+    server's own interpreter is not mounted in sandboxes)."""
+    return "python3"
