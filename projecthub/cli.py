@@ -113,6 +113,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         settings.spare_projects = args.spare_projects
     if args.keep_alive is not None:
         settings.keep_alive_s = args.keep_alive
+    settings.purge_after_s = args.purge_after
+    if settings.jupyter_idle_s < 0:
+        sys.exit("projecthub: PROJECTHUB_JUPYTER_IDLE_S must be >= 0 seconds")
     if settings.keep_alive_s < 1:   # from the flag or $PROJECTHUB_KEEP_ALIVE_S
         sys.exit("projecthub: --keep-alive must be >= 1 second")
     prepare_data_dir(settings.data_dir)
@@ -299,7 +302,8 @@ def cmd_jupyter_api(args: argparse.Namespace) -> None:
 
 
 def cmd_stop_all(args: argparse.Namespace) -> None:
-    """Stop every project daemon of a data dir (they outlive the server by design)."""
+    """Stop every project daemon of a data dir (they outlive the server by design).
+    ``stopped`` lists the projects that had processes running, nothing else."""
     from .host.sandbox import Sandbox, SandboxConfig
     from .host.sandbox import disk
     from .host.spares import remove_spare_dirs
@@ -307,24 +311,70 @@ def cmd_stop_all(args: argparse.Namespace) -> None:
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     store = _store(str(data_dir))
     sandbox = Sandbox(SandboxConfig(data_dir=data_dir))
+    alive = sandbox.running_projects()   # project -> pids, from its cgroups (or markers)
     stopped = []
     for project in store.list_all_projects():
+        project_id = project["project_id"]
         if project.get("state") == SPARE_STATE:   # pre-started, nobody's project: remove it
-            sandbox.stop_project(project["project_id"])
-            remove_spare_dirs(data_dir, project["project_id"])
-            store.discard_spare(project["project_id"])
+            sandbox.stop_project(project_id)
+            remove_spare_dirs(data_dir, project_id)
+            store.discard_spare(project_id)
             continue
-        if (data_dir / "run" / project["project_id"]).exists() or project.get("state") != "stopped":
-            sandbox.stop_project(project["project_id"])
-            store.update_project(project["project_id"], state="stopped",
-                                 state_time=datetime.now(timezone.utc))
-            stopped.append(project["project_id"])
+        running = project_id in alive or _daemon_alive(data_dir, project_id)
+        if running or project.get("state") != "stopped" or disk.attached(sandbox.project_dir(project_id)):
+            sandbox.stop_project(project_id)
+            store.update_project(project_id, state="stopped", state_time=datetime.now(timezone.utc),
+                                 state_reason="stopped by projecthub stop-all")
+        if running:
+            stopped.append(project_id)
     # images left mounted (a start that failed after mounting, a project missing from the
     # store): release every one under this data dir, so no loop device outlives stop-all
     for base in sorted((data_dir / "projects").glob("*")):
         if disk.attached(base):
             sandbox.stop_project(base.name)
     _emit({"stopped": stopped})
+
+
+def _daemon_alive(data_dir: Path, project_id: str) -> bool:
+    """The sandbox process the host recorded for the project still runs."""
+    import psutil
+    try:
+        pid = json.loads((data_dir / "run" / project_id / "host.json").read_text()).get("pid")
+        return isinstance(pid, int) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, AttributeError, psutil.Error):
+        return False
+
+
+def cmd_project_purge(args: argparse.Namespace) -> None:
+    """Purge a deleted project's files now (the server does it --purge-after its deletion)."""
+    from .host.purge import purge_project_files
+    from .host.sandbox import Sandbox, SandboxConfig
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    store = _store(str(data_dir))
+    project = store.get_project(args.project)
+    if project is None:
+        _fail(f"no project with id {args.project}")
+    if not project.get("deleted"):
+        _fail(f"project {args.project} is not deleted: delete it first (only a deleted project's "
+              "files are purged)")
+    sandbox = Sandbox(SandboxConfig(data_dir=data_dir))
+    try:
+        freed = purge_project_files(sandbox, data_dir, args.project)
+    except (OSError, RuntimeError) as exc:   # e.g. still mounted: nothing half-removed is hidden
+        _fail(f"could not purge project {args.project}: {exc}", code=1)
+    now = datetime.now(timezone.utc)
+    store.update_project(args.project, purged=now)
+    _emit({"project_id": args.project, "purged": True, "freed_bytes": freed,
+           "deleted": project["deleted_time"].isoformat() if project.get("deleted_time") else None})
+
+
+def _duration_arg(text: str) -> float:
+    from .host.sandbox.limits import parse_duration
+    try:
+        return float(parse_duration("--purge-after", text, max_s=100 * 366 * 86400,
+                                    zero="purge at deletion"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--purge-after: ")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="DIR",
                        help="an unpacked root filesystem (e.g. `docker export` output) used as the "
                             "projects' /usr, /etc, /bin, /lib ($PROJECTHUB_PROJECT_ROOTFS)")
+    serve.add_argument("--purge-after", type=_duration_arg, metavar="DURATION",
+                       default=os.environ.get("PROJECTHUB_PURGE_AFTER", "7d"),
+                       help="a deleted project's files (home, state, disk image) are removed this long "
+                            "after its deletion, e.g. 7d, 12h, 30m, 90 (seconds); 0 = at deletion "
+                            "(default 7d, $PROJECTHUB_PURGE_AFTER)")
     serve.add_argument("--log-level", default=os.environ.get("PROJECTHUB_LOG_LEVEL", "info"))
     serve.set_defaults(func=cmd_serve)
 
@@ -448,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="e.g. --set memory_bytes=1G --set pids=256 --set network=true")
     p_limits.add_argument("--unset", action="append", metavar="NAME", help="back to the server default")
     p_limits.set_defaults(func=cmd_project_limits)
+    p_purge = project.add_parser("purge", help="remove a deleted project's files now")
+    p_purge.add_argument("--data-dir", default=None)
+    p_purge.add_argument("--project", required=True)
+    p_purge.set_defaults(func=cmd_project_purge)
     return parser
 
 

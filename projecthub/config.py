@@ -118,6 +118,11 @@ class ServerSettings:
     max_call_timeout_s: float = field(default_factory=lambda: _env_float("PROJECTHUB_MAX_CALL_TIMEOUT_S", 110.0))
     # Stateless jupyter pool size per kernelspec in each project (CoCalc: 2).
     jupyter_pool_size: int = 1
+    # A project's stateless pool and kernel zygote shrink to zero after this long without a
+    # stateless call (seconds; tests set a few).
+    jupyter_idle_s: float = field(default_factory=lambda: _env_float("PROJECTHUB_JUPYTER_IDLE_S", 180.0))
+    # A deleted project's files are purged this long after its deletion (serve --purge-after).
+    purge_after_s: float = 7 * 86400.0
     # Projects kept started ahead of create_project (host/spares.py): a new project's first
     # call then skips the ~150 ms sandbox + daemon start.  0 disables.
     spare_projects: int = field(default_factory=lambda: int(_env_float("PROJECTHUB_SPARE_PROJECTS", 1)))

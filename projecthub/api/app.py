@@ -59,24 +59,27 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
             log.warning("NOT ALL ISOLATION LAYERS ARE ENFORCED: see `projecthub doctor`")
         db = AsyncStore(store)
         host = Host(settings.data_dir, sandbox, db, jupyter_pool_size=settings.jupyter_pool_size,
-                    spare_projects=settings.spare_projects)
+                    spare_projects=settings.spare_projects, jupyter_idle_s=settings.jupyter_idle_s)
         resolver = KeyResolver(store, cache_ttl=settings.key_cache_ttl)
         # register this machine as a host: projects record where they run (scale-out routes on it)
         host_id = await db.ensure_host(socket.gethostname(), address=f"unix:{settings.data_dir / 'run'}")
         hub = HubService(db, host, resolver, host_id=host_id,
-                         account_limits=AccountLimits.from_json(settings.account_limits))
+                         account_limits=AccountLimits.from_json(settings.account_limits),
+                         purge_after_s=settings.purge_after_s)
         app.state.settings = settings
         app.state.hub = hub
         app.state.throttle = BadKeyThrottle(settings.bad_key_limit_per_minute)
         app.state.replies = ReplyBudget(settings.reply_buffer_bytes)   # replies held for slow clients
         await host.start()
         hub.start_key_refresh()
+        hub.start_lifecycle()   # idle stop, purging deleted projects (hub/lifecycle.py)
         log.info("projecthub listening on http://%s:%s (data dir %s)", settings.host, settings.port,
                  settings.data_dir)
         try:
             yield
         finally:
             await hub.stop_key_refresh()  # before db.close(): a pass may be on the store thread
+            await hub.stop_lifecycle()
             await host.close()
             db.close()
 

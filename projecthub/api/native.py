@@ -182,7 +182,7 @@ async def create_project(request: Request, identity: Identity) -> Response:
         if body.get("start"):
             await hub.start_project(project_id)
     except BaseException:
-        await hub.delete_project(project_id)  # a rejected request leaves no half-made project
+        await hub.delete_project(project_id, purge_now=True)  # a rejected request leaves no half-made project
         raise
     return JSONResponse({"project_id": project_id}, status_code=201)
 

@@ -28,6 +28,7 @@ from ..fabric.local import FabricClient
 from ..hub.db import AsyncStore
 from ..store.store import SPARE_STATE
 from .environment import ProjectEnvironment
+from .purge import purge_project_files
 from .sandbox import PreparedProject, ProjectLimits, Sandbox
 from .spares import SparePool
 
@@ -58,11 +59,15 @@ class DaemonHandle:
 
 class Host:
     def __init__(self, data_dir: Path, sandbox: Sandbox, db: AsyncStore, *,
-                 jupyter_pool_size: int = 1, spare_projects: int = 1) -> None:
+                 jupyter_pool_size: int = 1, spare_projects: int = 1,
+                 jupyter_idle_s: float | None = None) -> None:
         self.data_dir = data_dir
         self.sandbox = sandbox
         self.db = db
         self.jupyter_pool_size = jupyter_pool_size
+        # the daemon's stateless pool and zygote shrink to zero after this long without a
+        # stateless call (None: the daemon's default, jupyter/__init__.py)
+        self.jupyter_idle_s = jupyter_idle_s
         self._handles: dict[str, DaemonHandle] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._lost_tasks: set[asyncio.Task[None]] = set()
@@ -83,7 +88,8 @@ class Host:
             async with limit:
                 if project.get("state") in ("running", "starting"):
                     if await self._adopt(project_id) is None:
-                        await self._set_state(project_id, "stopped")
+                        await self._set_state(project_id, "stopped",
+                                              "its daemon was gone when the server started")
                 elif _alive((_read_json(self._run_dir(project_id) / "host.json") or {}).get("pid")):
                     # A stopped project whose daemon is alive was parked by the previous
                     # server (see spares.py): nobody started it, so it must not keep running.
@@ -102,6 +108,14 @@ class Host:
         """Drop connections; the daemons of running projects keep running for the next hub
         process to adopt (spare and parked ones are stopped: nobody is using them)."""
         await self.spares.close()
+        running = self.running_project_ids()
+        if running:   # by design, but an operator stopping the server should know
+            shown = ", ".join(running[:50]) + (f" and {len(running) - 50} more" if len(running) > 50 else "")
+            log.warning("%d project(s) keep running after the server stops (the next server adopts "
+                        "them): %s; stop them all with `projecthub stop-all --data-dir %s`",
+                        len(running), shown, self.data_dir)
+        else:
+            log.info("no project keeps running after the server stops")
         for handle in list(self._handles.values()):
             await handle.client.close()
         self._handles.clear()
@@ -113,6 +127,18 @@ class Host:
     def is_running(self, project_id: str) -> bool:
         handle = self._handles.get(project_id)
         return handle is not None and not handle.client.closed
+
+    def running_project_ids(self) -> list[str]:
+        return sorted(p for p, h in self._handles.items() if not h.client.closed)
+
+    async def activity(self, project_id: str) -> dict[str, Any] | None:
+        """What keeps the running project busy besides API calls (``daemon.activity``:
+        running jobs, open sessions, when they were last active); None when it is not
+        running.  Never starts the project."""
+        handle = self._handles.get(project_id)
+        if handle is None or handle.client.closed:
+            return None
+        return await asyncio.wait_for(handle.client.call("daemon.activity", [], 5.0), 5.0)
 
     async def ensure_running(self, project_id: str) -> DaemonHandle:
         handle = self._handles.get(project_id)
@@ -145,11 +171,18 @@ class Host:
         async for item in handle.client.stream(name, args):
             yield item
 
-    async def stop(self, project_id: str) -> None:
+    async def stop(self, project_id: str, reason: str = "stopped by request") -> None:
         async with self._lock(project_id):
             handle = self._handles.pop(project_id, None) or self.spares.unpark(project_id)
             await self._stop_daemon(project_id, handle)
-            await self._set_state(project_id, "stopped")
+            await self._set_state(project_id, "stopped", reason)
+
+    async def purge(self, project_id: str) -> int:
+        """Remove a deleted project's files, cgroups and run dir; the bytes freed."""
+        async with self._lock(project_id):
+            if self.is_running(project_id):   # deleted projects are stopped; never purge under one
+                raise RemoteError(f"Error: project {project_id} is running; stop it before purging")
+            return await asyncio.to_thread(purge_project_files, self.sandbox, self.data_dir, project_id)
 
     async def _stop_unowned(self, project_id: str, handle: DaemonHandle | None) -> None:
         """Stop a spare's or a parked project's daemon, unless the project is running by now."""
@@ -287,7 +320,7 @@ class Host:
         """Nothing of a failed start stays behind: processes, cgroups, the mounted image."""
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.sandbox.stop_project, project_id)
-        await self._set_state(project_id, "stopped")
+        await self._set_state(project_id, "stopped", "it failed to start")
 
     async def _spawn(self, project: dict[str, Any]) -> DaemonHandle:
         """Start ``project``'s daemon in its sandbox; the caller registers the handle."""
@@ -299,7 +332,10 @@ class Host:
         limits = ProjectLimits.merged(self.sandbox.config.defaults,
                                       (project.get("settings") or {}).get("limits", {}))
         prepared: PreparedProject = await asyncio.to_thread(self.sandbox.prepare, project_id, uid, limits)
-        settings = {"jupyter": {"pool_size": self.jupyter_pool_size}, "limits": limits.to_json()}
+        settings: dict[str, Any] = {"jupyter": {"pool_size": self.jupyter_pool_size},
+                                    "limits": limits.to_json()}
+        if self.jupyter_idle_s is not None:
+            settings["jupyter"]["pool_idle_timeout_s"] = self.jupyter_idle_s
         run_dir = self._run_dir(project_id)
         listen = peer.bind_daemon_socket(run_dir)   # private to the server; see fabric/peer.py
         environment = self.sandbox.config.environment
@@ -385,7 +421,7 @@ class Host:
             with contextlib.suppress(FileNotFoundError):
                 (self._run_dir(project_id) / "host.json").unlink()
             if registered:
-                await self._set_state(project_id, "stopped")
+                await self._set_state(project_id, "stopped", "its daemon exited")
 
     async def _wait_for_ready(self, fd: int, process: subprocess.Popen[bytes]) -> None:
         """Until the daemon writes its ready byte or the pipe closes (it died, or the fd did
@@ -429,9 +465,11 @@ class Host:
             with contextlib.suppress(Exception):
                 handle.process.poll()
 
-    async def _set_state(self, project_id: str, state: str) -> None:
+    async def _set_state(self, project_id: str, state: str, reason: str | None = None) -> None:
+        """``reason`` says why (shown with a stopped project's state); a new state clears it."""
         from datetime import datetime, timezone
-        await self.db.update_project(project_id, state=state, state_time=datetime.now(timezone.utc))
+        await self.db.update_project(project_id, state=state, state_time=datetime.now(timezone.utc),
+                                     state_reason=reason)
 
 
 _SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")

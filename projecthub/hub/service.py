@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from datetime import datetime, timezone
@@ -23,6 +24,7 @@ from ..store import AccountLimitReached, FieldTooLong
 from ..store.bounds import check_text
 from .account_limits import AccountLimits
 from .db import AsyncStore
+from .lifecycle import DEFAULT_PURGE_AFTER_S, IdleStopper, Purger
 
 log = logging.getLogger("projecthub.hub")
 
@@ -59,7 +61,8 @@ def iso(value: datetime | None) -> str | None:
 class HubService:
     def __init__(self, db: AsyncStore, host: Host, resolver: KeyResolver, *,
                  host_id: int = 0, collab_ttl_s: float = _COLLAB_TTL_S,
-                 account_limits: AccountLimits | None = None) -> None:
+                 account_limits: AccountLimits | None = None,
+                 purge_after_s: float = DEFAULT_PURGE_AFTER_S) -> None:
         self.db = db
         self.host = host
         self.resolver = resolver
@@ -69,6 +72,14 @@ class HubService:
         # serialises "count the owner's running projects, then start one" per owner
         self._owner_locks: dict[str, asyncio.Lock] = {}
         self._touched: dict[str, float] = {}
+        # Idle stop (lifecycle.py): last API activity per project (monotonic), calls and
+        # streams in flight, and idle stops in progress (calls wait for them, then start).
+        # Memory only: the hot path pays two dict writes, no store write.
+        self.last_active: dict[str, float] = {}
+        self.inflight: dict[str, int] = {}
+        self._stopping: dict[str, asyncio.Future[None]] = {}
+        self.idle = IdleStopper(self)
+        self.purger = Purger(self, purge_after_s)
         # collaborator checks are on every project call; cache them briefly, drop on change
         self._collab_cache: dict[tuple[str, str], tuple[float, bool]] = {}   # -> (expires, allowed)
         self._collab_used: dict[tuple[str, str], float] = {}   # -> last request it answered
@@ -83,6 +94,15 @@ class HubService:
         interval = self.resolver.refresh_interval
         if interval is not None and self._key_refresh is None:
             self._key_refresh = asyncio.create_task(self._refresh_keys(interval), name="key-refresh")
+
+    def start_lifecycle(self) -> None:
+        """Stop idle projects and purge deleted ones in the background (lifecycle.py)."""
+        self.idle.start()
+        self.purger.start()
+
+    async def stop_lifecycle(self) -> None:
+        await self.idle.close()
+        await self.purger.close()
 
     async def stop_key_refresh(self) -> None:
         task, self._key_refresh = self._key_refresh, None
@@ -217,13 +237,16 @@ class HubService:
     async def _ensure_running(self, project_id: str) -> Any:
         """``host.ensure_running``, unless starting the project would take its owner past
         ``max_running_projects``: then a clear error naming the limit (HTTP 429 on v3)."""
+        stopping = self._stopping.get(project_id)
+        if stopping is not None:   # an idle stop is under way: let it finish, then start afresh
+            await asyncio.shield(stopping)
         if self.host.is_running(project_id):   # the hot path: no store reads
             return await self.host.ensure_running(project_id)
         owner = await self.db.project_owner(project_id)
         limits = await self.limits_for(owner)
         cap = limits.max_running_projects if limits is not None else None
         if owner is None or cap is None:
-            return await self.host.ensure_running(project_id)
+            return await self._start(project_id)
         async with self._owner_lock(owner):   # count and start as one step per owner
             if not self.host.is_running(project_id):
                 owned = await self.db.owned_project_ids(owner)
@@ -233,7 +256,17 @@ class HubService:
                         f"Error: account limit max_running_projects={cap} reached: the owner of "
                         f"project {project_id} already has {running} running projects; stop one "
                         "first", status=429, limit="max_running_projects")
+            return await self._start(project_id)
+
+    async def _start(self, project_id: str) -> Any:
+        try:
             return await self.host.ensure_running(project_id)
+        except RemoteError as exc:
+            # the data disk cannot back this project's image: deleted projects still in
+            # their grace period give their space up first (lifecycle.py)
+            if "insufficient storage" not in str(exc) or not await self.purger.purge_early():
+                raise
+        return await self.host.ensure_running(project_id)
 
     # -- projects ----------------------------------------------------------------------------
     async def create_project(self, account_id: str, title: str = "", description: str = "",
@@ -258,7 +291,7 @@ class HubService:
             try:
                 await self._ensure_running(project_id)
             except BaseException:   # e.g. max_running_projects: a refused call leaves no project
-                await self.delete_project(project_id)
+                await self.delete_project(project_id, purge_now=True)
                 raise
         return project_id
 
@@ -282,27 +315,67 @@ class HubService:
 
     async def touch(self, project_id: str, force: bool = False) -> None:
         now = time.monotonic()
+        self.last_active[project_id] = now   # idle stop: in memory, every call
         if not force and now - self._touched.get(project_id, 0.0) < _TOUCH_INTERVAL_S:
             return
         self._touched[project_id] = now
         await self.db.update_project(project_id, last_edited=datetime.now(timezone.utc))
 
+    def _enter(self, project_id: str) -> None:
+        """A call or stream into the project begins: activity, and it is in flight (an idle
+        stop never takes a project with calls in flight).  Synchronous on purpose: the idle
+        check and this never interleave."""
+        self.last_active[project_id] = time.monotonic()
+        self.inflight[project_id] = self.inflight.get(project_id, 0) + 1
+
+    def _leave(self, project_id: str) -> None:
+        n = self.inflight.get(project_id, 1) - 1
+        if n > 0:
+            self.inflight[project_id] = n
+        else:
+            self.inflight.pop(project_id, None)
+        self.last_active[project_id] = time.monotonic()   # idle time starts when it ends
+
+    async def stop_idle(self, project_id: str, reason: str) -> None:
+        """Stop ``project_id`` for ``reason`` unless a call came in (lifecycle.IdleStopper)."""
+        # check and claim before the first await: a call that entered is in flight, one
+        # that enters after this sees the stop and waits for it
+        if self.inflight.get(project_id) or project_id in self._stopping:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._stopping[project_id] = done
+        try:
+            log.info("stopping project %s: %s", project_id, reason)
+            await self.host.stop(project_id, reason=reason)
+        except Exception:   # its next call starts it fresh either way
+            log.exception("could not stop idle project %s", project_id)
+        finally:
+            del self._stopping[project_id]
+            done.set_result(None)
+
     async def start_project(self, project_id: str) -> None:
-        await self._ensure_running(project_id)
+        self._enter(project_id)
+        try:
+            await self._ensure_running(project_id)
+        finally:
+            self._leave(project_id)
 
     async def stop_project(self, project_id: str) -> None:
-        await self.host.stop(project_id)
+        await self.host.stop(project_id, reason="stopped by request")
 
-    async def delete_project(self, project_id: str) -> None:
+    async def delete_project(self, project_id: str, *, purge_now: bool = False) -> None:
+        """``purge_now``: a project a refused request made (nobody ever used it) leaves no
+        files for the grace period either."""
         # mark it deleted first: a call racing with us then cannot start a new daemon after
         # the stop below (the host refuses to launch deleted projects)
         await self.db.delete_project(project_id)
         self._forget_collaborators(project_id)
-        await self.host.stop(project_id)
-        try:   # its files go too (image and dirs): the data disk gets the space back, no undelete
-            await asyncio.to_thread(self.host.sandbox.purge_project, project_id)
-        except Exception:   # the project is deleted either way; an operator can remove the dir
-            log.exception("could not remove the files of deleted project %s", project_id)
+        await self.host.stop(project_id, reason="deleted")
+        # its files (home, state, disk image) stay for the grace period, then go
+        # (lifecycle.Purger); --purge-after 0 removes them now
+        if purge_now or self.purger.purge_after_s <= 0:
+            await self.purger.purge(project_id, "a refused request made it" if purge_now
+                                    else "deleted with --purge-after 0")
 
     async def project_state(self, project_id: str) -> dict[str, Any]:
         project = await self.db.get_project(project_id)
@@ -310,8 +383,12 @@ class HubService:
             raise RemoteError(f"Error: project {project_id} does not exist")
         state = "running" if self.host.is_running(project_id) else project.get("state") or "stopped"
         if state == "running" and not self.host.is_running(project_id):
-            state = "stopped"
-        return {"state": state, "time": iso(project.get("state_time") or project.get("created"))}
+            # CoCalc's word for it while an idle stop runs; the reason comes with "stopped"
+            state = "stopping" if project_id in self._stopping else "stopped"
+        result = {"state": state, "time": iso(project.get("state_time") or project.get("created"))}
+        if state == "stopped" and project.get("state_reason"):
+            result["reason"] = project["state_reason"]   # e.g. "idle: no activity for 1800 s ..."
+        return result
 
     async def project_status(self, project_id: str) -> dict[str, Any]:
         status = await self.host.status(project_id)
@@ -375,6 +452,7 @@ class HubService:
         settings["limits"] = merged_overrides
         await self.db.update_project(project_id, settings=settings)
         await self.host.update_limits(project_id, limits)
+        self.idle.set_timeout(project_id, limits.idle_timeout_s)
         return limits.to_json()
 
     async def get_limits(self, project_id: str) -> dict[str, Any]:
@@ -388,6 +466,14 @@ class HubService:
     async def project_call(self, project_id: str, name: str, args: list[Any],
                            budget: float | None) -> Any:
         """Auto-start, record activity, forward to the daemon; bounded by ``budget`` seconds."""
+        self._enter(project_id)
+        try:
+            return await self._project_call(project_id, name, args, budget)
+        finally:
+            self._leave(project_id)
+
+    async def _project_call(self, project_id: str, name: str, args: list[Any],
+                            budget: float | None) -> Any:
         await self.touch(project_id)
         started = time.monotonic()
 
@@ -409,15 +495,19 @@ class HubService:
             raise RemoteError(f"timeout - callHub: subject='{subject}', name='{name}', code='408' ")
 
     async def project_stream(self, project_id: str, name: str, args: list[Any]) -> AsyncIterator[Any]:
-        await self._ensure_running(project_id)   # the running cap applies to streams too
-        inner = self.host.stream(project_id, name, args)
+        self._enter(project_id)   # an open stream is activity until it ends
         try:
-            async for item in inner:
-                yield item
-        finally:   # a client that goes away frees the daemon stream now, not at garbage collection
-            aclose = getattr(inner, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await self._ensure_running(project_id)   # the running cap applies to streams too
+            inner = self.host.stream(project_id, name, args)
+            try:
+                async for item in inner:
+                    yield item
+            finally:   # a client that goes away frees the daemon stream now, not at garbage collection
+                aclose = getattr(inner, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        finally:
+            self._leave(project_id)
 
     # -- the Jupyter API's per-account scratch project -----------------------------------------
     async def jupyter_scratch_project(self, account_id: str) -> str:
@@ -506,11 +596,15 @@ def check_fields(**fields: Any) -> None:
 
 def _raised_limits(current: ProjectLimits, limits: ProjectLimits) -> list[str]:
     """Names of limits that ``limits`` loosens compared with ``current``: a larger value,
-    ``None`` (unlimited) where ``current`` has a limit, network on where it is off."""
+    ``None`` (unlimited) where ``current`` has a limit, network on where it is off, a longer
+    ``idle_timeout_s`` or 0 (never stop) where it has one."""
     raised = []
     for name, now in current.to_json().items():
         value = getattr(limits, name)
-        if isinstance(now, bool) or isinstance(value, bool):
+        if name == "idle_timeout_s":   # 0 means never: the loosest value, not the tightest
+            if (value or math.inf) > (now or math.inf):
+                raised.append(name)
+        elif isinstance(now, bool) or isinstance(value, bool):
             if value and not now:  # e.g. network access where the project has none
                 raised.append(name)
         elif now is not None and (value is None or value > now):

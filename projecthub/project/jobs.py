@@ -485,6 +485,12 @@ class JobManager:
         job.execution.kill("killed")
         return True
 
+    def activity(self) -> tuple[int, float | None]:
+        """Running jobs, and when the last retained one finished (epoch seconds): the hub's
+        idle stop counts running jobs as activity, up to their own timeouts."""
+        finished = (e.finished_at for e in self._index.values() if e.finished_at is not None)
+        return len(self._running), max(finished, default=None)
+
     def list(self) -> list[dict[str, Any]]:
         """Every retained job, newest first (index data only: no disk reads)."""
         return [{"job_id": job_id, "status": e.status, "start": e.start_ms, "native": e.native,

@@ -295,7 +295,9 @@ def test_running_projects_never_overcommit_the_data_disk_and_deletes_free_it(tmp
 
 def test_deleting_a_project_deletes_its_image_and_frees_the_data_disk(tmp_path: Path) -> None:
     """Review finding 1: a deleted project kept its image (and its bytes) forever, so
-    create -> fill -> delete -> repeat consumed the disk with no cap."""
+    create -> fill -> delete -> repeat consumed the disk with no cap.  Now it is released at
+    once and purged after the grace period, at once by ``project purge``, and before any
+    start the full disk would refuse (tests/integration/test_purge.py)."""
     require_loop()
     with _small_data_disk(tmp_path) as srv:
         acct = srv.new_account("Delete")
@@ -307,7 +309,9 @@ def test_deleting_a_project_deletes_its_image_and_frees_the_data_disk(tmp_path: 
         r = httpx.delete(f"{srv.url}/api/v3/projects/{p.project_id}",
                          headers={"Authorization": f"Bearer {acct.api_key}"}, timeout=60)
         assert r.status_code == 204, r.text
-        assert not base.exists() and _mounted_under(p) == [] and not _loops_of(p)
+        assert base.exists() and _mounted_under(p) == [] and wait_until(lambda: not _loops_of(p), 5)
+        assert srv.cli("project", "purge", "--project", p.project_id)["freed_bytes"] >= 30 * MiB
+        assert not base.exists()
         assert _free(srv.data_dir) >= free0 - 2 * MiB, (free0, _free(srv.data_dir))
 
 

@@ -29,6 +29,9 @@ _MIN_DISK = 16 * 2**20
 _MAX_DISK = 16 * 2**40 - 2**30
 _MAX_CPU_CORES = 4096.0
 _CPU_SHARES_RANGE = (2, 262144)  # kernel bounds for cpu.shares
+_MAX_IDLE_S = 366 * 86400          # idle_timeout_s: a year; 0 (never) is the way to say "more"
+_DURATION_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass
@@ -44,6 +47,9 @@ class ProjectLimits:
     # 2 GiB: hubs never overcommit the data disk (disk.py), so the default decides how many
     # projects run at once (~35 on 80 GiB free); raise it per project or by --default-limits.
     disk_bytes: int | None = 2 * 2**30
+    # Seconds without API activity after which the hub stops the project (hub/lifecycle.py);
+    # 0 = never.  Running async jobs and open Jupyter sessions count as activity.
+    idle_timeout_s: int | float = 1800
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,11 +92,44 @@ def parse_size(name: str, value: Any) -> int:
     raise ValueError(f"{name}: expected a size in bytes like 536870912 or '512M', got {value!r}")
 
 
+def parse_duration(name: str, value: Any, *, max_s: float, min_s: float = 0.0,
+                   zero: str = "never") -> int | float:
+    """Seconds from a number or a string like ``90``, ``30s``, ``5m``, ``2h``, ``7d``.  0 is
+    always accepted (it means ``zero`` to the caller).  Whole seconds come back as ``int``."""
+    try:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    except ValueError:   # an int too long to print (sys.int_info.str_digits_check_threshold)
+        shown = "a number too large to print"
+    expected = f"{name}: expected a number of seconds like 1800 or '30m' (0 = {zero}), got"
+    if isinstance(value, bool):
+        raise ValueError(f"{expected} a boolean")
+    seconds: float | None = None
+    if isinstance(value, (int, float)):
+        try:
+            seconds = float(value)
+        except OverflowError:   # an int beyond float range: surely out of range
+            seconds = math.inf if value > 0 else -math.inf
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            seconds = float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "").lower()]
+    if seconds is None or math.isnan(seconds):
+        raise ValueError(f"{expected} {shown}")
+    if seconds < 0:
+        raise ValueError(f"{name}: must be 0 ({zero}) or a positive number of seconds, got {shown}")
+    if seconds != 0 and not min_s <= seconds <= max_s:
+        raise ValueError(f"{name}: must be 0 ({zero}) or between {min_s:g} and {max_s:.0f} seconds, "
+                         f"got {shown}")
+    return int(seconds) if seconds.is_integer() else seconds
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name == "network":
         if not isinstance(value, bool):
             raise ValueError(f"network: expected true or false, got {value!r}")
         return value
+    if name == "idle_timeout_s":
+        return 0 if value is None else parse_duration(name, value, max_s=_MAX_IDLE_S, min_s=1.0)
     if value is None:
         return None
     if name in ("memory_bytes", "tmp_bytes"):
