@@ -120,7 +120,14 @@ OPENAPI: dict[str, Any] = {
                                          {"type": "null"},
                                          {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[KMGT]i?B?$"}],
                                "description": "home + job state, a per-project ext4 image; null = "
-                                              "not enforced (admins)"}}},
+                                              "not enforced (admins)"},
+                "idle_timeout_s": {"oneOf": [{"type": "number", "minimum": 0, "maximum": 366 * 86400},
+                                             {"type": "null"},
+                                             {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[smhd]?$"}],
+                                   "description": "the project is stopped after this long without API "
+                                                  "activity (running jobs and open sessions count); "
+                                                  "0 or null = never; a longer value or 0 is for admins; "
+                                                  "e.g. 1800 or '30m' (0 < x < 1 refused)"}}},
             "SessionRequest": {"type": "object", "properties": {
                 "name": {"type": "string"}, "kernel": {"type": "string", "default": "python3"},
                 "cwd": {"type": "string"}, "env": {"type": "object", "additionalProperties": {"type": "string"},
