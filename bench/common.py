@@ -276,6 +276,8 @@ class Server:
     process: subprocess.Popen | None = None
     api_key: str = ""
     account_id: str = ""
+    env: dict[str, str] = field(default_factory=dict)          # on top of ours, e.g. PROJECTHUB_JUPYTER_IDLE_S
+    extra_args: list[str] = field(default_factory=list)        # more `serve` options
 
     @property
     def url(self) -> str:
@@ -292,8 +294,9 @@ class Server:
                 "--default-limits", '{"disk_bytes": "256M"}', "--project-env", str(PROJECT_ENV)]
         if self.sandbox != "auto":
             args += ["--sandbox", self.sandbox]
+        args += self.extra_args
         self.process = subprocess.Popen(args, stdout=logf, stderr=logf, cwd=ROOT,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         on_cleanup(self.stop)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -379,7 +382,23 @@ def classify(cmd: str) -> str:
         return "kernel"
     if "projecthub.project.daemon" in cmd:
         return "daemon"
+    if "jupyter/zygote.py" in cmd:
+        return "zygote"
     return "other"
+
+
+def kind_of(proc: psutil.Process) -> str:
+    """``classify`` with one more step: a kernel forked by a zygote keeps the zygote's
+    command line, so a "zygote" whose parent is a zygote is a (stateless) kernel."""
+    kind = classify(_cmd(proc))
+    if kind == "zygote":
+        try:
+            parent = proc.parent()
+        except psutil.Error:
+            parent = None
+        if parent is not None and classify(_cmd(parent)) == "zygote":
+            return "kernel"
+    return kind
 
 
 def tree_memory(server_pid: int) -> dict[str, Any]:
@@ -396,7 +415,7 @@ def tree_memory(server_pid: int) -> dict[str, Any]:
     kinds: dict[str, list[tuple[int, int]]] = {}
     for p in kids:
         r, s = _mem(p)
-        kinds.setdefault(classify(_cmd(p)), []).append((r, s))
+        kinds.setdefault(kind_of(p), []).append((r, s))
     for kind, vals in kinds.items():
         out[f"{kind}_count"] = len(vals)
         out[f"{kind}_rss_mib"] = round(sum(v[0] for v in vals) / mib, 2)
@@ -406,6 +425,31 @@ def tree_memory(server_pid: int) -> dict[str, Any]:
     out["total_rss_mib"] = round((rss + sum(v[0] for vs in kinds.values() for v in vs)) / mib, 2)
     out["total_pss_mib"] = round((pss + sum(v[1] for vs in kinds.values() for v in vs)) / mib, 2)
     return out
+
+
+def project_memory(sandbox_pid: int) -> dict[str, Any]:
+    """RSS/PSS (MiB) of one project: its sandbox's outermost process (``project.pid`` of
+    the project's status) and everything under it, by kind (bwrap, daemon, zygote,
+    kernel, other), with the process count."""
+    mib = 2**20
+    try:
+        top = psutil.Process(sandbox_pid)
+        procs = [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return {}
+    out: dict[str, Any] = {"processes": 0, "rss_mib": 0.0, "pss_mib": 0.0}
+    for p in procs:
+        r, s = _mem(p)
+        if not r:
+            continue   # gone meanwhile
+        kind = kind_of(p)
+        out["processes"] += 1
+        out["rss_mib"] += r / mib
+        out["pss_mib"] += s / mib
+        out[f"{kind}_count"] = out.get(f"{kind}_count", 0) + 1
+        out[f"{kind}_rss_mib"] = out.get(f"{kind}_rss_mib", 0.0) + r / mib
+        out[f"{kind}_pss_mib"] = out.get(f"{kind}_pss_mib", 0.0) + s / mib
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
 
 
 def versions() -> dict[str, str]:

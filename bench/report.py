@@ -120,6 +120,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         alive is not None and alive >= 200 and g(sc, "projects_200", "exec_true", "p50_ms") is not None,
         f"exec p50 {f(g(sc, 'projects_200', 'exec_true', 'p50_ms'))} ms with 200 running" if alive is not None
         else "not run (quick mode runs 1 and 10)")
+    import report_lifecycle   # first calls, idle memory, 1,000 projects (issue 15)
+    report_lifecycle.targets(s, add)
     return rows
 
 
@@ -371,6 +373,9 @@ def markdown(res: dict[str, Any], json_path: Path | None = None, plots: list[Pat
             else:
                 L.append(f"| {lbl} | {f(d.get('mb_per_s'))} | {f(d.get('ttfb_ms'))} | {note} |")
         L.append("")
+
+    import report_lifecycle
+    L += report_lifecycle.markdown(s, bool(m.get("quick")))
 
     errors = [(n, k, v["error"]) for n, sv in s.items() if isinstance(sv, dict)
               for k, v in sv.items() if isinstance(v, dict) and "error" in v]

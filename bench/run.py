@@ -1,6 +1,6 @@
 """Run projecthub's benchmarks: one command, its own servers, temp data dirs, loopback only.
 
-    .venv/bin/python bench/run.py [--quick] [--only exec,jupyter,session,cold,stream,scale]
+    .venv/bin/python bench/run.py [--quick] [--only exec,jupyter,session,cold,stream,scale,first_call,idle_memory,many_projects]
 
 Writes bench/results/<date>[-quick].json, PNG plots in bench/results/, and regenerates
 the results section of bench/README.md.  Everything the run starts (projecthub servers
@@ -24,8 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCH, kdamond_cpu_s, log, machine, run_cleanups, versions  # noqa: E402
-from scenarios import SCENARIOS, Ctx  # noqa: E402
+from scenarios import SCENARIOS as BASE_SCENARIOS, Ctx  # noqa: E402
+import lifecycle  # noqa: E402
 import report  # noqa: E402
+
+SCENARIOS = {**BASE_SCENARIOS, **lifecycle.SCENARIOS}
 
 
 def main(argv: list[str] | None = None) -> int:
