@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import site
+import stat
 import subprocess
 import sys
 import time
@@ -154,7 +155,38 @@ def _check_managed_root(root: Path) -> None:
                                 "build`) nor a Python environment (no bin/python)")
 
 
+def _check_owned(root: Path) -> None:
+    """Nobody but this user (or root) may be able to change a managed environment or swap it
+    for another: every project runs it, and the host runs its ``python`` as this user (the
+    checks after a build or install, ``env status``, ``doctor``).  So the directory and every
+    directory above it (as written and as resolved) must belong to this user or root and not
+    be writable by others -- above it, a sticky directory such as /tmp is fine: nobody can
+    rename or remove there what is not theirs."""
+    me = os.geteuid()
+    path = Path(os.path.abspath(root))
+    for chain in (path, Path(os.path.realpath(path))):
+        for depth, d in enumerate((chain, *chain.parents)):
+            try:
+                st = os.lstat(d)
+            except FileNotFoundError:
+                continue   # made by this user when it is built
+            except OSError as exc:
+                raise EnvironmentError_(f"project environment {root}: {d}: {exc.strerror}") from None
+            if stat.S_ISLNK(st.st_mode):
+                continue   # replaceable only through its directory, checked next; target: resolved chain
+            why = ""
+            if st.st_uid not in (0, me):
+                why = f"owned by uid {st.st_uid}"
+            elif st.st_mode & 0o022 and not (depth > 0 and st.st_mode & stat.S_ISVTX):
+                why = f"writable by {'group and others' if st.st_mode & 0o002 else 'its group'}"
+            if why:
+                raise EnvironmentError_(
+                    f"project environment {root}: {d} is {why}: another user could change or replace "
+                    f"the environment every project runs (use a directory only uid {me} or root can change)")
+
+
 def managed_environment(root: Path) -> ProjectEnvironment | None:
+    _check_owned(root)
     gen = current_generation(root)
     if gen is None:
         return None
@@ -328,6 +360,7 @@ def read_meta(gen: Path) -> dict:
 def _locked(root: Path) -> Iterator[None]:
     """One build or install at a time per environment (a CLI and a starting server alike)."""
     root.mkdir(parents=True, exist_ok=True)
+    _check_owned(root)      # again: another user may have made it between the check and mkdir
     os.chmod(root, 0o755)   # traversable: sandboxes of project uids bind it (mode none runs it)
     fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -367,6 +400,7 @@ def build(root: Path, packages: tuple[str, ...] = DEFAULT_PACKAGES, *,
     """A fresh managed environment with ``packages``; returns its generation."""
     say = progress or (lambda line: None)
     root = Path(os.path.abspath(root))
+    _check_owned(root)   # before anything is created there
     _check_managed_root(root)
     with _locked(root):
         _sweep(root, current_generation(root))

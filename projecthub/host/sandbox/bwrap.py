@@ -15,6 +15,8 @@ Mount plan (one long-lived sandbox per project; a bwrap per exec would cost
 * writable: HOME and the state dir, at fixed inside paths -- nothing else of the data
   dir, no other project, and not the daemon's socket (the host keeps that outside every
   sandbox, see ``fabric/peer.py``);
+* the root tmpfs (the mount points' parents) remounted read-only last: in a rootless
+  sandbox it is the project uid's own, and it holds the daemon's ``sys.path`` entry;
 * /etc/passwd, /etc/group and the emptied shadow files are copied in from file
   descriptors (``--ro-bind-data``), so no data-dir path shows in the sandbox's mountinfo;
 * the project's own cgroup directories, read-only, at their host paths (the daemon
@@ -274,6 +276,11 @@ def _fill(b: ArgvBuilder, feats: frozenset[str], *, privileged: bool, network: b
         # read-only: the daemon writes its groups only through descriptors the host opened
         # (tracker.py), so nothing inside needs a writable cgroup path.
         b.mount("--ro-bind", d, d)
+    # Last mount operation: the root tmpfs read-only.  It holds the directories bwrap made
+    # for the mounts above (e.g. the daemon's sys.path entry, the projecthub package's
+    # parent); in a rootless sandbox (user namespace) they belong to the project's uid, which
+    # could otherwise plant a module there that the daemon imports.  As root they are root's.
+    b.raw("--remount-ro", "/")
     # The daemon works from "/", never from the home (whose files are hostile to it);
     # user processes get their cwd explicitly.
     b.raw("--chdir", "/")

@@ -22,7 +22,9 @@ hub, databases and other local services listen).  Instead, per project, root mod
     hub port, database or other service, whatever address it listens on;
   - forward: no project-to-project traffic; no 0/8, 127/8, link-local 169.254/16 (cloud
     metadata), multicast or reserved destinations; nothing *into* a project that is not
-    a reply (``ct state``);
+    a reply (``ct state``); at most ``PROJECT_CONNECTIONS`` tracked flows per project
+    (their entries sit in the host's own connection-tracking table, which the host's
+    connections share: a full table drops every new connection, the hub's too);
   - postrouting: masquerade what leaves the pool towards any other interface.
 
 * DNS: the sandbox's ``/etc/resolv.conf`` names the host's *upstream* resolvers
@@ -59,13 +61,22 @@ NETNS_PREFIX = "projecthub-"
 NETNS_DIR = Path("/run/netns")
 TABLE = "projecthub"
 SANDBOX_IF = "eth0"
-LOCK_PATHS = ("/run/lock/projecthub-network.lock", "/run/projecthub-network.lock")
+# /run first: only root creates files there.  /run/lock is world-writable (1777): a local
+# user could create the lock file first and hold its flock, hanging every networked start;
+# a lock file someone else owns is never used.
+LOCK_PATHS = ("/run/projecthub-network.lock", "/run/lock/projecthub-network.lock")
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 _TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CMD_TIMEOUT_S = 15.0
 # Destinations no project may reach even through the uplink: "this" network, loopback,
 # link-local (169.254.169.254 cloud metadata), multicast, reserved and broadcast.
 BLOCKED_DESTINATIONS = ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4")
+# Flows one project may have tracked at once (nftables ``ct count`` per project veth, whose
+# name is the project's own: a reused address inherits nothing).  A TCP connection stops
+# counting once closed, a UDP flow when its entry expires (30-120 s).
+# Without it a project filled the host's table (nf_conntrack_max, often 65536-262144) at
+# ~45,000 new flows a second, or with established TCP connections that stay for days.
+PROJECT_CONNECTIONS = 4096
 
 
 class NetworkUnavailable(RuntimeError):
@@ -131,7 +142,8 @@ def support(pool: str | None = None) -> tuple[bool, str]:
     if r.returncode != 0:
         return False, f"nftables refuses the firewall (kernel without nf_tables NAT?): {_short(r.stderr)}"
     detail = (f"network=true: own netns, veth from {net} + NAT, nftables drops traffic to the "
-              f"host and other projects; DNS: {', '.join(upstream_resolvers()) or 'none usable'}")
+              f"host and other projects, at most {PROJECT_CONNECTIONS} tracked flows each; "
+              f"DNS: {', '.join(upstream_resolvers()) or 'none usable'}")
     if others:
         detail += f"; note: {others}"
     return True, detail
@@ -152,7 +164,7 @@ def firewall_hole() -> str:
     # one telltale rule per chain (``_ruleset``)
     expected = (f'iifname "{IF_PREFIX}*" iifname . ip saddr != @sources drop',
                 f'iifname "{IF_PREFIX}*" drop', f'iifname "{IF_PREFIX}*" oifname "{IF_PREFIX}*" drop',
-                "masquerade")
+                f"add @flows {{ iifname ct count over {PROJECT_CONNECTIONS} }}", "masquerade")
     if r.returncode == 0 and all(rule in r.stdout for rule in expected):
         return ""
     return (f"{len(veths)} project veths but no firewall (table inet {TABLE} flushed?): those "
@@ -329,6 +341,7 @@ def _ruleset(pool: ipaddress.IPv4Network) -> str:
     return f"""add table {t}
 add set {t} sources {{ type ifname . ipv4_addr; }}
 add set {t} pools {{ type ipv4_addr; flags interval; auto-merge; }}
+add set {t} flows {{ type ifname; size 65535; flags dynamic; }}
 add chain {t} prerouting {{ type filter hook prerouting priority raw; policy accept; }}
 add chain {t} input {{ type filter hook input priority filter - 10; policy accept; }}
 add chain {t} forward {{ type filter hook forward priority filter - 10; policy accept; }}
@@ -342,6 +355,7 @@ add rule {t} prerouting iifname "{IF_PREFIX}*" iifname . ip saddr != @sources dr
 add rule {t} input iifname "{IF_PREFIX}*" drop
 add rule {t} forward iifname "{IF_PREFIX}*" oifname "{IF_PREFIX}*" drop
 add rule {t} forward iifname "{IF_PREFIX}*" ip daddr {{ {blocked} }} drop
+add rule {t} forward iifname "{IF_PREFIX}*" ct state new add @flows {{ iifname ct count over {PROJECT_CONNECTIONS} }} reject with icmpx type admin-prohibited
 add rule {t} forward oifname "{IF_PREFIX}*" ct state != {{ established, related }} drop
 add rule {t} postrouting ip saddr @pools oifname != "{IF_PREFIX}*" masquerade
 add element {t} pools {{ {pool} }}
@@ -354,11 +368,16 @@ def machine_lock() -> Iterator[None]:
     kernel's interfaces): one flock for all of them."""
     fd = None
     for path in LOCK_PATHS:
-        with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            cand = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            continue
+        if os.fstat(cand).st_uid == os.geteuid():
+            fd = cand
             break
+        os.close(cand)   # made by someone else, who could hold it forever
     if fd is None:
-        raise NetworkUnavailable("network: cannot open a lock file in /run/lock or /run")
+        raise NetworkUnavailable("network: cannot open a lock file of its own in /run or /run/lock")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
