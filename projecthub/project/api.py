@@ -101,6 +101,23 @@ async def _shutdown(d: "ProjectDaemon", args: list[Any], budget: float | None) -
     return None
 
 
+async def _warm_jupyter(d: "ProjectDaemon", args: list[Any], budget: float | None) -> Any:
+    """A spare project's Jupyter warm-up (jupyter/warm.py), held until ``daemon.claim``."""
+    from .jupyter.warm import warm_stateless
+    kernel = _opts(args).get("kernel", "python3")
+    if not isinstance(kernel, str):
+        raise RemoteError("Error: 'kernel' must be a string")
+    return await warm_stateless(await d.jupyter(), kernel, keep=lambda: not d.claimed)
+
+
+async def _claim(d: "ProjectDaemon", args: list[Any], budget: float | None) -> Any:
+    """The spare is a user's project now: a warm-up's held pool ages like any other."""
+    d.claimed = True
+    if d.jupyter_started is not None:
+        (await d.jupyter()).pool.release_holds()
+    return None
+
+
 async def _native_exec(d: "ProjectDaemon", args: list[Any], budget: float | None) -> Any:
     from .exec import native_exec
     return await native_exec(d.ctx, _opts(args), budget_s=budget)
@@ -152,6 +169,8 @@ def _session(method: str, with_opts: bool = True) -> Function:
 NATIVE_FUNCTIONS: dict[str, Function] = {
     "daemon.info": _info,
     "daemon.shutdown": _shutdown,
+    "daemon.warmJupyter": _warm_jupyter,
+    "daemon.claim": _claim,
     "native.exec": _native_exec,
     "native.job": _job_get,
     "native.jobOutput": _job_output,

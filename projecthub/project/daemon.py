@@ -80,6 +80,7 @@ class ProjectDaemon:
         self.instance_id = uuid.uuid4().hex
         self.started = time.time()
         self.jupyter_started: float | None = None
+        self.claimed = False   # a spare's project was claimed (``daemon.claim``): warm-ups hold nothing
         self._jupyter: "JupyterService | None" = None
         self._jupyter_lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -88,6 +89,8 @@ class ProjectDaemon:
     async def call(self, name: str, args: list[Any], budget: float | None) -> Any:
         if name == "ping":
             return "pong"
+        if name == "daemon.activity":
+            return await self.activity()
         function = api.lookup(name)
         if function is None:
             raise RemoteError(f"Error: unknown function '{name}'")
@@ -122,6 +125,16 @@ class ProjectDaemon:
             "home": str(self.ctx.home),
             "tracker": getattr(self.ctx.tracker, "kind", "unknown"),
         }
+
+    async def activity(self) -> dict[str, Any]:
+        """What the hub's idle stop counts besides API calls: running async jobs and open
+        Jupyter sessions (each ends by its own limit), and when they were last active."""
+        from .exec import job_manager
+        running, last_job = job_manager(self.ctx).activity()
+        sessions = await self._jupyter.list_sessions() if self._jupyter is not None else []
+        times = [t for t in (last_job, *(s.get("last_used") for s in sessions))
+                 if isinstance(t, (int, float))]
+        return {"jobs": running, "sessions": len(sessions), "last_active": max(times, default=None)}
 
     def request_shutdown(self) -> None:
         self._stop.set()

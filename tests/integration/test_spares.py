@@ -4,6 +4,7 @@ yet unstarted projects keep no daemons, and nothing of a spare outlives the serv
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import time
@@ -42,12 +43,14 @@ def alive(pid: int | None) -> bool:
 
 
 def wait_for_ready_spare(server: Server, timeout: float = 30.0) -> tuple[str, int]:
+    """A spare that the server's pool holds ready (its log says so once the spare's daemon
+    answered its warm-up exec): the next create_project takes it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        log = server.log()
         for project_id in spare_ids(server):
             pid = daemon_pid(server, project_id)
-            if pid is not None and (server.data_dir / "projects" / project_id / "home").exists():
-                time.sleep(0.2)   # host.json is written before the daemon answers: let it finish
+            if pid is not None and f"spare project {project_id} ready" in log:
                 return project_id, pid
         time.sleep(0.1)
     raise AssertionError("no spare project became ready:\n" + server.log()[-3000:])
@@ -87,9 +90,10 @@ def test_new_project_takes_the_prestarted_daemon(spare_server: Server) -> None:
     assert hub.projects.state(project_id)["state"] == "stopped"
     assert [p["title"] for p in hub.projects.get(project_id=project_id)] == ["fast"]
     _, project = clients(server, account, project_id)
-    out = project.system.exec(command="ls -A ~ | wc -l; id -u")
-    entries, uid = out["stdout"].split()
-    assert entries == "0", "a spare's home must be empty"
+    out = project.system.exec(command="ls -A ~; id -u")
+    *entries, uid = out["stdout"].split()
+    # nothing of anybody else: at most IPython's empty profile from the Jupyter warm-up
+    assert set(entries) <= {".ipython"}, f"a spare's home must be empty: {entries}"
     assert hub.projects.state(project_id)["state"] == "running"
     assert hub.projects.status(project_id)["project.pid"] == spare_pid   # the very same daemon
     # the next spare is a different project with a different uid
@@ -191,6 +195,117 @@ def test_spares_can_be_disabled(tmp_path: Path) -> None:
         assert daemon_pid(server, project_id) is None
         _, project = clients(server, account, project_id)
         assert project.system.exec(command="echo plain")["stdout"] == "plain\n"
+    finally:
+        server.stop()
+        server.cli("stop-all")
+
+
+# --- the spare's Jupyter warm-up (host/spares.py, project/jupyter/warm.py) -----------------
+
+def _stat_fields(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def start_ticks(pid: int) -> int:
+    """The process's start time in clock ticks since boot (proc(5) field 22): the same
+    number inside and outside the sandbox's pid namespace, so it names one process."""
+    return int(_stat_fields(pid)[19])
+
+
+def warm_zygote(server: Server, project_id: str) -> psutil.Process | None:
+    """The zygote of ``project_id``'s sandbox, if it has forked a (pooled) kernel."""
+    sandbox = daemon_pid(server, project_id)
+    if sandbox is None:
+        return None
+    try:
+        procs = psutil.Process(sandbox).children(recursive=True)
+        for p in procs:
+            if any("jupyter/zygote.py" in a for a in p.cmdline()) and \
+                    not any("jupyter/zygote.py" in a for a in p.parent().cmdline()) and p.children():
+                return p
+    except psutil.Error:
+        pass
+    return None
+
+
+def wait_for_warm_spare(server: Server, timeout: float = 90.0) -> tuple[str, psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for project_id in spare_ids(server):
+            zygote = warm_zygote(server, project_id)
+            if zygote is not None:
+                time.sleep(0.5)   # the pooled kernel's warm-up cell
+                return project_id, zygote
+        time.sleep(0.1)
+    raise AssertionError("no spare project warmed up Jupyter:\n" + server.log()[-3000:])
+
+
+# Inside the first stateless kernel: who its parent is (pid namespace of the sandbox), by
+# command line and start time, and the uid it runs as.
+PARENT_PROBE = ("import os\n"
+                "ppid = os.getppid()\n"
+                "raw = open(f'/proc/{ppid}/stat').read()\n"
+                "cmd = open(f'/proc/{ppid}/cmdline', 'rb').read().replace(b'\\0', b' ').decode()\n"
+                "print(raw[raw.rindex(')') + 2:].split()[19], os.getuid(), 'zygote.py' in cmd)")
+
+
+@pytest.fixture
+def short_idle_spare_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    # A Jupyter idle window of 2 s: a warm spare must keep its zygote well past it (held
+    # until claimed), and the claimed project must then lose it like any idle project.
+    monkeypatch.setenv("PROJECTHUB_JUPYTER_IDLE_S", "2")
+    monkeypatch.setenv("PROJECTHUB_SPARE_JUPYTER", "python3")
+    server = Server(tmp_path, extra_args=["--spare-projects", "1"]).start()
+    yield server
+    if server.process and server.process.poll() is None:
+        server.stop()
+    server.cli("stop-all")
+
+
+def test_new_projects_first_jupyter_call_uses_the_spares_warm_zygote(short_idle_spare_server: Server) -> None:
+    server = short_idle_spare_server
+    spare_id, zygote = wait_for_warm_spare(server)
+    zygote_ticks = start_ticks(zygote.pid)
+    time.sleep(5.0)   # > the idle window and its upkeep period: the warm-up is held, not shrunk
+    assert zygote.is_running() and warm_zygote(server, spare_id) == zygote, "a waiting spare lost its zygote"
+    account = server.new_account()
+    hub, _ = clients(server, account, spare_id)
+    uptime_at_create = float(Path("/proc/uptime").read_text().split()[0])
+    project_id = hub.projects.create_project(title="jupyter")
+    assert project_id == spare_id
+    _, project = clients(server, account, project_id)
+    out = project.system.jupyter_execute(input=PARENT_PROBE, kernel="python3")
+    parent_ticks, kernel_uid, is_zygote = out[0]["text"].split()
+    # the very zygote the spare started before the project existed forked this kernel
+    assert is_zygote == "True"
+    assert int(parent_ticks) == zygote_ticks
+    assert zygote_ticks / os.sysconf("SC_CLK_TCK") < uptime_at_create
+    # it belongs to the project alone: its own uid; in its home only IPython's empty
+    # profile, which the zygote's start made (as a first Jupyter call would)
+    listing = project.system.exec(command="id -u; ls -A ~; find ~/.ipython -type f")["stdout"].split()
+    assert listing == [kernel_uid, ".ipython", "/home/user/.ipython/profile_default/startup/README"]
+    assert zygote.uids().real == int(kernel_uid)
+    # claimed: the hold is over, and after the idle window the zygote goes like any other
+    deadline = time.monotonic() + 60
+    while zygote.is_running() and zygote.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not zygote.is_running() or zygote.status() == psutil.STATUS_ZOMBIE, \
+        "the claimed project's zygote outlived its idle window"
+    assert warm_zygote(server, project_id) is None
+
+
+def test_spares_can_skip_the_jupyter_warm_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROJECTHUB_SPARE_JUPYTER", "0")
+    server = Server(tmp_path, extra_args=["--spare-projects", "1"]).start()
+    try:
+        spare_id, _ = wait_for_ready_spare(server)
+        time.sleep(3.0)   # a warm-up would have started its zygote by now
+        assert warm_zygote(server, spare_id) is None
+        sandbox = daemon_pid(server, spare_id)
+        assert sandbox is not None
+        assert not [p for p in psutil.Process(sandbox).children(recursive=True)
+                    if any("zygote.py" in a for a in p.cmdline())]
     finally:
         server.stop()
         server.cli("stop-all")
