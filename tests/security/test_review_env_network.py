@@ -34,6 +34,7 @@ from projecthub.host.sandbox import network
 from projecthub.host.sandbox.users import write_identity_files
 from tests.conftest import have_bwrap, require
 from tests.security.conftest import Proj, new_project, require_sandbox
+from tests.security.test_network import forwarding  # noqa: F401  (its module-scoped fixture, shared)
 from tests.server import Account, Server
 
 pytestmark = pytest.mark.timeout(300)
@@ -79,7 +80,7 @@ def test_rootless_sandbox_cannot_plant_modules_on_the_daemons_import_path() -> N
         # the host's /usr/bin/python3 stands for the project environment (the managed one may
         # sit under a directory this uid cannot traverse, e.g. /root/.cache)
         env = ProjectEnvironment(kind="external", python="/usr/bin/python3", bin_dirs=("/usr/bin",))
-        entry = bw.code_paths(env)[1]
+        entry = bw.daemon_path_entry(env, sandboxed=True)
         assert entry, "projecthub is mounted alone: the daemon gets its parent as a sys.path entry"
         cmd = bw.build_bwrap_command(privileged=False, network=False, tmp_bytes=None, home=home,
                                      state_dir=state, etc_files=etc_files, cgroup_dirs=[],
@@ -175,22 +176,6 @@ except socket.timeout:
     pass
 print(len(seen), flush=True)
 """
-
-
-@pytest.fixture(scope="module")
-def forwarding() -> Iterator[None]:
-    require_sandbox()
-    from tests.security.test_network import IP_FORWARD
-    before = IP_FORWARD.read_text().strip()
-    if before != "1":
-        IP_FORWARD.write_text("1")
-    try:
-        why = network.prerequisites()
-        require(f"network egress for projects: {why}", not why)
-        yield
-    finally:
-        if before != "1":
-            IP_FORWARD.write_text(before)
 
 
 @pytest.fixture(scope="module")

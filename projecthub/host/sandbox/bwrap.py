@@ -67,20 +67,33 @@ def bwrap_features() -> frozenset[str]:
     return frozenset(w for w in text.split() if w.startswith("--"))
 
 
+# Where the projecthub package is mounted in a sandbox when the environment's interpreter
+# does not have it installed: under the read-only root, never at its host path, whose
+# parents may lie in a mount the project writes (a checkout in /tmp sat in the sandbox's
+# own /tmp, and its parent would be the daemon's first sys.path entry).
+PACKAGE_PARENT_INSIDE = "/opt/projecthub/lib"
+
+
 def code_paths(environment: ProjectEnvironment | None = None) -> tuple[list[str], str | None]:
-    """Read-only host paths the daemon's interpreter needs (the project environment's, see
-    ``host/environment.py``, plus the projecthub package directory alone), and the
-    ``sys.path`` entry the daemon imports projecthub from ("" when the environment's
-    interpreter has it installed)."""
+    """Read-only host paths the daemon's interpreter needs at their own paths (the project
+    environment's, see ``host/environment.py``), and the host directory of the projecthub
+    package when it must be mounted alone (at ``PACKAGE_PARENT_INSIDE``; None when the
+    environment's interpreter has it installed)."""
     env = environment or server_environment()
     pkg_dir = package_dir()
     paths = set(env.ro_paths)
-    pythonpath: str | None = os.path.dirname(pkg_dir)
+    package: str | None = pkg_dir
     if env.kind == "server" and any(_under(pkg_dir, p) for p in paths):
-        pythonpath = None
-    if pythonpath is not None:
-        paths.add(pkg_dir)
-    return _minimal(p for p in paths if env.rootfs or not _system_covered(p)), pythonpath
+        package = None
+    return _minimal(p for p in paths if env.rootfs or not _system_covered(p)), package
+
+
+def daemon_path_entry(environment: ProjectEnvironment | None, sandboxed: bool) -> str:
+    """The ``sys.path`` entry the daemon imports projecthub from ("" when installed)."""
+    package = code_paths(environment)[1]
+    if package is None:
+        return ""
+    return PACKAGE_PARENT_INSIDE if sandboxed else os.path.dirname(package)
 
 
 def _under(path: str, parent: str) -> bool:
@@ -262,9 +275,11 @@ def _fill(b: ArgvBuilder, feats: frozenset[str], *, privileged: bool, network: b
     b.raw("--perms", "1777")
     b.mount("--tmpfs", None, TMP_INSIDE)
     b.mount("--symlink", "/tmp", "/var/tmp")
-    ro, _ = code_paths(environment)
+    ro, package = code_paths(environment)
     for p in ro:
         b.mount("--ro-bind", p, p)
+    if package is not None:
+        b.mount("--ro-bind", package, f"{PACKAGE_PARENT_INSIDE}/{os.path.basename(package)}")
     for p in environment.masked_paths:
         # the base interpreter's site-packages: the server machine's packages, not the
         # project environment's (a managed venv enables it only for the user site)

@@ -168,7 +168,7 @@ class Sandbox:
     def daemon_path_entry(self) -> str:
         """Where the daemon imports projecthub from when it is not installed in the
         interpreter's prefix (a source checkout, read-only in the sandbox), else ""."""
-        return bw.code_paths(self.config.environment)[1] or ""
+        return bw.daemon_path_entry(self.config.environment, sandboxed=self.use_bwrap)
 
     def daemon_command(self, prepared: PreparedProject, inner_argv: list[str],
                        env: dict[str, str]) -> tuple[list[str], dict]:
