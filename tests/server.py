@@ -24,7 +24,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# Test servers pin 1 GiB images (the server's default is 2 GiB): a hub starts a project only if
+# Test servers pin 512 MiB images (the server's default is 2 GiB): a hub starts a project only if
 # the data disk can back every running image's limit (disk.py), and a session server runs
 # dozens of projects at once (tests that need more disk set their own limits).  A test's own --default-limits (or the caller's env) still wins.
 #
@@ -32,7 +32,11 @@ def free_port() -> int:
 # per checkout by ensure_project_env() (tests/conftest.py calls it at session start; ~1 min
 # the first time, then cached in .cache/project-env) instead of one per data dir.
 PROJECT_ENV = Path(__file__).resolve().parent.parent / ".cache" / "project-env"
-TEST_ENV = {"PROJECTHUB_DEFAULT_LIMITS": '{"disk_bytes": "1G"}', "PROJECTHUB_PROJECT_ENV": str(PROJECT_ENV)}
+#
+# Spares skip their Jupyter warm-up (~1-1.5 s of CPU per created project, which the suite's
+# hundreds of creates cannot afford on 2 cores); tests/integration/test_spares.py turns it on.
+TEST_ENV = {"PROJECTHUB_DEFAULT_LIMITS": '{"disk_bytes": "512M"}', "PROJECTHUB_PROJECT_ENV": str(PROJECT_ENV),
+            "PROJECTHUB_SPARE_JUPYTER": "0"}
 
 
 def ensure_project_env() -> Path:
