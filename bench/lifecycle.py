@@ -29,7 +29,7 @@ import psutil
 import floors
 from common import (RawHTTP, Server, classify, kind_of, log, merge, project_memory, summarize,
                     timed_concurrent, tree_memory)
-from scenarios import Ctx, attempt, exec_body, official
+from scenarios import Ctx, _exec_round_robin, attempt, exec_body, official
 
 WARM_WAIT_S = 45.0     # a spare's daemon start + Jupyter warm-up, on a loaded 2-core VM
 SETTLE_S = 1.0         # untimed pause before each first call (and before each floor call)
@@ -344,23 +344,10 @@ async def _activate(server: Server, pids: list[str], c: int, jupyter: bool) -> d
 
 
 async def _round_robin(server: Server, pids: list[str], n: int) -> dict[str, Any]:
-    cl = RawHTTP(server.port, server.api_key)
-    i = 0
-
-    async def call(_: int) -> None:
-        nonlocal i
-        pid = pids[i % len(pids)]
-        i += 1
-        status, out = await cl.post("/api/conat/project", exec_body(pid, "true"))
-        if status != 200 or "error" in out:
-            raise RuntimeError(f"exec: {status} {out}")
-    try:
-        for _ in range(min(len(pids), 50) + 10):
-            await call(0)
-        lat, wall = await timed_concurrent(n, 1, call, 120)
-        return summarize(lat, wall, c=1, projects=len(pids))
-    finally:
-        await cl.close()
+    # every project touched once before timing: the first call to each starts its daemon
+    out = await _exec_round_robin(server, pids, n, warmup=min(len(pids), 50) + 10, timeout_s=120)
+    out["projects"] = len(pids)
+    return out
 
 
 def scenario_many_projects(ctx: Ctx) -> dict[str, Any]:

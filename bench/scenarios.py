@@ -627,7 +627,10 @@ async def _start_projects(server: Server, count: int, c: int = 4) -> list[str]:
     return pids
 
 
-async def _exec_round_robin(server: Server, pids: list[str], n: int) -> dict[str, Any]:
+async def _exec_round_robin(server: Server, pids: list[str], n: int, warmup: int = 10,
+                            timeout_s: float = 60) -> dict[str, Any]:
+    """``n`` sequential execs of ``true``, each in the next project of ``pids``, after
+    ``warmup`` untimed ones."""
     cl = RawHTTP(server.port, server.api_key)
     i = 0
 
@@ -639,9 +642,9 @@ async def _exec_round_robin(server: Server, pids: list[str], n: int) -> dict[str
         if status != 200 or "error" in out:
             raise RuntimeError(f"exec: {status} {out}")
     try:
-        for _ in range(10):
+        for _ in range(warmup):
             await call(0)
-        lat, wall = await timed_concurrent(n, 1, call, 60)
+        lat, wall = await timed_concurrent(n, 1, call, timeout_s)
         return summarize(lat, wall, c=1, projects_touched=min(n, len(pids)))
     finally:
         await cl.close()
