@@ -15,6 +15,7 @@ created by a later step freezes that step's tables the same way.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,6 +38,8 @@ from sqlalchemy import (
     text,
     update,
 )
+
+from sqlalchemy.exc import OperationalError
 
 from . import schema
 from .engine import BEGIN_MODE
@@ -153,8 +156,27 @@ def current_version(conn: Connection) -> int:
 
 
 def migrate(engine: Engine) -> int:
-    """Bring the schema up to date; returns the resulting version."""
+    """Bring the schema up to date; returns the resulting version.
+
+    Two processes starting on one SQLite store can both meet "database is locked" without
+    SQLite's busy handler waiting (the first connection's switch to WAL, or a lock upgrade
+    SQLite refuses at once to avoid a deadlock): the migration then runs again after a short
+    pause; it is one transaction, so a failed attempt left nothing behind."""
     _check_order()
+    for attempt in range(_LOCKED_RETRIES):
+        try:
+            return _migrate_once(engine)
+        except OperationalError as exc:
+            if "database is locked" not in str(exc) or attempt == _LOCKED_RETRIES - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+_LOCKED_RETRIES = 20
+
+
+def _migrate_once(engine: Engine) -> int:
     with engine.connect() as conn:
         conn.execution_options(**{BEGIN_MODE: "IMMEDIATE"})
         with conn.begin():
