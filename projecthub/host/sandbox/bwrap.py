@@ -83,8 +83,13 @@ def code_paths(environment: ProjectEnvironment | None = None) -> tuple[list[str]
     pkg_dir = package_dir()
     paths = set(env.ro_paths)
     package: str | None = pkg_dir
-    if env.kind == "server" and any(_under(pkg_dir, p) for p in paths):
-        package = None
+    if env.kind == "server":
+        if any(_under(pkg_dir, p) for p in paths):
+            package = None
+        else:
+            # the server's own interpreter (embedders, tests) finds an editable install of
+            # projecthub at its host path; serve never runs projects on it
+            paths.add(pkg_dir)
     return _minimal(p for p in paths if env.rootfs or not _system_covered(p)), package
 
 
