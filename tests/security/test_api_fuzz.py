@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from projecthub.host.sandbox.limits import parse_size
 from tests.security.conftest import require_sandbox
 from tests.server import Server
 
@@ -38,6 +39,21 @@ def _tame(case: Any) -> None:
             case.body["timeout_s"] = 10
         if isinstance(case.body.get("yield_after"), (int, float)):
             case.body["yield_after"] = min(max(case.body["yield_after"], 0), 5)
+    limits = case.body if isinstance(case.body, dict) and case.path.endswith("/limits") else (
+        case.body.get("limits") if isinstance(case.body, dict) else None)
+    if isinstance(limits, dict):
+        # Valid values that would only make the rest of the run measure something else
+        # (invalid ones are still sent): an idle_timeout_s of a second or two stops the real
+        # project between nearly every case, and a disk_bytes beyond the data disk makes every
+        # later start answer the documented 507 (insufficient storage).
+        value = limits.get("idle_timeout_s")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 600:
+            limits["idle_timeout_s"] = 600
+        try:
+            if parse_size("disk_bytes", limits.get("disk_bytes")) > 2**30:
+                limits["disk_bytes"] = "512M"
+        except (ValueError, TypeError):
+            pass
 
 
 def test_no_5xx_anywhere_in_the_v3_api(tmp_path: Path) -> None:
