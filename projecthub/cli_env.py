@@ -45,9 +45,9 @@ def cmd_env_build(args: argparse.Namespace) -> None:
 
     def action() -> dict:
         root = _root(args)
-        packages = tuple(args.package) if args.package else envmod.DEFAULT_PACKAGES
-        if args.package:   # the daemon's own modules always; --package adds to them
-            packages = envmod.DEFAULT_PACKAGES[:4] + tuple(args.package)
+        # the daemon's own packages always; --package replaces only the scientific set
+        packages = (envmod.DAEMON_PACKAGES + tuple(args.package) if args.package
+                    else envmod.DEFAULT_PACKAGES)
         if envmod.current_generation(root) is not None and not args.rebuild:
             _progress(f"a project environment exists in {root} (--rebuild to make a new one)")
         else:

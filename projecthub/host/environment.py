@@ -41,7 +41,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import projecthub
 
@@ -51,8 +51,8 @@ import projecthub
 # numpy 1.26 where wheels exist (Python < 3.13): its scalars print as plain numbers
 # (``numpy.arange(3).sum()`` shows ``3``, 2.x shows ``np.int64(3)``) and most published
 # notebooks were written against it; `projecthub env install "numpy>=2"` moves up.
-DEFAULT_PACKAGES: tuple[str, ...] = (
-    "ipykernel>=6.29", "jupyter_client>=8.6", "pyzmq>=26", "psutil>=5.9",
+DAEMON_PACKAGES: tuple[str, ...] = ("ipykernel>=6.29", "jupyter_client>=8.6", "pyzmq>=26", "psutil>=5.9")
+DEFAULT_PACKAGES: tuple[str, ...] = DAEMON_PACKAGES + (
     "numpy>=1.26,<2; python_version < '3.13'", "numpy>=2.1; python_version >= '3.13'",
     "pandas", "matplotlib", "scipy",
 )
@@ -245,17 +245,8 @@ def _rootfs_missing_modules(rootfs: Path, python: str) -> list[str]:
             argv += ["--symlink", os.readlink(src), d]
         elif os.path.isdir(src):
             argv += ["--ro-bind", src, d]
-    argv += ["--", python]
-    code = ("import importlib.util, sys; "
-            "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))")
-    try:
-        out = subprocess.run([*argv, "-I", "-c", code, *DAEMON_MODULES], capture_output=True,
-                             text=True, timeout=60, stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"})
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return [f"(the image's python did not run: {exc})"]
-    if out.returncode != 0:
-        return [f"(the image's python failed: {_tail(out.stderr)})"]
-    return out.stdout.split()
+    argv.append("--")
+    return missing_modules(python, runner=argv, env={"PATH": "/usr/bin:/bin"})
 
 
 def _base_prefixes(prefix: Path) -> set[str]:
@@ -303,8 +294,10 @@ def _set_system_site(prefix: Path, on: bool) -> None:
     os.replace(tmp, cfg)
 
 
-def missing_modules(python: str, modules: tuple[str, ...] = DAEMON_MODULES) -> list[str]:
-    """Which of ``modules`` ``python`` cannot import (``-I``: as the daemon imports them)."""
+def missing_modules(python: str, modules: tuple[str, ...] = DAEMON_MODULES, *,
+                    runner: Sequence[str] = (), env: dict[str, str] | None = None) -> list[str]:
+    """Which of ``modules`` ``python`` cannot import (``-I``: as the daemon imports them);
+    ``runner`` prefixes the command (bwrap, for an image's interpreter)."""
     # In a venv a module found only in the base interpreter's site-packages counts as
     # missing: that directory is hidden in the sandbox.
     code = ("import importlib.util, os, sys\n"
@@ -315,12 +308,12 @@ def missing_modules(python: str, modules: tuple[str, ...] = DAEMON_MODULES) -> l
             " return sys.prefix == sys.base_prefix or o.startswith(os.path.realpath(sys.prefix) + '/')\n"
             "print(' '.join(m for m in sys.argv[1:] if not ok(m)))")
     try:
-        out = subprocess.run([python, "-I", "-c", code, *modules], capture_output=True, text=True,
-                             timeout=60, stdin=subprocess.DEVNULL)
+        out = subprocess.run([*runner, python, "-I", "-c", code, *modules], capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return [f"(python did not run: {exc})"]
     if out.returncode != 0:
-        return [f"(python failed: {out.stderr.strip()[-300:]})"]
+        return [f"(python failed: {_tail(out.stderr)})"]
     return out.stdout.split()
 
 
