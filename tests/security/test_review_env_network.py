@@ -34,7 +34,7 @@ from projecthub.host.sandbox import network
 from projecthub.host.sandbox.users import write_identity_files
 from tests.conftest import have_bwrap, require
 from tests.security.conftest import Proj, new_project, require_sandbox
-from tests.security.test_network import forwarding  # noqa: F401  (its module-scoped fixture, shared)
+from tests.security.test_network import forwarding, testnet  # noqa: F401  (its module-scoped fixtures, shared)
 from tests.server import Account, Server
 
 pytestmark = pytest.mark.timeout(300)
@@ -176,14 +176,6 @@ except socket.timeout:
     pass
 print(len(seen), flush=True)
 """
-
-
-@pytest.fixture(scope="module")
-def testnet(forwarding: None):
-    from tests.security.test_network import TestNet
-    net = TestNet()
-    yield net
-    net.close()
 
 
 @pytest.fixture(scope="module")
