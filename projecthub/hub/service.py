@@ -575,6 +575,36 @@ class HubService:
             return None
         raise RemoteError(f"Error: unknown action '{action}'")
 
+    async def list_accounts(self, account_id: str) -> list[dict[str, Any]]:
+        """Every account (``account_json``: no secrets, no key hashes); admins only."""
+        await self._require_admin(account_id, "list accounts")
+        return [account_json(row) for row in await self.db.list_accounts()]
+
+    async def set_account_disabled(self, account_id: str, target_account_id: str,
+                                   disabled: bool) -> dict[str, Any]:
+        """Disable (or enable again) an account; admins only.  A disabled account's keys fail
+        at once on every surface: the store records the change for every process's key cache
+        (``Store.set_disabled``), and this process's cache is dropped here too."""
+        await self._require_admin(account_id, "disable or enable accounts")
+        if not is_uuid(target_account_id):
+            raise RemoteError(f"Error: no account with id {target_account_id}", status=404)
+        if disabled and target_account_id == account_id:
+            raise RemoteError("Error: an admin cannot disable their own account", status=400)
+        try:
+            await self.db.set_disabled(target_account_id, disabled)
+        except ValueError:
+            raise RemoteError(f"Error: no account with id {target_account_id}", status=404)
+        self.resolver.invalidate_all()
+        row = await self.db.get_account(target_account_id)
+        assert row is not None
+        return account_json(row)
+
+    async def _require_admin(self, account_id: str | None, action: str) -> None:
+        if not account_id:
+            raise RemoteError("Error: user must be signed in", status=401)
+        if not await self._is_admin(account_id):
+            raise RemoteError(f"Error: only an admin may {action}", status=403)
+
     async def _may_manage_key(self, account_id: str, row: dict[str, Any], action: Any) -> bool:
         if row["account_id"] == account_id:
             return True
@@ -624,6 +654,17 @@ def _parse_time(value: Any) -> datetime | None:
             raise RemoteError(f"Error: invalid date '{value}'")
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
     raise RemoteError("Error: expire must be an ISO 8601 string or milliseconds")
+
+
+def account_json(row: dict[str, Any]) -> dict[str, Any]:
+    """An account as the CLI and v3 show it.  ``disabled`` is CoCalc's ``banned`` flag: a
+    disabled account's keys are refused everywhere (auth/resolve.py)."""
+    return {
+        "account_id": row["account_id"], "first_name": row.get("first_name") or "",
+        "last_name": row.get("last_name") or "", "email": row.get("email"),
+        "is_admin": bool(row.get("is_admin")), "disabled": bool(row.get("banned")),
+        "created": iso(row.get("created")),
+    }
 
 
 def _key_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -183,6 +183,11 @@ class Store:
         if result.rowcount == 0:
             raise ValueError(f"no account with id {account_id}")
 
+    def set_disabled(self, account_id: str, disabled: bool) -> None:
+        """Disable or enable an account: CoCalc's ``banned`` flag, which the key resolver
+        refuses (a disabled account's keys stop working; its projects and keys are kept)."""
+        self.set_banned(account_id, disabled)
+
     def set_admin(self, account_id: str, is_admin: bool) -> None:
         with self._write() as conn:
             result = conn.execute(
