@@ -32,7 +32,9 @@ def _ok(value: Any) -> JSONResponse:
 
 
 def _err(exc: RemoteError, status: int = 200) -> JSONResponse:
-    return JSONResponse(exc.to_json(), status_code=status)
+    body = exc.to_json()
+    body.pop("status", None)   # an HTTP status hint for v3 (native.py), not a CoCalc field
+    return JSONResponse(body, status_code=status)
 
 
 def _unexpected(request: Request, exc: Exception) -> RemoteError:
@@ -173,14 +175,45 @@ def _coerce_exec_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _legacy_error(params: dict[str, Any], args_sent: bool, exc: RemoteError) -> str:
-    args = params.get("args")
-    rendered = ",".join(str(a) for a in args) if isinstance(args, list) else (
-        "undefined" if not args_sent else str(args))
-    text = f"Error executing command '{params.get('command')}' with args '{rendered}' -- {exc.message}"
+# Fields of an exec error that travel with the wrapped text on v1 and v2, as they do on
+# /api/conat/project: a timeout's partial output and kill reason, a spent budget's job id.
+_LEGACY_EXTRA = ("stdout", "stderr", "killed_by", "job_id")
+
+
+def _js_text(value: Any, *, in_array: bool = False) -> str:
+    """``value`` as a JavaScript template literal renders it (``${x}``): an array is its
+    items joined by commas, where null renders as nothing; booleans are lower case."""
+    if value is None:
+        return "" if in_array else "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value != value:
+            return "NaN"
+        if value in (float("inf"), float("-inf")):
+            return "Infinity" if value > 0 else "-Infinity"
+        return str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value)
+    if isinstance(value, list):
+        return ",".join(_js_text(item, in_array=True) for item in value)
+    if isinstance(value, dict):
+        return "[object Object]"
+    return str(value)
+
+
+def _legacy_error(opts: dict[str, Any], exc: RemoteError) -> dict[str, Any]:
+    """The older channel's wrapping of an exec error (spec 4.9, seed 003):
+    ``Error executing command '<command>' with args '<args>' -- <error>``.  ``args`` not
+    sent renders as ``''`` like v1's default ``[]`` (the seed), never ``'undefined'``.  A
+    kill (timeout) ends with the seed's ``, , `` and, like ``system.exec``, carries the
+    partial ``stdout``/``stderr`` and ``killed_by`` as fields (docs/compatibility.md)."""
+    command = _js_text(opts["command"]) if "command" in opts else "undefined"
+    args = _js_text(opts.get("args", []))
+    text = f"Error executing command '{command}' with args '{args}' -- {exc.message}"
+    if "killed_by" in exc.extra:
+        text += ", , "
     if "Connection refused" in text:
         text += " -- Email help@cocalc.com if you need full internet access, which is disabled by default."
-    return text
+    return {"error": text, **{k: exc.extra[k] for k in _LEGACY_EXTRA if k in exc.extra}}
 
 
 async def _authorize_legacy(hub: HubService, identity: Identity, project_id: Any) -> str:
@@ -226,10 +259,9 @@ async def v1_project_exec(request: Request) -> JSONResponse:
         result = await hub.project_call(project_id, "system.exec", [opts],
                                         call_budget(request, {}, "system.exec", [opts]))
     except RemoteError as exc:
-        return _ok({"event": "error", "id": message_id, "error": _legacy_error(opts, True, exc)})
+        return _ok({"event": "error", "id": message_id, **_legacy_error(opts, exc)})
     except Exception as exc:
-        return _ok({"event": "error", "id": message_id,
-                    "error": _legacy_error(opts, True, _unexpected(request, exc))})
+        return _ok({"event": "error", "id": message_id, **_legacy_error(opts, _unexpected(request, exc))})
     return _ok({"event": "project_exec_output", "id": message_id, **result})
 
 
@@ -258,12 +290,17 @@ async def v2_exec(request: Request) -> JSONResponse:
         result = await hub.project_call(project_id, "system.exec", [opts],
                                         call_budget(request, {}, "system.exec", [opts]))
     except RemoteError as exc:
-        return _ok({"error": _legacy_error(opts, "args" in params, exc)})
+        return _ok(_legacy_error(opts, exc))
     except Exception as exc:
-        return _ok({"error": _legacy_error(opts, "args" in params, _unexpected(request, exc))})
+        return _ok(_legacy_error(opts, _unexpected(request, exc)))
     return _ok(result)
 
 
 async def v1_unknown(request: Request) -> JSONResponse:
+    """``/api/v1/<name>`` other than a POST to project_exec.  That route takes only POST, so
+    a GET (or HEAD) of it lands here: 405 with ``Allow``, as every other method gets."""
+    if request.path_params["name"] == "project_exec":
+        return JSONResponse({"error": f"method {request.method} not allowed on {request.url.path}"},
+                            status_code=405, headers={"Allow": "POST"})
     return JSONResponse({"event": "error", "error": f"unknown endpoint '{request.path_params['name']}'"},
                         status_code=400)

@@ -75,6 +75,7 @@ def test_max_projects_refused_on_v3_and_conat(capped: Server) -> None:
     assert "max_projects=3" in r.json()["error"]
     out = hub_call(capped, acct.api_key, "projects.createProject", {"title": "one more"})
     assert isinstance(out, dict) and "max_projects=3" in out["error"], out
+    assert set(out) == {"error", "limit"}, out   # no v3 "status" hint in a CoCalc reply
     listed = v3(capped, acct.api_key, "GET", "/projects").json()
     assert len(listed) == 3
     # deleting one makes room again
