@@ -31,10 +31,15 @@ an entry is still never served once older than the TTL, and a refreshed entry's
 age counts from a moment before the store was read.  Keys that fail the check are
 dropped, so their next request takes the full path.
 
-Revocations that happen elsewhere (key deleted or edited, collaborator removed,
-account banned) are made effective immediately by the server calling
-``invalidate_key`` / ``invalidate_all``; the TTL only bounds staleness when some
-path forgets to, or when another process changes the database.
+Revocations that happen elsewhere (key deleted, rotated or edited, collaborator
+removed, account disabled or demoted) are made effective immediately: the server
+calls ``invalidate_key`` / ``invalidate_all``, and every store change that takes
+access away also bumps the store's revocation counter (``store/revocations.py``),
+which this resolver reads (~40 ns, a shared memory page) before it answers from its
+cache: a new value drops the whole cache.  So a ``projecthub key revoke`` or
+``account disable`` run by another process is noticed by the very next request.
+The TTL only bounds staleness where the store has no counter (PostgreSQL: another
+hub's revocations), or when some path changes the database behind the store's back.
 """
 
 from __future__ import annotations
@@ -148,6 +153,9 @@ class KeyResolver:
         self._latest_use = float("-inf")  # lets refresh_due skip a pass without the lock
         # Bumped by every invalidation, so a resolution that raced with one is not cached.
         self._epoch = 0
+        # The store's revocation counter as last seen (see the module docstring).
+        self._revocation_count = store.revocation_count
+        self._revocations = self._revocation_count()
 
     # -- public -------------------------------------------------------------
 
@@ -166,6 +174,7 @@ class KeyResolver:
         digest = _digest(key)
         now = self._clock()
         with self._lock:
+            self._sync_revocations()
             entry = self._fresh_entry(digest, now)
             epoch = self._epoch
             if entry is not None:
@@ -213,6 +222,7 @@ class KeyResolver:
         now = self._clock()
         digest = _digest(key)
         with self._lock:
+            self._sync_revocations()
             entry = self._fresh_entry(digest, now)
             if entry is None or _expired(entry.expire, self._wall_clock()):
                 return None
@@ -283,13 +293,25 @@ class KeyResolver:
 
     def invalidate_all(self) -> None:
         with self._lock:
-            self._epoch += 1
-            self._cache.clear()
-            self._digests_by_key.clear()
-            self._last_used.clear()
-            self._row_hashes.clear()
+            self._invalidate_all()
 
     # -- internals ----------------------------------------------------------
+
+    def _invalidate_all(self) -> None:
+        """Caller holds the lock."""
+        self._epoch += 1
+        self._cache.clear()
+        self._digests_by_key.clear()
+        self._last_used.clear()
+        self._row_hashes.clear()
+
+    def _sync_revocations(self) -> None:
+        """Caller holds the lock.  Drop everything cached when the store counted a
+        revocation since the last look (possibly made by another process)."""
+        seen = self._revocation_count()
+        if seen != self._revocations:
+            self._revocations = seen
+            self._invalidate_all()
 
     def _resolve_uncached(self, key: str, digest: str,
                           allow_slow: bool = True) -> tuple[Identity, int, datetime | None] | None:

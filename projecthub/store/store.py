@@ -9,7 +9,7 @@ as plain dicts with timezone-aware UTC datetimes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,6 +22,7 @@ from ..auth import keys
 from . import migrations
 from .bounds import API_KEY_NAME_MAX, check_text
 from .engine import BEGIN_MODE, make_engine
+from .revocations import RevocationCounter, counter_path
 from .schema import account_settings, accounts, api_keys, hosts, project_users, projects, settings
 
 API_KEYS_PER_ACCOUNT: Final = 100_000
@@ -85,6 +86,13 @@ class Store:
         self._engine: Engine = make_engine(url)
         # An attribute (not only the constant) so tests can lower it.
         self.api_key_limit: int = API_KEYS_PER_ACCOUNT
+        # Bumped after every change that takes access away, for the key caches of every
+        # process on this store (revocations.py); ``revocation_count`` is the cheap read.
+        self.revocations = RevocationCounter(counter_path(url))
+        # How many access-removing changes this store has seen (0 without a counter file): a
+        # key cache that saw another value must drop what it holds.  The counter's own bound
+        # method, so the check on every request is a single call.
+        self.revocation_count: Callable[[], int] = self.revocations.value
 
     @classmethod
     def for_data_dir(cls, path: str | Path) -> Store:
@@ -182,6 +190,7 @@ class Store:
             )
         if result.rowcount == 0:
             raise ValueError(f"no account with id {account_id}")
+        self.revocations.bump()
 
     def set_disabled(self, account_id: str, disabled: bool) -> None:
         """Disable or enable an account: CoCalc's ``banned`` flag, which the key resolver
@@ -195,6 +204,7 @@ class Store:
             )
         if result.rowcount == 0:
             raise ValueError(f"no account with id {account_id}")
+        self.revocations.bump()   # cached identities carry is_admin
 
     def get_names(self, account_ids: Iterable[str]) -> dict[str, dict[str, str]]:
         """CoCalc ``system.getNames``: ``{id: {"first_name", "last_name"}}``.
@@ -608,12 +618,14 @@ class Store:
             ).scalar()
             if group == "owner":
                 raise ValueError("cannot remove an owner of a project")
-            conn.execute(
+            done = conn.execute(
                 delete(project_users).where(
                     project_users.c.project_id == project_id,
                     project_users.c.account_id == account_id,
                 )
             )
+        if done.rowcount:   # the project keys this account made die with its membership
+            self.revocations.bump()
 
     def set_user_hide(self, project_id: str, account_id: str, hide: bool) -> None:
         with self._write() as conn:
@@ -695,9 +707,45 @@ class Store:
         with self._read() as conn:
             return [_as_dict(r) for r in conn.execute(query)]
 
+    def list_all_api_keys(self, account_id: str | None = None,
+                          project_id: str | None = None) -> list[dict[str, Any]]:
+        """Without hashes, every key (the operator's view), optionally only one account's
+        (account-wide and project keys) and/or one project's."""
+        query = select(*_PUBLIC_KEY_COLUMNS).order_by(api_keys.c.id)
+        if account_id is not None:
+            query = query.where(api_keys.c.account_id == account_id)
+        if project_id is not None:
+            query = query.where(api_keys.c.project_id == project_id)
+        with self._read() as conn:
+            return [_as_dict(r) for r in conn.execute(query)]
+
     def delete_api_key(self, key_id: int) -> bool:
         with self._write() as conn:
-            return conn.execute(delete(api_keys).where(api_keys.c.id == key_id)).rowcount > 0
+            deleted = conn.execute(delete(api_keys).where(api_keys.c.id == key_id)).rowcount > 0
+        if deleted:
+            self.revocations.bump()
+        return deleted
+
+    def rotate_api_key(self, key_id: int, *, expire: datetime | None = _UNSET
+                       ) -> tuple[dict[str, Any], str]:
+        """Replace key ``key_id`` by a new one of the same account, project and name (and
+        expiry, unless ``expire`` is given), in one transaction: the old secret stops
+        working when the new one exists.  Returns (new row without hash, new secret)."""
+        with self._write() as conn:
+            old = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+            if old is None:
+                raise ValueError(f"no api key with id {key_id}")
+            new_id = conn.execute(insert(api_keys).values(
+                account_id=old.account_id, project_id=old.project_id, name=old.name, trunc="",
+                hash="", created=utcnow(), expire=old.expire if expire is _UNSET else expire,
+                last_active=None)).inserted_primary_key[0]
+            secret = keys.generate_secret(int(new_id))
+            conn.execute(update(api_keys).where(api_keys.c.id == new_id)
+                         .values(trunc=keys.trunc(secret), hash=keys.hash_secret(secret)))
+            conn.execute(delete(api_keys).where(api_keys.c.id == key_id))
+            row = conn.execute(select(*_PUBLIC_KEY_COLUMNS).where(api_keys.c.id == new_id)).one()
+        self.revocations.bump()
+        return _as_dict(row), secret
 
     def edit_api_key(
         self, key_id: int, *, name: str | None = None, expire: datetime | None = _UNSET
@@ -716,6 +764,8 @@ class Store:
                 raise ValueError(f"no api key with id {key_id}")
             if values:
                 conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(**values))
+        if values:   # e.g. an expiry moved into the past
+            self.revocations.bump()
 
     def touch_api_key(self, key_id: int, when: datetime) -> None:
         with self._write() as conn:

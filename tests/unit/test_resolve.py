@@ -179,10 +179,31 @@ def test_banned_account_rejected(store: Store, resolver: KeyResolver) -> None:
     assert resolver.resolve(secret) is not None
 
 
+def _no_counter(store: Store) -> None:
+    """From now on this store's changes are not counted, as on a store without a revocation
+    counter (PostgreSQL): out-of-band changes then wait for the TTL or a refresh."""
+    store.revocations.path = None
+
+
+def test_store_revocations_are_seen_at_once(store: Store, resolver: KeyResolver) -> None:
+    account = store.create_account()
+    row, secret = store.create_api_key(account)
+    _, other = store.create_api_key(account)
+    assert resolver.resolve(secret) is not None and resolver.resolve(other) is not None
+    # another process deletes the key: its Store bumps the counter file this one maps
+    Store(store.url).delete_api_key(row["id"])
+    assert resolver.peek(secret) is None
+    assert resolver.resolve(secret) is None
+    assert resolver.resolve(other) is not None   # dropped from the cache too, still valid
+    Store(store.url).set_disabled(account, True)
+    assert resolver.peek(other) is None and resolver.resolve(other) is None
+
+
 def test_cache_serves_hits_until_invalidated(store: Store, resolver: KeyResolver) -> None:
     account = store.create_account()
     row, secret = store.create_api_key(account)
     assert resolver.resolve(secret) is not None
+    _no_counter(store)
     store.delete_api_key(row["id"])
     # Still cached: this is what spares the 1000-round hash per request...
     assert resolver.resolve(secret) is not None
@@ -319,6 +340,7 @@ def test_refresh_picks_up_changed_admin_flag_and_expiry(
     account = store.create_account()
     row, secret = store.create_api_key(account)
     assert not resolver.resolve(secret).is_admin  # type: ignore[union-attr]
+    _no_counter(store)
     store.set_admin(account, True)  # out of band: refreshed entries carry the new state
     store.edit_api_key(row["id"], expire=clocks.wall + timedelta(seconds=2))
     clocks.advance(1.0)
@@ -428,6 +450,7 @@ def test_refreshed_entry_still_ages_out_without_refresh(
     assert resolver.resolve(secret) is not None
     clocks.advance(1.0)
     assert resolver.refresh_recent() == 1
+    _no_counter(store)
     store.set_banned(account, True)  # out of band, and no further refresh runs
     clocks.advance(1.999)
     assert resolver.peek(secret) is not None  # within the bound of the refresh

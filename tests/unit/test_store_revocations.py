@@ -1,0 +1,103 @@
+"""Store: the revocation counter shared by every process on one SQLite store, key rotation,
+the operator's key listing."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from projecthub.auth.keys import key_row_id
+from projecthub.store import Store
+from projecthub.store.revocations import RevocationCounter, counter_path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.for_data_dir(tmp_path)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def test_counter_file_beside_the_database() -> None:
+    assert counter_path("sqlite:////srv/d/hub.db") == Path("/srv/d/hub.db.revocations")
+    assert counter_path("sqlite://") is None
+    assert counter_path("sqlite:///:memory:") is None
+    assert counter_path("postgresql://u@h/db") is None
+    assert RevocationCounter(None).value() == 0
+    RevocationCounter(None).bump()   # nothing to count into: a no-op
+
+
+def test_every_access_removing_change_is_counted(store: Store, tmp_path: Path) -> None:
+    owner, member = store.create_account(), store.create_account()
+    project = store.create_project(owner)
+    store.add_user(project, member)
+    row, _ = store.create_api_key(member)
+    other, _ = store.create_api_key(member)
+    seen = store.revocation_count()
+    path = tmp_path / "hub.db.revocations"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.stat().st_size == 8
+
+    def counted(change) -> None:
+        nonlocal seen
+        change()
+        assert store.revocation_count() > seen, change
+        seen = store.revocation_count()
+
+    counted(lambda: store.delete_api_key(row["id"]))
+    counted(lambda: store.rotate_api_key(other["id"]))
+    counted(lambda: store.edit_api_key(store.list_all_api_keys(member)[0]["id"], name="n"))
+    counted(lambda: store.set_disabled(member, True))
+    counted(lambda: store.set_disabled(member, False))
+    counted(lambda: store.set_admin(owner, True))
+    counted(lambda: store.remove_user(project, member))
+    # nothing taken away: not counted (creating keys, a no-op delete)
+    store.create_api_key(owner)
+    store.delete_api_key(10**6)
+    assert store.revocation_count() == seen
+
+
+def test_other_process_bump_is_seen_through_the_mapping(store: Store) -> None:
+    before = store.revocation_count()
+    pid = os.fork()
+    if pid == 0:   # another process with its own Store on the same file
+        try:
+            Store(store.url).revocations.bump()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert store.revocation_count() == before + 1
+
+
+def test_rotate_keeps_account_project_name_expiry(store: Store) -> None:
+    account = store.create_account()
+    project = store.create_project(account)
+    expire = datetime.now(timezone.utc) + timedelta(days=3)
+    row, secret = store.create_api_key(account, project_id=project, name="ci", expire=expire)
+    new, new_secret = store.rotate_api_key(row["id"])
+    assert new["id"] != row["id"] and key_row_id(new_secret) == new["id"] and new_secret != secret
+    assert (new["account_id"], new["project_id"], new["name"]) == (account, project, "ci")
+    assert abs((new["expire"] - expire).total_seconds()) < 1
+    assert store.get_api_key(row["id"]) is None
+    assert "hash" not in new
+    later, _ = store.rotate_api_key(new["id"], expire=None)
+    assert later["expire"] is None
+    with pytest.raises(ValueError, match="no api key with id"):
+        store.rotate_api_key(row["id"])
+
+
+def test_list_all_api_keys(store: Store) -> None:
+    a, b = store.create_account(), store.create_account()
+    project = store.create_project(b)
+    ka, _ = store.create_api_key(a)
+    kb, _ = store.create_api_key(b)
+    kp, _ = store.create_api_key(b, project_id=project)
+    assert [k["id"] for k in store.list_all_api_keys()] == [ka["id"], kb["id"], kp["id"]]
+    assert [k["id"] for k in store.list_all_api_keys(b)] == [kb["id"], kp["id"]]
+    assert [k["id"] for k in store.list_all_api_keys(project_id=project)] == [kp["id"]]
+    assert all("hash" not in k for k in store.list_all_api_keys())
