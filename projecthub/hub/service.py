@@ -539,7 +539,7 @@ class HubService:
                 raise RemoteError(f"Error: project {project_id} does not exist")
         if action == "get":
             rows = await self.db.list_api_keys(account_id, project_id)
-            return [_key_json(r) for r in rows]
+            return [key_json(r) for r in rows]
         if action == "create":
             expire = _parse_time(opts.get("expire"))
             name = opts.get("name") or ""
@@ -549,7 +549,7 @@ class HubService:
                                                            name=name, expire=expire)
             except ValueError as exc:
                 raise RemoteError(f"Error: {exc}")
-            return [{**_key_json(row), "secret": secret}]
+            return [{**key_json(row), "secret": secret}]
         key_id = opts.get("id")
         if not isinstance(key_id, int):
             raise RemoteError("Error: 'id' must be an integer")
@@ -667,7 +667,7 @@ def account_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _key_json(row: dict[str, Any]) -> dict[str, Any]:
+def key_json(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"], "account_id": row["account_id"], "project_id": row.get("project_id"),
         "name": row.get("name") or "", "trunc": row.get("trunc"),
