@@ -37,6 +37,20 @@ class ConnectionLost(RemoteError):
         super().__init__(detail)
 
 
+class DaemonRestarting(ConnectionLost):
+    """The server said ``bye`` (it restarts in place) and refused this request before it
+    started: resending it on a new connection is safe, whatever it does."""
+
+    def __init__(self) -> None:
+        super().__init__("the project daemon is restarting; the request did not start")
+
+
+# What a server that said ``bye`` answers to every request it still reads.  A client honours
+# the marker only on a connection that got ``bye`` (see FabricClient._dispatch).
+_RESTARTING = {"error": "Error: the project daemon is restarting; the request did not start",
+               "daemon_restarting": True}
+
+
 _RECEIVE_SIZE = 256 * 1024
 _per_thread = threading.local()
 
@@ -187,6 +201,7 @@ class FabricClient:
         self._streams: dict[int, _Stream] = {}
         self._closed = protocol.lost
         self._closed_here = False
+        self._restarting = False   # the server said ``bye``: resend elsewhere, never here
         # Called once when the far side goes away (not after our own close()): the host
         # uses it to clean up after a daemon that died.
         self.on_lost: Callable[[], None] | None = None
@@ -221,10 +236,15 @@ class FabricClient:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def restarting(self) -> bool:
+        """The far side said it restarts in place: closed for new calls, yet not dead."""
+        return self._restarting
+
     async def call(self, name: str, args: list[Any], budget: float | None = None) -> Any:
         """Request/reply.  ``budget`` only informs the daemon; the caller bounds the wait."""
         if self._closed:
-            raise ConnectionLost()
+            raise DaemonRestarting() if self._restarting else ConnectionLost()
         request_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
@@ -245,7 +265,7 @@ class FabricClient:
         given back only for what the consumer took, so a consumer that stops asking (a
         stalled HTTP client) stops the daemon's feed instead of filling the hub."""
         if self._closed:
-            raise ConnectionLost()
+            raise DaemonRestarting() if self._restarting else ConnectionLost()
         request_id = next(self._ids)
         state = _Stream(window)
         self._streams[request_id] = state
@@ -281,6 +301,10 @@ class FabricClient:
             with contextlib.suppress(Exception):
                 self._protocol.send({"t": "cancel", "id": request_id})
 
+    def _refused(self, error: Any) -> bool:
+        """A request the server turned away unstarted because it restarts (after ``bye``)."""
+        return self._restarting and isinstance(error, dict) and error.get("daemon_restarting") is True
+
     def _dispatch(self, message: dict[str, Any], size: int = 0) -> None:
         kind = message.get("t")
         request_id = message.get("id")
@@ -290,6 +314,8 @@ class FabricClient:
                 return
             if message.get("ok"):
                 future.set_result(message.get("result"))
+            elif self._refused(message.get("error")):
+                future.set_exception(DaemonRestarting())
             else:
                 future.set_exception(_error_from(message.get("error")))
         elif kind in ("item", "end"):
@@ -309,10 +335,18 @@ class FabricClient:
                     return
                 state.received += size
                 state.push(message.get("data"), size)
+            elif self._refused(message.get("error")):
+                state.push(DaemonRestarting())
             elif message.get("error") is not None:
                 state.push(_error_from(message["error"]))
             else:
                 state.push(_STREAM_END)
+        elif kind == "bye" and not self._closed:
+            # New calls go to a new connection (the host reconnects: ``closed``); what was
+            # sent before this point is still answered here, refused or not.
+            self._restarting = True
+            self._closed = True
+            self._protocol.send({"t": "bye-ack"})
 
     def _fail_all(self) -> None:
         self._closed = True
@@ -385,21 +419,48 @@ def _too_large(what: str, size: int) -> RemoteError:
 class _Connection(_FrameProtocol):
     """Server side of one client connection: runs each request as its own task."""
 
-    def __init__(self, handler: Handler, on_connect: Callable[[], None] | None) -> None:
+    def __init__(self, handler: Handler, on_connect: Callable[[], None] | None,
+                 registry: "set[_Connection] | None" = None) -> None:
         super().__init__()
         self.handler = handler
         self.on_connect = on_connect
+        self.registry = registry
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.credits: dict[int, _Credit] = {}
+        self.leaving = False   # we said ``bye``: refuse every new request, unstarted
+        self.acked = False     # the client answered ``bye-ack``: nothing more will come
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self.registry is not None:
+            self.registry.add(self)
         if self.on_connect:
             self.on_connect()
 
+    def say_bye(self) -> None:
+        self.leaving = True
+        self.send({"t": "bye"})
+
+    def settled(self) -> bool:
+        """Nothing more can arrive and everything owed is written (or the client is gone)."""
+        if self.lost or self.transport is None:
+            return True
+        return (self.acked and not self.tasks
+                and self.transport.get_write_buffer_size() == 0)
+
     def on_message(self, message: dict[str, Any], size: int) -> None:
         kind, request_id = message.get("t"), message.get("id")
+        if kind == "bye-ack" and self.leaving:
+            self.acked = True
+            return
         if not isinstance(request_id, int):
+            return
+        if self.leaving and kind in ("req", "sub"):
+            # Sent before the client read our ``bye``: refuse it unstarted, so it is resent
+            # to the restarted server instead of lost with this connection.
+            reply = ({"t": "res", "id": request_id, "ok": False, "error": _RESTARTING}
+                     if kind == "req" else {"t": "end", "id": request_id, "error": _RESTARTING})
+            self.send(reply)
             return
         if kind == "req":
             self._start(request_id, self._answer(request_id, message))
@@ -423,6 +484,8 @@ class _Connection(_FrameProtocol):
         log.info("fabric client went away: %s", exc)
 
     def on_lost(self, exc: Exception | None) -> None:
+        if self.registry is not None:
+            self.registry.discard(self)
         for task in list(self.tasks.values()):
             task.cancel()
 
@@ -510,20 +573,23 @@ class _Connection(_FrameProtocol):
 
 
 async def serve(path: "str | os.PathLike[str] | socket.socket", handler: Handler,
-                on_connect: Callable[[], None] | None = None) -> asyncio.AbstractServer:
+                on_connect: Callable[[], None] | None = None,
+                connections: "set[_Connection] | None" = None) -> asyncio.AbstractServer:
     """Listen on a Unix socket; the socket file is replaced atomically if stale.
 
     Given a socket object (a project daemon's: bound by the host, inherited), only listen
-    on it: the caller of ``listen()`` is whom the host's SO_PEERCRED check sees."""
+    on it: the caller of ``listen()`` is whom the host's SO_PEERCRED check sees.
+    ``connections``, when given, holds the open connections (for ``say_goodbye``)."""
     loop = asyncio.get_running_loop()
+
+    def factory() -> _Connection:
+        return _Connection(handler, on_connect, connections)
+
     if isinstance(path, socket.socket):
-        return await loop.create_unix_server(lambda: _Connection(handler, on_connect), sock=path)
+        return await loop.create_unix_server(factory, sock=path)
     path = os.fspath(path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-    def factory() -> _Connection:
-        return _Connection(handler, on_connect)
 
     if len(path.encode()) < _MAX_UNIX_PATH:
         server = await loop.create_unix_server(factory, path=path)
@@ -536,3 +602,19 @@ async def serve(path: "str | os.PathLike[str] | socket.socket", handler: Handler
             os.close(directory)
     os.chmod(path, 0o600)  # only the project uid (and root) may talk to the daemon
     return server
+
+
+async def say_goodbye(connections: "set[_Connection]", timeout_s: float) -> bool:
+    """Tell every client this server restarts in place (``bye``), then wait until each one
+    acknowledged or went away, every request it sent before has finished (refused ones at
+    once) and every reply is written.  True when all did within ``timeout_s``: from then on
+    closing the connections loses nothing."""
+    for connection in list(connections):
+        connection.say_bye()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not all(c.settled() for c in list(connections)):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True

@@ -11,6 +11,12 @@ One frame = 4-byte big-endian length + UTF-8 JSON object.  Frame kinds (field ``
 * ``res``    ``{id, ok: true, result}`` or ``{id, ok: false, error: {...}}``.
 * ``item``   ``{id, data}`` one element of a stream.
 * ``end``    ``{id}`` or ``{id, error: {...}}``: the stream is over.
+* ``bye``    server -> client: ``{}``: the server is about to restart in place (a project
+  daemon dropping what Jupyter left in its memory, ``project/recycle.py``).  The client
+  sends no further request on this connection, answers ``bye-ack``, and resends on a new
+  connection whatever the server refuses from now on: such a refusal is an error with
+  ``"daemon_restarting": true``, and means the request never started.
+* ``bye-ack`` client -> server: ``{}``: no frame follows it on this connection.
 
 Flow control is per stream, not per connection: every stream of a project shares one
 connection, so pausing the transport for one slow reader would stall all the others.  The

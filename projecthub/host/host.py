@@ -24,7 +24,7 @@ import psutil
 
 from ..errors import RemoteError
 from ..fabric import peer
-from ..fabric.local import FabricClient
+from ..fabric.local import DaemonRestarting, FabricClient
 from ..hub.db import AsyncStore
 from ..store.store import SPARE_STATE
 from .environment import ProjectEnvironment
@@ -36,6 +36,9 @@ log = logging.getLogger("projecthub.host")
 
 _START_TIMEOUT_S = 30.0
 _ADOPT_TIMEOUT_S = 5.0
+# A call refused by a daemon restarting in place is sent again this often at most (the
+# restarted daemon refuses nothing; more would mean a daemon that keeps saying ``bye``).
+_RESTART_RETRIES = 3
 _ADOPT_CONCURRENCY = 8
 
 # How a daemon starts: ``python -I -c DAEMON_BOOT PATH_ENTRY options...``.  ``-I`` keeps the
@@ -126,7 +129,8 @@ class Host:
 
     def is_running(self, project_id: str) -> bool:
         handle = self._handles.get(project_id)
-        return handle is not None and not handle.client.closed
+        # a daemon restarting in place (project/recycle.py) still runs its sandbox
+        return handle is not None and (not handle.client.closed or handle.client.restarting)
 
     def running_project_ids(self) -> list[str]:
         return sorted(p for p, h in self._handles.items() if not h.client.closed)
@@ -138,7 +142,10 @@ class Host:
         handle = self._handles.get(project_id)
         if handle is None or handle.client.closed:
             return None
-        return await asyncio.wait_for(handle.client.call("daemon.activity", [], 5.0), 5.0)
+        try:
+            return await asyncio.wait_for(handle.client.call("daemon.activity", [], 5.0), 5.0)
+        except DaemonRestarting:
+            return None   # it restarts in place because it is idle; asked again next pass
 
     async def ensure_running(self, project_id: str) -> DaemonHandle:
         handle = self._handles.get(project_id)
@@ -163,13 +170,27 @@ class Host:
 
     async def call(self, project_id: str, name: str, args: list[Any],
                    budget: float | None = None) -> Any:
-        handle = await self.ensure_running(project_id)
-        return await handle.client.call(name, args, budget)
+        for _ in range(_RESTART_RETRIES):
+            handle = await self.ensure_running(project_id)
+            try:
+                return await handle.client.call(name, args, budget)
+            except DaemonRestarting:
+                continue   # refused unstarted by a daemon restarting in place: send it again
+        raise RemoteError("Error: the project daemon kept restarting; try again")
 
     async def stream(self, project_id: str, name: str, args: list[Any]) -> AsyncIterator[Any]:
-        handle = await self.ensure_running(project_id)
-        async for item in handle.client.stream(name, args):
-            yield item
+        for _ in range(_RESTART_RETRIES):
+            handle = await self.ensure_running(project_id)
+            started = False
+            try:
+                async for item in handle.client.stream(name, args):
+                    started = True
+                    yield item
+                return
+            except DaemonRestarting:
+                if started:
+                    raise
+        raise RemoteError("Error: the project daemon kept restarting; try again")
 
     async def stop(self, project_id: str, reason: str = "stopped by request") -> None:
         async with self._lock(project_id):
@@ -210,7 +231,7 @@ class Host:
 
     async def status(self, project_id: str) -> dict[str, Any]:
         handle = self._handles.get(project_id)
-        if handle is None or handle.client.closed:
+        if handle is None or not self.is_running(project_id):
             return {}
         info: dict[str, Any] = {"project.pid": handle.host_pid, "start_ts": int(handle.started * 1000),
                                 "instance_id": handle.instance_id}
@@ -403,6 +424,9 @@ class Host:
 
     async def _after_daemon_lost(self, handle: DaemonHandle) -> None:
         project_id = handle.project_id
+        if handle.client.restarting:
+            await self._readopt(handle)
+            return
         if await asyncio.to_thread(_wait_gone_or_alive, handle.daemon_pid, 1.0):
             return   # the connection dropped but the daemon lives: the next call re-adopts it
         async with self._lock(project_id):
@@ -421,6 +445,20 @@ class Host:
             with contextlib.suppress(FileNotFoundError):
                 (self._run_dir(project_id) / "host.json").unlink()
             if registered:
+                await self._set_state(project_id, "stopped", "its daemon exited")
+
+    async def _readopt(self, handle: DaemonHandle) -> None:
+        """The daemon said ``bye`` and re-executes in place (project/recycle.py): connect to
+        the new interpreter now, so status and the idle stop see the project running at
+        once rather than at its next call.  If it does not answer, ``_adopt`` stops the
+        sandbox, as for any daemon it cannot trust."""
+        project_id = handle.project_id
+        async with self._lock(project_id):
+            if self._handles.get(project_id) is not handle:
+                return   # a call re-adopted it already, or the project was stopped
+            self._reap(handle)   # registered until the new one is: status stays "running"
+            if await self._adopt(project_id) is None:
+                self._handles.pop(project_id, None)
                 await self._set_state(project_id, "stopped", "its daemon exited")
 
     async def _wait_for_ready(self, fd: int, process: subprocess.Popen[bytes]) -> None:

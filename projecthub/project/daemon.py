@@ -47,8 +47,8 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, AsyncIterator, NoReturn, TextIO
 
 from ..errors import RemoteError
-from ..fabric.local import serve
-from . import api
+from ..fabric.local import say_goodbye, serve
+from . import api, recycle
 from .context import ProjectContext
 from .tracking import ProcessTracker
 
@@ -73,17 +73,24 @@ def choose_tracker() -> ProcessTracker:
 
 
 class ProjectDaemon:
-    def __init__(self, ctx: ProjectContext, listen: "Path | socket.socket", ready_fd: int = -1) -> None:
+    def __init__(self, ctx: ProjectContext, listen: "Path | socket.socket", ready_fd: int = -1, *,
+                 opts: SimpleNamespace | None = None) -> None:
         self.ctx = ctx
         self.listen = listen
         self.ready_fd = ready_fd
-        self.instance_id = uuid.uuid4().hex
-        self.started = time.time()
+        # ``opts``: how main() started us (a re-exec in place keeps the identity it carries)
+        self.opts = opts
+        self.instance_id = (opts.instance_id if opts is not None and opts.instance_id
+                            else uuid.uuid4().hex)
+        self.started = opts.started if opts is not None and opts.started else time.time()
         self.jupyter_started: float | None = None
+        self.jupyter_used = 0.0   # monotonic time of the last Jupyter call
         self.claimed = False   # a spare's project was claimed (``daemon.claim``): warm-ups hold nothing
         self._jupyter: "JupyterService | None" = None
         self._jupyter_lock = asyncio.Lock()
         self._stop = asyncio.Event()
+        self._connections: set[Any] = set()
+        self._server: asyncio.AbstractServer | None = None
 
     # -- fabric handler ----------------------------------------------------------------
     async def call(self, name: str, args: list[Any], budget: float | None) -> Any:
@@ -105,6 +112,7 @@ class ProjectDaemon:
     # -- services ----------------------------------------------------------------------
     async def jupyter(self) -> "JupyterService":
         """Jupyter is imported on first use: it costs ~0.3 s and most projects never need it."""
+        self.jupyter_used = time.monotonic()
         async with self._jupyter_lock:
             if self._jupyter is None:
                 from .jupyter import JupyterService
@@ -139,14 +147,75 @@ class ProjectDaemon:
     def request_shutdown(self) -> None:
         self._stop.set()
 
+    # -- re-exec in place once Jupyter is idle (project/recycle.py) ----------------------
+    def _recycle_window_s(self) -> float | None:
+        """How long Jupyter must go unused before the daemon drops it from its memory: the
+        stateless pool's idle window (its kernels and zygote are gone by then)."""
+        window = (self.ctx.settings.get("jupyter") or {}).get("pool_idle_timeout_s", 180)
+        return float(window) if isinstance(window, (int, float)) and window > 0 else None
+
+    async def _recycle_ready(self) -> bool:
+        window = self._recycle_window_s()
+        if (self._jupyter is None or window is None or self.opts is None
+                or not isinstance(self.listen, socket.socket)
+                or not getattr(self.ctx.tracker, "kind", "").startswith("cgroup")
+                or time.monotonic() - self.jupyter_used < window
+                or any(c.tasks for c in self._connections)):
+            return False
+        from .exec import job_manager
+        if job_manager(self.ctx).activity()[0]:
+            return False
+        if await self._jupyter.list_sessions():
+            return False
+        return recycle.alone_in_sandbox()
+
+    async def _recycle_when_idle(self) -> None:
+        window = self._recycle_window_s()
+        if window is None:
+            return
+        every = min(30.0, max(1.0, window / 4))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if await self._recycle_ready():
+                    await self._recycle()
+            except Exception:
+                log.exception("re-exec in place failed; the daemon stops")
+                self._stop.set()   # the hub sees it go and stops the sandbox: nothing half-done
+                return
+
+    async def _recycle(self) -> None:
+        assert self.opts is not None and isinstance(self.listen, socket.socket)
+        from ..host.sandbox.tracker import ENV_VAR, spec_for_exec
+        log.info("Jupyter idle for %.0f s: re-executing in place to release its memory",
+                 time.monotonic() - self.jupyter_used)
+        listen_fd = recycle.inheritable_listener(self.listen)
+        if self._server is not None:
+            self._server.close()   # new connections wait in the backlog for the new interpreter
+        if not await say_goodbye(self._connections, 5.0):
+            log.warning("a client did not acknowledge the restart in 5 s; restarting anyway")
+        if self._jupyter is not None:
+            await self._jupyter.close()
+            self._jupyter = None
+        env = dict(os.environ)
+        spec = spec_for_exec()
+        if spec is not None:
+            env[ENV_VAR] = spec
+        argv = recycle.exec_argv(sys.orig_argv, self.opts.option_count, self.opts, listen_fd,
+                                 self.instance_id, self.started)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        recycle.exec_in_place(argv, env)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
         from .exec import job_manager
         jobs = job_manager(self.ctx)  # load now: jobs a dead daemon left running are marked at once
-        server = await serve(self.listen, self)
-        log.info("daemon for %s listening", self.ctx.project_id)
+        server = self._server = await serve(self.listen, self, connections=self._connections)
+        log.info("daemon for %s listening%s", self.ctx.project_id,
+                 " (restarted in place)" if self.opts is not None and self.opts.instance_id else "")
         if self.ready_fd >= 0:  # the host waits on this pipe instead of polling for the socket
             try:
                 os.write(self.ready_fd, b"R")
@@ -154,9 +223,11 @@ class ProjectDaemon:
             except OSError:
                 pass
             self.ready_fd = -1
+        watcher = asyncio.create_task(self._recycle_when_idle(), name="recycle-watch")
         try:
             await self._stop.wait()
         finally:
+            watcher.cancel()
             server.close()
             if self._jupyter is not None:
                 await self._jupyter.close()
@@ -169,7 +240,8 @@ class ProjectDaemon:
 
 _OPTIONS = {"--project-id": None, "--home": None, "--socket": "", "--listen-fd": "-1",
             "--state-dir": None, "--tmp-dir": "/tmp", "--settings": "{}",
-            "--ready-fd": "-1"}   # None: required
+            "--ready-fd": "-1", recycle.INSTANCE_OPTION: "", recycle.STARTED_OPTION: "0"}
+# None: required.  The last two are set only by a re-exec in place (project/recycle.py).
 
 
 
@@ -197,10 +269,16 @@ def _parse(argv: list[str]) -> SimpleNamespace:
             _usage(f"argument {name}: invalid int value")
     if (fds["--listen-fd"] < 0) == (not values["--socket"]):
         _usage("exactly one of --listen-fd and --socket is required")
+    try:
+        started = float(values[recycle.STARTED_OPTION])
+    except ValueError:
+        _usage(f"argument {recycle.STARTED_OPTION}: invalid float value")
     return SimpleNamespace(project_id=values["--project-id"], home=values["--home"],
                            socket=values["--socket"], listen_fd=fds["--listen-fd"],
                            state_dir=values["--state-dir"], tmp_dir=values["--tmp-dir"],
-                           settings=values["--settings"], ready_fd=fds["--ready-fd"])
+                           settings=values["--settings"], ready_fd=fds["--ready-fd"],
+                           instance_id=values[recycle.INSTANCE_OPTION], started=started,
+                           option_count=len(argv))
 
 
 def _usage(message: str) -> NoReturn:
@@ -276,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
             warnings.simplefilter("ignore", DeprecationWarning)
             asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
     make_undumpable()
-    asyncio.run(ProjectDaemon(ctx, listen, opts.ready_fd).run())
+    asyncio.run(ProjectDaemon(ctx, listen, opts.ready_fd, opts=opts).run())
 
 
 if __name__ == "__main__":

@@ -247,3 +247,89 @@ def test_invalid_idle_timeout_on_the_command_line(idle_server: Server, owner: Ac
                          capture_output=True, text=True, timeout=60, env={**TEST_ENV, **os.environ})
     assert out.returncode != 0 and "idle_timeout_s: expected a number of seconds" in out.stderr, out
     assert "Traceback" not in out.stderr
+
+
+# ------------------------------------------- the daemon drops Jupyter's modules (re-exec in place)
+
+def daemon_process(p: Proj) -> psutil.Process:
+    found = [proc for proc in sandbox_processes(p)
+             if proc.name() != "bwrap" and "projecthub.project.daemon" in " ".join(proc.cmdline())]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def maps_zmq(proc: psutil.Process) -> bool:
+    """Whether the daemon has zmq (imported with jupyter_client) in its memory."""
+    with open(f"/proc/{proc.pid}/maps") as f:
+        return "zmq" in f.read()
+
+
+def test_daemon_restarts_in_place_once_jupyter_is_idle_and_loses_no_call(
+        idle_server: Server, owner: Account) -> None:
+    """After the Jupyter idle window the daemon execs itself again (project/recycle.py):
+    same pid and instance id, Jupyter's modules gone from its memory, and calls made
+    across the restart all succeed (refused ones are resent by the host)."""
+    import threading
+    p = new_project(idle_server, owner, "recycle")
+    idle_server.cli("project", "limits", "--project", p.project_id, "--set", "idle_timeout_s=0")
+    assert stateless(p, "6 * 7")[0]["data"]["text/plain"] == "42"
+    daemon = daemon_process(p)
+    instance = p.info()["status"]["instance_id"]
+    assert maps_zmq(daemon), "Jupyter's client side is loaded after a stateless call"
+    rss_busy = daemon.memory_info().rss
+
+    failures: list[str] = []
+    calls = [0]
+    stop = threading.Event()
+
+    def hammer() -> None:   # exec calls all the way through the restart
+        while not stop.is_set():
+            try:
+                out = p.run("echo ok")
+                if out.get("stdout") != "ok\n":
+                    failures.append(repr(out))
+                calls[0] += 1
+            except Exception as exc:   # noqa: BLE001 -- any failure is the finding
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        restarted = wait_for(lambda: not maps_zmq(daemon), JUPYTER_IDLE_S + 20, step=0.2)
+        time.sleep(1.0)   # and calls keep flowing to the new interpreter
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert restarted, "the daemon still holds zmq long after Jupyter went idle"
+    assert failures == [], failures[:3]
+    assert calls[0] > 10, calls
+    assert daemon.is_running() and daemon_process(p).pid == daemon.pid, "the same process"
+    assert p.info()["status"]["instance_id"] == instance, "the same daemon to the hub"
+    rss_idle = daemon.memory_info().rss
+    assert rss_idle < rss_busy - 8 * 2**20, (rss_busy, rss_idle)
+    # Jupyter works again on the restarted daemon, and a session too
+    assert stateless(p, "1 + 1")[0]["data"]["text/plain"] == "2"
+    r = p.v3("POST", "/sessions", {"kernel": "python3"})
+    assert r.status_code == 201, r.text
+    assert p.v3("DELETE", f"/sessions/{r.json()['session_id']}").status_code in (200, 204)
+    p.stop()
+
+
+def test_daemon_does_not_restart_while_a_job_runs(idle_server: Server, owner: Account) -> None:
+    p = new_project(idle_server, owner, "recycle-job")
+    idle_server.cli("project", "limits", "--project", p.project_id, "--set", "idle_timeout_s=0")
+    assert stateless(p, "1")[0]["data"]["text/plain"] == "1"
+    r = p.v3("POST", "/exec", {"command": "sleep 12", "bash": True, "async": True, "timeout": 60})
+    assert r.status_code == 200, r.text
+    daemon = daemon_process(p)
+    # past the idle window and several checks, the job keeps the daemon as it is
+    assert not wait_for(lambda: not maps_zmq(daemon), JUPYTER_IDLE_S + 6, step=0.5)
+    job = p.v3("GET", f"/jobs/{r.json()['job_id']}").json()
+    assert job["status"] == "running", job
+    # once it ended, the daemon restarts in place
+    assert wait_for(lambda: not maps_zmq(daemon), 25, step=0.5)
+    job = p.v3("GET", f"/jobs/{r.json()['job_id']}").json()
+    assert job["status"] == "completed" and job["exit_code"] == 0, job
+    p.stop()

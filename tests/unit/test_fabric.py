@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from projecthub.errors import RemoteError
-from projecthub.fabric.local import ConnectionLost, FabricClient, serve
+from projecthub.fabric.local import ConnectionLost, DaemonRestarting, FabricClient, say_goodbye, serve
 
 
 class Handler:
@@ -287,4 +287,80 @@ def test_a_result_over_the_frame_limit_is_an_error_not_a_broken_connection(
         assert await client.call("echo", ["small"]) == ["small"]
         await client.close()
         server.close()
+    run(main())
+
+
+def test_bye_refuses_late_requests_unstarted_and_settles_after_the_ack(tmp_path: Path) -> None:
+    """A server restarting in place (project/recycle.py) says ``bye``: requests already on
+    the wire are refused unstarted (DaemonRestarting: safe to resend), the client sends
+    nothing more on that connection, and ``say_goodbye`` returns once it acknowledged and
+    every reply is written."""
+    async def main() -> None:
+        handler = Handler()
+        connections: set[Any] = set()
+        server = await serve(tmp_path / "d.sock", handler, connections=connections)
+        client = await FabricClient.connect(tmp_path / "d.sock")
+        assert await client.call("echo", [1]) == [1]
+        assert len(connections) == 1
+        slow = asyncio.ensure_future(client.call("sleep", [0.3], 3.0))   # in flight: finishes
+        await asyncio.sleep(0.05)
+        # a request the client sends after the server's bye but before it reads it
+        (connection,) = connections
+        connection.say_bye()
+        client._protocol.send({"t": "req", "id": 999, "name": "echo", "args": [2], "budget": None})
+        future = asyncio.get_running_loop().create_future()
+        client._pending[999] = future
+        with pytest.raises(DaemonRestarting):
+            await asyncio.wait_for(future, 2)
+        assert client.closed and client.restarting
+        with pytest.raises(DaemonRestarting):        # never sent on this connection again
+            await client.call("echo", [3])
+        with pytest.raises(DaemonRestarting):
+            async for _ in client.stream("numbers", [2]):
+                pass
+        assert not connection.settled(), "a request is still running"
+        assert await slow == "slept"
+        assert await say_goodbye(connections, 2.0)
+        assert handler.budgets.count(None) == 1 and len(handler.budgets) == 2, "echo 2 never ran"
+        await client.close()
+        server.close()
+        await server.wait_closed()
+    run(main())
+
+
+def test_refusal_marker_is_ignored_without_a_bye(tmp_path: Path) -> None:
+    """Only a server that said ``bye`` may have a request resent: a reply that merely
+    carries the marker (from a daemon's error fields, say) is an ordinary error."""
+    class Marking(Handler):
+        async def call(self, name: str, args: list[Any], budget: float | None) -> Any:
+            raise RemoteError("Error: plain", daemon_restarting=True)
+
+    async def main() -> None:
+        server = await serve(tmp_path / "d.sock", Marking())
+        client = await FabricClient.connect(tmp_path / "d.sock")
+        with pytest.raises(RemoteError) as info:
+            await client.call("x", [])
+        assert not isinstance(info.value, ConnectionLost) and info.value.message == "Error: plain"
+        assert not client.closed
+        await client.close()
+        server.close()
+        await server.wait_closed()
+    run(main())
+
+
+def test_say_goodbye_gives_up_on_a_client_that_never_acknowledges(tmp_path: Path) -> None:
+    async def main() -> None:
+        import socket as socket_mod
+        connections: set[Any] = set()
+        server = await serve(tmp_path / "d.sock", Handler(), connections=connections)
+        raw = socket_mod.socket(socket_mod.AF_UNIX)
+        raw.connect(str(tmp_path / "d.sock"))   # speaks no fabric: never answers bye-ack
+        for _ in range(100):
+            if connections:
+                break
+            await asyncio.sleep(0.01)
+        assert not await say_goodbye(connections, 0.3)
+        raw.close()
+        server.close()
+        await server.wait_closed()
     run(main())

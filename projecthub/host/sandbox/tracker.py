@@ -874,9 +874,38 @@ def _move_high(table: FdTable) -> FdTable:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
     moved: dict[str, int] = {}
     for path, fd in table.fds.items():
+        if fd >= FD_BASE:   # already high: a daemon re-executed in place (project/recycle.py)
+            moved[path] = fd
+            continue
         moved[path] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FD_BASE)
         os.close(fd)
     return FdTable(moved)
+
+
+def spec_for_exec(environ: dict[str, str] | None = None) -> str | None:
+    """``PROJECTHUB_CGROUPS`` for this daemon's re-exec in place (project/recycle.py): the
+    host's description with each descriptor at the number it has now (``_move_high``
+    renumbered them), and those descriptors made inheritable for the one execve.  None when
+    this process has no cgroup table from the host."""
+    raw = (environ if environ is not None else os.environ).get(ENV_VAR)
+    if not raw or not FDS.fds:
+        return None
+    spec = json.loads(raw)
+    dirs, home = dict(spec["dirs"]), dict(spec.get("home") or spec["dirs"])
+    current = FDS.fds
+    columns: dict[str, list[int]] = {}
+    for key, column in dict(spec.get("fds") or {}).items():
+        ctrl, _, name = str(key).partition("/")
+        columns[key] = [current[os.path.join(dirs[ctrl], slot_name(i), name)]
+                        for i in range(len(column))]
+    home_fds: dict[str, int] = {}
+    for key in dict(spec.get("home_fds") or {}):
+        ctrl, _, name = str(key).partition("/")
+        home_fds[key] = current[os.path.join(home[ctrl], name)]
+    spec["fds"], spec["home_fds"] = columns, home_fds
+    for fd in set(current.values()):
+        os.set_inheritable(fd, True)
+    return json.dumps(spec, separators=(",", ":"))
 
 
 def _kernel_version() -> tuple[int, int]:
