@@ -231,6 +231,19 @@ def _sandbox_of(server: Server, project_id: str) -> int | None:
     return None
 
 
+def _daemon_maps_zmq(top: int) -> bool:
+    """Whether the daemon of the sandbox ``top`` still has Jupyter's zmq in its memory."""
+    try:
+        root = psutil.Process(top)
+        for proc in [root, *root.children(recursive=True)]:
+            if classify(" ".join(_cmdline(proc))) == "daemon":
+                with open(f"/proc/{proc.pid}/maps") as f:
+                    return "zmq" in f.read()
+    except (psutil.Error, OSError):
+        pass
+    return False
+
+
 def scenario_idle_memory(ctx: Ctx) -> dict[str, Any]:
     idle_s = ctx.q(10, 20)
     calls = 5
@@ -276,6 +289,15 @@ def scenario_idle_memory(ctx: Ctx) -> dict[str, Any]:
                     break
                 time.sleep(1.0)
             out["shrunk_after_s"] = round(shrunk_at, 1) if shrunk_at is not None else None
+            # then the daemon re-executes in place to drop the Jupyter modules it imported
+            # (project/recycle.py): within one of its checks (a quarter of the window)
+            restarted_at = None
+            while time.monotonic() < deadline:
+                if not _daemon_maps_zmq(top):
+                    restarted_at = time.monotonic() - t_last
+                    break
+                time.sleep(0.5)
+            out["restarted_after_s"] = round(restarted_at, 1) if restarted_at is not None else None
             time.sleep(2.0)
             out["after_idle_window"] = project_memory(top)
             out["series"] = series

@@ -36,7 +36,8 @@ def targets(s: dict[str, Any], add: Add) -> None:
             "≤ 30 MB", v is not None and v * 1.048576 <= 30,
             f"PSS {f(after.get('pss_mib'))} MiB; {after.get('processes')} processes (daemon "
             f"{f(after.get('daemon_rss_mib'))} MiB RSS); zygote and kernels gone "
-            f"{f(im.get('shrunk_after_s'))} s after the last call (idle window "
+            f"{f(im.get('shrunk_after_s'))} s after the last call, the daemon re-executed in place "
+            f"{f(im.get('restarted_after_s'))} s after it (idle window "
             f"{g(s, 'idle_memory', 'params', 'jupyter_idle_s')} s, shortened for the bench); right after Jupyter: "
             f"{f(g(im, 'after_jupyter', 'rss_mib'))} MiB RSS / {f(g(im, 'after_jupyter', 'pss_mib'))} MiB PSS; "
             f"a project that never ran Jupyter: {f(g(im, 'never_ran_jupyter', 'rss_mib'))} / "
@@ -108,7 +109,8 @@ def markdown(s: dict[str, Any], quick: bool) -> list[str]:
         L.append(_mem_row("a spare waiting (Jupyter warmed up)", im.get("spare_waiting")))
         L.append(_mem_row("the new project after its first exec", im.get("after_first_exec")))
         L.append(_mem_row("right after 5 stateless `jupyter_execute` (pool refilled)", im.get("after_jupyter")))
-        L.append(_mem_row(f"after the idle window (shrunk {f(im.get('shrunk_after_s'))} s after the last call)",
+        L.append(_mem_row(f"after the idle window (shrunk {f(im.get('shrunk_after_s'))} s, daemon re-executed "
+                          f"{f(im.get('restarted_after_s'))} s after the last call)",
                           im.get("after_idle_window")))
         L.append(_mem_row("a project that never ran Jupyter (fresh daemon, no warm-up)", im.get("never_ran_jupyter")))
         if "error" in im:
