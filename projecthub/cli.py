@@ -1,19 +1,27 @@
 """The ``projecthub`` command.
 
 Administrative subcommands print exactly one JSON object on stdout and work whether or not
-the server is running (they talk to the store directly; SQLite WAL allows that).
+the server is running (they talk to the store directly; SQLite WAL allows that).  They
+refuse a data dir that holds no store unless given ``--create`` (a mistyped --data-dir must
+not quietly make a new, empty store).  ``serve`` logs instead, and ``doctor`` prints a text
+report unless given ``--json``.
+
+Errors never show a traceback: a bad argument or a refused action prints one line on stderr
+(``projecthub: error: ...``; admin commands also print ``{"error": ...}`` on stdout) and exits
+with code 2, like argparse's own usage errors; a failure of the action itself exits with 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from .config import ServerSettings, default_data_dir, parse_range, prepare_data_dir
 
@@ -41,28 +49,67 @@ def _emit(value: dict[str, Any]) -> None:
     print(json.dumps(value))
 
 
-def _fail(message: str, code: int = 2) -> None:
-    _emit({"error": message})
-    sys.exit(code)
+class CliError(Exception):
+    """A refused command: ``main`` prints one line (and the JSON error) and exits with ``code``
+    (2: bad argument or refused action, 1: the action itself failed)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
 
 
-def _store(data_dir: str | None):
-    from .store import Store
-    settings = ServerSettings(data_dir=Path(data_dir) if data_dir else default_data_dir())
-    prepare_data_dir(settings.data_dir)
-    store = Store(settings.db_url)
-    store.migrate()
+def _fail(message: str, code: int = 2) -> NoReturn:
+    raise CliError(message, code)
+
+
+def _data_dir(value: str | None) -> Path:
+    return Path(value) if value else default_data_dir()
+
+
+def _store(data_dir: str | Path | None, *, create: bool = False):
+    """The store of ``data_dir`` (default: $PROJECTHUB_DATA_DIR, else ~/.local/share/projecthub),
+    migrated.  Without ``create``, a data dir without a store is refused: a mistyped
+    --data-dir would otherwise become a new, empty store."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .store import SchemaTooNewError, Store
+    path = _data_dir(str(data_dir) if data_dir else None)
+    shown = str(path) if data_dir else f"{path} (the default data dir; --data-dir or $PROJECTHUB_DATA_DIR)"
+    if path.exists() and not path.is_dir():
+        _fail(f"--data-dir {path} is not a directory")
+    settings = ServerSettings(data_dir=path)
+    external = bool(os.environ.get("PROJECTHUB_DATABASE_URL"))
+    if not create and not external and not (path / "hub.db").is_file():
+        _fail(f"no projecthub store in {shown}: give the --data-dir your server uses, "
+              "or --create to make a new store there")
+    try:
+        prepare_data_dir(path)
+    except OSError as exc:
+        _fail(f"cannot use --data-dir {path}: {exc.strerror or exc}")
+    try:
+        store = Store(settings.db_url)
+        store.migrate()
+    except SchemaTooNewError as exc:
+        _fail(str(exc))
+    except SQLAlchemyError as exc:
+        reason = getattr(exc, "orig", None) or exc
+        _fail(f"cannot open the store in {path}: {reason}")
     return store
 
 
-def _parse_expire(value: str | None) -> datetime | None:
+def _parse_expire(value: str | None, name: str = "--expire") -> datetime | None:
+    """An ISO 8601 time in the future (UTC when it names no zone); None stays None."""
     if value is None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        _fail(f"--expire must be an ISO 8601 date, got {value!r}")
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        _fail(f"{name} must be an ISO 8601 date or time, e.g. 2030-01-31 or 2030-01-31T12:00:00Z, "
+              f"got {value!r}")
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    if parsed <= datetime.now(timezone.utc):
+        _fail(f"{name} {value} is in the past: a key must expire in the future")
+    return parsed
 
 
 def create_first_admin(store: Any) -> tuple[str, str] | None:
@@ -85,22 +132,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
         try:
             settings.uid_range = parse_range(args.uid_range)
         except ValueError as exc:
-            sys.exit(f"projecthub: --uid-range: {exc}")
+            _fail(f"--uid-range: {exc}")
     if args.default_limits is not None:
         try:
             settings.default_limits = json.loads(args.default_limits)
         except ValueError as exc:
-            sys.exit(f"projecthub: --default-limits must be a JSON object: {exc}")
+            _fail(f"--default-limits must be a JSON object: {exc}")
     if args.account_limits is not None:
         try:
             settings.account_limits = json.loads(args.account_limits)
         except ValueError as exc:
-            sys.exit(f"projecthub: --account-limits must be a JSON object: {exc}")
+            _fail(f"--account-limits must be a JSON object: {exc}")
     try:   # from the flag or $PROJECTHUB_ACCOUNT_LIMITS
         from .hub.account_limits import AccountLimits
         AccountLimits.from_json(settings.account_limits)
     except ValueError as exc:
-        sys.exit(f"projecthub: --account-limits: {exc}")
+        _fail(f"--account-limits: {exc}")
     if args.data_dir:
         settings.data_dir = Path(args.data_dir)
     # a flag beats the other kind's environment variable (they exclude each other)
@@ -109,36 +156,97 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings.project_rootfs = args.project_rootfs or (None if args.project_env else rootfs_var or None)
     if args.spare_projects is not None:
         if args.spare_projects < 0:
-            sys.exit("projecthub: --spare-projects must be >= 0")
+            _fail("--spare-projects must be >= 0")
         settings.spare_projects = args.spare_projects
     if args.keep_alive is not None:
         settings.keep_alive_s = args.keep_alive
     settings.purge_after_s = args.purge_after
     if settings.jupyter_idle_s < 0:
-        sys.exit("projecthub: PROJECTHUB_JUPYTER_IDLE_S must be >= 0 seconds")
+        _fail("PROJECTHUB_JUPYTER_IDLE_S must be >= 0 seconds")
     if settings.keep_alive_s < 1:   # from the flag or $PROJECTHUB_KEEP_ALIVE_S
-        sys.exit("projecthub: --keep-alive must be >= 1 second")
-    prepare_data_dir(settings.data_dir)
+        _fail("--keep-alive must be >= 1 second")
+    _check_default_limits(settings.default_limits)
+    # The port first: a port in use must be found before anything is built or created (the
+    # first admin account and its one-time key, a project environment), not after.
+    sock = _bind(settings.host, settings.port)
+    settings.port = sock.getsockname()[1]   # --port 0: the free port picked
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        _fail(f"--data-dir {settings.data_dir} is not a directory")
+    try:
+        prepare_data_dir(settings.data_dir)
+    except OSError as exc:
+        _fail(f"cannot use --data-dir {settings.data_dir}: {exc.strerror or exc}")
     _setup_logging(args.log_level)
     from .api.connections import protocol_class, serve_guard
     try:  # slow/many-connection defences (api/connections.py); also raises the fd limit
         guard = serve_guard(args.max_connections, args.max_connections_per_ip, args.header_timeout,
                             args.body_timeout, args.forwarded_allow_ips)
     except ValueError as exc:
-        sys.exit(f"projecthub: {exc}")
+        _fail(str(exc))
     try:
         sandbox = build_sandbox(settings)
     except (RuntimeError, ValueError, TypeError, EnvironmentError_) as exc:
         # a missing layer, bad default limits, or a project environment that cannot work
-        print(f"projecthub: refusing to start: {exc}", file=sys.stderr)
-        sys.exit(1)
-    store = _store(str(settings.data_dir))
+        _fail(f"refusing to start: {exc}", code=1)
+    store = _store(settings.data_dir, create=True)
     first = create_first_admin(store)
     store.close()
     if first is not None:
-        account_id, key = first
-        url = f"http://{settings.host}:{settings.port}"
-        print(f"""
+        print(admin_banner(*first, _url(settings.host, settings.port), args.data_dir),
+              file=sys.stderr, flush=True)
+    # The asyncio loop, not uvloop: uvloop spawns with a plain fork (see ARCHITECTURE.md).
+    config = uvicorn.Config(
+        create_app(settings, sandbox), loop="asyncio",
+        http=protocol_class(guard), log_config=None, access_log=False, timeout_graceful_shutdown=5,
+        timeout_keep_alive=settings.keep_alive_s,
+        # X-Forwarded-For only from proxies the operator names: otherwise any client
+        # could pick its own address and escape the per-address bad-key throttle
+        proxy_headers=bool(args.forwarded_allow_ips),
+        forwarded_allow_ips=args.forwarded_allow_ips or None)
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])   # the socket bound above: no second bind that could fail
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        _fail("the server did not start (see the log above)", code=1)
+
+
+def _bind(host: str, port: int) -> Any:
+    """A listening TCP socket on host:port, or one clear error (exit 2)."""
+    import socket
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        _fail(f"--host {host!r} is not an address of this machine: {getattr(exc, 'strerror', exc)}")
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # restarts despite TIME_WAIT
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason = "the address is already in use (is another server running there?)"
+        elif exc.errno == errno.EACCES:
+            reason = "permission denied (ports below 1024 need root)"
+        _fail(f"cannot listen on {host}:{port}: {reason}")
+    sock.set_inheritable(False)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    shown = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+
+
+def admin_banner(account_id: str, key: str, url: str, data_dir: str | None = None) -> str:
+    """The first start's message (plain text, for stderr): the admin's one-time key, how to
+    use it with the official client, its MCP server and this CLI."""
+    where = f" --data-dir {data_dir}" if data_dir else ""
+    return f"""
 Created the admin account {account_id}. Its API key is shown only this once:
 
     {key}
@@ -148,20 +256,43 @@ Try it with the official client (pip install cocalc-api):
     python -c "import cocalc_api; hub = cocalc_api.Hub(api_key='{key}', host='{url}'); \\
 pid = hub.projects.create_project(title='demo'); \\
 print(cocalc_api.Project(api_key='{key}', host='{url}', project_id=pid).system.exec(command='echo hello'))"
-""", file=sys.stderr, flush=True)
-    # The asyncio loop, not uvloop: uvloop spawns with a plain fork (see ARCHITECTURE.md).
-    uvicorn.run(create_app(settings, sandbox), host=settings.host, port=settings.port, loop="asyncio",
-                http=protocol_class(guard), log_config=None, access_log=False, timeout_graceful_shutdown=5,
-                timeout_keep_alive=settings.keep_alive_s,
-                # X-Forwarded-For only from proxies the operator names: otherwise any client
-                # could pick its own address and escape the per-address bad-key throttle
-                proxy_headers=bool(args.forwarded_allow_ips),
-                forwarded_allow_ips=args.forwarded_allow_ips or None)
+
+The official MCP server works too: pip install cocalc-api 'mcp<2' (mcp 2.x breaks
+cocalc-api 0.5.1's server), then run it with a project's key (projecthub key create{where}
+--account {account_id} --project PROJECT_ID):
+
+    COCALC_API_KEY=sk-... COCALC_HOST={url} cocalc-mcp-server
+
+More keys, accounts and projects: projecthub key|account|project --help.
+"""
+
+
+def _check_default_limits(limits: Any) -> None:
+    """Bad --default-limits / $PROJECTHUB_DEFAULT_LIMITS are a bad argument (exit 2), found
+    before anything starts."""
+    from .host.sandbox import ProjectLimits
+    if not isinstance(limits, dict):
+        _fail("--default-limits must be a JSON object, e.g. '{\"memory_bytes\": \"2G\"}'")
+    try:
+        ProjectLimits.from_json(limits)
+    except (ValueError, TypeError) as exc:
+        _fail(f"--default-limits: {exc}")
+
+
+def _open(args: argparse.Namespace):
+    """The store of an admin command's --data-dir (--create: make one if there is none)."""
+    return _store(args.data_dir, create=bool(getattr(args, "create", False)))
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
     from .host.sandbox import probe
-    data_dir = prepare_data_dir(Path(args.data_dir) if args.data_dir else default_data_dir())
+    data_dir = _data_dir(args.data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        _fail(f"--data-dir {data_dir} is not a directory")
+    try:
+        data_dir = prepare_data_dir(data_dir)
+    except OSError as exc:
+        _fail(f"cannot use --data-dir {data_dir}: {exc.strerror or exc}")
     report = probe(data_dir)
     report.notes.append(_environment_note())
     if args.json:
@@ -187,7 +318,7 @@ def _environment_note() -> str:
 
 
 def cmd_account_create(args: argparse.Namespace) -> None:
-    store = _store(args.data_dir)
+    store = _open(args)
     first, _, last = args.name.partition(" ")
     account_id = store.create_account(first_name=first, last_name=last, email=args.email, is_admin=args.admin)
     _, key = store.create_api_key(account_id, name="created by projecthub account create")
@@ -195,30 +326,156 @@ def cmd_account_create(args: argparse.Namespace) -> None:
 
 
 def cmd_key_create(args: argparse.Namespace) -> None:
-    store = _store(args.data_dir)
-    if store.get_account(args.account) is None:
+    store = _open(args)
+    expire = _parse_expire(args.expire)
+    account = store.get_account(args.account)
+    if account is None:
         _fail(f"no account with id {args.account}")
+    if account["banned"]:
+        _fail(f"account {args.account} is disabled: its keys would not work (projecthub account enable)")
     if args.project and not store.is_collaborator(args.project, args.account):
         _fail(f"account {args.account} is not a collaborator of project {args.project}")
     try:
         row, key = store.create_api_key(args.account, project_id=args.project, name=args.name or "",
-                                        expire=_parse_expire(args.expire))
+                                        expire=expire)
     except ValueError as exc:
         _fail(str(exc))
     _emit({"id": row["id"], "api_key": key, "project_id": row.get("project_id")})
 
 
+def cmd_key_list(args: argparse.Namespace) -> None:
+    """Every key (no secrets, no hashes), or one account's / one project's."""
+    from .hub.service import key_json
+    store = _open(args)
+    if args.account is not None and store.get_account(args.account) is None:
+        _fail(f"no account with id {args.account}")
+    if args.project is not None and store.get_project(args.project) is None:
+        _fail(f"no project with id {args.project}")
+    now = datetime.now(timezone.utc)
+    _emit({"keys": [{**key_json(row), "expired": row["expire"] is not None and row["expire"] <= now}
+                    for row in store.list_all_api_keys(args.account, args.project)]})
+
+
+def _key_id(store: Any, args: argparse.Namespace) -> dict[str, Any]:
+    row = store.get_api_key(args.id)
+    if row is None or (args.account is not None and row["account_id"] != args.account):
+        _fail(f"no api key with id {args.id}" + (f" of account {args.account}" if args.account else ""))
+    return row
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> None:
+    """Delete a key: it stops working at once, also on a running server (its key cache reads
+    the store's revocation counter on every request)."""
+    store = _open(args)
+    row = _key_id(store, args)
+    store.delete_api_key(args.id)
+    _emit({"id": args.id, "revoked": True, "account_id": row["account_id"],
+           "project_id": row["project_id"]})
+
+
+def cmd_key_rotate(args: argparse.Namespace) -> None:
+    """Replace a key by a new secret (same account, project, name; same expiry unless
+    --expire): the old one stops working at once."""
+    store = _open(args)
+    old = _key_id(store, args)
+    expire = _parse_expire(args.expire) if args.expire is not None else old["expire"]
+    if expire is not None and expire <= datetime.now(timezone.utc):
+        _fail(f"key {args.id} expired at {expire.isoformat()}: give a new --expire in the future")
+    try:
+        row, key = store.rotate_api_key(args.id, expire=expire)
+    except ValueError as exc:   # revoked meanwhile
+        _fail(str(exc))
+    from .hub.service import iso
+    _emit({"id": row["id"], "api_key": key, "project_id": row["project_id"], "replaces": args.id,
+           "expire": iso(row["expire"])})
+
+
+def cmd_account_list(args: argparse.Namespace) -> None:
+    """Every account (no secrets), with how many keys and live projects it has."""
+    from .hub.service import account_json
+    store = _open(args)
+    keys: dict[str, int] = {}
+    for row in store.list_all_api_keys():
+        keys[row["account_id"]] = keys.get(row["account_id"], 0) + 1
+    _emit({"accounts": [{**account_json(row), "keys": keys.get(row["account_id"], 0),
+                         "projects": store.count_owned_projects(row["account_id"])}
+                        for row in store.list_accounts()]})
+
+
+def cmd_account_disable(args: argparse.Namespace) -> None:
+    """Disable (or enable) an account: its keys are refused at once on every surface, also by
+    a running server; its projects, keys and data are kept."""
+    from .hub.service import account_json
+    store = _open(args)
+    disabled = args.action == "disable"
+    if store.get_account(args.account) is None:
+        _fail(f"no account with id {args.account}")
+    store.set_disabled(args.account, disabled)
+    _emit(account_json(store.get_account(args.account) or {}))
+
+
 def cmd_project_create(args: argparse.Namespace) -> None:
-    store = _store(args.data_dir)
+    store = _open(args)
     if store.get_account(args.account) is None:
         _fail(f"no account with id {args.account}")
     _emit({"project_id": store.create_project(args.account, title=args.title or "")})
 
 
+def cmd_project_list(args: argparse.Namespace) -> None:
+    """Projects (not pre-started spares), oldest first: every live one, or one account's;
+    --deleted adds deleted ones."""
+    from .hub.service import iso
+    from .store.store import SPARE_STATE
+    store = _open(args)
+    if args.account is not None and store.get_account(args.account) is None:
+        _fail(f"no account with id {args.account}")
+    projects = []
+    for row in store.list_all_projects():
+        users = row.get("users") or {}
+        if row.get("state") == SPARE_STATE or (row.get("deleted") and not args.deleted):
+            continue
+        if args.account is not None and args.account not in users:
+            continue
+        projects.append({
+            "project_id": row["project_id"], "title": row.get("title") or "",
+            "owner": next((a for a, u in users.items() if u.get("group") == "owner"), None),
+            "users": {a: u.get("group") for a, u in users.items()},
+            "state": row.get("state"), "created": iso(row.get("created")),
+            "last_edited": iso(row.get("last_edited")), "deleted": bool(row.get("deleted")),
+            "deleted_time": iso(row.get("deleted_time")), "purged": iso(row.get("purged"))})
+    _emit({"projects": projects})
+
+
+def cmd_project_delete(args: argparse.Namespace) -> None:
+    """Delete a project as the API does: marked deleted, its sandbox stopped now; its files
+    stay until the server's --purge-after (or ``project purge``)."""
+    from .host.sandbox import Sandbox, SandboxConfig
+    store = _open(args)
+    project = store.get_project(args.project)
+    if project is None:
+        _fail(f"no project with id {args.project}")
+    data_dir = _data_dir(args.data_dir)
+    sandbox = Sandbox(SandboxConfig(data_dir=data_dir))
+    running = args.project in sandbox.running_projects() or _daemon_alive(data_dir, args.project)
+    store.delete_project(args.project)   # first: a racing call cannot start it again
+    if running or project.get("state") != "stopped":
+        try:
+            sandbox.stop_project(args.project)
+        except (OSError, RuntimeError) as exc:
+            _fail(f"project {args.project} is deleted but its sandbox could not be stopped: {exc}",
+                  code=1)
+        store.update_project(args.project, state="stopped", state_time=datetime.now(timezone.utc),
+                             state_reason="deleted by projecthub project delete")
+    from .hub.service import iso
+    deleted = store.get_project(args.project) or {}
+    _emit({"project_id": args.project, "deleted": True, "stopped": running,
+           "deleted_time": iso(deleted.get("deleted_time"))})
+
+
 def cmd_project_limits(args: argparse.Namespace) -> None:
     """Show or override a project's limits (the CLI acts as an admin)."""
     from .host.sandbox import ProjectLimits
-    store = _store(args.data_dir)
+    store = _open(args)
     project = store.get_project(args.project)
     if project is None:
         _fail(f"no project with id {args.project}")
@@ -264,7 +521,7 @@ def _edit_overrides(current: dict[str, Any], args: argparse.Namespace,
 def cmd_account_limits(args: argparse.Namespace) -> None:
     """Show or override an account's caps (max_projects, max_running_projects)."""
     from .hub.account_limits import AccountLimits
-    store = _store(args.data_dir)
+    store = _open(args)
     account = store.get_account(args.account)
     if account is None:
         _fail(f"no account with id {args.account}")
@@ -286,7 +543,7 @@ def cmd_jupyter_api(args: argparse.Namespace) -> None:
     """Enable or disable hub jupyter.execute without a project_id.  Each account then runs in
     its own scratch project, made on first use; ``--project P`` copies P's limit overrides
     to every scratch project (P itself is no longer shared)."""
-    store = _store(args.data_dir)
+    store = _open(args)
     if args.action == "disable":
         store.set_setting("jupyter_api_enabled", False)
         _emit({"jupyter_api_enabled": False, "scratch": "per-account"})
@@ -309,7 +566,7 @@ def cmd_stop_all(args: argparse.Namespace) -> None:
     from .host.spares import remove_spare_dirs
     from .store.store import SPARE_STATE
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    store = _store(str(data_dir))
+    store = _open(args)
     sandbox = Sandbox(SandboxConfig(data_dir=data_dir))
     alive = sandbox.running_projects()   # project -> pids, from its cgroups (or markers)
     stopped = []
@@ -350,7 +607,7 @@ def cmd_project_purge(args: argparse.Namespace) -> None:
     from .host.purge import purge_project_files
     from .host.sandbox import Sandbox, SandboxConfig
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    store = _store(str(data_dir))
+    store = _open(args)
     project = store.get_project(args.project)
     if project is None:
         _fail(f"no project with id {args.project}")
@@ -377,16 +634,75 @@ def _duration_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--purge-after: ")) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="projecthub", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _port_arg(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535 (0: any free port), "
+                                         f"got {text!r}")
+    return port
 
-    serve = sub.add_parser("serve", help="run hub and local host (embedded defaults: SQLite, loopback)")
-    serve.add_argument("--host", default=os.environ.get("PROJECTHUB_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PROJECTHUB_PORT", "8765")))
-    serve.add_argument("--data-dir", default=None, help="default: $PROJECTHUB_DATA_DIR or ~/.local/share/projecthub")
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help already says it (or there is none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action) or ""
+
+
+class _TopHelpFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The top level's description is the module docstring, paragraphs kept."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr, exit code 2 (argparse prints the usage first)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+_DATA_DIR_HELP = "the server's data directory (default: $PROJECTHUB_DATA_DIR, else ~/.local/share/projecthub)"
+
+
+def _admin(sub: Any, name: str, help: str, func: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser:
+    """An admin subcommand: --data-dir and --create, one JSON object on stdout."""
+    p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help=_DATA_DIR_HELP)
+    p.add_argument("--create", action="store_true",
+                   help="make a new, empty store if DIR has none (without it such a DIR is refused, "
+                        "so a mistyped --data-dir cannot quietly create one)")
+    p.set_defaults(func=func)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="projecthub", description=__doc__, formatter_class=_TopHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run hub and local host (embedded defaults: SQLite, loopback)",
+                           description="Run the hub and the local host until stopped (SIGTERM/Ctrl-C). "
+                                       "Logs JSON lines; on the first start with an empty data dir it "
+                                       "creates an admin account and prints its key once on stderr.")
+    serve.add_argument("--host", default=os.environ.get("PROJECTHUB_HOST", "127.0.0.1"),
+                       help="address to listen on ($PROJECTHUB_HOST)")
+    serve.add_argument("--port", type=_port_arg, default=os.environ.get("PROJECTHUB_PORT", "8765"),
+                       help="TCP port to listen on; bound before anything else is done "
+                            "(default 8765, $PROJECTHUB_PORT)")
+    serve.add_argument("--data-dir", default=None, metavar="DIR",
+                       help=_DATA_DIR_HELP[:-1] + "; made with a new store on the first start)")
     serve.add_argument("--sandbox", choices=["auto", "bwrap", "none"],
-                       default=os.environ.get("PROJECTHUB_SANDBOX", "auto"))
+                       default=os.environ.get("PROJECTHUB_SANDBOX", "auto"),
+                       help="isolation: bwrap sandboxes, none (no isolation: trusted users only), or "
+                            "auto (bwrap when it works here) ($PROJECTHUB_SANDBOX)")
     serve.add_argument("--require-isolation", action="store_true",
                        help="refuse to start unless every isolation layer is enforced")
     serve.add_argument("--uid-range", default=None, metavar="LOW-HIGH",
@@ -419,9 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help='per-account caps, e.g. \'{"max_projects": 100, "max_running_projects": 10}\' '
                             "(the defaults; null = unlimited; admins exempt; also "
                             "$PROJECTHUB_ACCOUNT_LIMITS)")
-    serve.add_argument("--default-limits", default=None,
+    serve.add_argument("--default-limits", default=None, metavar="JSON",
                        help='per-project default limits as JSON, e.g. \'{"memory_bytes": "2G", "pids": 512}\' '
-                            "(also $PROJECTHUB_DEFAULT_LIMITS)")
+                            "(default: none beyond the built-in ones, $PROJECTHUB_DEFAULT_LIMITS)")
     serve.add_argument("--forwarded-allow-ips", metavar="IPS",
                        default=os.environ.get("PROJECTHUB_FORWARDED_ALLOW_IPS") or None,
                        help="comma-separated addresses/networks of reverse proxies whose X-Forwarded-For "
@@ -436,86 +752,141 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--project-rootfs", default=None,
                        metavar="DIR",
                        help="an unpacked root filesystem (e.g. `docker export` output) used as the "
-                            "projects' /usr, /etc, /bin, /lib ($PROJECTHUB_PROJECT_ROOTFS)")
+                            "projects' /usr, /etc, /bin, /lib (default: none, $PROJECTHUB_PROJECT_ROOTFS)")
     serve.add_argument("--purge-after", type=_duration_arg, metavar="DURATION",
                        default=os.environ.get("PROJECTHUB_PURGE_AFTER", "7d"),
                        help="a deleted project's files (home, state, disk image) are removed this long "
                             "after its deletion, e.g. 7d, 12h, 30m, 90 (seconds); 0 = at deletion "
                             "(default 7d, $PROJECTHUB_PURGE_AFTER)")
-    serve.add_argument("--log-level", default=os.environ.get("PROJECTHUB_LOG_LEVEL", "info"))
+    serve.add_argument("--log-level", default=os.environ.get("PROJECTHUB_LOG_LEVEL", "info"),
+                       type=str.lower, choices=["debug", "info", "warning", "error", "critical"],
+                       help="least severe log level written ($PROJECTHUB_LOG_LEVEL)")
     serve.set_defaults(func=cmd_serve)
 
-    doctor = sub.add_parser("doctor", help="show which isolation layers and limits are enforced here")
-    doctor.add_argument("--data-dir", default=None)
-    doctor.add_argument("--json", action="store_true")
+    doctor = sub.add_parser("doctor", help="show which isolation layers and limits are enforced here",
+                            description="Probe this machine as serve would and report each isolation "
+                                        "layer ([  OK  ] or [MISSING] with the reason) and what "
+                                        "software projects get: a text report, or one JSON object "
+                                        "with --json. Exit code 0, or 1 with --strict when a layer "
+                                        "is missing.")
+    doctor.add_argument("--data-dir", default=None, metavar="DIR",
+                        help=_DATA_DIR_HELP[:-1] + "; probed where projects would live, made if missing)")
+    doctor.add_argument("--json", action="store_true",
+                        help='print one JSON object ({"mode", "layers": [...], "notes", ...}) instead '
+                             "of the text report")
     doctor.add_argument("--strict", action="store_true", help="exit 1 unless every layer is enforced")
     doctor.set_defaults(func=cmd_doctor)
 
-    jupyter = sub.add_parser("jupyter-api", help="hub jupyter.execute without a project_id "
-                                                 "(a scratch project per account)")
-    jupyter.add_argument("action", choices=["enable", "disable"])
-    jupyter.add_argument("--data-dir", default=None)
-    jupyter.add_argument("--project", default=None,
+    jupyter = _admin(sub, "jupyter-api", "hub jupyter.execute without a project_id (a scratch project "
+                                         "per account)", cmd_jupyter_api)
+    jupyter.add_argument("action", choices=["enable", "disable"], help="turn the feature on or off")
+    jupyter.add_argument("--project", default=None, metavar="PID",
                          help="copy this project's limit overrides to every account's scratch project")
-    jupyter.set_defaults(func=cmd_jupyter_api)
 
     from .cli_env import add_env_parser
     add_env_parser(sub)
 
-    stop_all = sub.add_parser("stop-all", help="stop every running project of a data dir")
-    stop_all.add_argument("--data-dir", default=None)
-    stop_all.set_defaults(func=cmd_stop_all)
+    _admin(sub, "stop-all", "stop every running project daemon of a data dir", cmd_stop_all)
 
-    account = sub.add_parser("account").add_subparsers(dest="action", required=True)
-    a_create = account.add_parser("create")
-    a_create.add_argument("--data-dir", default=None)
-    a_create.add_argument("--name", required=True)
-    a_create.add_argument("--email", default=None)
-    a_create.add_argument("--admin", action="store_true")
-    a_create.set_defaults(func=cmd_account_create)
-    a_limits = account.add_parser("limits", help="show or override an account's caps")
-    a_limits.add_argument("--data-dir", default=None)
-    a_limits.add_argument("--account", required=True)
+    account = sub.add_parser("account", help="create, list, disable and enable accounts; set their caps",
+                             description="Accounts. Each subcommand prints one JSON object.")
+    accounts = account.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a_create = _admin(accounts, "create", "create an account and its first API key", cmd_account_create)
+    a_create.add_argument("--name", required=True, help='"First Last"')
+    a_create.add_argument("--email", default=None, help="unique e-mail address (default: none)")
+    a_create.add_argument("--admin", action="store_true", help="make it an admin account")
+    _admin(accounts, "list", "list accounts (no secrets) with their key and project counts", cmd_account_list)
+    for action, text in (("disable", "disable an account: its keys are refused at once, everywhere; "
+                                     "projects, keys and files are kept"),
+                         ("enable", "enable a disabled account again")):
+        a_state = _admin(accounts, action, text, cmd_account_disable)
+        a_state.add_argument("--account", required=True, metavar="ID", help="the account's id")
+    a_limits = _admin(accounts, "limits", "show or override an account's caps", cmd_account_limits)
+    a_limits.add_argument("--account", required=True, metavar="ID", help="the account's id")
     a_limits.add_argument("--set", action="append", metavar="NAME=VALUE",
                           help="e.g. --set max_projects=5 --set max_running_projects=null (unlimited)")
     a_limits.add_argument("--unset", action="append", metavar="NAME", help="back to the server default")
-    a_limits.set_defaults(func=cmd_account_limits)
 
-    key = sub.add_parser("key").add_subparsers(dest="action", required=True)
-    k_create = key.add_parser("create")
-    k_create.add_argument("--data-dir", default=None)
-    k_create.add_argument("--account", required=True)
-    k_create.add_argument("--project", default=None)
-    k_create.add_argument("--name", default=None)
-    k_create.add_argument("--expire", default=None)
-    k_create.set_defaults(func=cmd_key_create)
+    key = sub.add_parser("key", help="create, list, revoke and rotate API keys",
+                         description="API keys. Each subcommand prints one JSON object; a secret is "
+                                     "shown only by create and rotate. Revoking or rotating takes "
+                                     "effect at once, also on a running server.")
+    keys = key.add_subparsers(dest="action", required=True, metavar="ACTION")
+    k_create = _admin(keys, "create", "create an API key for an account (or one of its projects)",
+                      cmd_key_create)
+    k_create.add_argument("--account", required=True, metavar="ID", help="the account the key acts as")
+    k_create.add_argument("--project", default=None, metavar="PID",
+                          help="make a project key: it reaches only this project (default: an "
+                               "account-wide key)")
+    k_create.add_argument("--name", default=None, help="a label shown by key list (default: none)")
+    k_create.add_argument("--expire", default=None, metavar="ISO8601",
+                          help="when the key stops working, in the future, e.g. 2030-01-31 or "
+                               "2030-01-31T12:00:00Z (UTC unless a zone is given; default: never)")
+    k_list = _admin(keys, "list", "list API keys (no secrets)", cmd_key_list)
+    k_list.add_argument("--account", default=None, metavar="ID", help="only this account's keys")
+    k_list.add_argument("--project", default=None, metavar="PID", help="only this project's keys")
+    k_revoke = _admin(keys, "revoke", "delete an API key: it stops working at once", cmd_key_revoke)
+    k_rotate = _admin(keys, "rotate", "replace an API key by a new secret (same account, project, name "
+                                      "and expiry); the old one stops working at once", cmd_key_rotate)
+    for p in (k_revoke, k_rotate):
+        p.add_argument("--id", required=True, type=int, help="the key's id (key list, or key create's id)")
+        p.add_argument("--account", default=None, metavar="ID",
+                       help="refuse unless the key belongs to this account (default: any account)")
+    k_rotate.add_argument("--expire", default=None, metavar="ISO8601",
+                          help="a new expiry in the future (default: the old key's)")
 
-    project = sub.add_parser("project").add_subparsers(dest="action", required=True)
-    p_create = project.add_parser("create")
-    p_create.add_argument("--data-dir", default=None)
-    p_create.add_argument("--account", required=True)
-    p_create.add_argument("--title", default=None)
-    p_create.set_defaults(func=cmd_project_create)
-    p_limits = project.add_parser("limits")
-    p_limits.add_argument("--data-dir", default=None)
-    p_limits.add_argument("--project", required=True)
+    project = sub.add_parser("project", help="create, list, delete and purge projects; set their limits",
+                             description="Projects. Each subcommand prints one JSON object.")
+    projects = project.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p_create = _admin(projects, "create", "create a project owned by an account", cmd_project_create)
+    p_create.add_argument("--account", required=True, metavar="ID", help="the owner")
+    p_create.add_argument("--title", default=None, help="the project's title (default: empty)")
+    p_list = _admin(projects, "list", "list projects (owner, users, state)", cmd_project_list)
+    p_list.add_argument("--account", default=None, metavar="ID",
+                        help="only projects this account owns or collaborates on")
+    p_list.add_argument("--deleted", action="store_true", help="include deleted projects")
+    p_delete = _admin(projects, "delete", "delete a project: stopped now, its files purged after the "
+                                          "server's --purge-after", cmd_project_delete)
+    p_delete.add_argument("--project", required=True, metavar="PID", help="the project's id")
+    p_limits = _admin(projects, "limits", "show or override a project's limits", cmd_project_limits)
+    p_limits.add_argument("--project", required=True, metavar="PID", help="the project's id")
     p_limits.add_argument("--set", action="append", metavar="NAME=VALUE",
                           help="e.g. --set memory_bytes=1G --set pids=256 --set network=true")
     p_limits.add_argument("--unset", action="append", metavar="NAME", help="back to the server default")
-    p_limits.set_defaults(func=cmd_project_limits)
-    p_purge = project.add_parser("purge", help="remove a deleted project's files now")
-    p_purge.add_argument("--data-dir", default=None)
-    p_purge.add_argument("--project", required=True)
-    p_purge.set_defaults(func=cmd_project_purge)
+    p_purge = _admin(projects, "purge", "remove a deleted project's files now", cmd_project_purge)
+    p_purge.add_argument("--project", required=True, metavar="PID", help="the deleted project's id")
     return parser
+
+
+def _report(message: str, code: int, as_json: bool) -> NoReturn:
+    """One line on stderr (and the JSON error on stdout for commands that print JSON)."""
+    if as_json:
+        _emit({"error": message})
+    line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"projecthub: error: {line}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    as_json = args.command != "serve" and (args.command != "doctor" or args.json)
     try:
         args.func(args)
-    except ValueError as exc:  # store validation errors: one JSON line, no traceback
-        _fail(str(exc))
+    except CliError as exc:
+        _report(exc.message, exc.code, as_json)
+    except ValueError as exc:  # store validation errors: one line, no traceback
+        _report(str(exc), 2, as_json)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):   # sys.exit("message") deeper down (e.g. a bad environment variable)
+            _report(exc.code.removeprefix("projecthub: "), 2, as_json)
+        raise
+    except KeyboardInterrupt:
+        print("projecthub: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:   # a bug or an unexpected failure: still one line
+        if os.environ.get("PROJECTHUB_DEBUG"):
+            raise
+        _report(f"{type(exc).__name__}: {exc} (PROJECTHUB_DEBUG=1 shows the traceback)", 1, as_json)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """``projecthub env build|status|install``: the project software environment (host/environment.py).
 
 Each prints one JSON object on stdout (progress goes to stderr); a failure prints
-``{"error": ...}`` and exits 2, and leaves the previous environment in use.
+``{"error": ...}`` on stdout and one ``projecthub: error: ...`` line on stderr, exits 2, and
+leaves the previous environment in use.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ def _run(action) -> None:
     from .host.environment import EnvironmentError_
     try:
         result = action()
-    except EnvironmentError_ as exc:   # one line, like every admin command's error
+    except EnvironmentError_ as exc:   # like every admin command's error
         print(json.dumps({"error": str(exc)}))
+        line = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        print(f"projecthub: error: {line}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("projecthub: interrupted; the previous project environment stays in use", file=sys.stderr)
@@ -85,8 +88,10 @@ def cmd_env_install(args: argparse.Namespace) -> None:
 
 
 def add_env_parser(sub: argparse._SubParsersAction) -> None:
-    env = sub.add_parser("env", help="the project software environment (Python, ipykernel, numpy...)")
-    actions = env.add_subparsers(dest="action", required=True)
+    env = sub.add_parser("env", help="the project software environment (Python, ipykernel, numpy...)",
+                         description="The software every project runs. Each subcommand prints one "
+                                     "JSON object (progress on stderr).")
+    actions = env.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--env-dir", default=None,
@@ -104,5 +109,6 @@ def add_env_parser(sub: argparse._SubParsersAction) -> None:
     status.set_defaults(func=cmd_env_status)
     install = actions.add_parser("install", help="add packages for every project")
     common(install)
-    install.add_argument("packages", nargs="+", metavar="PKG")
+    install.add_argument("packages", nargs="+", metavar="PKG",
+                         help="pip requirements or local files, e.g. polars 'numpy>=2' ./my.whl")
     install.set_defaults(func=cmd_env_install)

@@ -20,7 +20,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_without_server(tmp_path: Path) -> None:
-    account = cli(tmp_path, "account", "create", "--name", "Ada Lovelace", "--admin")
+    account = cli(tmp_path, "account", "create", "--name", "Ada Lovelace", "--admin", "--create")
     assert set(account) == {"account_id", "api_key"}
     assert re.fullmatch(r"sk-[A-Za-z0-9]{22}", account["api_key"])
     project = cli(tmp_path, "project", "create", "--account", account["account_id"], "--title", "T")
@@ -42,9 +42,9 @@ def test_cli_while_server_runs(server: Server) -> None:
 
 
 def test_cli_errors_are_json_not_tracebacks(tmp_path: Path) -> None:
-    out = run("key", "create", "--data-dir", str(tmp_path), "--account", "nope")
-    assert out.returncode != 0
-    assert "Traceback" not in out.stderr
+    out = run("key", "create", "--data-dir", str(tmp_path), "--account", "nope", "--create")
+    assert out.returncode == 2
+    assert out.stderr == "projecthub: error: no account with id nope\n"
     assert "error" in json.loads(out.stdout)
     account = cli(tmp_path, "account", "create", "--name", "X")
     out = run("key", "create", "--data-dir", str(tmp_path), "--account", account["account_id"],
@@ -77,7 +77,7 @@ def test_missing_layer_is_announced_loudly(tmp_path: Path) -> None:
 
 
 def test_project_limits_cli(tmp_path: Path) -> None:
-    account = cli(tmp_path, "account", "create", "--name", "L")
+    account = cli(tmp_path, "account", "create", "--name", "L", "--create")
     project = cli(tmp_path, "project", "create", "--account", account["account_id"])
     shown = cli(tmp_path, "project", "limits", "--project", project["project_id"],
                 "--set", "memory_bytes=1G", "--set", "pids=256")
@@ -93,7 +93,7 @@ def test_invalid_default_limits_refuse_to_start(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "projecthub.cli", "serve", "--data-dir", str(tmp_path),
                           "--port", "1", "--default-limits", '{"pids": -5}'],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1 and "pids" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "pids" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_keep_alive_below_one_second_refuses_to_start(tmp_path: Path) -> None:
@@ -101,5 +101,5 @@ def test_keep_alive_below_one_second_refuses_to_start(tmp_path: Path) -> None:
         out = subprocess.run([sys.executable, "-m", "projecthub.cli", "serve", "--data-dir", str(tmp_path),
                               "--port", "1", *args], capture_output=True, text=True, timeout=60,
                              env={**os.environ, **env})
-        assert out.returncode == 1 and "--keep-alive must be >= 1" in out.stderr
+        assert out.returncode == 2 and "--keep-alive must be >= 1" in out.stderr
         assert "Traceback" not in out.stderr
