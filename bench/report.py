@@ -269,6 +269,13 @@ def markdown(res: dict[str, Any], json_path: Path | None = None, plots: list[Pat
                               g(ours, "raw_paced"), base,
                               f"{g(ours, 'raw_paced', 'pause_s') or ''} s untimed pause before each call; "
                               "takes turns with the official client's and the floor's paced calls"))
+        if g(ours, "hub_alternating"):
+            L.append(_lat_row("**projecthub** official client, project `system.jupyter_execute`, alternating",
+                              g(ours, "project_alternating"), base, "takes turns with the row below"))
+            L.append(_lat_row("**projecthub** official client, hub `jupyter.execute` (project_id), alternating",
+                              g(ours, "hub_alternating"), base,
+                              f"{f(_div(g(ours, 'hub_alternating', 'p50_ms'), g(ours, 'project_alternating', 'p50_ms')))}x "
+                              "the project path (issue 19: ≤ 1.3x)"))
         if "error" in ours:
             L.append(f"| projecthub | error: {ours['error'][:200]} | | | | |")
         L.append("")

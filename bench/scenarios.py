@@ -426,6 +426,27 @@ def scenario_jupyter(ctx: Ctx) -> dict[str, Any]:
                 out["official_paced"] = summarize(paced, pause_s=PACE_S)
                 out["raw_paced"] = summarize(paced_raw, pause_s=PACE_S)
                 out["floor_paced_alternating"] = summarize(floor_paced, pause_s=PACE_S)
+            # Hub jupyter.execute (the official client's Hub) against the project path, calls
+            # taking turns (issue 19 item 7: the hub path must stay within 1.3x).
+            hub = cocalc_api.Hub(api_key=server.api_key, host=server.url)
+
+            def hub_call() -> None:
+                r = hub.jupyter.execute(input="1+1", kernel="python3", project_id=pid)
+                output = r.get("output") if isinstance(r, dict) else None
+                if not (isinstance(output, list) and output and output[0].get("data", {}).get("text/plain") == "2"):
+                    raise RuntimeError(f"unexpected hub jupyter.execute answer: {str(r)[:300]}")
+
+            hub_call()
+            via_project: list[float] = []
+            via_hub: list[float] = []
+            for _ in range(nseq):
+                for fn, into in ((call, via_project), (hub_call, via_hub)):
+                    t0 = time.perf_counter()
+                    fn()
+                    into.append(time.perf_counter() - t0)
+            out["hub_alternating"] = summarize(via_hub, sum(via_hub), c=1)
+            out["project_alternating"] = summarize(via_project, sum(via_project), c=1)
+            hub.client.close()
         finally:
             loop.run_until_complete(raw.close())
             loop.close()

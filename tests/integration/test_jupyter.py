@@ -84,6 +84,22 @@ def test_path_changes_directory(project) -> None:
     assert out[0]["data"]["text/plain"].strip("'").endswith("/work/dir")
 
 
+def test_kernel_list_is_never_empty_right_after_an_execute(project) -> None:
+    """Issue 19 item 6: the used pool kernel is killed after its call while its replacement
+    starts; a list at once must still show a live kernel (CoCalc's never comes back empty
+    then), with a real pid."""
+    empty = 0
+    for i in range(50):
+        out = project.system.jupyter_execute(input=f"{i} + 1", kernel="python3")
+        assert out == [{"data": {"text/plain": str(i + 1)}}], out
+        kernels = project.system.list_jupyter_kernels()
+        if not kernels:
+            empty += 1
+        for kernel in kernels:
+            assert isinstance(kernel["pid"], int) and kernel["pid"] > 0, kernel
+    assert empty == 0, f"{empty} of 50 lists right after an execute were empty"
+
+
 def test_list_and_stop_kernels(project) -> None:
     project.system.jupyter_execute(input="1", kernel="python3")  # fills the pool
     # The refill boots in the background, after the call has answered.

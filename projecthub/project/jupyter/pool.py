@@ -45,6 +45,11 @@ DEFERRED_WARM_S = 0.25
 BURST_SIZE = 4
 BURST_HOLD_S = 30.0
 WARM_UP_TIMEOUT_S = 10.0
+# A used kernel is killed after its call, and its replacement starts in the background.
+# ``system.listJupyterKernels`` right after an execute must still find a live kernel
+# (CoCalc's list is never empty then): when no other kernel of the project is alive, the
+# used one stays until a replacement is, or this long at most.
+LISTING_HOLD_S = 10.0
 
 
 @dataclass
@@ -96,6 +101,7 @@ class KernelPool:
         self._worker: asyncio.Task[None] | None = None
         self._boots: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._listed: list[Kernel] = []   # used kernels kept for the list (LISTING_HOLD_S)
 
     def start(self) -> None:
         if self._worker is None:
@@ -168,8 +174,23 @@ class KernelPool:
         asyncio.get_running_loop().call_soon(self._retire, kernel)
 
     def _retire(self, kernel: Kernel) -> None:
-        kernel.close()
+        pool = self._pools.get(kernel.spec.name)
+        alone = not any(k is not kernel for k in self.launcher.list_alive())
+        if (alone and kernel.alive and not self._closed and pool is not None
+                and pool.target(time.monotonic()) > 0):
+            # its replacement is about to start: keep this one listed until then
+            self._listed.append(kernel)
+            asyncio.get_running_loop().call_later(LISTING_HOLD_S, self._unlist, kernel)
+        else:
+            kernel.close()
         self._wake.set()
+
+    def _unlist(self, kernel: Kernel | None = None) -> None:
+        """Kill the used kernels kept for the list (all of them: a replacement is alive)."""
+        for held in [kernel] if kernel is not None else list(self._listed):
+            if held in self._listed:
+                self._listed.remove(held)
+                held.close()
 
     async def _start(self, spec: KernelSpecInfo, *, warm: bool) -> Kernel:
         # Warm-up (a first cell) only pays off for kernels that wait in the pool: a
@@ -335,6 +356,7 @@ class KernelPool:
         DEFERRED_WARM_S, it is warmed after all (``_warm_parked``)."""
         kernel = await self._start(pool.spec, warm=False)
         pool.primed = True
+        self._unlist()   # a live kernel again: the used ones kept for the list can go
         if self._hand_over(pool, kernel):
             return None
         if pool.bursting(time.monotonic()) and not pool.idle:
@@ -364,6 +386,7 @@ class KernelPool:
 
     async def close(self) -> None:
         self._closed = True
+        self._unlist()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
