@@ -246,6 +246,7 @@ def admin_banner(account_id: str, key: str, url: str, data_dir: str | None = Non
     """The first start's message (plain text, for stderr): the admin's one-time key, how to
     use it with the official client, its MCP server and this CLI."""
     where = f" --data-dir {data_dir}" if data_dir else ""
+    me = self_command()
     return f"""
 Created the admin account {account_id}. Its API key is shown only this once:
 
@@ -257,14 +258,30 @@ Try it with the official client (pip install cocalc-api):
 pid = hub.projects.create_project(title='demo'); \\
 print(cocalc_api.Project(api_key='{key}', host='{url}', project_id=pid).system.exec(command='echo hello'))"
 
-The official MCP server works too: pip install cocalc-api 'mcp<2' (mcp 2.x breaks
-cocalc-api 0.5.1's server), then run it with a project's key (projecthub key create{where}
---account {account_id} --project PROJECT_ID):
+The official MCP server works too. Install it with pip install cocalc-api 'mcp<2'
+(mcp 2.x breaks cocalc-api 0.5.1's server), make a key for one project:
+
+    {me} key create{where} --account {account_id} --project PROJECT_ID
+
+and start it with that key:
 
     COCALC_API_KEY=sk-... COCALC_HOST={url} cocalc-mcp-server
 
-More keys, accounts and projects: projecthub key|account|project --help.
+More keys, accounts and projects: {me} key|account|project --help
 """
+
+
+def self_command() -> str:
+    """How to call this command again: ``projecthub`` when that is on PATH and is this very
+    script, else its full path (e.g. .venv/bin/projecthub, which is not on PATH)."""
+    import shutil
+    here = Path(sys.executable).parent / "projecthub"
+    if not here.exists():
+        return f"{sys.executable} -m projecthub.cli"
+    found = shutil.which("projecthub")
+    if found and Path(found).resolve() == here.resolve():
+        return "projecthub"
+    return str(here.absolute())
 
 
 def _check_default_limits(limits: Any) -> None:

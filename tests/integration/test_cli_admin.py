@@ -125,3 +125,32 @@ def test_project_list_and_delete(server: Server) -> None:
     assert gone["deleted"] is True
     r = v3(server, account.api_key, "POST", f"/api/v3/projects/{project_id}/exec", {"command": "true"})
     assert r.status_code in (403, 404, 409, 410), r.text
+
+
+def test_manage_api_keys_with_the_official_client_as_the_readme_shows(server: Server) -> None:
+    account = server.new_account("Official client")
+    hub = cocalc_api.Hub(api_key=account.api_key, host=server.url)
+    project_id = hub.projects.create_project(title="keys")
+    manage = lambda **opts: hub.call("system.manageApiKeys", [opts])  # noqa: E731
+    listed = manage(action="get")
+    assert [k["trunc"] for k in listed] == [account.api_key[:3] + "..." + account.api_key[-6:]]
+    assert all("secret" not in k and "hash" not in k for k in listed)
+    [key] = manage(action="create", name="ci", expire="2030-01-01T00:00:00Z")
+    assert key["secret"].startswith("sk-") and key["name"] == "ci"
+    [scoped] = manage(action="create", project_id=project_id, name="one project")
+    assert scoped["project_id"] == project_id
+    assert manage(action="edit", id=key["id"], name="ci-2") is None
+    assert {k["name"] for k in manage(action="get")} == {"ci-2", account_name(listed)}
+    warm(server, key["secret"], account.account_id)
+    assert manage(action="delete", id=key["id"]) is None
+    refused(server, key["secret"])
+    try:
+        manage(action="delete", id=key["id"])
+    except RuntimeError as exc:
+        assert str(exc) == f"Error: no api key with id {key['id']}"
+    else:
+        raise AssertionError("deleting a deleted key must fail")
+
+
+def account_name(listed: list[dict[str, Any]]) -> str:
+    return listed[0]["name"]

@@ -179,3 +179,26 @@ def test_serve_on_a_busy_port_creates_nothing(tmp_path: Path) -> None:
     assert "sk-" not in out.stderr + out.stdout and "admin" not in line.lower()
     # nothing was made: no store, so no account and no key that points at the other server
     assert not (data_dir / "hub.db").exists()
+
+
+def test_first_start_banner_is_plain_text_on_stderr(tmp_path: Path) -> None:
+    import re
+
+    import httpx
+
+    from tests.server import Server
+    server = Server(tmp_path, extra_args=["--spare-projects", "0"]).start()
+    try:
+        log = server.log()
+        banner = log[log.index("Created the admin account"):]
+        key = re.search(r"^    (sk-[A-Za-z0-9]{22})$", banner, re.M)
+        assert key, banner
+        assert "pip install cocalc-api 'mcp<2'" in banner and "cocalc-mcp-server" in banner
+        assert f"COCALC_HOST={server.url} " in banner and f"host='{server.url}'" in banner
+        assert f"key create --data-dir {tmp_path} --account" in banner
+        assert not any(line.startswith("{") for line in banner.split("\n\n")[0].splitlines())
+        r = httpx.get(server.url + "/api/v3/projects", headers={"Authorization": f"Bearer {key.group(1)}"})
+        assert r.status_code == 200
+    finally:
+        server.stop()
+        cli(tmp_path, "stop-all")
