@@ -1,15 +1,18 @@
 """The native REST API (``/api/v3``): richer results, durable jobs, SSE streams, sessions.
 
 Same HubService path as the CoCalc surfaces, but with real HTTP statuses:
-400 bad input, 401 no/invalid key, 403 not allowed, 404 unknown, 413 too large,
-504 time budget exhausted.  The OpenAPI document is served at ``/api/v3/openapi.json``.
+400 bad input, 401 no/invalid key, 403 not allowed, 404 unknown, 413 too large, 422 an
+unknown field or a reused Idempotency-Key, 504 time budget exhausted.  Requests are checked
+against the models in ``models.py``, which also generate the OpenAPI document served at
+``/api/v3/openapi.json`` (and rendered at ``/api/v3/docs``).  Times are ISO 8601 UTC strings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-import math
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
@@ -18,8 +21,9 @@ from starlette.routing import Route
 
 from ..auth.resolve import Identity
 from ..errors import RemoteError
-from ..hub.service import HubService, is_uuid
-from .openapi import OPENAPI
+from ..hub.service import HubService, iso, is_uuid
+from . import models as m
+from .openapi import document as openapi_document
 from .replies import BoundedJSONResponse as JSONResponse   # big replies count against the budget
 from .requests import HTTPError, api_key_from, authenticate_key, decode_object, read_body
 
@@ -47,7 +51,9 @@ def _status_for(exc: RemoteError) -> int:
         return 507
     if "does not exist" in text or "no such" in text or "unknown session" in text:
         return 404
-    if "no spec available for kernel" in text:
+    if "no spec available for kernel" in text:   # a bad kernel name is bad input
+        return 400
+    if text.startswith("error: no api key with id") or text.startswith("error: no account with id"):
         return 404
     if "kernel last" in text:  # the user's code ended its own kernel: a state conflict, not bad input
         return 409
@@ -68,50 +74,29 @@ def endpoint(handler: Callable[[Request, Identity], Awaitable[Response]]) -> Cal
             return await handler(request, identity)
         except ApiError as exc:
             return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
-        except HTTPError as exc:
+        except (HTTPError, m.RequestError) as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         except RemoteError as exc:
-            status = exc.extra.pop("status", None) or _status_for(exc)
+            status = exc.extra.pop("status", None)
+            if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+                status = _status_for(exc)   # (a hint from a project's daemon is only a hint)
             return JSONResponse(exc.to_json(), status_code=status)
     return wrapped
 
 
-# Field types of request bodies (the OpenAPI document says the same); unknown fields are ignored.
-_NUMBER = (int, float)
-MAX_NUMBER = 1e9  # seconds or characters: far beyond any sane value, and safely an int
-NULLABLE_FIELDS = {"limits"}
-EXEC_FIELDS: dict[str, tuple[type, ...]] = {
-    "command": (str,), "args": (list,), "bash": (bool,), "path": (str,), "cwd": (str,), "env": (dict,),
-    "timeout": _NUMBER, "max_output": (int,), "yield_after": _NUMBER, "async": (bool,)}
-PROJECT_FIELDS: dict[str, tuple[type, ...]] = {
-    "title": (str,), "description": (str,), "start": (bool,), "limits": (dict,)}
-SESSION_FIELDS: dict[str, tuple[type, ...]] = {
-    "name": (str,), "kernel": (str,), "cwd": (str,), "env": (dict,), "code": (str,),
-    "timeout_s": _NUMBER, "max_output": (int,)}
+def _body(opts: Any) -> dict[str, Any]:
+    """A validated request model as the dict the hub and the daemon take (fields sent only)."""
+    return opts.model_dump(exclude_unset=True, by_alias=True)
 
 
-def check_fields(body: dict[str, Any], spec: dict[str, tuple[type, ...]]) -> None:
-    """400 for a field of the wrong type, instead of a confusing failure further in."""
-    for field, types in spec.items():
-        if field not in body or (body[field] is None and field in NULLABLE_FIELDS):
-            continue
-        value = body[field]
-        if isinstance(value, float) and not math.isfinite(value) or \
-                isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_NUMBER:
-            raise ApiError(400, f"{field} must be at most {MAX_NUMBER:g}")
-        if int in types and float not in types and isinstance(value, float) and value.is_integer():
-            body[field] = value = int(value)  # JSON has one number type: 1000.0 is an integer
-        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-            raise ApiError(400, f"{field} must be of type {' or '.join(t.__name__ for t in types)}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            raise ApiError(400, f"{field} must not be negative")
-    env = body.get("env")
-    if isinstance(env, dict) and not all(isinstance(k, str) and k and "=" not in k and isinstance(v, str)
-                                         for k, v in env.items()):
-        raise ApiError(400, "env must map variable names (non-empty, no '=') to strings")
-    args = body.get("args")
-    if isinstance(args, list) and not all(isinstance(a, str) for a in args):
-        raise ApiError(400, "args must be a list of strings")
+async def _parsed(request: Request, model: type[m.Request]) -> Any:
+    """The request body validated by ``model`` (an empty body is ``{}``)."""
+    return m.parse_body(model, await _json_body(request))
+
+
+def _no_query(request: Request) -> None:
+    if request.query_params:
+        m.parse_query(m.EmptyQuery, request.query_params)
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -119,8 +104,10 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return await decode_object(await read_body(request, request.app.state.settings.max_call_body_bytes))
 
 
-async def _project(request: Request, identity: Identity) -> str:
-    """The project in the path, if this identity may use it (project keys: only their own)."""
+async def _project(request: Request, identity: Identity, query: type[m.Request] | None = None) -> str:
+    """The project in the path, if this identity may use it (project keys: only their own).
+    The query string must match ``query`` (none at all by default): read it with
+    ``_query(request)`` afterwards."""
     project_id = request.path_params["project_id"]
     if not is_uuid(project_id):
         raise ApiError(400, "project_id must be a UUID")
@@ -133,7 +120,15 @@ async def _project(request: Request, identity: Identity) -> str:
     project = await hub.db.get_project(project_id)
     if project is None or project.get("deleted"):
         raise ApiError(404, "no such project")
+    if query is not None:
+        request.state.query = m.parse_query(query, request.query_params)
+    else:
+        _no_query(request)
     return project_id
+
+
+def _query(request: Request) -> Any:
+    return request.state.query
 
 
 def _account(identity: Identity) -> str:
@@ -154,13 +149,13 @@ def _budget(request: Request, opts: dict[str, Any] | None = None) -> float:
 
 @endpoint
 async def list_projects(request: Request, identity: Identity) -> Response:
+    _no_query(request)
     hub = _hub(request)
     rows = await hub.db.list_projects(_account(identity), recent_days=None, limit=None)
     return JSONResponse([await _project_json(hub, r) for r in rows if not r.get("deleted")])
 
 
 async def _project_json(hub: HubService, row: dict[str, Any]) -> dict[str, Any]:
-    from ..hub.service import iso
     state = await hub.project_state(row["project_id"])
     return {"project_id": row["project_id"], "title": row.get("title") or "",
             "description": row.get("description") or "", "created": iso(row.get("created")),
@@ -169,17 +164,17 @@ async def _project_json(hub: HubService, row: dict[str, Any]) -> dict[str, Any]:
 
 @endpoint
 async def create_project(request: Request, identity: Identity) -> Response:
-    body = await _json_body(request)
-    check_fields(body, PROJECT_FIELDS)
-    title, description = body.get("title") or "", body.get("description") or ""
-    hub = _hub(request)
-    limits = body.get("limits")
+    _no_query(request)
     account_id = _account(identity)
+    body: m.CreateProjectRequest = await _parsed(request, m.CreateProjectRequest)
+    title, description = body.title, body.description
+    hub = _hub(request)
+    limits = _body(body.limits) if body.limits is not None else None
     project_id = await hub.create_project(account_id, title=title, description=description)
     try:
         if limits:
             await hub.set_limits(project_id, limits, account_id=account_id)
-        if body.get("start"):
+        if body.start:
             await hub.start_project(project_id)
     except BaseException:
         await hub.delete_project(project_id, purge_now=True)  # a rejected request leaves no half-made project
@@ -193,7 +188,10 @@ async def get_project(request: Request, identity: Identity) -> Response:
     hub = _hub(request)
     row = await hub.db.get_project(project_id)
     result = await _project_json(hub, row)
-    result["status"] = await hub.project_status(project_id)
+    status = await hub.project_status(project_id)
+    if "start_ts" in status:   # CoCalc's epoch ms: an ISO time like every v3 time
+        status["started"] = m.iso_ms(status.pop("start_ts"))
+    result["status"] = status
     return JSONResponse(result)
 
 
@@ -232,7 +230,7 @@ async def project_limits(request: Request, identity: Identity) -> Response:
     if request.method == "GET":
         return JSONResponse(await hub.get_limits(project_id))
     account_id = _account(identity)  # a project key may not change its own ceiling
-    body = await _json_body(request)
+    body = _body(await _parsed(request, m.LimitsRequest))
     return JSONResponse(await hub.set_limits(project_id, body, account_id=account_id))
 
 
@@ -241,23 +239,45 @@ async def project_limits(request: Request, identity: Identity) -> Response:
 @endpoint
 async def exec_command(request: Request, identity: Identity) -> Response:
     project_id = await _project(request, identity)
-    body = await _json_body(request)
-    check_fields(body, EXEC_FIELDS)
-    if not body.get("command"):
-        raise ApiError(400, "command is required and must be a non-empty string")
+    body = _body(await _parsed(request, m.ExecRequest))
     key = request.headers.get("idempotency-key")
     if key is not None:
         if not key or len(key) > 200:
             raise ApiError(400, "Idempotency-Key must be 1-200 characters")
+        # the same key with another body is refused (422) by the daemon, which keeps the
+        # fingerprint with the job (durable like the key)
+        body["idempotency_fingerprint"] = hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         body["idempotency_key"] = key
     result = await _hub(request).project_call(project_id, "native.exec", [body], _budget(request, body))
+    if "job_id" in result:
+        _job_view(result)
     return JSONResponse(result)
+
+
+def _job_view(record: Any) -> Any:
+    """A daemon job record as v3 shows it: ISO times (the daemon keeps CoCalc's epoch ms for
+    the CoCalc surfaces) and no exit code while the job runs (CoCalc's record says 0)."""
+    if isinstance(record, dict):
+        if "start" in record:
+            record["start"] = m.iso_ms(record["start"])
+        if record.get("status") == "running":
+            record["exit_code"] = None
+        stats = record.get("stats")
+        if isinstance(stats, list):
+            for sample in stats:
+                if isinstance(sample, dict) and "timestamp" in sample:
+                    sample["timestamp"] = m.iso_ms(sample["timestamp"])
+    return record
 
 
 @endpoint
 async def list_jobs(request: Request, identity: Identity) -> Response:
     project_id = await _project(request, identity)
     result = await _hub(request).project_call(project_id, "native.jobs", [{}], 30.0)
+    if isinstance(result, list):
+        for job in result:
+            _job_view(job)
     return JSONResponse(result)
 
 
@@ -267,19 +287,18 @@ def _job_opts(request: Request) -> dict[str, Any]:
 
 @endpoint
 async def get_job(request: Request, identity: Identity) -> Response:
-    project_id = await _project(request, identity)
+    project_id = await _project(request, identity, m.GetJobQuery)
+    query: m.GetJobQuery = _query(request)
     opts = _job_opts(request)
-    wait = request.query_params.get("wait")
+    wait = query.wait
     budget = 30.0
     if wait is not None:
-        try:
-            budget = min(max(float(wait), 0.0), request.app.state.settings.max_call_timeout_s)
-        except ValueError:
-            raise ApiError(400, "wait must be a number of seconds")
+        budget = min(wait, request.app.state.settings.max_call_timeout_s)
         opts["wait"] = True
-    opts["stats"] = request.query_params.get("stats") in ("1", "true")
-    result = await _hub(request).project_call(project_id, "native.job", [opts], budget + 2.0 if wait else budget)
-    return JSONResponse(result)
+    opts["stats"] = bool(query.stats)
+    result = await _hub(request).project_call(project_id, "native.job", [opts],
+                                              budget + 2.0 if wait is not None else budget)
+    return JSONResponse(_job_view(result))
 
 
 @endpoint
@@ -289,27 +308,11 @@ async def kill_job(request: Request, identity: Identity) -> Response:
     return JSONResponse(result)
 
 
-def _int_param(request: Request, name: str, default: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer")
-    if value < 0:
-        raise ApiError(400, f"{name} must not be negative")
-    return value
-
-
 @endpoint
 async def job_output(request: Request, identity: Identity) -> Response:
-    project_id = await _project(request, identity)
-    stream = request.query_params.get("stream", "stdout")
-    if stream not in ("stdout", "stderr"):
-        raise ApiError(400, "stream must be stdout or stderr")
-    opts = {**_job_opts(request), "stream": stream, "offset": _int_param(request, "offset", 0),
-            "length": _int_param(request, "length", 1 << 20)}
+    project_id = await _project(request, identity, m.JobOutputQuery)
+    query: m.JobOutputQuery = _query(request)
+    opts = {**_job_opts(request), "stream": query.stream, "offset": query.offset, "length": query.length}
     result = await _hub(request).project_call(project_id, "native.jobOutput", [opts], 30.0)
     # {"data": UTF-8 text of bytes [offset, end), "offset", "end", "total"}: continue from "end"
     return JSONResponse(result)
@@ -356,6 +359,7 @@ async def _with_heartbeats(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]
 
 
 def _resume_offsets(request: Request) -> tuple[int, int]:
+    query: m.JobEventsQuery = _query(request)
     last = request.headers.get("last-event-id")
     if last:
         try:
@@ -363,12 +367,12 @@ def _resume_offsets(request: Request) -> tuple[int, int]:
             return out, err
         except ValueError:
             raise ApiError(400, "Last-Event-ID must look like '<stdout offset>:<stderr offset>'")
-    return _int_param(request, "offset", 0), _int_param(request, "stderr_offset", 0)
+    return query.offset, query.stderr_offset
 
 
 @endpoint
 async def job_events(request: Request, identity: Identity) -> Response:
-    project_id = await _project(request, identity)
+    project_id = await _project(request, identity, m.JobEventsQuery)
     out_offset, err_offset = _resume_offsets(request)
     hub = _hub(request)
     opts = {**_job_opts(request), "offset_stdout": out_offset, "offset_stderr": err_offset}
@@ -383,6 +387,10 @@ async def job_events(request: Request, identity: Identity) -> Response:
                     offsets[index] = event["offset"] + len(event["data"].encode("utf-8", "surrogateescape"))
                     if "end" in event:
                         offsets[index] = event["end"]
+                elif kind == "stats":
+                    event["timestamp"] = m.iso_ms(event.get("timestamp"))
+                elif kind == "done":
+                    _job_view(event.get("record"))
                 yield _sse(kind, event, f"{offsets[0]}:{offsets[1]}")
                 if kind in ("done", "error"):
                     return
@@ -395,27 +403,37 @@ async def job_events(request: Request, identity: Identity) -> Response:
 
 # -- kernel sessions -------------------------------------------------------------------------
 
-def _session_call(name: str, with_body: bool = False, status: int = 200) -> Callable[[Request], Awaitable[Response]]:
+def _session_view(record: Any) -> Any:
+    """ISO times in a session record (the daemon keeps epoch seconds)."""
+    if isinstance(record, dict) and "session_id" in record:
+        for name in ("created", "last_used"):
+            if name in record:
+                record[name] = m.iso_s(record[name])
+    return record
+
+
+def _session_call(name: str, body: type[m.Request] | None = None,
+                  status: int = 200) -> Callable[[Request], Awaitable[Response]]:
     @endpoint
     async def handler(request: Request, identity: Identity) -> Response:
         project_id = await _project(request, identity)
-        opts: dict[str, Any] = await _json_body(request) if with_body else {}
-        check_fields(opts, SESSION_FIELDS)
+        opts: dict[str, Any] = _body(await _parsed(request, body)) if body is not None else {}
         if "session_id" in request.path_params:
             opts["session_id"] = request.path_params["session_id"]
         budget = request.app.state.settings.max_call_timeout_s
         result = await _hub(request).project_call(project_id, name, [opts], budget)
         if result is None:
             return Response(status_code=204)
-        return JSONResponse(result, status_code=status)
+        if isinstance(result, list):
+            result = [_session_view(r) for r in result]
+        return JSONResponse(_session_view(result), status_code=status)
     return handler
 
 
 @endpoint
 async def session_stream(request: Request, identity: Identity) -> Response:
     project_id = await _project(request, identity)
-    opts = await _json_body(request)
-    check_fields(opts, SESSION_FIELDS)
+    opts = _body(await _parsed(request, m.CellRequest))
     opts["session_id"] = request.path_params["session_id"]
     hub = _hub(request)
 
@@ -435,8 +453,64 @@ async def session_stream(request: Request, identity: Identity) -> Response:
                              headers={"Cache-Control": "no-cache"})
 
 
+# -- API keys and accounts -------------------------------------------------------------------
+# The same HubService.manage_api_keys that CoCalc's system.manageApiKeys uses (one path): a
+# revoked key is dropped from the key cache there, so it is refused at once.
+
+@endpoint
+async def list_keys(request: Request, identity: Identity) -> Response:
+    account_id = _account(identity)
+    query: m.KeysQuery = m.parse_query(m.KeysQuery, request.query_params)
+    hub = _hub(request)
+    target = account_id
+    if query.account_id is not None and query.account_id != account_id:
+        await hub._require_admin(account_id, "list another account's API keys")
+        if not is_uuid(query.account_id) or await hub.db.get_account(query.account_id) is None:
+            raise ApiError(404, f"no account with id {query.account_id}")
+        target = query.account_id
+    return JSONResponse(await hub.manage_api_keys(target, {"action": "get"}))
+
+
+@endpoint
+async def create_key(request: Request, identity: Identity) -> Response:
+    _no_query(request)
+    account_id = _account(identity)   # a project key cannot mint keys
+    body: m.CreateKeyRequest = await _parsed(request, m.CreateKeyRequest)
+    if body.expire is not None:
+        try:
+            expire = datetime.fromisoformat(body.expire.replace("Z", "+00:00"))
+        except ValueError:
+            raise ApiError(400, f"expire: not an ISO 8601 time: {body.expire[:60]!r}")
+        if expire.tzinfo is None:
+            expire = expire.replace(tzinfo=timezone.utc)
+        if expire <= datetime.now(timezone.utc):
+            raise ApiError(400, "expire: must be in the future")
+    if body.project_id is not None and not is_uuid(body.project_id):
+        raise ApiError(400, "project_id must be a UUID")
+    opts = {"action": "create", "name": body.name, "expire": body.expire, "project_id": body.project_id}
+    created = await _hub(request).manage_api_keys(account_id, opts)
+    return JSONResponse(created[0], status_code=201)
+
+
+@endpoint
+async def delete_key(request: Request, identity: Identity) -> Response:
+    _no_query(request)
+    account_id = _account(identity)
+    raw = request.path_params["key_id"]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise ApiError(400, "key_id must be an integer")
+    await _hub(request).manage_api_keys(account_id, {"action": "delete", "id": int(raw)})
+    return Response(status_code=204)
+
+
+@endpoint
+async def list_accounts(request: Request, identity: Identity) -> Response:
+    _no_query(request)
+    return JSONResponse(await _hub(request).list_accounts(_account(identity)))
+
+
 async def openapi(request: Request) -> Response:
-    return JSONResponse(OPENAPI)
+    return JSONResponse(openapi_document())
 
 
 def _by_method(handlers: dict[str, Callable[[Request], Awaitable[Response]]]) -> Callable[[Request], Awaitable[Response]]:
@@ -450,6 +524,9 @@ def routes() -> list[Route]:
     p = "/api/v3/projects/{project_id}"
     table: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {
         "/api/v3/openapi.json": {"GET": openapi},
+        "/api/v3/keys": {"GET": list_keys, "POST": create_key},
+        "/api/v3/keys/{key_id}": {"DELETE": delete_key},
+        "/api/v3/accounts": {"GET": list_accounts},
         "/api/v3/projects": {"GET": list_projects, "POST": create_project},
         p: {"GET": get_project, "DELETE": delete_project},
         p + "/start": {"POST": start_project},
@@ -460,11 +537,11 @@ def routes() -> list[Route]:
         p + "/jobs/{job_id}": {"GET": get_job, "DELETE": kill_job},
         p + "/jobs/{job_id}/output": {"GET": job_output},
         p + "/jobs/{job_id}/events": {"GET": job_events},
-        p + "/sessions": {"POST": _session_call("native.session.create", with_body=True, status=201),
+        p + "/sessions": {"POST": _session_call("native.session.create", m.SessionRequest, status=201),
                           "GET": _session_call("native.session.list")},
         p + "/sessions/{session_id}": {"GET": _session_call("native.session.get"),
                                        "DELETE": _session_call("native.session.delete")},
-        p + "/sessions/{session_id}/execute": {"POST": _session_call("native.session.execute", with_body=True)},
+        p + "/sessions/{session_id}/execute": {"POST": _session_call("native.session.execute", m.CellRequest)},
         p + "/sessions/{session_id}/stream": {"POST": session_stream},
         p + "/sessions/{session_id}/interrupt": {"POST": _session_call("native.session.interrupt")},
         p + "/sessions/{session_id}/restart": {"POST": _session_call("native.session.restart")},

@@ -1,228 +1,246 @@
-"""OpenAPI 3.1 description of the native API (served at /api/v3/openapi.json)."""
+"""OpenAPI 3.1 description of the native API (served at /api/v3/openapi.json), generated
+from the request/response models in ``models.py`` (the same classes validate requests)."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
 from .. import __version__
-from ..store.bounds import DESCRIPTION_MAX, TITLE_MAX
+from . import models as m
+
+_REF = "#/components/schemas/{model}"
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
 
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_ERRORS = {
-    "400": _json(_ref("Error"), "Bad input"),
-    "401": _json(_ref("Error"), "Missing or invalid API key"),
-    "403": _json(_ref("Error"), "Not allowed for this key"),
-    "404": _json(_ref("Error"), "No such project, job or session"),
-    "413": _json(_ref("Error"), "Body too large"),
-    "429": _json(_ref("Error"), "An account limit (max_running_projects) is reached"),
-    "504": _json(_ref("Error"), "The call's time budget ran out"),
+def _list(model: type[BaseModel]) -> dict[str, Any]:
+    return {"type": "array", "items": _ref(model)}
+
+
+_ERROR_TEXT = {
+    "400": "Bad input: a value of the wrong type, out of range or missing; malformed JSON",
+    "401": "Missing, invalid, expired or revoked API key",
+    "403": "Not allowed for this key",
+    "404": "No such project, job, session or key",
+    "409": "A state conflict (the cell's code ended its own kernel)",
+    "413": "Body too large",
+    "422": "An unknown field in the body or query string (named in the error); an "
+           "Idempotency-Key reused with a different body",
+    "429": "An account limit (max_running_projects) is reached",
+    "504": "The call's time budget ran out (the error names the job that keeps running, if any)",
+    "507": "The server's disk is full",
 }
 
-# one Server-Sent Event as clients see it; ``data`` is a JSON document
-_SSE_EVENT = {"type": "object", "properties": {
-    "event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"}}}
+_SSE_JOB = """Server-Sent Events (`text/event-stream`), each `data:` a JSON object:
+
+* `stdout` / `stderr`: `{"event", "offset", "end", "data"}`: UTF-8 text of bytes `[offset, end)` \
+of the stream (byte offsets; never cut inside a character);
+* `stats`: `{"event", "timestamp" (ISO 8601 UTC), "mem_rss" (MiB), "cpu_pct" (percent of one \
+core), "cpu_secs" (CPU seconds)}`, about every second at first, then less often;
+* `done`: `{"event", "record"}`, the job's final record (an `ExecResult`); the stream ends;
+* `error`: `{"event", "error"}`; the stream ends.
+
+Every event's `id` is `<stdout offset>:<stderr offset>`: reconnect with `Last-Event-ID` \
+(or `?offset=&stderr_offset=`) to resume without loss or repetition.  A comment line \
+(`: heartbeat`) comes every 15 s of silence."""
+
+_SSE_CELL = """Server-Sent Events (`text/event-stream`), each `data:` a JSON object:
+
+* `output`: `{"event", "item"}`, one Jupyter output item (`stream`, `display_data`, \
+`execute_result`, `error`) as it is produced;
+* `done`: `{"event", "result"}`, the cell's `CellResult`; the stream ends;
+* `error`: `{"event", "error"}`; the stream ends.
+
+Event ids count up from 1.  A comment line (`: heartbeat`) comes every 15 s of silence."""
+
+
+
+def _sse_schema(events: list[str]) -> dict[str, Any]:
+    """One Server-Sent Event as a client parses it (``data`` is a JSON document)."""
+    return {"type": "object", "required": ["event", "data"], "properties": {
+        "event": {"enum": events}, "id": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"}}}
 
 _PROJECT_ID = {"name": "project_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                "description": "the same key with the same body returns the same job's result (the "
+                               "command runs once); with a different body: 422",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200}}
+_LAST_EVENT_ID = {"name": "Last-Event-ID", "in": "header", "required": False,
+                  "description": "'<stdout offset>:<stderr offset>' to resume",
+                  "schema": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"}}
 
 
-def _op(summary: str, responses: dict[str, Any], *, params: list[dict[str, Any]] | None = None,
-        body: dict[str, Any] | None = None, body_required: bool = True) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "parameters": params or [],
-                          "responses": {**responses, **_ERRORS}, "security": [{"bearer": []}, {"basic": []}]}
+def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """Query parameters from a query model (the same one that validates them)."""
+    schema = model.model_json_schema(ref_template=_REF)
+    params = []
+    for name, prop in schema.get("properties", {}).items():
+        prop = dict(prop)
+        description = prop.pop("description", None)
+        prop.pop("title", None)
+        if "anyOf" in prop:   # Optional[X]: the parameter is optional anyway
+            options = [s for s in prop["anyOf"] if s.get("type") != "null"]
+            if len(options) == 1:
+                extra = {k: v for k, v in prop.items() if k != "anyOf"}
+                prop = {**options[0], **extra}
+        param = {"name": name, "in": "query", "required": False, "schema": _tidy(prop)}
+        if description:
+            param["description"] = description
+        params.append(param)
+    return params
+
+
+def _op(summary: str, responses: dict[str, Any], errors: tuple[str, ...], *,
+        params: list[dict[str, Any]] | None = None, body: type[BaseModel] | None = None,
+        body_required: bool = True, description: str | None = None, auth: bool = True) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "parameters": params or []}
+    if description:
+        op["description"] = description
+    every = ("400", "401", "413") if auth else ()
+    op["responses"] = {**responses, **{code: _json(_ref(m.Error), _ERROR_TEXT[code])
+                                       for code in sorted(set(every + errors))}}
+    op["security"] = [{"bearer": []}, {"basic": []}] if auth else []
     if body is not None:
-        op["requestBody"] = {"required": body_required, "content": {"application/json": {"schema": body}}}
+        op["requestBody"] = {"required": body_required, "content": {"application/json": {"schema": _ref(body)}}}
     return op
 
 
-EXEC_REQUEST = {
-    "type": "object",
-    "required": ["command"],
-    "properties": {
-        "command": {"type": "string", "minLength": 1, "description": "Program, or a bash script when it has whitespace and no args"},
-        "args": {"type": "array", "items": {"type": "string"}},
-        "bash": {"type": "boolean"},
-        "path": {"type": "string", "description": "Working directory, relative to HOME"},
-        "cwd": {"type": "string", "description": "Working directory; overrides path"},
-        "env": {"type": "object", "additionalProperties": {"type": "string"},
-                "propertyNames": {"pattern": "^[^=\\x00]+$"}},
-        "timeout": {"type": "number", "minimum": 0, "maximum": 1e9,
-                    "description": "Seconds; 0 = no limit; default 60"},
-        "max_output": {"type": "integer", "minimum": 0, "maximum": 1e9, "description": "Characters kept per stream"},
-        "yield_after": {"type": "number", "minimum": 0, "maximum": 1e9,
-                        "description": "Return a job record if still running after this many seconds"},
-        "async": {"type": "boolean", "description": "Start as a durable job and return its record at once"},
-    },
-}
+_P = ("403", "404", "422")   # every project operation: not yours, no such project, unknown field
+_RUN = _P + ("429", "504", "507")   # operations that may start the project
 
-EXEC_RESULT = {
-    "type": "object",
-    "properties": {
-        "exit_code": {"type": ["integer", "null"]},
-        "signal": {"type": ["string", "null"]},
-        "timed_out": {"type": "boolean"},
-        "killed_by": {"enum": ["timeout", "signal", "oom", "output", None]},
-        "stdout": {"type": "string"}, "stderr": {"type": "string"},
-        "stdout_truncated": {"type": "boolean"}, "stderr_truncated": {"type": "boolean"},
-        "stdout_bytes": {"type": "integer"}, "stderr_bytes": {"type": "integer"},
-        "wall_s": {"type": "number"},
-        "cpu_user_s": {"type": "number", "description": "CPU seconds in user mode of every process of "
-                       "this exec (its own cgroup; the root's rusage where that is more precise)"},
-        "cpu_sys_s": {"type": "number", "description": "CPU seconds in the kernel, counted the same way"},
-        "max_rss_bytes": {"type": "integer", "description": "Peak memory charged to this exec's own cgroup "
-                          "(anonymous memory, page cache it brought in, kernel memory), counted from "
-                          "when it started; in steps of 256 KiB per CPU, so a command as small as "
-                          "`true` may read 0. Without cgroups: the root process's peak (with the children "
-                          "it waited for) when above the project daemon's own, which every child "
-                          "inherits; else 0 (unknown)"},
-        "oom_killed": {"type": "boolean", "description": "The OOM killer killed a process of this exec"},
-        "job_id": {"type": "string", "description": "Present when the exec became (or was started as) a job"},
-        "status": {"enum": ["running", "completed", "error", "killed"]},
-    },
-}
 
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {"title": "projecthub native API", "version": __version__,
-             "description": "Projects, exec with rich results, durable jobs with SSE streams, "
-                            "persistent Jupyter kernel sessions. Authenticate with "
-                            "`Authorization: Bearer <api key>` (or Basic with the key as user name)."},
-    "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
-                            "basic": {"type": "http", "scheme": "basic"}},
-        "schemas": {
-            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-            "ExecRequest": EXEC_REQUEST,
-            "ExecResult": EXEC_RESULT,
-            "Limits": {"type": "object", "additionalProperties": False, "properties": {
-                "memory_bytes": {"oneOf": [{"type": "integer", "minimum": 32 * 2**20}, {"type": "null"},
-                                           {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[KMGT]i?B?$"}],
-                                 "description": "bytes, or a size like 512M / 2GiB; null = unlimited (admins)"},
-                "pids": {"type": ["integer", "null"], "minimum": 8},
-                "cpu_cores": {"type": ["number", "null"], "minimum": 0.01, "maximum": 4096},
-                "cpu_shares": {"type": ["integer", "null"], "minimum": 2, "maximum": 262144},
-                "tmp_bytes": {"oneOf": [{"type": "integer", "minimum": 2**20}, {"type": "null"},
-                                        {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[KMGT]i?B?$"}]},
-                "network": {"type": "boolean",
-                            "description": "true = outbound access through the project's own network "
-                                           "namespace and NAT, never to the host or other projects "
-                                           "(admins only; applies at the project's next start)"},
-                "disk_bytes": {"oneOf": [{"type": "integer", "minimum": 16 * 2**20, "maximum": 16 * 2**40 - 2**30},
-                                         {"type": "null"},
-                                         {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[KMGT]i?B?$"}],
-                               "description": "home + job state, a per-project ext4 image; null = "
-                                              "not enforced (admins)"},
-                "idle_timeout_s": {"oneOf": [{"type": "number", "minimum": 0, "maximum": 366 * 86400},
-                                             {"type": "null"},
-                                             {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[smhd]?$"}],
-                                   "description": "the project is stopped after this long without API "
-                                                  "activity (running jobs and open sessions count); "
-                                                  "0 or null = never; a longer value or 0 is for admins; "
-                                                  "e.g. 1800 or '30m' (0 < x < 1 refused)"}}},
-            "SessionRequest": {"type": "object", "properties": {
-                "name": {"type": "string"}, "kernel": {"type": "string", "default": "python3"},
-                "cwd": {"type": "string"}, "env": {"type": "object", "additionalProperties": {"type": "string"},
-                                                   "propertyNames": {"pattern": "^[^=\\x00]+$"}}}},
-            "CellRequest": {"type": "object", "required": ["code"], "properties": {
-                "code": {"type": "string"}, "timeout_s": {"type": "number", "minimum": 0, "maximum": 1e9},
-                "max_output": {"type": "integer", "minimum": 0, "maximum": 1e9}}},
-        },
-    },
-    "paths": {
+def _paths() -> dict[str, Any]:
+    p = "/api/v3/projects/{project_id}"
+    jp, sp = [_PROJECT_ID, _JOB_ID], [_PROJECT_ID, _SESSION_ID]
+    no_query = _query(m.EmptyQuery)
+    return {
+        "/healthz": {"get": _op("Liveness: the server answers", {"200": _json(_ref(m.Health))}, (), auth=False)},
         "/api/v3/projects": {
-            "get": _op("List your projects", {"200": _json({"type": "array", "items": {"type": "object"}})}),
-            "post": _op("Create a project", {"201": _json({"type": "object", "properties": {
-                "project_id": {"type": "string"}}})}, body_required=False, body={"type": "object", "properties": {
-                    "title": {"type": "string", "maxLength": TITLE_MAX},
-                    "description": {"type": "string", "maxLength": DESCRIPTION_MAX},
-                    "start": {"type": "boolean"}, "limits": {"oneOf": [_ref("Limits"), {"type": "null"}]}}}),
+            "get": _op("List your projects", {"200": _json(_list(m.Project))}, ("403", "422"), params=no_query),
+            "post": _op("Create a project (and optionally set its limits and start it)",
+                        {"201": _json(_ref(m.ProjectCreated), "Created")}, ("403", "422", "429", "504", "507"),
+                        body=m.CreateProjectRequest, body_required=False),
         },
-        "/api/v3/projects/{project_id}": {
-            "get": _op("Project details, state and status", {"200": _json({"type": "object"})}, params=[_PROJECT_ID]),
-            "delete": _op("Delete a project (stops it first)", {"204": {"description": "Deleted"}},
-                          params=[_PROJECT_ID]),
-        },
-        "/api/v3/projects/{project_id}/start": {
-            "post": _op("Start a project", {"200": _json({"type": "object"})}, params=[_PROJECT_ID])},
-        "/api/v3/projects/{project_id}/stop": {
-            "post": _op("Stop a project; leaves no process behind", {"200": _json({"type": "object"})},
-                        params=[_PROJECT_ID])},
-        "/api/v3/projects/{project_id}/limits": {
-            "get": _op("Effective limits", {"200": _json(_ref("Limits"))}, params=[_PROJECT_ID]),
-            "put": _op("Override limits (account keys only)", {"200": _json(_ref("Limits"))},
-                       params=[_PROJECT_ID], body=_ref("Limits")),
-        },
-        "/api/v3/projects/{project_id}/exec": {
-            "post": _op("Run a command; rich result, or a job record with yield_after/async",
-                        {"200": _json(_ref("ExecResult"))},
-                        params=[_PROJECT_ID, {"name": "Idempotency-Key", "in": "header", "required": False,
-                                              "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
-                        body=_ref("ExecRequest"))},
-        "/api/v3/projects/{project_id}/jobs": {
-            "get": _op("List jobs", {"200": _json({"type": "array", "items": {"type": "object"}})},
-                       params=[_PROJECT_ID])},
-        "/api/v3/projects/{project_id}/jobs/{job_id}": {
-            "get": _op("A job's record (wait=seconds blocks until it ends or the wait is over)",
-                       {"200": _json(_ref("ExecResult"))},
-                       params=[_PROJECT_ID, _JOB_ID,
-                               {"name": "wait", "in": "query", "schema": {"type": "number"}},
-                               {"name": "stats", "in": "query", "schema": {"type": "boolean"}}]),
-            "delete": _op("Kill a job's whole process tree", {"200": _json({"type": "object"})},
-                          params=[_PROJECT_ID, _JOB_ID]),
-        },
-        "/api/v3/projects/{project_id}/jobs/{job_id}/output": {
-            "get": _op("A byte range of a job's full output (kept on disk beyond the JSON cap)",
-                       {"200": _json({"type": "object", "properties": {
-                           "data": {"type": "string", "description": "UTF-8 text of bytes [offset, end)"},
-                           "offset": {"type": "integer"},
-                           "end": {"type": "integer", "description": "where to continue reading"},
-                           "total": {"type": "integer"}}})},
-                       params=[_PROJECT_ID, _JOB_ID,
-                               {"name": "stream", "in": "query", "schema": {"enum": ["stdout", "stderr"]}},
-                               {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                               {"name": "length", "in": "query", "schema": {"type": "integer", "minimum": 0}}])},
-        "/api/v3/projects/{project_id}/jobs/{job_id}/events": {
-            "get": _op("Server-Sent Events: stdout, stderr, stats, then one done or error. Resume with "
-                       "Last-Event-ID ('<stdout offset>:<stderr offset>') or ?offset=&stderr_offset=",
-                       {"200": {"description": "text/event-stream",
-                                "content": {"text/event-stream": {"schema": _SSE_EVENT}}}},
-                       params=[_PROJECT_ID, _JOB_ID,
-                               {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                               {"name": "stderr_offset", "in": "query",
-                                "schema": {"type": "integer", "minimum": 0}}])},
-        "/api/v3/projects/{project_id}/sessions": {
-            "get": _op("List kernel sessions", {"200": _json({"type": "array", "items": {"type": "object"}})},
+        p: {
+            "get": _op("Project details, state and status", {"200": _json(_ref(m.ProjectDetails))}, _P,
                        params=[_PROJECT_ID]),
-            "post": _op("Create a persistent kernel session", {"201": _json({"type": "object"})},
-                        params=[_PROJECT_ID], body=_ref("SessionRequest"), body_required=False),
+            "delete": _op("Delete a project (stops it first; owner or admin)", {"204": {"description": "Deleted"}},
+                          _P, params=[_PROJECT_ID]),
         },
-        "/api/v3/projects/{project_id}/sessions/{session_id}": {
-            "get": _op("A session", {"200": _json({"type": "object"})}, params=[_PROJECT_ID, _SESSION_ID]),
-            "delete": _op("Delete a session (kills its kernel)", {"204": {"description": "Deleted"}},
-                          params=[_PROJECT_ID, _SESSION_ID]),
+        p + "/start": {"post": _op("Start a project", {"200": _json(_ref(m.ProjectState))}, _RUN,
+                                   params=[_PROJECT_ID])},
+        p + "/stop": {"post": _op("Stop a project; leaves no process behind", {"200": _json(_ref(m.ProjectState))},
+                                  _P, params=[_PROJECT_ID])},
+        p + "/limits": {
+            "get": _op("Effective limits", {"200": _json(_ref(m.Limits))}, _P, params=[_PROJECT_ID]),
+            "put": _op("Override limits (account keys of the owner or an admin; owners may only tighten)",
+                       {"200": _json(_ref(m.Limits))}, _P, params=[_PROJECT_ID], body=m.LimitsRequest),
         },
-        "/api/v3/projects/{project_id}/sessions/{session_id}/execute": {
-            "post": _op("Execute a cell; state is kept between calls", {"200": _json({"type": "object"})},
-                        params=[_PROJECT_ID, _SESSION_ID], body=_ref("CellRequest"))},
-        "/api/v3/projects/{project_id}/sessions/{session_id}/stream": {
-            "post": _op("Execute a cell and stream its outputs as Server-Sent Events",
-                        {"200": {"description": "text/event-stream",
-                                 "content": {"text/event-stream": {"schema": _SSE_EVENT}}}},
-                        params=[_PROJECT_ID, _SESSION_ID], body=_ref("CellRequest"))},
-        "/api/v3/projects/{project_id}/sessions/{session_id}/interrupt": {
-            "post": _op("Interrupt the running cell", {"200": _json({"type": "object"})},
-                        params=[_PROJECT_ID, _SESSION_ID])},
-        "/api/v3/projects/{project_id}/sessions/{session_id}/restart": {
-            "post": _op("Restart the kernel (state is lost)", {"200": _json({"type": "object"})},
-                        params=[_PROJECT_ID, _SESSION_ID])},
-    },
-}
+        p + "/exec": {"post": _op(
+            "Run a command; rich result, or a job record with yield_after/async",
+            {"200": _json(_ref(m.ExecResult))}, _RUN, params=[_PROJECT_ID, _IDEMPOTENCY], body=m.ExecRequest,
+            description="Blocks until the command ends (or `timeout`), unless `yield_after` or `async` "
+                        "turn it into a job. With an `Idempotency-Key` the exec is always a job, and "
+                        "repeating the call returns that job's result.")},
+        p + "/jobs": {"get": _op("List jobs, newest first", {"200": _json(_list(m.JobSummary))}, _RUN,
+                                 params=[_PROJECT_ID])},
+        p + "/jobs/{job_id}": {
+            "get": _op("A job's record (wait=seconds blocks until it ends or the wait is over)",
+                       {"200": _json(_ref(m.ExecResult))}, _RUN, params=jp + _query(m.GetJobQuery)),
+            "delete": _op("Kill a job's whole process tree", {"200": _json(_ref(m.JobKilled))}, _RUN, params=jp),
+        },
+        p + "/jobs/{job_id}/output": {"get": _op(
+            "A byte range of a job's full output (kept on disk beyond the JSON cap)",
+            {"200": _json(_ref(m.JobOutput))}, _RUN, params=jp + _query(m.JobOutputQuery))},
+        p + "/jobs/{job_id}/events": {"get": _op(
+            "Stream a job's output, stats and end as Server-Sent Events",
+            {"200": {"description": _SSE_JOB, "content": {"text/event-stream": {"schema": _sse_schema(["stdout", "stderr", "stats", "done", "error"])}}}},
+            _RUN, params=jp + _query(m.JobEventsQuery) + [_LAST_EVENT_ID], description=_SSE_JOB)},
+        p + "/sessions": {
+            "get": _op("List kernel sessions", {"200": _json(_list(m.Session))}, _RUN, params=[_PROJECT_ID]),
+            "post": _op("Create a persistent kernel session", {"201": _json(_ref(m.Session), "Created")}, _RUN,
+                        params=[_PROJECT_ID], body=m.SessionRequest, body_required=False),
+        },
+        p + "/sessions/{session_id}": {
+            "get": _op("A session", {"200": _json(_ref(m.Session))}, _RUN, params=sp),
+            "delete": _op("Delete a session (kills its kernel)", {"204": {"description": "Deleted"}}, _RUN,
+                          params=sp),
+        },
+        p + "/sessions/{session_id}/execute": {"post": _op(
+            "Execute a cell; state is kept between calls", {"200": _json(_ref(m.CellResult))},
+            _RUN + ("409",), params=sp, body=m.CellRequest)},
+        p + "/sessions/{session_id}/stream": {"post": _op(
+            "Execute a cell and stream its outputs as Server-Sent Events",
+            {"200": {"description": _SSE_CELL, "content": {"text/event-stream": {"schema": _sse_schema(["output", "done", "error"])}}}},
+            _RUN, params=sp, body=m.CellRequest, description=_SSE_CELL)},
+        p + "/sessions/{session_id}/interrupt": {"post": _op(
+            "Interrupt the running cell", {"200": _json(_ref(m.Session))}, _RUN, params=sp)},
+        p + "/sessions/{session_id}/restart": {"post": _op(
+            "Restart the kernel (its state is lost)", {"200": _json(_ref(m.Session))}, _RUN, params=sp)},
+        "/api/v3/keys": {
+            "get": _op("Your API keys (never their secrets); admins may pass account_id",
+                       {"200": _json(_list(m.ApiKey))}, ("403", "404", "422"), params=_query(m.KeysQuery)),
+            "post": _op("Create an API key; its secret is in this reply only",
+                        {"201": _json(_ref(m.NewApiKey), "Created")}, ("403", "404", "422"),
+                        body=m.CreateKeyRequest, body_required=False),
+        },
+        "/api/v3/keys/{key_id}": {"delete": _op(
+            "Revoke an API key (it is refused at once)", {"204": {"description": "Revoked"}},
+            ("403", "404", "422"), params=[_KEY_ID])},
+        "/api/v3/accounts": {"get": _op("Every account (admins only)", {"200": _json(_list(m.Account))},
+                                        ("403", "422"), params=no_query)},
+    }
+
+
+_MODELS: list[type[BaseModel]] = [
+    m.Error, m.Health, m.LimitsRequest, m.Limits, m.CreateProjectRequest, m.ProjectCreated, m.ProjectState,
+    m.ProjectStatus, m.Project, m.ProjectDetails, m.ExecRequest, m.ExecResult, m.SpawnError, m.StatSample,
+    m.JobSummary,
+    m.JobKilled, m.JobOutput, m.SessionRequest, m.CellRequest, m.Session, m.CellResult, m.CreateKeyRequest,
+    m.ApiKey, m.NewApiKey, m.Account]
+
+
+def _tidy(node: Any) -> Any:
+    """Drop ``"default": null`` (the same as absent; it would contradict a non-null type)."""
+    if isinstance(node, dict):
+        return {k: _tidy(v) for k, v in node.items() if not (k == "default" and v is None)}
+    if isinstance(node, list):
+        return [_tidy(v) for v in node]
+    return node
+
+
+@lru_cache(maxsize=1)
+def document() -> dict[str, Any]:
+    _, defs = models_json_schema([(model, "validation") for model in _MODELS], ref_template=_REF)
+    defs = _tidy(defs)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "projecthub native API", "version": __version__,
+                 "description": "Projects, exec with rich results, durable jobs with SSE streams, "
+                                "persistent Jupyter kernel sessions, API keys and accounts. Authenticate "
+                                "with `Authorization: Bearer <api key>` (or Basic with the key as user "
+                                "name).\n\nRequests are strict: an unknown field (body or query) is 422 "
+                                "naming it; any other invalid value is 400. Every error is "
+                                "`{\"error\": \"...\"}`. Every time is an ISO 8601 UTC string."},
+        "servers": [{"url": "/"}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "basic": {"type": "http", "scheme": "basic"}},
+            "schemas": defs["$defs"],
+        },
+        "paths": _paths(),
+    }

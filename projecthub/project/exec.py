@@ -209,10 +209,17 @@ async def native_exec(ctx: ProjectContext, req: dict[str, Any], *,
 
     if key is not None:
         # Keyed execs are always jobs, so the key -> job mapping is durable.
+        fingerprint = req.get("idempotency_fingerprint")
+        fingerprint = fingerprint if isinstance(fingerprint, str) else None
         job_id = jobs.find_key(key)
+        if job_id is not None and fingerprint is not None and \
+                jobs.key_fingerprint(job_id) not in (None, fingerprint):
+            raise RemoteError(f"Idempotency-Key '{key}' was already used with a different request "
+                              f"body (job {job_id}); use a new key for a new request",
+                              job_id=job_id, status=422)
         if job_id is None:
             job_id = jobs.start(parse_request(ctx, req, async_mode=is_async), native=True,
-                                idempotency_key=key).job_id
+                                idempotency_key=key, fingerprint=fingerprint).job_id
         if not is_async:
             limits = [t for t in (budget_s, yield_after) if t is not None]
             await jobs.wait(job_id, min(limits) if limits else None)

@@ -260,11 +260,22 @@ class JobManager:
         job_id = self._keys.get(key)
         return job_id if job_id in self._index else None
 
-    def start(self, req: ExecRequest, *, native: bool, idempotency_key: str | None = None) -> Job:
-        """Spawn ``req`` as a new job (synchronously: the record exists on return)."""
+    def key_fingerprint(self, job_id: str) -> str | None:
+        """The request fingerprint stored with a keyed job (None: none was given)."""
+        job = self._running.get(job_id)
+        data = job.to_disk() if job is not None else self._disk(job_id)
+        value = data["meta"].get("fingerprint") if data is not None else None
+        return value if isinstance(value, str) else None
+
+    def start(self, req: ExecRequest, *, native: bool, idempotency_key: str | None = None,
+              fingerprint: str | None = None) -> Job:
+        """Spawn ``req`` as a new job (synchronously: the record exists on return).
+        ``fingerprint`` (with a key) identifies the request, so a reuse of the key for a
+        different request can be refused (``native_exec``)."""
         job_id = str(uuid.uuid4())
         execution = Execution(self.ctx, req, name=job_id)
-        return self._register(job_id, execution, req, native, idempotency_key, fresh=True)
+        return self._register(job_id, execution, req, native, idempotency_key, fresh=True,
+                              fingerprint=fingerprint)
 
     def adopt(self, execution: Execution, req: ExecRequest, *, native: bool,
               idempotency_key: str | None = None) -> Job:
@@ -272,7 +283,7 @@ class JobManager:
         return self._register(str(uuid.uuid4()), execution, req, native, idempotency_key, fresh=False)
 
     def _register(self, job_id: str, execution: Execution, req: ExecRequest, native: bool,
-                  key: str | None, *, fresh: bool) -> Job:
+                  key: str | None, *, fresh: bool, fingerprint: str | None = None) -> Job:
         self._prune()
         path = self.root / job_id
         path.mkdir(parents=True, mode=0o700)
@@ -282,6 +293,8 @@ class JobManager:
             "job_id": job_id, "group": execution.name, "native": native, "start": start_ms,
             "idempotency_key": key, "max_output": req.max_output, "finished_at": None,
         }
+        if key is not None and fingerprint is not None:
+            meta["fingerprint"] = fingerprint
         fds = [os.open(path / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                for name in ("stdout", "stderr")]
         execution.stdout.start_spill(fds[0])
