@@ -38,7 +38,7 @@ _START_TIMEOUT_S = 30.0
 _ADOPT_TIMEOUT_S = 5.0
 # A call refused by a daemon restarting in place is sent again this often at most (the
 # restarted daemon refuses nothing; more would mean a daemon that keeps saying ``bye``).
-_RESTART_RETRIES = 3
+RESTART_RETRIES = 3
 _ADOPT_CONCURRENCY = 8
 
 # How a daemon starts: ``python -I -c DAEMON_BOOT PATH_ENTRY options...``.  ``-I`` keeps the
@@ -170,7 +170,7 @@ class Host:
 
     async def call(self, project_id: str, name: str, args: list[Any],
                    budget: float | None = None) -> Any:
-        for _ in range(_RESTART_RETRIES):
+        for _ in range(RESTART_RETRIES):
             handle = await self.ensure_running(project_id)
             try:
                 return await handle.client.call(name, args, budget)
@@ -179,7 +179,7 @@ class Host:
         raise RemoteError("Error: the project daemon kept restarting; try again")
 
     async def stream(self, project_id: str, name: str, args: list[Any]) -> AsyncIterator[Any]:
-        for _ in range(_RESTART_RETRIES):
+        for _ in range(RESTART_RETRIES):
             handle = await self.ensure_running(project_id)
             started = False
             try:

@@ -18,7 +18,8 @@ from typing import Any, AsyncIterator
 
 from ..auth.resolve import Identity, KeyResolver
 from ..errors import RemoteError
-from ..host.host import Host
+from ..fabric.local import DaemonRestarting
+from ..host.host import RESTART_RETRIES, Host
 from ..host.sandbox import ProjectLimits
 from ..store import AccountLimitReached, FieldTooLong
 from ..store.bounds import check_text
@@ -478,12 +479,17 @@ class HubService:
         started = time.monotonic()
 
         async def run() -> Any:
-            handle = await self._ensure_running(project_id)
-            # the daemon gets slightly less than we wait, so its own answer to a spent budget
-            # (an exec turned into a job, with its id) arrives before our bridge timeout
-            remaining = None if budget is None else max(
-                0.001, budget - (time.monotonic() - started) - min(0.25, budget * 0.1))
-            return await handle.client.call(name, args, remaining)
+            for _ in range(RESTART_RETRIES):
+                handle = await self._ensure_running(project_id)
+                # the daemon gets slightly less than we wait, so its own answer to a spent budget
+                # (an exec turned into a job, with its id) arrives before our bridge timeout
+                remaining = None if budget is None else max(
+                    0.001, budget - (time.monotonic() - started) - min(0.25, budget * 0.1))
+                try:
+                    return await handle.client.call(name, args, remaining)
+                except DaemonRestarting:
+                    continue   # refused unstarted by a daemon restarting in place: resend
+            raise RemoteError("Error: the project daemon kept restarting; try again")
 
         if budget is None:
             return await run()

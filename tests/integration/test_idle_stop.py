@@ -268,7 +268,7 @@ def test_daemon_restarts_in_place_once_jupyter_is_idle_and_loses_no_call(
         idle_server: Server, owner: Account) -> None:
     """After the Jupyter idle window the daemon execs itself again (project/recycle.py):
     same pid and instance id, Jupyter's modules gone from its memory, and calls made
-    across the restart all succeed (refused ones are resent by the host)."""
+    across the restart from six threads all succeed (refused ones are resent by the hub)."""
     import threading
     p = new_project(idle_server, owner, "recycle")
     idle_server.cli("project", "limits", "--project", p.project_id, "--set", "idle_timeout_s=0")
@@ -292,7 +292,7 @@ def test_daemon_restarts_in_place_once_jupyter_is_idle_and_loses_no_call(
             except Exception as exc:   # noqa: BLE001 -- any failure is the finding
                 failures.append(repr(exc))
 
-    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    threads = [threading.Thread(target=hammer) for _ in range(6)]
     for t in threads:
         t.start()
     try:
