@@ -134,12 +134,19 @@ def _v3_project_lifecycle(conn: Connection) -> None:
                  .values(deleted_time=datetime.now(timezone.utc)))
 
 
+def _v4_orgs_messages(conn: Connection) -> None:
+    # new tables only (hub/orgs.py, hub/messages.py): no earlier table changes
+    schema.metadata.create_all(conn, tables=schema.V4_TABLES, checkfirst=False)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "accounts, projects, collaborators, api keys, hosts, settings", _v1_initial),
     Migration(2, "account_settings: per-account limit overrides, jupyter scratch project",
               _v2_account_settings),
     Migration(3, "projects: state_reason, deleted_time, purged (idle stop, purge after delete)",
               _v3_project_lifecycle),
+    Migration(4, "organizations, their admins and members, sign-in tokens, messages",
+              _v4_orgs_messages),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version

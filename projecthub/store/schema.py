@@ -193,8 +193,97 @@ account_settings = Table(
     Column("jupyter_project_id", String(UUID_LEN), nullable=True),
 )
 
+# -- migration 4: organizations, one-time sign-in tokens, messages (hub/orgs.py, hub/messages.py)
+
+ORG_NAME_MAX = 39   # CoCalc's limit (and GitHub's for a login name)
+
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("organization_id", String(UUID_LEN), primary_key=True),
+    # lower case [a-z0-9_-]; CoCalc's rule: unique, and it can never change
+    Column("name", String(ORG_NAME_MAX), nullable=False, unique=True),
+    Column("title", Text, nullable=False, default=""),
+    Column("description", Text, nullable=False, default=""),
+    Column("email_address", String(254), nullable=False, default=""),
+    Column("link", Text, nullable=False, default=""),
+    Column("created", UTCDateTime, nullable=False),
+)
+
+# Admins of an organization need not be members of it (CoCalc's admin_account_ids).
+organization_admins = Table(
+    "organization_admins",
+    metadata,
+    Column("organization_id", String(UUID_LEN),
+           ForeignKey("organizations.organization_id", ondelete="CASCADE"), primary_key=True),
+    Column("account_id", String(UUID_LEN),
+           ForeignKey("accounts.account_id", ondelete="CASCADE"), primary_key=True),
+    Index("ix_organization_admins_account", "account_id"),
+)
+
+# An account is a member of at most one organization (CoCalc's accounts.org).
+organization_members = Table(
+    "organization_members",
+    metadata,
+    Column("account_id", String(UUID_LEN),
+           ForeignKey("accounts.account_id", ondelete="CASCADE"), primary_key=True),
+    Column("organization_id", String(UUID_LEN),
+           ForeignKey("organizations.organization_id", ondelete="CASCADE"), nullable=False),
+    Column("added", UTCDateTime, nullable=False),
+    Index("ix_organization_members_org", "organization_id"),
+)
+
+# org.createToken: only a SHA-256 of the token is kept; a token is redeemed at most once.
+sign_in_tokens = Table(
+    "sign_in_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("account_id", String(UUID_LEN),
+           ForeignKey("accounts.account_id", ondelete="CASCADE"), nullable=False),
+    Column("created_by", String(UUID_LEN), nullable=False),
+    Column("created", UTCDateTime, nullable=False),
+    Column("expire", UTCDateTime, nullable=False),
+    Column("used", UTCDateTime, nullable=True),
+    Index("ix_sign_in_tokens_account", "account_id"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("from_id", String(UUID_LEN),
+           ForeignKey("accounts.account_id", ondelete="CASCADE"), nullable=False),
+    Column("to_ids", JSONText, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("sent", UTCDateTime, nullable=False),
+    Column("thread_id", Integer, nullable=True),
+    Index("ix_messages_from_sent", "from_id", "sent"),
+    sqlite_autoincrement=True,
+)
+
+# One row per (message, account that sees it): the sender and every recipient, each with
+# their own read/saved/starred/liked/deleted flags.
+message_states = Table(
+    "message_states",
+    metadata,
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
+    Column("account_id", String(UUID_LEN),
+           ForeignKey("accounts.account_id", ondelete="CASCADE"), primary_key=True),
+    Column("recipient", Boolean, nullable=False),
+    Column("read", Boolean, nullable=False, default=False),
+    Column("saved", Boolean, nullable=False, default=False),
+    Column("starred", Boolean, nullable=False, default=False),
+    Column("liked", Boolean, nullable=False, default=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Index("ix_message_states_account", "account_id", "message_id"),
+)
+
 # Migration 1 creates its own frozen copy of the version-1 tables (migrations.py).
 # Tables created by migration 2.
 V2_TABLES = [account_settings]
 # Columns migration 3 adds to ``projects``.
 V3_PROJECT_COLUMNS = ["state_reason", "deleted_time", "purged"]
+# Tables created by migration 4.
+V4_TABLES = [organizations, organization_admins, organization_members, sign_in_tokens,
+             messages, message_states]

@@ -22,6 +22,8 @@ from ..auth import keys
 from . import migrations
 from .bounds import API_KEY_NAME_MAX, check_text
 from .engine import BEGIN_MODE, make_engine
+from .messages import MessageStore
+from .orgs import OrgStore
 from .revocations import RevocationCounter, counter_path
 from .schema import account_settings, accounts, api_keys, hosts, project_users, projects, settings
 
@@ -78,8 +80,9 @@ def _as_dict(row: Row[Any]) -> dict[str, Any]:
     return dict(row._mapping)
 
 
-class Store:
-    """Registry backed by SQLite (default) or PostgreSQL, via SQLAlchemy Core."""
+class Store(OrgStore, MessageStore):
+    """Registry backed by SQLite (default) or PostgreSQL, via SQLAlchemy Core.
+    Organizations and sign-in tokens: ``orgs.py``; messages and account search: ``messages.py``."""
 
     def __init__(self, url: str) -> None:
         self.url = url
