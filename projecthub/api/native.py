@@ -22,7 +22,7 @@ from starlette.routing import Route
 from ..auth.resolve import Identity
 from ..errors import RemoteError
 from ..hub.service import HubService, iso, is_uuid
-from . import models as m
+from . import docs, models as m
 from .openapi import document as openapi_document
 from .replies import BoundedJSONResponse as JSONResponse   # big replies count against the budget
 from .requests import HTTPError, api_key_from, authenticate_key, decode_object, read_body
@@ -524,6 +524,9 @@ def routes() -> list[Route]:
     p = "/api/v3/projects/{project_id}"
     table: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {
         "/api/v3/openapi.json": {"GET": openapi},
+        "/api/v3/docs": {"GET": docs.page},
+        "/api/v3/docs/": {"GET": docs.slash},
+        "/api/v3/docs/{name}": {"GET": docs.asset},
         "/api/v3/keys": {"GET": list_keys, "POST": create_key},
         "/api/v3/keys/{key_id}": {"DELETE": delete_key},
         "/api/v3/accounts": {"GET": list_accounts},
