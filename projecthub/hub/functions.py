@@ -12,6 +12,7 @@ itself); nobody removes the owner, and no function changes who owns a project.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
@@ -191,6 +192,57 @@ async def user_query(hub: HubService, account_id: str, args: list[Any], budget: 
     raise RemoteError(f"Error: user query of table '{table}' is not supported")
 
 
+# -- copy between projects ------------------------------------------------------------------
+
+COPY_TIMEOUT_S = 600.0       # CoCalc's copy has no fixed bound; ours does, and the caller may lower it
+MAX_COPY_TIMEOUT_S = 3600.0
+
+
+def _copy_path(value: Any, field: str) -> str:
+    """A path relative to the home ("" is the home itself)."""
+    if not isinstance(value, str):
+        raise RemoteError(f"Error: '{field}' must be a path (a string)")
+    if len(value) > 4096 or "\x00" in value:
+        raise RemoteError(f"Error: '{field}' must be at most 4096 characters, without NUL bytes")
+    if ".." in value.split("/"):
+        raise RemoteError(f"Error: '{field}' must stay inside the home (no '..')")
+    return value
+
+
+def _inside(path: str, parent: str) -> bool:
+    """Whether ``path`` is ``parent`` or below it (both relative to the home)."""
+    a = [p for p in path.strip("/").split("/") if p not in ("", ".")]
+    b = [p for p in parent.strip("/").split("/") if p not in ("", ".")]
+    return a[:len(b)] == b
+
+
+async def copy_path_between_projects(hub: HubService, account_id: str, args: list[Any],
+                                     budget: float | None) -> Any:
+    opts = _first(args)
+    src = opts.get("src_project_id")
+    target = opts.get("target_project_id") or src
+    for project_id, which in ((src, "source"), (target, "target")):
+        if not is_uuid(project_id) or not await hub.is_collaborator(project_id, account_id):
+            raise RemoteError(f"Error: user must be collaborator on {which} project")
+    src_path = _copy_path(opts.get("src_path", opts.get("path")), "src_path")
+    target_path = _copy_path(opts.get("target_path") if opts.get("target_path") is not None else src_path,
+                             "target_path")
+    if src == target and (_inside(target_path, src_path) or _inside(src_path, target_path)):
+        raise RemoteError("Error: within one project the source and the target must not contain "
+                          "each other")
+    if opts.get("scheduled"):
+        raise RemoteError("Error: scheduled copies are not supported; copy now instead")
+    timeout = opts.get("timeout", COPY_TIMEOUT_S)
+    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout)
+            or timeout <= 0):
+        raise RemoteError("Error: 'timeout' must be a positive number of seconds")
+    timeout = min(float(timeout), MAX_COPY_TIMEOUT_S)
+    if budget is not None:
+        timeout = min(timeout, max(0.5, budget - 0.5))
+    options = {k: opts[k] for k in ("overwrite_newer", "delete_missing", "backup", "exclude") if k in opts}
+    return await hub.copy_path(src, src_path, target, target_path, options, timeout)
+
+
 # -- jupyter -------------------------------------------------------------------------------
 
 async def _jupyter_project(hub: HubService, account_id: str, project_id: Any) -> str:
@@ -235,6 +287,7 @@ HUB_FUNCTIONS: dict[str, HubFunction] = {
     "projects.deleteProject": delete_project,
     "projects.addCollaborator": add_collaborator,
     "projects.removeCollaborator": remove_collaborator,
+    "projects.copyPathBetweenProjects": copy_path_between_projects,
     "db.userQuery": user_query,
     "jupyter.kernels": jupyter_kernels,
     "jupyter.execute": jupyter_execute,

@@ -515,6 +515,23 @@ class HubService:
         finally:
             self._leave(project_id)
 
+    async def copy_path(self, src: str, src_path: str, target: str, target_path: str,
+                        options: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """``projects.copyPathBetweenProjects`` once the caller's rights are checked
+        (hub/functions.py): stopped projects start, and both count as active until it ends."""
+        from ..host.copy import copy_between
+        projects = tuple(dict.fromkeys((src, target)))
+        for project_id in projects:
+            self._enter(project_id)
+        try:
+            for project_id in projects:
+                await self.touch(project_id)
+                await self._ensure_running(project_id)
+            return await copy_between(self.host, src, src_path, target, target_path, options, timeout_s)
+        finally:
+            for project_id in projects:
+                self._leave(project_id)
+
     # -- the Jupyter API's per-account scratch project -----------------------------------------
     async def jupyter_scratch_project(self, account_id: str) -> str:
         """The account's own project for hub ``jupyter.execute`` without a project_id, made on

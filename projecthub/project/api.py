@@ -166,6 +166,14 @@ def _session(method: str, with_opts: bool = True) -> Function:
     return call
 
 
+def _archive(name: str) -> Function:
+    """archive.py is imported on first use (tarfile and its threads: most projects never copy)."""
+    async def call(d: "ProjectDaemon", args: list[Any], budget: float | None) -> Any:
+        from . import archive
+        return await getattr(archive, name)(d.ctx, args)
+    return call
+
+
 NATIVE_FUNCTIONS: dict[str, Function] = {
     "daemon.info": _info,
     "daemon.shutdown": _shutdown,
@@ -184,6 +192,11 @@ NATIVE_FUNCTIONS: dict[str, Function] = {
     "native.session.interrupt": _session("interrupt_session", with_opts=False),
     "native.session.restart": _session("restart_session", with_opts=False),
     "native.session.delete": _session("delete_session", with_opts=False),
+    # copies between projects (archive.py): the host feeds the target, chunk by chunk
+    "native.archive.unpackBegin": _archive("unpack_begin"),
+    "native.archive.unpackChunk": _archive("unpack_chunk"),
+    "native.archive.unpackEnd": _archive("unpack_end"),
+    "native.archive.unpackAbort": _archive("unpack_abort"),
 }
 
 
@@ -203,9 +216,15 @@ def session_stream(d: "ProjectDaemon", args: list[Any]) -> AsyncIterator[Any]:
     return gen()
 
 
+def archive_pack(d: "ProjectDaemon", args: list[Any]) -> AsyncIterator[Any]:
+    from . import archive
+    return archive.pack(d.ctx, args)
+
+
 STREAMS: dict[str, Callable[["ProjectDaemon", list[Any]], AsyncIterator[Any]]] = {
     "native.jobEvents": job_events,
     "native.session.stream": session_stream,
+    "native.archive.pack": archive_pack,
 }
 
 
