@@ -36,8 +36,10 @@ removed, account disabled or demoted) are made effective immediately: the server
 calls ``invalidate_key`` / ``invalidate_all``, and every store change that takes
 access away also bumps the store's revocation counter (``store/revocations.py``),
 which this resolver reads (~40 ns, a shared memory page) before it answers from its
-cache: a new value drops the whole cache.  So a ``projecthub key revoke`` or
-``account disable`` run by another process is noticed by the very next request.
+cache: a change made by another process drops the whole cache (changes made
+through this server are dropped key by key, as before).  So a ``projecthub key
+revoke`` or ``account disable`` run by another process is noticed by the very
+next request.
 The TTL only bounds staleness where the store has no counter (PostgreSQL: another
 hub's revocations), or when some path changes the database behind the store's back.
 """
@@ -307,11 +309,13 @@ class KeyResolver:
 
     def _sync_revocations(self) -> None:
         """Caller holds the lock.  Drop everything cached when the store counted a
-        revocation since the last look (possibly made by another process)."""
-        seen = self._revocation_count()
-        if seen != self._revocations:
-            self._revocations = seen
-            self._invalidate_all()
+        revocation made by another process since the last look (this process's own
+        paths drop exactly what they change: ``invalidate_key`` / ``invalidate_all``)."""
+        now = self._revocation_count()
+        if now != self._revocations:
+            seen, self._revocations = self._revocations, now
+            if self._store.revoked_elsewhere(seen, now):
+                self._invalidate_all()
 
     def _resolve_uncached(self, key: str, digest: str,
                           allow_slow: bool = True) -> tuple[Identity, int, datetime | None] | None:

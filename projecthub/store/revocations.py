@@ -13,6 +13,11 @@ readers map that file read-only and read the shared page: ~40 ns, against ~1.7 Â
 ``stat`` of a marker file.  Writers increment it under ``flock``, after their transaction
 committed (bumping first could let a reader re-cache the old state it reads next).
 
+Changes made by the reader's own process are not counted against it (``changed_elsewhere``):
+the server's own paths already drop exactly the keys they change (``invalidate_key``), and a
+whole-cache drop on each of them would let any user, deleting their own keys in a loop, make
+every other key's next request pay a store read (~1.4 ms on the one store thread each).
+
 A torn or stale read can only cause a spurious invalidation or see the change on the next
 request, microseconds later.  Stores that are not a SQLite file (PostgreSQL, in-memory) have
 no counter (``value`` is always 0): there, revocations by another process take effect within
@@ -53,6 +58,8 @@ class RevocationCounter:
         self._map: mmap.mmap | None = None
         self._lock = threading.Lock()
         self._unpack = _COUNTER.unpack_from
+        # values this process's own bumps wrote (see changed_elsewhere)
+        self._own: set[int] = set()
 
     def _open(self) -> int:
         assert self.path is not None
@@ -99,6 +106,24 @@ class RevocationCounter:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             (count,) = _COUNTER.unpack(os.pread(fd, _COUNTER.size, 0))
-            os.pwrite(fd, _COUNTER.pack((count + 1) % 2**64), 0)
+            written = (count + 1) % 2**64
+            os.pwrite(fd, _COUNTER.pack(written), 0)
         finally:
             os.close(fd)   # releases the flock
+        # Recorded only after the write: a reader in between takes it for another process's
+        # change (a spurious invalidation), never the other way round.
+        with self._lock:
+            if len(self._own) > 100_000:
+                self._own.clear()   # only costs spurious invalidations
+            self._own.add(written)
+
+    def changed_elsewhere(self, seen: int, now: int) -> bool:
+        """Did another process bump the counter between the values ``seen`` and ``now``?
+        True unless every step in between was one of this process's own bumps."""
+        if now < seen or now - seen > 4096:
+            return True
+        with self._lock:
+            own = self._own
+            foreign = any(value not in own for value in range(seen + 1, now + 1))
+            self._own = {value for value in own if value > now}
+        return foreign

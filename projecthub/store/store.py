@@ -22,6 +22,7 @@ from ..auth import keys
 from . import migrations
 from .bounds import API_KEY_NAME_MAX, check_text
 from .engine import BEGIN_MODE, make_engine
+from .history import FileHistoryStore
 from .messages import MessageStore
 from .orgs import OrgStore
 from .revocations import RevocationCounter, counter_path
@@ -80,9 +81,10 @@ def _as_dict(row: Row[Any]) -> dict[str, Any]:
     return dict(row._mapping)
 
 
-class Store(OrgStore, MessageStore):
+class Store(OrgStore, MessageStore, FileHistoryStore):
     """Registry backed by SQLite (default) or PostgreSQL, via SQLAlchemy Core.
-    Organizations and sign-in tokens: ``orgs.py``; messages and account search: ``messages.py``."""
+    Organizations and sign-in tokens: ``orgs.py``; messages and account search: ``messages.py``;
+    the recorded writes behind sync.history: ``history.py``."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -96,6 +98,9 @@ class Store(OrgStore, MessageStore):
         # key cache that saw another value must drop what it holds.  The counter's own bound
         # method, so the check on every request is a single call.
         self.revocation_count: Callable[[], int] = self.revocations.value
+        # ``changed_elsewhere(seen, now)``: whether another process made any of those changes
+        # (this process's own paths drop what they change from its key cache themselves).
+        self.revoked_elsewhere: Callable[[int, int], bool] = self.revocations.changed_elsewhere
 
     @classmethod
     def for_data_dir(cls, path: str | Path) -> Store:

@@ -101,3 +101,43 @@ def test_list_all_api_keys(store: Store) -> None:
     assert [k["id"] for k in store.list_all_api_keys(b)] == [kb["id"], kp["id"]]
     assert [k["id"] for k in store.list_all_api_keys(project_id=project)] == [kp["id"]]
     assert all("hash" not in k for k in store.list_all_api_keys())
+
+
+def test_own_changes_are_not_taken_for_another_process(store: Store) -> None:
+    start = store.revocation_count()
+    account = store.create_account()
+    row, _ = store.create_api_key(account)
+    store.delete_api_key(row["id"])
+    assert store.revocation_count() == start + 1
+    assert store.revoked_elsewhere(start, start + 1) is False   # this process's own
+    other = Store(store.url)
+    other.set_disabled(account, True)   # another process (its own Store, same file)
+    now = store.revocation_count()
+    assert now == start + 2
+    assert store.revoked_elsewhere(start + 1, now) is True
+    store.set_disabled(account, False)
+    assert store.revoked_elsewhere(now, now + 1) is False
+    # (each check forgets the own steps it covered: one reader, moving forward)
+    store.set_disabled(account, True)
+    assert store.revoked_elsewhere(start, store.revocation_count()) is True   # a foreign step inside
+    assert store.revoked_elsewhere(now + 1, now) is True   # went backwards: never trust it
+
+
+def test_a_user_deleting_keys_does_not_flush_everyone(store: Store) -> None:
+    """Deletes made through the server drop only that key (the server calls invalidate_key);
+    other keys stay cached (no store read on their next request)."""
+    from projecthub.auth.resolve import KeyResolver
+    resolver = KeyResolver(store, cache_ttl=60, touch_interval=3600)
+    account = store.create_account()
+    _, kept = store.create_api_key(account)
+    assert resolver.resolve(kept) is not None and resolver.peek(kept) is not None
+    for _ in range(5):
+        row, _ = store.create_api_key(account)
+        store.delete_api_key(row["id"])
+        resolver.invalidate_key(row["id"])
+    assert resolver.peek(kept) is not None
+    Store(store.url).delete_api_key(10**6)   # a no-op elsewhere: nothing counted
+    assert resolver.peek(kept) is not None
+    row, _ = store.create_api_key(account)
+    Store(store.url).delete_api_key(row["id"])   # elsewhere: everything dropped
+    assert resolver.peek(kept) is None and resolver.resolve(kept) is not None
