@@ -17,6 +17,7 @@ from starlette.requests import Request
 from ..auth.resolve import Identity
 from ..errors import RemoteError, error_text
 from ..hub.functions import HUB_FUNCTIONS
+from ..hub.history import WRITE_FUNCTION, record_write
 from ..hub.service import HubService
 from ..project.api import PUBLIC_FUNCTIONS
 from .replies import BoundedJSONResponse as JSONResponse
@@ -133,7 +134,10 @@ async def _conat_project(request: Request, hub: HubService, identity: Identity, 
     if name == "system.test":
         first = args[0] if args and isinstance(args[0], dict) else {}
         args = [{**first, "project_id": project_id}, *args[1:]]
-    return await hub.project_call(project_id, name, args, call_budget(request, body, name, args))
+    result = await hub.project_call(project_id, name, args, call_budget(request, body, name, args))
+    if name == WRITE_FUNCTION:   # sync.history records writes made through the API
+        await record_write(hub, project_id, identity.account_id, args)
+    return result
 
 
 async def _conat_hub(request: Request, hub: HubService, identity: Identity, body: dict[str, Any]) -> Any:

@@ -18,7 +18,11 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 from ..errors import RemoteError
+from . import messages
+from .messages import MESSAGE_FUNCTIONS
+from .orgs import ORG_FUNCTIONS
 from .service import OWNER_ROLES, HubService, is_uuid, iso
+from .user_search import USER_SEARCH_FUNCTIONS
 
 HubFunction = Callable[[HubService, str, list[Any], "float | None"], Awaitable[Any]]
 
@@ -189,6 +193,8 @@ async def user_query(hub: HubService, account_id: str, args: list[Any], budget: 
         }
         row = {f: full.get(f) for f in pattern}
         return {"accounts": [row] if isinstance(spec, list) else row}
+    if table == "messages":   # the caller's own messages and read/starred/... flags
+        return await messages.user_query(hub, account_id, spec)
     raise RemoteError(f"Error: user query of table '{table}' is not supported")
 
 
@@ -291,4 +297,7 @@ HUB_FUNCTIONS: dict[str, HubFunction] = {
     "db.userQuery": user_query,
     "jupyter.kernels": jupyter_kernels,
     "jupyter.execute": jupyter_execute,
+    **USER_SEARCH_FUNCTIONS,   # system.userSearch (user_search.py)
+    **ORG_FUNCTIONS,           # org.* (orgs.py)
+    **MESSAGE_FUNCTIONS,       # messages.send/get, org.message (messages.py)
 }

@@ -220,6 +220,7 @@ class Purger:
             except Exception:
                 log.exception("could not purge deleted project %s", project_id)
                 return None
+            await self.hub.db.delete_project_history(project_id)   # sync.history's copies of its files
             await self.hub.db.update_project(project_id, purged=datetime.now(timezone.utc))
         log.info("purged deleted project %s (%s): freed %d bytes (%.1f MiB) of home, state, disk "
                  "image and run dir", project_id, why, freed, freed / 2**20)

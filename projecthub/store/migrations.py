@@ -139,6 +139,11 @@ def _v4_orgs_messages(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=schema.V4_TABLES, checkfirst=False)
 
 
+def _v5_file_history(conn: Connection) -> None:
+    # new tables only (hub/history.py)
+    schema.metadata.create_all(conn, tables=schema.V5_TABLES, checkfirst=False)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "accounts, projects, collaborators, api keys, hosts, settings", _v1_initial),
     Migration(2, "account_settings: per-account limit overrides, jupyter scratch project",
@@ -147,6 +152,7 @@ MIGRATIONS: list[Migration] = [
               _v3_project_lifecycle),
     Migration(4, "organizations, their admins and members, sign-in tokens, messages",
               _v4_orgs_messages),
+    Migration(5, "file_history: sync.history of text written through the API", _v5_file_history),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version

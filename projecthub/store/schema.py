@@ -287,3 +287,37 @@ V3_PROJECT_COLUMNS = ["state_reason", "deleted_time", "purged"]
 # Tables created by migration 4.
 V4_TABLES = [organizations, organization_admins, organization_members, sign_in_tokens,
              messages, message_states]
+
+# sync.history (hub/history.py): what writes through the API did to a text file.  One row
+# per recorded write (a compressed diff-match-patch patch, as JSON text) and one head per
+# file holding its last recorded text, the base of the next patch.  Bounded per file and
+# per project by hub/history.py.
+file_history = Table(
+    "file_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("project_id", String(UUID_LEN), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("time", UTCDateTime, nullable=False),
+    Column("account_id", String(UUID_LEN), nullable=True),
+    Column("patch", Text, nullable=False),
+    Column("is_snapshot", Boolean, nullable=False, default=False),
+    Index("ix_file_history_file", "project_id", "path", "seq"),
+    sqlite_autoincrement=True,
+)
+
+file_history_heads = Table(
+    "file_history_heads",
+    metadata,
+    Column("project_id", String(UUID_LEN), primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("text", Text, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("entries", Integer, nullable=False),
+    Column("bytes", Integer, nullable=False),     # patches + text, for the per-project bound
+    Column("updated", UTCDateTime, nullable=False),
+)
+
+# Tables created by migration 5.
+V5_TABLES = [file_history, file_history_heads]
