@@ -373,6 +373,10 @@ class Health(Reply):
     status: Literal["ok"]
 
 
+class EmptyBody(Request):
+    """Operations that take no body: an object with fields is 422 (nothing is ignored)."""
+
+
 class EmptyQuery(Request):
     model_config = ConfigDict(extra="forbid", strict=False)
 

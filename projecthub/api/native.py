@@ -99,6 +99,13 @@ def _no_query(request: Request) -> None:
         m.parse_query(m.EmptyQuery, request.query_params)
 
 
+async def _no_body(request: Request) -> None:
+    """Operations without a body: none, or ``{}``; a field is 422 like any unknown field."""
+    raw = await read_body(request, request.app.state.settings.max_call_body_bytes)
+    if raw.strip():
+        m.parse_body(m.EmptyBody, await decode_object(raw))
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     # no v3 call carries file content: the small call limit; decoded off the loop when big
     return await decode_object(await read_body(request, request.app.state.settings.max_call_body_bytes))
@@ -198,6 +205,7 @@ async def get_project(request: Request, identity: Identity) -> Response:
 @endpoint
 async def delete_project(request: Request, identity: Identity) -> Response:
     project_id = await _project(request, identity)
+    await _no_body(request)
     if identity.project_id:   # a project key acts inside its project, never on its existence
         raise ApiError(403, "a project API key may not delete a project; use the owner's account key")
     hub = _hub(request)
@@ -210,6 +218,7 @@ async def delete_project(request: Request, identity: Identity) -> Response:
 @endpoint
 async def start_project(request: Request, identity: Identity) -> Response:
     project_id = await _project(request, identity)
+    await _no_body(request)
     hub = _hub(request)
     await hub.start_project(project_id)
     return JSONResponse(await hub.project_state(project_id))
@@ -218,6 +227,7 @@ async def start_project(request: Request, identity: Identity) -> Response:
 @endpoint
 async def stop_project(request: Request, identity: Identity) -> Response:
     project_id = await _project(request, identity)
+    await _no_body(request)
     hub = _hub(request)
     await hub.stop_project(project_id)
     return JSONResponse(await hub.project_state(project_id))
@@ -304,6 +314,7 @@ async def get_job(request: Request, identity: Identity) -> Response:
 @endpoint
 async def kill_job(request: Request, identity: Identity) -> Response:
     project_id = await _project(request, identity)
+    await _no_body(request)
     result = await _hub(request).project_call(project_id, "native.jobKill", [_job_opts(request)], 30.0)
     return JSONResponse(result)
 
@@ -417,7 +428,12 @@ def _session_call(name: str, body: type[m.Request] | None = None,
     @endpoint
     async def handler(request: Request, identity: Identity) -> Response:
         project_id = await _project(request, identity)
-        opts: dict[str, Any] = _body(await _parsed(request, body)) if body is not None else {}
+        if body is None:
+            if request.method != "GET":
+                await _no_body(request)
+            opts: dict[str, Any] = {}
+        else:
+            opts = _body(await _parsed(request, body))
         if "session_id" in request.path_params:
             opts["session_id"] = request.path_params["session_id"]
         budget = request.app.state.settings.max_call_timeout_s
@@ -496,6 +512,7 @@ async def create_key(request: Request, identity: Identity) -> Response:
 async def delete_key(request: Request, identity: Identity) -> Response:
     _no_query(request)
     account_id = _account(identity)
+    await _no_body(request)
     raw = request.path_params["key_id"]
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise ApiError(400, "key_id must be an integer")

@@ -151,3 +151,17 @@ def test_openapi_is_valid_and_complete(server: Server) -> None:
     text = events["responses"]["200"]["description"]
     for word in ("stdout", "stderr", "stats", "done", "error", "MiB", "Last-Event-ID"):
         assert word in text, word
+
+
+def test_operations_without_a_body_refuse_fields(server: Server, account) -> None:
+    project_id = v3(server, account.api_key, "POST", "/projects", json={"title": "nobody"}).json()["project_id"]
+    r = v3(server, account.api_key, "POST", f"/projects/{project_id}/start", json={"force": True})
+    assert r.status_code == 422 and r.json() == {"error": "unknown field 'force'"}, r.text
+    r = v3(server, account.api_key, "DELETE", f"/projects/{project_id}", json={"purge": True})
+    assert r.status_code == 422 and "purge" in r.json()["error"], r.text
+    r = v3(server, account.api_key, "POST", f"/projects/{project_id}/stop", content=b"[1]")
+    assert r.status_code == 400, r.text
+    # an empty body or {} is fine
+    assert v3(server, account.api_key, "POST", f"/projects/{project_id}/stop", json={}).status_code == 200
+    assert v3(server, account.api_key, "POST", f"/projects/{project_id}/stop").status_code == 200
+    assert v3(server, account.api_key, "DELETE", f"/projects/{project_id}").status_code == 204
