@@ -23,7 +23,7 @@ from ..hub.account_limits import AccountLimits
 from ..hub.db import AsyncStore
 from ..hub.service import HubService
 from ..store import Store
-from . import compat, native
+from . import compat, native, tokens
 from .replies import ReplyBudget
 from .requests import BadKeyThrottle
 
@@ -94,6 +94,7 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
         Route("/api/v1/{name}", compat.v1_unknown, methods=["POST", "GET"]),
         Route("/api/v2/exec", compat.v2_exec, methods=["POST"]),
         *native.routes(),
+        *tokens.routes(),   # POST /api/v3/tokens/redeem (org.createToken's sign-in tokens)
     ]
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, func, insert, or_, select, update
 
-from .schema import accounts, api_keys, message_states, messages
+from .schema import accounts, api_keys, message_states, messages, organizations
 
 MESSAGE_FLAGS: Final = ("read", "saved", "starred", "liked", "deleted")
 MESSAGE_KINDS: Final = ("received", "sent", "new", "starred", "liked")
@@ -38,12 +38,16 @@ class MessageStore:
     # -- messages ---------------------------------------------------------------
 
     def send_message(self, from_id: str, to_ids: list[str], subject: str, body: str,
-                     thread_id: int | None = None) -> int:
+                     thread_id: int | None = None, organization_id: str | None = None) -> int:
+        """One row, one state row per recipient and the sender.  With ``organization_id``
+        (org.message) ``to_ids`` are that organization's members and are not stored in
+        the row: the body is kept once, and no member is shown the member list."""
         now = _now()
         with self._write() as conn:
             message_id = int(conn.execute(insert(messages).values(
-                from_id=from_id, to_ids=list(to_ids), subject=subject, body=body, sent=now,
-                thread_id=thread_id)).inserted_primary_key[0])
+                from_id=from_id, to_ids=[] if organization_id else list(to_ids), subject=subject,
+                body=body, sent=now, thread_id=thread_id,
+                organization_id=organization_id)).inserted_primary_key[0])
             # (recipient, read): the sender has read what it wrote, unless it sent it to itself
             states = {a: (True, False) for a in to_ids}
             states.setdefault(from_id, (False, True))
@@ -53,10 +57,14 @@ class MessageStore:
                 for a, (recipient, read) in states.items()])
         return message_id
 
-    def count_messages_sent_since(self, from_id: str, since: datetime) -> int:
+    def count_messages_sent_since(self, from_id: str, since: datetime, *,
+                                  to_organizations: bool = False) -> int:
+        where = [messages.c.from_id == from_id, messages.c.sent >= since]
+        if to_organizations:
+            where.append(messages.c.organization_id.is_not(None))
         with self._read() as conn:
-            return int(conn.execute(select(func.count()).select_from(messages).where(
-                messages.c.from_id == from_id, messages.c.sent >= since)).scalar_one())
+            return int(conn.execute(select(func.count()).select_from(messages).where(*where))
+                       .scalar_one())
 
     def get_message_for(self, account_id: str, message_id: int) -> dict[str, Any] | None:
         """The message as ``account_id`` sees it (sender or recipient), else None."""
@@ -78,8 +86,11 @@ class MessageStore:
 
     def _list(self, account_id: str, filters: list[Any], limit: int, offset: int) -> list[dict[str, Any]]:
         s = message_states.c
-        query = (select(messages, s.read, s.saved, s.starred, s.liked, s.deleted)
+        query = (select(messages, s.recipient, s.read, s.saved, s.starred, s.liked, s.deleted,
+                        organizations.c.name.label("organization"))
                  .join(message_states, s.message_id == messages.c.id)
+                 .outerjoin(organizations,
+                            organizations.c.organization_id == messages.c.organization_id)
                  .where(s.account_id == account_id, *filters)
                  .order_by(messages.c.id.desc()).limit(limit).offset(offset))
         with self._read() as conn:

@@ -246,6 +246,19 @@ class OrgStore:
                                 .values(expire=_now()))
         return bool(done.rowcount)
 
+    def expire_sign_in_tokens(self, *, account_id: str | None = None,
+                              created_by: str | None = None) -> int:
+        """Expire every live token of ``account_id`` and/or issued by ``created_by`` (an
+        account leaving an organization, an admin losing the role)."""
+        now = _now()
+        where = [sign_in_tokens.c.used.is_(None), sign_in_tokens.c.expire > now]
+        if account_id is not None:
+            where.append(sign_in_tokens.c.account_id == account_id)
+        if created_by is not None:
+            where.append(sign_in_tokens.c.created_by == created_by)
+        with self._write() as conn:
+            return int(conn.execute(update(sign_in_tokens).where(*where).values(expire=now)).rowcount)
+
     def redeem_sign_in_token(self, token: str) -> str | None:
         """Spend the token: the account id, or None if the token is unknown, expired, used
         or its account disabled.  The check and the spending are one statement, so two
