@@ -249,6 +249,17 @@ async def copy_path_between_projects(hub: HubService, account_id: str, args: lis
     return await hub.copy_path(src, src_path, target, target_path, options, timeout)
 
 
+# -- sync.history ----------------------------------------------------------------------------
+
+async def sync_history(hub: HubService, account_id: str, args: list[Any], budget: float | None) -> Any:
+    from .history import history
+    opts = _first(args)
+    project_id = opts.get("project_id")
+    if not is_uuid(project_id) or not await hub.is_collaborator(project_id, account_id):
+        raise RemoteError("Error: user must be collaborator on project")
+    return await history(hub, project_id, opts.get("path"), budget)
+
+
 # -- jupyter -------------------------------------------------------------------------------
 
 async def _jupyter_project(hub: HubService, account_id: str, project_id: Any) -> str:
@@ -294,6 +305,7 @@ HUB_FUNCTIONS: dict[str, HubFunction] = {
     "projects.addCollaborator": add_collaborator,
     "projects.removeCollaborator": remove_collaborator,
     "projects.copyPathBetweenProjects": copy_path_between_projects,
+    "sync.history": sync_history,
     "db.userQuery": user_query,
     "jupyter.kernels": jupyter_kernels,
     "jupyter.execute": jupyter_execute,

@@ -258,6 +258,9 @@ messages = Table(
     Column("body", Text, nullable=False),
     Column("sent", UTCDateTime, nullable=False),
     Column("thread_id", Integer, nullable=True),
+    # org.message: sent to every member of this organization (to_ids is then empty: each
+    # member's state row says who received it, and nobody is shown the member list)
+    Column("organization_id", String(UUID_LEN), nullable=True),
     Index("ix_messages_from_sent", "from_id", "sent"),
     sqlite_autoincrement=True,
 )
