@@ -166,6 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if settings.keep_alive_s < 1:   # from the flag or $PROJECTHUB_KEEP_ALIVE_S
         _fail("--keep-alive must be >= 1 second")
     _check_default_limits(settings.default_limits)
+    _check_environment_args(settings.project_env, settings.project_rootfs)
     # The port first: a port in use must be found before anything is built or created (the
     # first admin account and its one-time key, a project environment), not after.
     sock = _bind(settings.host, settings.port)
@@ -188,6 +189,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except (RuntimeError, ValueError, TypeError, EnvironmentError_) as exc:
         # a missing layer, bad default limits, or a project environment that cannot work
         _fail(f"refusing to start: {exc}", code=1)
+    except OSError as exc:   # e.g. a project environment directory that cannot be made
+        _fail(f"refusing to start: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+              code=1)
     store = _store(settings.data_dir, create=True)
     first = create_first_admin(store)
     store.close()
@@ -282,6 +286,23 @@ def self_command() -> str:
     if found and Path(found).resolve() == here.resolve():
         return "projecthub"
     return str(here.absolute())
+
+
+def _check_environment_args(project_env: str | None, project_rootfs: str | None) -> None:
+    """What is certainly wrong with --project-env / --project-rootfs (or their environment
+    variables) is a bad argument (exit 2), found before anything starts."""
+    if project_env and project_rootfs:
+        _fail("--project-env and --project-rootfs ($PROJECTHUB_PROJECT_ENV, $PROJECTHUB_PROJECT_ROOTFS) "
+              "exclude each other")
+    if project_rootfs and not Path(project_rootfs).is_dir():
+        _fail(f"--project-rootfs {project_rootfs}: no such directory")
+    if project_env:
+        path = Path(project_env)
+        if path.exists() and not path.is_dir():
+            _fail(f"--project-env {project_env}: not a directory")
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        if not path.exists() and parent is not None and not parent.is_dir():
+            _fail(f"--project-env {project_env}: {parent} is not a directory")
 
 
 def _check_default_limits(limits: Any) -> None:

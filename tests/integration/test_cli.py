@@ -61,7 +61,7 @@ def test_doctor_reports_layers(tmp_path: Path) -> None:
 
 def test_require_isolation_refuses_when_a_layer_is_missing(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "projecthub.cli", "serve", "--data-dir", str(tmp_path),
-                          "--port", "1", "--sandbox", "none", "--require-isolation"],
+                          "--port", "0", "--sandbox", "none", "--require-isolation"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "refusing to start" in out.stderr and "[MISSING] bwrap" in out.stderr
@@ -91,7 +91,7 @@ def test_project_limits_cli(tmp_path: Path) -> None:
 
 def test_invalid_default_limits_refuse_to_start(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "projecthub.cli", "serve", "--data-dir", str(tmp_path),
-                          "--port", "1", "--default-limits", '{"pids": -5}'],
+                          "--port", "0", "--default-limits", '{"pids": -5}'],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "pids" in out.stderr and "Traceback" not in out.stderr
 
@@ -99,7 +99,7 @@ def test_invalid_default_limits_refuse_to_start(tmp_path: Path) -> None:
 def test_keep_alive_below_one_second_refuses_to_start(tmp_path: Path) -> None:
     for args, env in ((["--keep-alive", "0"], {}), ([], {"PROJECTHUB_KEEP_ALIVE_S": "-3"})):
         out = subprocess.run([sys.executable, "-m", "projecthub.cli", "serve", "--data-dir", str(tmp_path),
-                              "--port", "1", *args], capture_output=True, text=True, timeout=60,
+                              "--port", "0", *args], capture_output=True, text=True, timeout=60,
                              env={**os.environ, **env})
         assert out.returncode == 2 and "--keep-alive must be >= 1" in out.stderr
         assert "Traceback" not in out.stderr

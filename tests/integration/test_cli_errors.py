@@ -88,6 +88,10 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path: Path, store_dir: Path) 
         (["serve", "--host", "no.such.host.invalid", "--port", "0"], {}, ("--host",)),
         (["serve", "--log-level", "loud"], {}, ("--log-level",)),
         (["serve", "--header-timeout", "-5", "--port", "0"], {}, ()),
+        (["serve", "--project-rootfs", "/nonexistent/rootfs", "--port", "0"], {}, ("--project-rootfs",)),
+        (["serve", "--project-env", str(a_file), "--port", "0"], {}, ("--project-env", "not a directory")),
+        (["serve", "--project-env", str(tmp_path), "--project-rootfs", str(tmp_path), "--port", "0"], {},
+         ("exclude each other",)),
     ]
     for argv, env, needles in cases:
         if argv[:1] == ["serve"] and "--data-dir" not in argv:
