@@ -363,6 +363,16 @@ class Account(Reply):
     created: Time | None
 
 
+class RedeemTokenRequest(Request):
+    token: str = Field(description="the one-time token org.createToken returned (or ?token=)")
+
+
+class RedeemedToken(Reply):
+    account_id: Uuid
+    api_key: str = Field(description="a new API key of the token's account: shown only in this reply")
+    key: ApiKey
+
+
 # -- misc -----------------------------------------------------------------------------------
 
 class Error(Reply):

@@ -29,10 +29,11 @@ def _list(model: type[BaseModel]) -> dict[str, Any]:
 
 _ERROR_TEXT = {
     "400": "Bad input: a value of the wrong type, out of range or missing; malformed JSON",
-    "401": "Missing, invalid, expired or revoked API key",
+    "401": "Missing, invalid, expired or revoked API key (or sign-in token)",
     "403": "Not allowed for this key",
     "404": "No such project, job, session or key",
-    "409": "A state conflict (the cell's code ended its own kernel)",
+    "409": "A state conflict (a cell's code ended its own kernel; a redeemed token's account has its "
+           "maximum of keys)",
     "413": "Body too large",
     "422": "An unknown field in the body or query string (named in the error); an "
            "Idempotency-Key reused with a different body",
@@ -201,6 +202,15 @@ def _paths() -> dict[str, Any]:
         "/api/v3/keys/{key_id}": {"delete": _op(
             "Revoke an API key (it is refused at once)", {"204": {"description": "Revoked"}},
             ("403", "404", "422"), params=[_KEY_ID])},
+        "/api/v3/tokens/redeem": {"post": _op(
+            "Spend a one-time sign-in token (org.createToken) for a new API key of its account",
+            {"200": _json(_ref(m.RedeemedToken))}, ("400", "401", "409", "413", "422"), auth=False, body_required=False,
+            body=m.RedeemTokenRequest, params=[{"name": "token", "in": "query", "required": False,
+                                                "description": "the token, when not in the body",
+                                                "schema": {"type": "string"}}],
+            description="The token is the credential (no API key). Unknown, expired, used tokens and "
+                        "tokens of disabled accounts are 401 (throttled like bad keys); the key is "
+                        "made after the token is spent.")},
         "/api/v3/accounts": {"get": _op("Every account (admins only)", {"200": _json(_list(m.Account))},
                                         ("403", "422"), params=no_query)},
     }
@@ -211,7 +221,7 @@ _MODELS: list[type[BaseModel]] = [
     m.ProjectStatus, m.Project, m.ProjectDetails, m.ExecRequest, m.ExecResult, m.SpawnError, m.StatSample,
     m.JobSummary,
     m.JobKilled, m.JobOutput, m.SessionRequest, m.CellRequest, m.Session, m.CellResult, m.CreateKeyRequest,
-    m.ApiKey, m.NewApiKey, m.Account]
+    m.ApiKey, m.NewApiKey, m.Account, m.RedeemTokenRequest, m.RedeemedToken]
 
 
 def _tidy(node: Any) -> Any:
