@@ -823,6 +823,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_env import add_env_parser
     add_env_parser(sub)
+    from .cli_org import add_org_parser
+    add_org_parser(sub, _admin, _open)   # projecthub org ... (organizations, sign-in tokens)
 
     _admin(sub, "stop-all", "stop every running project daemon of a data dir", cmd_stop_all)
 
