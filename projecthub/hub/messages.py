@@ -110,9 +110,9 @@ async def org_message(hub: HubService, account_id: str, args: list[Any], budget:
     org = await org_for(hub, account_id, opts.get("name"), "admin")
     subject, body = _content(opts)
     members = [m["account_id"] for m in await hub.db.org_members(org["organization_id"])]
-    if not members:
-        raise RemoteError(f"Error: the organization '{org['name']}' has no members")
     await _check_rate(hub, account_id, org=True)
+    if not members:   # nobody to tell: nothing is stored
+        return None
     await hub.db.send_message(account_id, members, subject, body,
                               organization_id=org["organization_id"])
     return None

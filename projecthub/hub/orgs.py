@@ -188,8 +188,10 @@ async def create_user(hub: HubService, account_id: str, args: list[Any], budget:
 
 
 async def _may_act_for(hub: HubService, caller: str, target: dict[str, Any]) -> bool:
-    """May ``caller`` create a token for, or expire a token of, ``target``?"""
-    if await is_site_admin(hub, caller):
+    """May ``caller`` create a token for, or expire a token of, ``target``?  Itself (a
+    token gives it a key it could make with system.manageApiKeys anyway), a site admin
+    anyone, an org admin the members of its org that hold no role it lacks."""
+    if target.get("account_id") == caller or await is_site_admin(hub, caller):
         return True
     if target.get("is_admin"):
         return False

@@ -134,6 +134,11 @@ def test_plain_account_is_refused_and_sees_no_orgs(server: Server, admin_hub) ->
         plain.org.create(org_name())
     with pytest.raises(RuntimeError, match="you must be an admin of the organization"):
         plain.org.message(name, "hi", "body")
+    # a token for itself is allowed: it is a key the account could make anyway
+    me = plain.system.test()["account_id"]
+    own = plain.org.create_token(me)
+    r = httpx.post(server.url + "/api/v3/tokens/redeem", json={"token": own["token"]})
+    assert r.status_code == 200 and r.json()["account_id"] == me
 
 
 def test_error_is_cocalc_shaped_over_conat(server: Server, admin_hub) -> None:
@@ -197,3 +202,7 @@ def test_org_message_reaches_every_member(server: Server, admin_hub) -> None:
         assert got[0]["to_ids"] == [member.account_id]   # never the member list
     sent = hub_for(server, boss).messages.get(type="sent")
     assert sent[0]["subject"] == "Welcome" and sent[0]["organization"] == name
+    assert sent[0]["to_ids"] == []
+    empty = org_name()
+    admin_hub.org.create(empty)
+    assert admin_hub.org.message(empty, "Nobody", "here") is None   # no members: nothing to send
