@@ -91,3 +91,14 @@ def test_site_admin_may_message_anyone(server: Server) -> None:
     assert hub_for(server, lone).messages.get()[0]["id"] == message_id
     # and the plain account may answer the site admin
     hub_for(server, lone).messages.send("Re", "ok", [admin.account_id], reply_id=message_id)
+
+
+def test_plain_key_messages_itself(server: Server) -> None:
+    """What a plain key can always do, with nobody else around: message itself."""
+    me = make_account(server, "Alone")
+    hub = hub_for(server, me)
+    message_id = hub.messages.send("Note to self", "remember", [me.account_id])
+    got = hub.messages.get(type="new")
+    assert got[0]["id"] == message_id and got[0]["read"] is False
+    assert hub.messages.get(type="sent")[0]["id"] == message_id
+    assert hub.messages.get(type="liked") == [] and hub.messages.get(type="starred") == []
