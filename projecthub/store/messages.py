@@ -123,7 +123,8 @@ class MessageStore:
         query = (select(accounts, last_active.c.last_active)
                  .outerjoin(last_active, last_active.c.account_id == accounts.c.account_id))
         if emails is not None:
-            query = query.where(func.lower(accounts.c.email).in_([e.lower() for e in emails]))
+            # addresses are stored in lower case (create_account): the unique index answers
+            query = query.where(accounts.c.email.in_([e.lower() for e in emails]))
         for term in terms or []:
             pattern = _like_escape(term.lower())
             options = []
