@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import logging
 import os
 import sys
 from datetime import datetime, timezone
@@ -24,25 +23,16 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from .config import ServerSettings, default_data_dir, parse_range, prepare_data_dir
+from .observability.logs import JsonLogFormatter  # noqa: F401 - one JSON line per record
 
 
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per log line: easy to grep, easy to ship."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-                 "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+def _setup_logging(level: str, log_file: str | None = None, max_bytes: int = 50 * 2**20,
+                   backups: int = 5) -> None:
+    """The JSON log (start-up, request and audit lines) on stdout, or in a rotating
+    ``log_file``, written by a thread behind a bounded queue (observability/logs.py).  The
+    first-start banner is not part of it: plain text on stderr."""
+    from .observability.logs import setup_logging
+    setup_logging(level, log_file, max_bytes, backups)
 
 
 def _emit(value: dict[str, Any]) -> None:
@@ -169,15 +159,30 @@ def cmd_serve(args: argparse.Namespace) -> None:
     _check_environment_args(settings.project_env, settings.project_rootfs)
     # The port first: a port in use must be found before anything is built or created (the
     # first admin account and its one-time key, a project environment), not after.
+    settings.request_log, settings.metrics = not args.no_request_log, not args.no_metrics
+    if args.log_max_bytes < 0 or args.log_backups < 0:
+        _fail("--log-max-bytes and --log-backups must be >= 0")
+    if args.metrics_port is not None and args.no_metrics:
+        _fail("--metrics-port and --no-metrics exclude each other")
     sock = _bind(settings.host, settings.port)
     settings.port = sock.getsockname()[1]   # --port 0: the free port picked
+    sockets = [sock]
+    if args.metrics_port is not None:   # /metrics without a key, on its own (loopback) listener
+        if args.metrics_port == settings.port and args.metrics_port:
+            _fail("--metrics-port must differ from --port")
+        settings.metrics_host = args.metrics_host
+        sockets.append(_bind(args.metrics_host, args.metrics_port))
+        settings.metrics_port = sockets[1].getsockname()[1]
     if settings.data_dir.exists() and not settings.data_dir.is_dir():
         _fail(f"--data-dir {settings.data_dir} is not a directory")
     try:
         prepare_data_dir(settings.data_dir)
     except OSError as exc:
         _fail(f"cannot use --data-dir {settings.data_dir}: {exc.strerror or exc}")
-    _setup_logging(args.log_level)
+    try:
+        _setup_logging(args.log_level, args.log_file, args.log_max_bytes, args.log_backups)
+    except OSError as exc:
+        _fail(f"cannot write --log-file {args.log_file}: {exc.strerror or exc}")
     from .api.connections import protocol_class, serve_guard
     try:  # slow/many-connection defences (api/connections.py); also raises the fd limit
         guard = serve_guard(args.max_connections, args.max_connections_per_ip, args.header_timeout,
@@ -209,7 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         forwarded_allow_ips=args.forwarded_allow_ips or None)
     server = uvicorn.Server(config)
     try:
-        server.run(sockets=[sock])   # the socket bound above: no second bind that could fail
+        server.run(sockets=sockets)   # the sockets bound above: no second bind that could fail
     except KeyboardInterrupt:
         pass
     if not server.started:
@@ -799,6 +804,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=os.environ.get("PROJECTHUB_LOG_LEVEL", "info"),
                        type=str.lower, choices=["debug", "info", "warning", "error", "critical"],
                        help="least severe log level written ($PROJECTHUB_LOG_LEVEL)")
+    serve.add_argument("--log-file", default=os.environ.get("PROJECTHUB_LOG_FILE") or None, metavar="PATH",
+                       help="write the JSON log to PATH, rotated, instead of stdout "
+                            "(default: stdout, $PROJECTHUB_LOG_FILE)")
+    serve.add_argument("--log-max-bytes", type=int, default=50 * 2**20, metavar="BYTES",
+                       help="rotate --log-file at this size; 0 = never (default 52428800, 50 MiB)")
+    serve.add_argument("--log-backups", type=int, default=5, metavar="N",
+                       help="rotated log files kept beside --log-file (default 5)")
+    serve.add_argument("--no-request-log", action="store_true",
+                       help="do not log one JSON line per HTTP request (audit lines stay)")
+    serve.add_argument("--no-metrics", action="store_true", help="no GET /metrics, no request metrics")
+    serve.add_argument("--metrics-port", type=_port_arg, default=None, metavar="PORT",
+                       help="also serve GET /metrics without a key on this port (default: none; "
+                            "/metrics on --port needs an admin key)")
+    serve.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR",
+                       help="address of the --metrics-port listener (default 127.0.0.1)")
     serve.set_defaults(func=cmd_serve)
 
     doctor = sub.add_parser("doctor", help="show which isolation layers and limits are enforced here",

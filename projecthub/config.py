@@ -133,6 +133,13 @@ class ServerSettings:
     keep_alive_s: int = field(default_factory=lambda: int(_env_float("PROJECTHUB_KEEP_ALIVE_S", 75)))
     # Repeated bad keys from one client address are slowed down after this many per minute.
     bad_key_limit_per_minute: int = 30
+    # Observability (projecthub/observability/): one JSON line per HTTP request on the log
+    # (serve --no-request-log), GET /metrics (serve --no-metrics; admin key on this port, or
+    # no auth on metrics_port, bound to metrics_host).
+    request_log: bool = True
+    metrics: bool = True
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @property
     def db_url(self) -> str:

@@ -9,6 +9,7 @@ import sys
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -24,6 +25,9 @@ from ..hub.db import AsyncStore
 from ..hub.service import HubService
 from ..store import Store
 from . import compat, native, tokens
+from ..observability.metrics import Metrics
+from ..observability.requestlog import RequestObserver
+from .metrics import MetricsPortGate, metrics_endpoint
 from .replies import ReplyBudget
 from .requests import BadKeyThrottle
 
@@ -67,6 +71,7 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
                          account_limits=AccountLimits.from_json(settings.account_limits),
                          purge_after_s=settings.purge_after_s)
         app.state.settings = settings
+        app.state.metrics = metrics
         app.state.hub = hub
         app.state.throttle = BadKeyThrottle(settings.bad_key_limit_per_minute)
         app.state.replies = ReplyBudget(settings.reply_buffer_bytes)   # replies held for slow clients
@@ -88,6 +93,7 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
 
     routes = [
         Route("/healthz", health),
+        Route("/metrics", metrics_endpoint),   # admin key, or no key on --metrics-port (api/metrics.py)
         Route("/api/conat/project", compat.conat_project, methods=["POST"]),
         Route("/api/conat/hub", compat.conat_hub, methods=["POST"]),
         Route("/api/v1/project_exec", compat.v1_project_exec, methods=["POST"]),
@@ -118,5 +124,11 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
         log.exception("unhandled error on %s", request.url.path, exc_info=exc)
         return JSONResponse({"error": "internal server error"}, status_code=500)
 
-    return Starlette(routes=routes, lifespan=lifespan,
+    # request log + request metrics (observability/requestlog.py): pure ASGI, outermost but
+    # for Starlette's error middleware (a 500 is recorded from the exception)
+    metrics = Metrics() if settings.metrics else None
+    middleware = [Middleware(RequestObserver, metrics=metrics, log_requests=settings.request_log)]
+    if settings.metrics_port:
+        middleware.insert(0, Middleware(MetricsPortGate, port=settings.metrics_port))
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                      exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error})

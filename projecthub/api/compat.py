@@ -21,6 +21,7 @@ from ..hub.history import WRITE_FUNCTION, record_write
 from ..hub.service import HubService
 from ..project.api import PUBLIC_FUNCTIONS
 from .replies import BoundedJSONResponse as JSONResponse
+from ..observability.requestlog import note
 from .requests import HTTPError, api_key_from, authenticate_key, decode_object, decode_params, read_body
 
 log = logging.getLogger("projecthub.api")
@@ -131,6 +132,7 @@ async def _conat_project(request: Request, hub: HubService, identity: Identity, 
     name, args = _call_fields(body)
     if name != "ping" and name not in PUBLIC_FUNCTIONS:
         raise RemoteError(f"Error: unknown function '{name}'")
+    note(request.scope, function=name, project_id=project_id)   # the request log (a known name only)
     if name == "system.test":
         first = args[0] if args and isinstance(args[0], dict) else {}
         args = [{**first, "project_id": project_id}, *args[1:]]
@@ -145,6 +147,7 @@ async def _conat_hub(request: Request, hub: HubService, identity: Identity, body
     function = HUB_FUNCTIONS.get(name)
     if function is None:
         raise RemoteError(f"Error: unknown function '{name}'")
+    note(request.scope, function=name)   # the request log (a known name only)
     budget = call_budget(request, body, name, args)
     try:
         return await asyncio.wait_for(function(hub, identity.account_id, args, budget), budget)
@@ -260,6 +263,7 @@ async def v1_project_exec(request: Request) -> JSONResponse:
     opts.setdefault("timeout", 10)
     try:
         project_id = await _authorize_legacy(hub, identity, params["project_id"])
+        note(request.scope, project_id=project_id)
         result = await hub.project_call(project_id, "system.exec", [opts],
                                         call_budget(request, {}, "system.exec", [opts]))
     except RemoteError as exc:
@@ -287,6 +291,7 @@ async def v2_exec(request: Request) -> JSONResponse:
         if not isinstance(project_id, str):
             raise RemoteError("Error: project_id must be specified")
         project_id = await _authorize_legacy(hub, identity, project_id)
+        note(request.scope, project_id=project_id)
     except RemoteError as exc:
         return _err(exc)
     opts = {k: params[k] for k in _V2_FIELDS if k in params}

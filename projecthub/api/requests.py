@@ -31,7 +31,10 @@ from starlette.requests import Request
 
 from ..auth.resolve import SLOW_CHECK
 from ..auth.throttle import BadKeyThrottle
+from ..auth.keys import key_row_id
 from ..errors import RemoteError
+from ..observability.audit import audit_event
+from ..observability.requestlog import note_identity
 
 if TYPE_CHECKING:
     from ..auth.resolve import Identity
@@ -308,7 +311,12 @@ async def authenticate_key(request: Request, key: str) -> Identity | None:
         identity = await hub.db.run(resolver.resolve, key)
     if identity is None:
         throttle.record_failure(address)
+        # never the key itself: only the row id its format names (None for garbage)
+        audit_event("auth_failure", path=request.scope["path"][:200], client=address,
+                    key_id=key_row_id(key) if isinstance(key, str) else None)
         delay = throttle.penalty(address)
         if delay:
             await asyncio.sleep(delay)
+    else:
+        note_identity(request.scope, identity)   # for the request log (observability/requestlog.py)
     return identity

@@ -155,6 +155,10 @@ class KeyResolver:
         self._latest_use = float("-inf")  # lets refresh_due skip a pass without the lock
         # Bumped by every invalidation, so a resolution that raced with one is not cached.
         self._epoch = 0
+        # /metrics (projecthub_key_cache_hits/misses_total): plain ints, bumped without the lock
+        # (a lost increment under a race is fine for a rate, a lock on the hot path is not)
+        self.cache_hits = 0
+        self.cache_misses = 0
         # The store's revocation counter as last seen (see the module docstring).
         self._revocation_count = store.revocation_count
         self._revocations = self._revocation_count()
@@ -182,12 +186,14 @@ class KeyResolver:
             if entry is not None:
                 self._mark_used(digest, now)
         if entry is not None:
+            self.cache_hits += 1
             if _expired(entry.expire, self._wall_clock()):
                 self._revoke(entry.key_id)
                 return None
             self._touch(entry.key_id, now)
             return entry.identity
 
+        self.cache_misses += 1
         try:
             found = self._resolve_uncached(key, digest, allow_slow)
         except _SlowCheckNeeded:
@@ -232,7 +238,8 @@ class KeyResolver:
             last = self._last_touch.get(entry.key_id)
             if last is None or now - last >= self._touch_interval:
                 return None
-            return entry.identity
+        self.cache_hits += 1
+        return entry.identity
 
     @property
     def refresh_interval(self) -> float | None:

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import logs
+
+# no *_created series: they double the output and nobody here needs a counter's birth time
+disable_created_metrics()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_LABEL_SETS = 1000
@@ -81,14 +84,17 @@ class _ScrapeCollector(Collector):
 class Metrics:
     """The registry of one app, and the request counters the middleware feeds."""
 
-    def __init__(self, state: Callable[[], dict[str, Any]] = dict) -> None:
+    def __init__(self) -> None:
+        # what the scrape-time collector reports; set by the /metrics endpoint just before
+        # render() (it gathers asynchronously, the collector runs synchronously)
+        self.scrape_state: dict[str, Any] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter("projecthub_requests", "HTTP requests by surface, function and status",
                                 ["surface", "function", "status"], registry=self.registry)
         self.latency = Histogram("projecthub_request_duration_seconds", "HTTP request duration by surface "
                                  "and function (streams: until they end)", ["surface", "function"],
                                  registry=self.registry, buckets=BUCKETS)
-        self.registry.register(_ScrapeCollector(state))
+        self.registry.register(_ScrapeCollector(lambda: self.scrape_state))
         # (surface, function, status) -> counter child; (surface, function) -> histogram child
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
@@ -108,5 +114,6 @@ class Metrics:
                 surface, function, str(status))
         counter.inc()
 
-    def render(self) -> bytes:
+    def render(self, state: dict[str, Any]) -> bytes:
+        self.scrape_state = state
         return generate_latest(self.registry)
