@@ -24,7 +24,7 @@ from ..hub.account_limits import AccountLimits
 from ..hub.db import AsyncStore
 from ..hub.service import HubService
 from ..store import Store
-from . import compat, native, tokens
+from . import compat, files, native, tokens
 from ..observability.metrics import Metrics
 from ..observability.requestlog import RequestObserver
 from .metrics import MetricsPortGate, metrics_endpoint
@@ -101,6 +101,7 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
         Route("/api/v2/exec", compat.v2_exec, methods=["POST"]),
         *native.routes(),
         *tokens.routes(),   # POST /api/v3/tokens/redeem (org.createToken's sign-in tokens)
+        *files.routes(),    # /api/v3/projects/{id}/files/..., files:move, archive/...
     ]
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:

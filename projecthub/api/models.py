@@ -383,6 +383,59 @@ class Health(Reply):
     status: Literal["ok"]
 
 
+# -- files (api/files.py) --------------------------------------------------------------------
+
+class FileInfo(Reply):
+    path: str = Field(description="relative to the home")
+    size: int = Field(description="bytes")
+    etag: str = Field(description="changes whenever the file does; send it as If-Match")
+    mtime: str = Field(description="ISO 8601 UTC")
+
+
+class FileEntry(Reply):
+    name: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int = Field(description="bytes (of the link itself for a symlink)")
+    mtime: str = Field(description="ISO 8601 UTC")
+
+
+class FileList(Reply):
+    path: str = Field(description="the directory, relative to the home (\"\" is the home)")
+    entries: list[FileEntry] = Field(description="sorted by name")
+    truncated: bool = Field(description="true when the directory has more than 10,000 entries")
+
+
+class FilesQuery(Request):
+    model_config = ConfigDict(extra="forbid", strict=False)
+    list: str | None = Field(None, description="present (`?list`): list the directory instead of "
+                                               "reading a file")
+
+
+class DeleteFileQuery(Request):
+    model_config = ConfigDict(extra="forbid", strict=False)
+    recursive: bool = Field(False, description="delete a directory with everything in it")
+
+
+class MoveFileRequest(Request):
+    from_: str = Field(alias="from", description="the path to move, relative to the home")
+    to: str = Field(description="its new path; its directories are made")
+    overwrite: bool = Field(False, description="replace what is at `to`")
+
+
+class Moved(Reply):
+    path: str
+
+
+class ArchiveUnpacked(Reply):
+    files: int
+    directories: int
+    bytes: int
+    skipped_newer: int
+    skipped_unsafe: int = Field(description="links leaving the directory, devices, FIFOs: not written")
+    backups: int
+    deleted: int
+
+
 class EmptyBody(Request):
     """Operations that take no body: an object with fields is 422 (nothing is ignored)."""
 

@@ -124,6 +124,57 @@ _P = ("403", "404", "422")   # every project operation: not yours, no such proje
 _RUN = _P + ("429", "504", "507")   # operations that may start the project
 
 
+_FILE_PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+              "description": "relative to the home; may contain `/`; no `..`; symlinks must not lead out"}
+_BINARY = {"type": "string", "format": "binary"}
+
+
+def _file_paths(p: str, no_query: list[dict[str, Any]]) -> dict[str, Any]:
+    """The files API (api/files.py)."""
+    fp = [_PROJECT_ID, _FILE_PATH]
+    octets = {"application/octet-stream": {"schema": _BINARY}}
+    return {
+        p + "/files/{path}": {
+            "get": _op("Download a file (streamed; `Range`, `If-None-Match`), or list a directory with "
+                       "`?list`", {"200": {"description": "The file's bytes (`ETag`, `Content-Length`, "
+                                           "`Accept-Ranges`), or with `?list` a `FileList`",
+                                           "content": {**octets, "application/json": {"schema": _ref(m.FileList)}}},
+                                   "206": {"description": "The requested byte range (`Content-Range`)",
+                                           "content": octets},
+                                   "304": {"description": "Not modified (`If-None-Match` matched the ETag)"},
+                                   "416": _json(_ref(m.Error), "The range starts past the end")},
+                       _P, params=fp + _query(m.FilesQuery) + [
+                           {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+                            "description": "one range: `bytes=a-b`, `bytes=a-` or `bytes=-n`"}]),
+            "put": {**_op("Upload a file (streamed; replaces it atomically at the end)",
+                          {"200": _json(_ref(m.FileInfo), "Replaced"), "201": _json(_ref(m.FileInfo), "Created"),
+                           "412": _json(_ref(m.Error), "If-Match did not match the file's ETag")},
+                          _P + ("409", "429"), params=fp + [
+                              {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+                               "description": "the ETag the file must still have (`*`: it must exist)"}],
+                          description="The body is the file's bytes, any size up to the project's disk "
+                                      "limit (413 when the disk is full: the old file stays as it was)."),
+                    "requestBody": {"required": True, "content": octets}},
+            "delete": _op("Delete a file, a symlink, or a directory (`?recursive=true` when not empty)",
+                          {"204": {"description": "Deleted"}}, _P + ("409",),
+                          params=fp + _query(m.DeleteFileQuery)),
+        },
+        p + "/files:move": {"post": _op("Move or rename a file or directory", {"200": _json(_ref(m.Moved))},
+                                        _P + ("409",), params=[_PROJECT_ID] + no_query, body=m.MoveFileRequest)},
+        p + "/archive/{path}": {
+            "get": _op("Download a directory as tar.gz (streamed)",
+                       {"200": {"description": "A gzip-compressed tar of the directory's contents",
+                                "content": {"application/gzip": {"schema": _BINARY}}}}, _P, params=fp + no_query),
+            "post": {**_op("Unpack a tar or tar.gz body into a directory (made if missing)",
+                           {"200": _json(_ref(m.ArchiveUnpacked))}, _P + ("429",), params=fp + no_query,
+                           description="What the archive holds replaces what is there; links that leave "
+                                       "the directory, devices and FIFOs are skipped (`skipped_unsafe`)."),
+                     "requestBody": {"required": True, "description": "tar bytes, plain or compressed "
+                                     "(detected; any Content-Type)", "content": octets}},
+        },
+    }
+
+
 def _paths() -> dict[str, Any]:
     p = "/api/v3/projects/{project_id}"
     jp, sp = [_PROJECT_ID, _JOB_ID], [_PROJECT_ID, _SESSION_ID]
@@ -202,6 +253,7 @@ def _paths() -> dict[str, Any]:
         "/api/v3/keys/{key_id}": {"delete": _op(
             "Revoke an API key (it is refused at once)", {"204": {"description": "Revoked"}},
             ("403", "404", "422"), params=[_KEY_ID])},
+        **_file_paths(p, no_query),
         "/api/v3/tokens/redeem": {"post": _op(
             "Spend a one-time sign-in token (org.createToken) for a new API key of its account",
             {"200": _json(_ref(m.RedeemedToken))}, ("400", "401", "409", "413", "422"), auth=False, body_required=False,
@@ -221,7 +273,8 @@ _MODELS: list[type[BaseModel]] = [
     m.ProjectStatus, m.Project, m.ProjectDetails, m.ExecRequest, m.ExecResult, m.SpawnError, m.StatSample,
     m.JobSummary,
     m.JobKilled, m.JobOutput, m.SessionRequest, m.CellRequest, m.Session, m.CellResult, m.CreateKeyRequest,
-    m.ApiKey, m.NewApiKey, m.Account, m.RedeemTokenRequest, m.RedeemedToken]
+    m.ApiKey, m.NewApiKey, m.Account, m.RedeemTokenRequest, m.RedeemedToken,
+    m.FileInfo, m.FileEntry, m.FileList, m.MoveFileRequest, m.Moved, m.ArchiveUnpacked]
 
 
 def _tidy(node: Any) -> Any:

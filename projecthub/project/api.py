@@ -174,6 +174,13 @@ def _archive(name: str) -> Function:
     return call
 
 
+def _transfer(name: str) -> Function:
+    async def call(d: "ProjectDaemon", args: list[Any], budget: float | None) -> Any:
+        from . import transfer
+        return await getattr(transfer, name)(d.ctx, args)
+    return call
+
+
 NATIVE_FUNCTIONS: dict[str, Function] = {
     "daemon.info": _info,
     "daemon.shutdown": _shutdown,
@@ -197,6 +204,15 @@ NATIVE_FUNCTIONS: dict[str, Function] = {
     "native.archive.unpackChunk": _archive("unpack_chunk"),
     "native.archive.unpackEnd": _archive("unpack_end"),
     "native.archive.unpackAbort": _archive("unpack_abort"),
+    # the v3 files API (transfer.py)
+    "native.files.describe": _transfer("describe"),
+    "native.files.list": _transfer("listing"),
+    "native.files.writeBegin": _transfer("write_begin"),
+    "native.files.writeChunk": _transfer("write_chunk"),
+    "native.files.writeEnd": _transfer("write_end"),
+    "native.files.writeAbort": _transfer("write_abort"),
+    "native.files.delete": _transfer("delete"),
+    "native.files.move": _transfer("move"),
 }
 
 
@@ -221,10 +237,16 @@ def archive_pack(d: "ProjectDaemon", args: list[Any]) -> AsyncIterator[Any]:
     return archive.pack(d.ctx, args)
 
 
+def files_read(d: "ProjectDaemon", args: list[Any]) -> AsyncIterator[Any]:
+    from . import transfer
+    return transfer.read(d.ctx, args)
+
+
 STREAMS: dict[str, Callable[["ProjectDaemon", list[Any]], AsyncIterator[Any]]] = {
     "native.jobEvents": job_events,
     "native.session.stream": session_stream,
     "native.archive.pack": archive_pack,
+    "native.files.read": files_read,
 }
 
 

@@ -61,6 +61,14 @@ def _relative(value: Any, field: str) -> str:
     return "/".join(parts)
 
 
+def _inside_home(ctx: ProjectContext, rel: str) -> Path:
+    """``rel`` under the home, its directories not leading out through a symlink (the final
+    component may be a link: ``pack`` refuses it, the extractor replaces it)."""
+    from .transfer import resolve
+    parent, _, name = rel.rpartition("/")
+    return resolve(ctx, parent) / name if name else resolve(ctx, "")
+
+
 def _excludes(value: Any) -> list[str]:
     if value is None:
         return []
@@ -97,7 +105,7 @@ class _PipeWriter:
         return len(data)
 
 
-def _pack_into(fd: int, source: Path, excludes: list[str], errors: list[str]) -> None:
+def _pack_into(fd: int, source: Path, excludes: list[str], errors: list[str], gzip: bool = False) -> None:
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         rel = info.name[2:] if info.name.startswith("./") else info.name
         if rel and any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(os.path.basename(rel), p) for p in excludes):
@@ -108,7 +116,8 @@ def _pack_into(fd: int, source: Path, excludes: list[str], errors: list[str]) ->
         info.uname = info.gname = ""
         return info
     try:
-        with tarfile.open(fileobj=_PipeWriter(fd), mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(fileobj=_PipeWriter(fd), mode="w|gz" if gzip else "w|",
+                          format=tarfile.PAX_FORMAT) as tar:
             tar.add(str(source), arcname=".", recursive=True, filter=keep)
     except BrokenPipeError:
         pass   # the reader went away (cancelled copy)
@@ -120,11 +129,11 @@ def _pack_into(fd: int, source: Path, excludes: list[str], errors: list[str]) ->
 
 
 async def pack(ctx: ProjectContext, args: list[Any]) -> AsyncIterator[Any]:
-    """``{path, exclude?}`` → ``{"kind": "dir"|"file"}``, then ``{"data": base64}`` items."""
+    """``{path, exclude?, gzip?}`` → ``{"kind": "dir"|"file"}``, then ``{"data": base64}`` items."""
     opts = _opts(args)
     rel = _relative(opts.get("path"), "path")
     excludes = _excludes(opts.get("exclude"))
-    source = ctx.home / rel if rel else ctx.home
+    source = _inside_home(ctx, rel)
     try:
         st = source.lstat()
     except OSError:
@@ -136,7 +145,8 @@ async def pack(ctx: ProjectContext, args: list[Any]) -> AsyncIterator[Any]:
     yield {"kind": "dir" if stat.S_ISDIR(st.st_mode) else "file"}
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     errors: list[str] = []
-    worker = threading.Thread(target=_pack_into, args=(write_fd, source, excludes, errors),
+    gzip = opts.get("gzip", False) is True
+    worker = threading.Thread(target=_pack_into, args=(write_fd, source, excludes, errors, gzip),
                               name="archive-pack", daemon=True)
     worker.start()
     try:
@@ -203,7 +213,7 @@ class _Unpack:
                 self.target.mkdir(parents=True, exist_ok=True)
             else:
                 self.target.parent.mkdir(parents=True, exist_ok=True)
-            with tarfile.open(fileobj=self.reader, mode="r|") as tar:
+            with tarfile.open(fileobj=self.reader, mode="r|*") as tar:   # plain or compressed
                 for member in tar:
                     self._member(tar, member)
             if self.kind == "dir" and self.delete_missing:
@@ -346,7 +356,9 @@ async def unpack_begin(ctx: ProjectContext, args: list[Any]) -> dict[str, Any]:
     _expire_idle()
     if len(_unpacks) >= MAX_UNPACKS:
         raise RemoteError(f"Error: at most {MAX_UNPACKS} copies into a project at a time")
-    job = _Unpack(ctx.home / rel if rel else ctx.home, kind, opts)
+    from .transfer import resolve
+    # a directory target is written into: it must not lead out even as its last component
+    job = _Unpack(resolve(ctx, rel) if kind == "dir" else _inside_home(ctx, rel), kind, opts)
     key = uuid.uuid4().hex
     _unpacks[key] = job
     return {"id": key}

@@ -1,0 +1,242 @@
+"""The v3 files API: files in and out of a project, streamed both ways.
+
+    PUT    /api/v3/projects/{id}/files/{path}     raw body → the file (If-Match: an ETag)
+    GET    /api/v3/projects/{id}/files/{path}     the bytes (Range, If-None-Match, ETag)
+    GET    /api/v3/projects/{id}/files/{dir}?list the directory's entries
+    DELETE /api/v3/projects/{id}/files/{path}     (?recursive=true for a directory)
+    POST   /api/v3/projects/{id}/files:move       {"from", "to", "overwrite"?}
+    GET    /api/v3/projects/{id}/archive/{dir}    the directory as tar.gz
+    POST   /api/v3/projects/{id}/archive/{dir}    a tar (or tar.gz) body unpacked into it
+
+The project's daemon does every read and write, as the project's uid inside its sandbox
+(``project/transfer.py``, ``project/archive.py``); the hub only moves chunks between the
+HTTP connection and the daemon, one at a time each way (upload: 1 MiB per call; download:
+the fabric's stream window), so neither holds a whole file.  An upload is bounded by the
+project's disk limit (413 when it is full) and replaces the file atomically at its end.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import mimetypes
+import re
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ..auth.resolve import Identity
+from ..hub.history import MAX_RECORDED_CHARS, record_write
+from ..hub.service import HubService
+from . import models as m
+from .native import ApiError, _hub, _project, endpoint
+from .replies import BoundedJSONResponse as JSONResponse
+
+UPLOAD_CHUNK = 1024 * 1024        # raw bytes per daemon call (project/transfer.py's CHUNK)
+ARCHIVE_CHUNK = 256 * 1024        # project/archive.py's CHUNK
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _path(request: Request) -> str:
+    return request.path_params.get("path", "")
+
+
+def _info(path: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {"path": path, "size": meta["size"], "etag": meta["etag"], "mtime": _iso(meta["mtime"])}
+
+
+async def _send_chunks(hub: HubService, project_id: str, name: str, key: str,
+                       source: AsyncIterator[bytes], size: int) -> bytearray | None:
+    """Feed ``source`` to the daemon in ``size`` pieces; returns the first bytes when the
+    whole body was small enough for sync.history (else None)."""
+    buffer = bytearray()
+    kept: bytearray | None = bytearray()
+    async for chunk in source:
+        if kept is not None:
+            if len(kept) + len(chunk) <= 4 * MAX_RECORDED_CHARS:
+                kept += chunk
+            else:
+                kept = None
+        buffer += chunk
+        while len(buffer) >= size:
+            piece = bytes(buffer[:size])
+            del buffer[:size]
+            await hub.project_call(project_id, name, [{"id": key, "data": base64.b64encode(piece).decode()}], None)
+    if buffer:
+        await hub.project_call(project_id, name, [{"id": key, "data": base64.b64encode(bytes(buffer)).decode()}], None)
+    return kept
+
+
+# ------------------------------------------------------------------------------ files
+
+async def put_file(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    hub, path = _hub(request), _path(request)
+    begin = await hub.project_call(project_id, "native.files.writeBegin",
+                                   [{"path": path, "if_match": request.headers.get("if-match")}], None)
+    key = begin["id"]
+    try:
+        kept = await _send_chunks(hub, project_id, "native.files.writeChunk", key, request.stream(), UPLOAD_CHUNK)
+        out = await hub.project_call(project_id, "native.files.writeEnd", [{"id": key}], None)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await hub.project_call(project_id, "native.files.writeAbort", [{"id": key}], 10)
+        raise
+    if kept is not None:   # a small text: sync.history records it like writeTextFileToProject
+        with contextlib.suppress(UnicodeDecodeError):
+            await record_write(hub, project_id, identity.account_id,
+                               [{"path": path, "content": kept.decode("utf-8")}])
+    info = _info(path, out)
+    return JSONResponse(info, status_code=201 if out.get("created") else 200, headers={"ETag": info["etag"]})
+
+
+def _byte_range(header: str | None, size: int | None) -> tuple[int, int | None] | None:
+    """(offset, length) of a single ``bytes=`` range; None to send the whole file."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None or (not match.group(1) and not match.group(2)):
+        return None   # several ranges or another unit: the whole file (RFC 9110 allows it)
+    first, last = match.group(1), match.group(2)
+    if not first:   # the last N bytes
+        if size is None:
+            return None
+        n = int(last)
+        return max(0, size - n), min(n, size)
+    start = int(first)
+    return start, (int(last) - start + 1 if last else None)
+
+
+async def get_file(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity, query=m.FilesQuery)
+    hub, path = _hub(request), _path(request)
+    if request.state.query.list is not None:
+        listing = await hub.project_call(project_id, "native.files.list", [{"path": path}], None)
+        for entry in listing["entries"]:
+            entry["mtime"] = _iso(entry["mtime"])
+        return JSONResponse(listing)
+    header = request.headers.get("range")
+    size = None
+    if header and header.strip().startswith("bytes=-"):   # a suffix range needs the size first
+        size = (await hub.project_call(project_id, "native.files.describe", [{"path": path}], None))["size"]
+    wanted = _byte_range(header, size)
+    if wanted is not None and wanted[1] is not None and wanted[1] <= 0:
+        raise ApiError(416, "the range is empty")
+    args: dict[str, Any] = {"path": path}
+    if wanted is not None:
+        args["offset"] = wanted[0]
+        if wanted[1] is not None:
+            args["length"] = wanted[1]
+    items = hub.project_stream(project_id, "native.files.read", [args])
+    try:
+        meta = await anext(items)
+    except BaseException:
+        await items.aclose()
+        raise
+    headers = {"ETag": meta["etag"], "Accept-Ranges": "bytes", "Last-Modified":
+               datetime.fromtimestamp(meta["mtime"], timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")}
+    if request.headers.get("if-none-match") == meta["etag"]:
+        await items.aclose()
+        return Response(status_code=304, headers=headers)
+    status, total = 200, meta["size"]
+    if wanted is not None:
+        start = wanted[0]
+        if start >= total and total > 0 or (total == 0 and start > 0):
+            await items.aclose()
+            return JSONResponse({"error": f"the range starts past the end of the file ({total} bytes)"},
+                                status_code=416, headers={"Content-Range": f"bytes */{total}"})
+        end = total if wanted[1] is None else min(total, start + wanted[1])
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{max(start, end - 1)}/{total}"
+        headers["Content-Length"] = str(end - start)
+    else:
+        headers["Content-Length"] = str(total)
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for item in items:
+                yield base64.b64decode(item["data"])
+        finally:
+            await items.aclose()
+
+    media = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    return StreamingResponse(body(), status_code=status, headers=headers, media_type=media)
+
+
+async def delete_file(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity, query=m.DeleteFileQuery)
+    await _hub(request).project_call(project_id, "native.files.delete", [
+        {"path": _path(request), "recursive": request.state.query.recursive}], None)
+    return Response(status_code=204)
+
+
+async def move_file(request: Request, identity: Identity) -> Response:
+    from .native import _parsed
+    project_id = await _project(request, identity)
+    opts = await _parsed(request, m.MoveFileRequest)
+    out = await _hub(request).project_call(project_id, "native.files.move", [
+        {"from": opts.from_, "to": opts.to, "overwrite": opts.overwrite}], None)
+    return JSONResponse(out)
+
+
+# ---------------------------------------------------------------------------- archives
+
+async def get_archive(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    hub, path = _hub(request), _path(request)
+    items = hub.project_stream(project_id, "native.archive.pack", [{"path": path, "gzip": True}])
+    try:
+        first = await anext(items)
+    except BaseException:
+        await items.aclose()
+        raise
+    if first.get("kind") != "dir":
+        await items.aclose()
+        raise ApiError(400, f"'{path}' is a file: download it from …/files/{path}")
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for item in items:
+                yield base64.b64decode(item["data"])
+        finally:
+            await items.aclose()
+
+    name = (path.rstrip("/").rsplit("/", 1)[-1] or "home") + ".tar.gz"
+    return StreamingResponse(body(), media_type="application/gzip",
+                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+async def post_archive(request: Request, identity: Identity) -> Response:
+    project_id = await _project(request, identity)
+    hub, path = _hub(request), _path(request)
+    # like `tar -x`: what the archive holds replaces what is there
+    begin = await hub.project_call(project_id, "native.archive.unpackBegin",
+                                   [{"path": path, "kind": "dir", "overwrite_newer": True}], None)
+    key = begin["id"]
+    try:
+        await _send_chunks(hub, project_id, "native.archive.unpackChunk", key, request.stream(), ARCHIVE_CHUNK)
+        stats = await hub.project_call(project_id, "native.archive.unpackEnd", [{"id": key}], None)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await hub.project_call(project_id, "native.archive.unpackAbort", [{"id": key}], 15)
+        raise
+    return JSONResponse(stats)
+
+
+def routes() -> list[Route]:
+    from .native import _by_method
+    p = "/api/v3/projects/{project_id}"
+    table = {
+        p + "/files/{path:path}": {"GET": endpoint(get_file), "PUT": endpoint(put_file),
+                                   "DELETE": endpoint(delete_file)},
+        p + "/files:move": {"POST": endpoint(move_file)},
+        p + "/archive/{path:path}": {"GET": endpoint(get_archive), "POST": endpoint(post_archive)},
+    }
+    return [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in table.items()]
