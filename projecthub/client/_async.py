@@ -53,7 +53,7 @@ class AsyncClient:
         await asyncio.sleep(min(self.backoff * (2 ** attempt), 2.0))
 
     async def _call(self, method: str, path: str, *, idempotent: bool | None = None,
-                    ok: tuple[int, ...] = (200, 201, 204), **kwargs: Any) -> httpx.Response:
+                    ok: tuple[int, ...] = (200, 201, 204, 206), **kwargs: Any) -> httpx.Response:
         if idempotent is None:
             idempotent = method in ("GET", "PUT", "DELETE", "HEAD")
         attempt = 0

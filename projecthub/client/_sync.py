@@ -108,7 +108,7 @@ class Client:
         time.sleep(min(self.backoff * (2 ** attempt), 2.0))
 
     def _call(self, method: str, path: str, *, idempotent: bool | None = None,
-              ok: tuple[int, ...] = (200, 201, 204), **kwargs: Any) -> httpx.Response:
+              ok: tuple[int, ...] = (200, 201, 204, 206), **kwargs: Any) -> httpx.Response:
         """One API call with bounded retries; an error status raises its ProjectHubError."""
         if idempotent is None:
             idempotent = method in ("GET", "PUT", "DELETE", "HEAD")
