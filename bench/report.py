@@ -122,6 +122,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         else "not run (quick mode runs 1 and 10)")
     import report_lifecycle   # first calls, idle memory, 1,000 projects (issue 15)
     report_lifecycle.targets(s, add)
+    import report_files   # the v3 files API vs cp (issue 18)
+    report_files.targets(s, add)
     return rows
 
 
@@ -383,6 +385,8 @@ def markdown(res: dict[str, Any], json_path: Path | None = None, plots: list[Pat
 
     import report_lifecycle
     L += report_lifecycle.markdown(s, bool(m.get("quick")))
+    import report_files
+    L += report_files.markdown(s, bool(m.get("quick")))
 
     errors = [(n, k, v["error"]) for n, sv in s.items() if isinstance(sv, dict)
               for k, v in sv.items() if isinstance(v, dict) and "error" in v]

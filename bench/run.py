@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH, kdamond_cpu_s, log, machine, run_cleanups, versions  # noqa: E402
 from scenarios import SCENARIOS as BASE_SCENARIOS, Ctx  # noqa: E402
 import lifecycle  # noqa: E402
+import files  # noqa: E402
 import report  # noqa: E402
 
-SCENARIOS = {**BASE_SCENARIOS, **lifecycle.SCENARIOS}
+SCENARIOS = {**BASE_SCENARIOS, **lifecycle.SCENARIOS, **files.SCENARIOS}
 
 
 def main(argv: list[str] | None = None) -> int:

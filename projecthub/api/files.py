@@ -17,6 +17,7 @@ project's disk limit (413 when it is full) and replaces the file atomically at i
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import mimetypes
@@ -35,7 +36,9 @@ from . import models as m
 from .native import ApiError, _hub, _project, endpoint
 from .replies import BoundedJSONResponse as JSONResponse
 
-UPLOAD_CHUNK = 1024 * 1024        # raw bytes per daemon call (project/transfer.py's CHUNK)
+UPLOAD_CHUNK = 512 * 1024         # raw bytes per daemon call (at most project/transfer.py's CHUNK)
+UPLOAD_DEPTH = 4                  # upload calls in flight: the hub holds at most this many chunks
+DOWNLOAD_WINDOW = 4 * 2**20       # the fabric stream's window for a download
 ARCHIVE_CHUNK = 256 * 1024        # project/archive.py's CHUNK
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -52,26 +55,58 @@ def _info(path: str, meta: dict[str, Any]) -> dict[str, Any]:
     return {"path": path, "size": meta["size"], "etag": meta["etag"], "mtime": _iso(meta["mtime"])}
 
 
-async def _send_chunks(hub: HubService, project_id: str, name: str, key: str,
-                       source: AsyncIterator[bytes], size: int) -> bytearray | None:
-    """Feed ``source`` to the daemon in ``size`` pieces; returns the first bytes when the
-    whole body was small enough for sync.history (else None)."""
+class _Kept:
+    """The first bytes of an upload, while it is small enough for sync.history."""
+
+    def __init__(self) -> None:
+        self.data: bytearray | None = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        if self.data is not None:
+            if len(self.data) + len(chunk) <= 4 * MAX_RECORDED_CHARS:
+                self.data += chunk
+            else:
+                self.data = None
+
+
+async def _pieces(source: AsyncIterator[bytes], size: int, kept: _Kept | None = None) -> AsyncIterator[bytes]:
+    """The body re-cut into pieces of ``size`` bytes (the last may be shorter)."""
     buffer = bytearray()
-    kept: bytearray | None = bytearray()
     async for chunk in source:
         if kept is not None:
-            if len(kept) + len(chunk) <= 4 * MAX_RECORDED_CHARS:
-                kept += chunk
-            else:
-                kept = None
+            kept.add(chunk)
         buffer += chunk
         while len(buffer) >= size:
-            piece = bytes(buffer[:size])
+            yield bytes(buffer[:size])
             del buffer[:size]
-            await hub.project_call(project_id, name, [{"id": key, "data": base64.b64encode(piece).decode()}], None)
     if buffer:
-        await hub.project_call(project_id, name, [{"id": key, "data": base64.b64encode(bytes(buffer)).decode()}], None)
-    return kept
+        yield bytes(buffer)
+
+
+async def _upload(hub: HubService, project_id: str, key: str, source: AsyncIterator[bytes],
+                  kept: _Kept) -> int:
+    """Send the body as ``writeChunk`` calls with their offsets, ``UPLOAD_DEPTH`` at a time
+    (the daemon writes each at its offset, so their order does not matter); the size."""
+    pending: set[asyncio.Task[Any]] = set()
+    offset = 0
+    try:
+        async for piece in _pieces(source, UPLOAD_CHUNK, kept):
+            while len(pending) >= UPLOAD_DEPTH:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()   # the first failure ends the upload
+            pending.add(asyncio.ensure_future(hub.project_call(project_id, "native.files.writeChunk", [
+                {"id": key, "offset": offset, "data": base64.b64encode(piece).decode()}], None)))
+            offset += len(piece)
+        for task in asyncio.as_completed(list(pending)):
+            await task
+        pending = set()
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+    return offset
 
 
 # ------------------------------------------------------------------------------ files
@@ -82,17 +117,18 @@ async def put_file(request: Request, identity: Identity) -> Response:
     begin = await hub.project_call(project_id, "native.files.writeBegin",
                                    [{"path": path, "if_match": request.headers.get("if-match")}], None)
     key = begin["id"]
+    kept = _Kept()
     try:
-        kept = await _send_chunks(hub, project_id, "native.files.writeChunk", key, request.stream(), UPLOAD_CHUNK)
-        out = await hub.project_call(project_id, "native.files.writeEnd", [{"id": key}], None)
+        size = await _upload(hub, project_id, key, request.stream(), kept)
+        out = await hub.project_call(project_id, "native.files.writeEnd", [{"id": key, "size": size}], None)
     except BaseException:
         with contextlib.suppress(Exception):
             await hub.project_call(project_id, "native.files.writeAbort", [{"id": key}], 10)
         raise
-    if kept is not None:   # a small text: sync.history records it like writeTextFileToProject
+    if kept.data is not None:   # a small text: sync.history records it like writeTextFileToProject
         with contextlib.suppress(UnicodeDecodeError):
             await record_write(hub, project_id, identity.account_id,
-                               [{"path": path, "content": kept.decode("utf-8")}])
+                               [{"path": path, "content": kept.data.decode("utf-8")}])
     info = _info(path, out)
     return JSONResponse(info, status_code=201 if out.get("created") else 200, headers={"ETag": info["etag"]})
 
@@ -134,7 +170,7 @@ async def get_file(request: Request, identity: Identity) -> Response:
         args["offset"] = wanted[0]
         if wanted[1] is not None:
             args["length"] = wanted[1]
-    items = hub.project_stream(project_id, "native.files.read", [args])
+    items = hub.project_stream(project_id, "native.files.read", [args], DOWNLOAD_WINDOW)
     try:
         meta = await anext(items)
     except BaseException:
@@ -221,7 +257,9 @@ async def post_archive(request: Request, identity: Identity) -> Response:
                                    [{"path": path, "kind": "dir", "overwrite_newer": True}], None)
     key = begin["id"]
     try:
-        await _send_chunks(hub, project_id, "native.archive.unpackChunk", key, request.stream(), ARCHIVE_CHUNK)
+        async for piece in _pieces(request.stream(), ARCHIVE_CHUNK):   # in order: a tar is a stream
+            await hub.project_call(project_id, "native.archive.unpackChunk",
+                                   [{"id": key, "data": base64.b64encode(piece).decode()}], None)
         stats = await hub.project_call(project_id, "native.archive.unpackEnd", [{"id": key}], None)
     except BaseException:
         with contextlib.suppress(Exception):

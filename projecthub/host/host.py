@@ -25,6 +25,7 @@ import psutil
 from ..errors import RemoteError
 from ..fabric import peer
 from ..fabric.local import DaemonRestarting, FabricClient
+from ..fabric.messages import STREAM_WINDOW
 from ..hub.db import AsyncStore
 from ..store.store import SPARE_STATE
 from .environment import ProjectEnvironment
@@ -178,12 +179,13 @@ class Host:
                 continue   # refused unstarted by a daemon restarting in place: send it again
         raise RemoteError("Error: the project daemon kept restarting; try again")
 
-    async def stream(self, project_id: str, name: str, args: list[Any]) -> AsyncIterator[Any]:
+    async def stream(self, project_id: str, name: str, args: list[Any],
+                     window: int | None = None) -> AsyncIterator[Any]:
         for _ in range(RESTART_RETRIES):
             handle = await self.ensure_running(project_id)
             started = False
             try:
-                async for item in handle.client.stream(name, args):
+                async for item in handle.client.stream(name, args, window or STREAM_WINDOW):
                     started = True
                     yield item
                 return

@@ -500,11 +500,13 @@ class HubService:
             subject = f"project.{project_id}.0.api.-"
             raise RemoteError(f"timeout - callHub: subject='{subject}', name='{name}', code='408' ")
 
-    async def project_stream(self, project_id: str, name: str, args: list[Any]) -> AsyncIterator[Any]:
+    async def project_stream(self, project_id: str, name: str, args: list[Any],
+                             window: int | None = None) -> AsyncIterator[Any]:
+        """``window``: the stream's flow-control window in bytes (default: the fabric's)."""
         self._enter(project_id)   # an open stream is activity until it ends
         try:
             await self._ensure_running(project_id)   # the running cap applies to streams too
-            inner = self.host.stream(project_id, name, args)
+            inner = self.host.stream(project_id, name, args, window)
             try:
                 async for item in inner:
                     yield item

@@ -32,7 +32,8 @@ from ..errors import RemoteError
 from .args import options as _opts
 from .context import ProjectContext
 
-CHUNK = 1024 * 1024          # raw bytes per download item / upload call
+CHUNK = 1024 * 1024          # raw bytes at most per download item / upload call
+READ_CHUNK = 512 * 1024     # raw bytes per download item (the host's window holds several)
 MAX_UPLOADS = 8              # concurrent uploads per project
 UPLOAD_IDLE_S = 120.0        # an upload with no chunk for this long is dropped
 MAX_LIST_ENTRIES = 10_000
@@ -113,7 +114,7 @@ async def read(ctx: ProjectContext, args: list[Any]) -> AsyncIterator[Any]:
         end = st.st_size if length is None else min(st.st_size, offset + length)
         position = offset
         while position < end:
-            data = await asyncio.to_thread(os.pread, fd, min(CHUNK, end - position), position)
+            data = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK, end - position), position)
             if not data:
                 break   # the file shrank meanwhile
             position += len(data)
@@ -247,34 +248,40 @@ def _upload(opts: dict[str, Any]) -> tuple[str, _Upload]:
     return key, upload   # type: ignore[return-value]
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_at(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 async def write_chunk(ctx: ProjectContext, args: list[Any]) -> None:
+    """``{id, offset, data}``: chunks carry their offset, so the host may send several at
+    once (they may arrive in any order) and the file is still exact."""
     opts = _opts(args)
     key, upload = _upload(opts)
-    data = opts.get("data")
+    data, offset = opts.get("data"), opts.get("offset")
     if not isinstance(data, str) or len(data) > 2 * CHUNK:
         raise _error("'data' must be base64 text of at most one chunk", 400)
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise _error("'offset' must be a non-negative integer", 400)
     try:
         raw = base64.b64decode(data, validate=True)
     except ValueError:
         raise _error("'data' is not valid base64", 400)
-    async with upload.lock:
-        upload.touched = time.monotonic()
-        try:
-            await asyncio.to_thread(_write_all, upload.fd, raw)
-        except OSError as exc:
-            _uploads.pop(key, None)
+    upload.touched = time.monotonic()
+    try:
+        await asyncio.to_thread(_write_at, upload.fd, raw, offset)
+    except OSError as exc:
+        if _uploads.pop(key, None) is not None:
             upload.discard()
-            raise _os_error(exc, upload.target)
-        upload.size += len(raw)
+        raise _os_error(exc, upload.target)
+    upload.size = max(upload.size, offset + len(raw))
 
 
-def _finish(upload: _Upload) -> dict[str, Any]:
+def _finish(upload: _Upload, size: int | None) -> dict[str, Any]:
+    if size is not None and size != upload.size:
+        raise _error(f"the upload ended at {upload.size} bytes, not {size}", 400)
     os.close(upload.fd)
     upload.fd = -1
     if upload.if_match not in (None, "*"):   # it may have changed while the bytes came
@@ -291,10 +298,13 @@ def _finish(upload: _Upload) -> dict[str, Any]:
 async def write_end(ctx: ProjectContext, args: list[Any]) -> dict[str, Any]:
     opts = _opts(args)
     key, upload = _upload(opts)
+    size = opts.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise _error("'size' must be a non-negative integer", 400)
     async with upload.lock:
         _uploads.pop(key, None)
         try:
-            out = await asyncio.to_thread(_finish, upload)
+            out = await asyncio.to_thread(_finish, upload, size)
         except OSError as exc:
             upload.discard()
             raise _os_error(exc, upload.target)

@@ -1,0 +1,85 @@
+"""Files in and out of a project (issue 18 item 1): upload and download of one file through
+the v3 files API (httpx, streamed both ways) against a local ``cp`` of the same file on the
+same data disk, in rounds that take turns, so the machine's drift hits all three alike.
+
+The target: upload and download of 100 MB each reach >= 50 % of ``cp``'s MB/s.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import time
+from typing import Any, Callable
+
+import httpx
+
+from common import Server, log
+from scenarios import Ctx, attempt
+
+MB = 10**6
+
+
+def scenario_files(ctx: Ctx) -> dict[str, Any]:
+    size_mb = ctx.q(20, 100)
+    rounds = ctx.q(2, 5)
+    res: dict[str, Any] = {"params": {"size_mb": size_mb, "rounds": rounds}}
+
+    def run() -> dict[str, Any]:
+        # the second --default-limits wins: room for the file and its replacement during an upload
+        server = Server(extra_args=["--default-limits", '{"disk_bytes": "1G"}']).start()
+        out: dict[str, Any] = {}
+        try:
+            headers = {"Authorization": f"Bearer {server.api_key}"}
+            with httpx.Client(base_url=server.url, headers=headers, timeout=600) as http:
+                r = http.post("/api/v3/projects", json={"title": "files bench"})
+                r.raise_for_status()
+                pid = r.json()["project_id"]
+                src = server.data_dir / "bench-src.bin"
+                with open(src, "wb") as f:
+                    for _ in range(size_mb):
+                        f.write(os.urandom(MB))
+                url = f"/api/v3/projects/{pid}/files/bench.bin"
+
+                def cp() -> None:
+                    subprocess.run(["cp", str(src), str(server.data_dir / "bench-cp.bin")], check=True)
+
+                def upload() -> None:
+                    with open(src, "rb") as f:
+                        r = http.put(url, content=f)
+                    if r.status_code not in (200, 201) or r.json()["size"] != size_mb * MB:
+                        raise RuntimeError(f"upload failed: {r.status_code} {r.text[:200]}")
+
+                def download() -> None:
+                    got = 0
+                    with http.stream("GET", url) as r, open(server.data_dir / "bench-down.bin", "wb") as f:
+                        for chunk in r.iter_bytes(1 << 20):
+                            f.write(chunk)
+                            got += len(chunk)
+                    if got != size_mb * MB:
+                        raise RuntimeError(f"download returned {got} bytes")
+
+                timings: dict[str, list[float]] = {"cp": [], "upload": [], "download": []}
+                steps: list[tuple[str, Callable[[], None]]] = [("cp", cp), ("upload", upload), ("download", download)]
+                upload()   # warm: the project started, the page cache holds the source
+                for _ in range(rounds):
+                    for name, fn in steps:
+                        t0 = time.perf_counter()
+                        fn()
+                        timings[name].append(time.perf_counter() - t0)
+                for name, values in timings.items():
+                    med = statistics.median(values)
+                    out[name] = {"median_s": round(med, 4), "mb_per_s": round(size_mb / med, 1),
+                                 "runs_s": [round(v, 4) for v in values]}
+                log(f"  files: cp {out['cp']['mb_per_s']} MB/s, upload {out['upload']['mb_per_s']} MB/s, "
+                    f"download {out['download']['mb_per_s']} MB/s")
+        finally:
+            server.stop()
+        return out
+
+    attempt(res, "projecthub", run)
+    return res
+
+
+SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {"files": scenario_files}

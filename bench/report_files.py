@@ -1,0 +1,41 @@
+"""Target and table of the files scenario (``files.py``), for ``report.py``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from report import _div, f, g
+
+Add = Callable[[str, Any, str, "bool | None", str], None]
+
+
+def targets(s: dict[str, Any], add: Add) -> None:
+    fl = g(s, "files", "projecthub") or {}
+    if not fl:
+        return
+    size = g(s, "files", "params", "size_mb")
+    cp = g(fl, "cp", "mb_per_s")
+    for what in ("upload", "download"):
+        v = g(fl, what, "mb_per_s")
+        r = _div(v, cp)
+        add(f"files API {what} of {size} MB vs a local `cp` of the same file (MB/s; issue 18)", r, "≥ 0.5",
+            r is not None and r >= 0.5, f"{f(v)} MB/s vs {f(cp)} MB/s (medians of rounds taking turns)")
+
+
+def markdown(s: dict[str, Any], quick: bool) -> list[str]:
+    fl = g(s, "files", "projecthub") or {}
+    if not fl:
+        return []
+    size = g(s, "files", "params", "size_mb")
+    L = [f"### 10. files in and out of a project: one {size} MB file (v3 files API, httpx, streamed)", "",
+         "| what | median s | MB/s | vs cp | runs (s) |", "|---|---|---|---|---|"]
+    cp = g(fl, "cp", "mb_per_s")
+    for name, label in (("cp", "floor: `cp` on the same data disk"), ("upload", "**projecthub** `PUT …/files/{path}`"),
+                        ("download", "**projecthub** `GET …/files/{path}`")):
+        row = fl.get(name) or {}
+        L.append(f"| {label} | {f(row.get('median_s'))} | {f(row.get('mb_per_s'))} | "
+                 f"{f(_div(row.get('mb_per_s'), cp))}x | {', '.join(str(v) for v in row.get('runs_s', []))} |")
+    if "error" in fl:
+        L.append(f"| error: {fl['error'][:200]} | | | | |")
+    L.append("")
+    return L
