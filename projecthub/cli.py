@@ -27,12 +27,13 @@ from .observability.logs import JsonLogFormatter  # noqa: F401 - one JSON line p
 
 
 def _setup_logging(level: str, log_file: str | None = None, max_bytes: int = 50 * 2**20,
-                   backups: int = 5) -> None:
+                   backups: int = 5, audit_file: Path | None = None) -> None:
     """The JSON log (start-up, request and audit lines) on stdout, or in a rotating
     ``log_file``, written by a thread behind a bounded queue (observability/logs.py).  The
-    first-start banner is not part of it: plain text on stderr."""
+    first-start banner is not part of it: plain text on stderr.  Audit lines also go to
+    ``audit_file`` (the data dir's audit.log, where admin commands write theirs)."""
     from .observability.logs import setup_logging
-    setup_logging(level, log_file, max_bytes, backups)
+    setup_logging(level, log_file, max_bytes, backups, audit_file)
 
 
 def _emit(value: dict[str, Any]) -> None:
@@ -180,9 +181,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except OSError as exc:
         _fail(f"cannot use --data-dir {settings.data_dir}: {exc.strerror or exc}")
     try:
-        _setup_logging(args.log_level, args.log_file, args.log_max_bytes, args.log_backups)
+        _setup_logging(args.log_level, args.log_file, args.log_max_bytes, args.log_backups,
+                       settings.data_dir / "audit.log")
     except OSError as exc:
-        _fail(f"cannot write --log-file {args.log_file}: {exc.strerror or exc}")
+        _fail(f"cannot write the log: {exc.strerror or exc}: {exc.filename or args.log_file}")
     from .api.connections import protocol_class, serve_guard
     try:  # slow/many-connection defences (api/connections.py); also raises the fd limit
         guard = serve_guard(args.max_connections, args.max_connections_per_ip, args.header_timeout,
@@ -323,8 +325,20 @@ def _check_default_limits(limits: Any) -> None:
 
 
 def _open(args: argparse.Namespace):
-    """The store of an admin command's --data-dir (--create: make one if there is none)."""
-    return _store(args.data_dir, create=bool(getattr(args, "create", False)))
+    """The store of an admin command's --data-dir (--create: make one if there is none).
+    Audit lines of the command go to the data dir's audit.log (observability/audit.py)."""
+    store = _store(args.data_dir, create=bool(getattr(args, "create", False)))
+    from .observability.logs import use_audit_file
+    try:
+        use_audit_file(_data_dir(args.data_dir) / "audit.log")
+    except OSError as exc:
+        _fail(f"cannot write {_data_dir(args.data_dir) / 'audit.log'}: {exc.strerror or exc}", code=1)
+    return store
+
+
+def _audit(event: str, **fields: Any) -> None:
+    from .observability.audit import audit_event
+    audit_event(event, by="cli", **fields)
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
@@ -364,7 +378,8 @@ def cmd_account_create(args: argparse.Namespace) -> None:
     store = _open(args)
     first, _, last = args.name.partition(" ")
     account_id = store.create_account(first_name=first, last_name=last, email=args.email, is_admin=args.admin)
-    _, key = store.create_api_key(account_id, name="created by projecthub account create")
+    row, key = store.create_api_key(account_id, name="created by projecthub account create")
+    _audit("key_created", account_id=account_id, key_id=row["id"])
     _emit({"account_id": account_id, "api_key": key})
 
 
@@ -383,6 +398,7 @@ def cmd_key_create(args: argparse.Namespace) -> None:
                                         expire=expire)
     except ValueError as exc:
         _fail(str(exc))
+    _audit("key_created", account_id=args.account, key_id=row["id"], project_id=row.get("project_id"))
     _emit({"id": row["id"], "api_key": key, "project_id": row.get("project_id")})
 
 
@@ -412,6 +428,7 @@ def cmd_key_revoke(args: argparse.Namespace) -> None:
     store = _open(args)
     row = _key_id(store, args)
     store.delete_api_key(args.id)
+    _audit("key_revoked", account_id=row["account_id"], key_id=args.id, project_id=row["project_id"])
     _emit({"id": args.id, "revoked": True, "account_id": row["account_id"],
            "project_id": row["project_id"]})
 
@@ -428,6 +445,9 @@ def cmd_key_rotate(args: argparse.Namespace) -> None:
         row, key = store.rotate_api_key(args.id, expire=expire)
     except ValueError as exc:   # revoked meanwhile
         _fail(str(exc))
+    _audit("key_revoked", account_id=old["account_id"], key_id=args.id, rotated_to=row["id"])
+    _audit("key_created", account_id=old["account_id"], key_id=row["id"], project_id=row["project_id"],
+           replaces=args.id)
     from .hub.service import iso
     _emit({"id": row["id"], "api_key": key, "project_id": row["project_id"], "replaces": args.id,
            "expire": iso(row["expire"])})
@@ -454,6 +474,7 @@ def cmd_account_disable(args: argparse.Namespace) -> None:
     if store.get_account(args.account) is None:
         _fail(f"no account with id {args.account}")
     store.set_disabled(args.account, disabled)
+    _audit("account_disabled" if disabled else "account_enabled", account_id=args.account)
     _emit(account_json(store.get_account(args.account) or {}))
 
 
@@ -461,7 +482,9 @@ def cmd_project_create(args: argparse.Namespace) -> None:
     store = _open(args)
     if store.get_account(args.account) is None:
         _fail(f"no account with id {args.account}")
-    _emit({"project_id": store.create_project(args.account, title=args.title or "")})
+    project_id = store.create_project(args.account, title=args.title or "")
+    _audit("project_created", project_id=project_id, account_id=args.account)
+    _emit({"project_id": project_id})
 
 
 def cmd_project_list(args: argparse.Namespace) -> None:
@@ -501,6 +524,7 @@ def cmd_project_delete(args: argparse.Namespace) -> None:
     sandbox = Sandbox(SandboxConfig(data_dir=data_dir))
     running = args.project in sandbox.running_projects() or _daemon_alive(data_dir, args.project)
     store.delete_project(args.project)   # first: a racing call cannot start it again
+    _audit("project_deleted", project_id=args.project)
     if running or project.get("state") != "stopped":
         try:
             sandbox.stop_project(args.project)
@@ -539,6 +563,7 @@ def cmd_project_limits(args: argparse.Namespace) -> None:
             _fail(str(exc))
         settings["limits"] = overrides
         store.update_project(args.project, settings=settings)
+        _audit("limit_changed", project_id=args.project, limits=overrides)
     _emit({"project_id": args.project, "limits": effective.to_json(), "overrides": overrides,
            "note": "applied at the project's next start" if args.set or args.unset else None})
 
@@ -577,6 +602,7 @@ def cmd_account_limits(args: argparse.Namespace) -> None:
         _fail(str(exc))
     if args.set or args.unset:
         store.set_account_limits(args.account, overrides)
+        _audit("limit_changed", account_id=args.account, limits=overrides)
     _emit({"account_id": args.account, "limits": defaults.merged(overrides).to_json(),
            "overrides": overrides, "exempt": bool(account.get("is_admin")),
            "projects": store.count_owned_projects(args.account)})

@@ -27,6 +27,7 @@ from ..fabric import peer
 from ..fabric.local import DaemonRestarting, FabricClient
 from ..fabric.messages import STREAM_WINDOW
 from ..hub.db import AsyncStore
+from ..observability.audit import audit_event, current_exception_text as _start_error
 from ..store.store import SPARE_STATE
 from .environment import ProjectEnvironment
 from .purge import purge_project_files
@@ -341,6 +342,7 @@ class Host:
 
     async def _failed_start(self, project_id: str) -> None:
         """Nothing of a failed start stays behind: processes, cgroups, the mounted image."""
+        audit_event("sandbox_start_failure", project_id=project_id, error=_start_error())
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.sandbox.stop_project, project_id)
         await self._set_state(project_id, "stopped", "it failed to start")

@@ -99,7 +99,7 @@ async def delete_project(hub: HubService, account_id: str, args: list[Any], budg
         raise RemoteError("Error: must be an owner to delete a project")
     if await hub.project_role(account_id, project) not in OWNER_ROLES:   # not a collaborator
         raise RemoteError("Error: must be an owner to delete a project")
-    await hub.delete_project(project_id)
+    await hub.delete_project(project_id, account_id=account_id)
     return None
 
 

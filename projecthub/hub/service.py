@@ -21,6 +21,7 @@ from ..errors import RemoteError
 from ..fabric.local import DaemonRestarting
 from ..host.host import RESTART_RETRIES, Host
 from ..host.sandbox import ProjectLimits
+from ..observability.audit import audit_event, audit_exec_error, audit_exec_result
 from ..store import AccountLimitReached, FieldTooLong
 from ..store.bounds import check_text
 from .account_limits import AccountLimits
@@ -286,6 +287,7 @@ class HubService:
                 f"Error: account limit {exc.name}={exc.limit} reached: this account already owns "
                 f"{exc.limit} projects; delete one or ask the operator to raise the limit",
                 status=403, limit=exc.name)
+        audit_event("project_created", project_id=project_id, account_id=account_id)
         if self.host_id:  # the host that will run it (the only one, in the embedded server)
             await self.db.update_project(project_id, host_id=self.host_id)
         if start:
@@ -364,12 +366,16 @@ class HubService:
     async def stop_project(self, project_id: str) -> None:
         await self.host.stop(project_id, reason="stopped by request")
 
-    async def delete_project(self, project_id: str, *, purge_now: bool = False) -> None:
+    async def delete_project(self, project_id: str, *, purge_now: bool = False,
+                             account_id: str | None = None) -> None:
         """``purge_now``: a project a refused request made (nobody ever used it) leaves no
-        files for the grace period either."""
+        files for the grace period either.  ``account_id``: who deleted it (audit log; else
+        the request's caller)."""
         # mark it deleted first: a call racing with us then cannot start a new daemon after
         # the stop below (the host refuses to launch deleted projects)
         await self.db.delete_project(project_id)
+        audit_event("project_deleted", project_id=project_id, account_id=account_id,
+                    reason="a refused request made it" if purge_now else None)
         self._forget_collaborators(project_id)
         await self.host.stop(project_id, reason="deleted")
         # its files (home, state, disk image) stay for the grace period, then go
@@ -452,6 +458,7 @@ class HubService:
             raise RemoteError(f"Error: {exc}", status=409)
         settings["limits"] = merged_overrides
         await self.db.update_project(project_id, settings=settings)
+        audit_event("limit_changed", project_id=project_id, account_id=account_id, limits=overrides)
         await self.host.update_limits(project_id, limits)
         self.idle.set_timeout(project_id, limits.idle_timeout_s)
         return limits.to_json()
@@ -485,10 +492,13 @@ class HubService:
                 # (an exec turned into a job, with its id) arrives before our bridge timeout
                 remaining = None if budget is None else max(
                     0.001, budget - (time.monotonic() - started) - min(0.25, budget * 0.1))
-                try:
-                    return await handle.client.call(name, args, remaining)
+                try:   # kills for a timeout / by the OOM killer go to the audit log
+                    return audit_exec_result(project_id, name, await handle.client.call(name, args, remaining))
                 except DaemonRestarting:
                     continue   # refused unstarted by a daemon restarting in place: resend
+                except RemoteError as exc:
+                    audit_exec_error(project_id, name, exc)
+                    raise
             raise RemoteError("Error: the project daemon kept restarting; try again")
 
         if budget is None:
@@ -509,7 +519,7 @@ class HubService:
             inner = self.host.stream(project_id, name, args, window)
             try:
                 async for item in inner:
-                    yield item
+                    yield audit_exec_result(project_id, name, item)   # the final event of an exec stream
             finally:   # a client that goes away frees the daemon stream now, not at garbage collection
                 aclose = getattr(inner, "aclose", None)
                 if aclose is not None:
@@ -574,6 +584,7 @@ class HubService:
                                                            name=name, expire=expire)
             except ValueError as exc:
                 raise RemoteError(f"Error: {exc}")
+            audit_event("key_created", account_id=account_id, key_id=row["id"], project_id=project_id, by="api")
             return [{**key_json(row), "secret": secret}]
         key_id = opts.get("id")
         if not isinstance(key_id, int):
@@ -584,6 +595,8 @@ class HubService:
         if action == "delete":
             await self.db.delete_api_key(key_id)
             self.resolver.invalidate_key(key_id)
+            audit_event("key_revoked", account_id=row["account_id"], key_id=key_id, by="api",
+                        by_account_id=account_id)
             return None
         if action == "edit":
             kwargs: dict[str, Any] = {}
@@ -620,6 +633,8 @@ class HubService:
         except ValueError:
             raise RemoteError(f"Error: no account with id {target_account_id}", status=404)
         self.resolver.invalidate_all()
+        audit_event("account_disabled" if disabled else "account_enabled", account_id=target_account_id,
+                    by="api", by_account_id=account_id)
         row = await self.db.get_account(target_account_id)
         assert row is not None
         return account_json(row)

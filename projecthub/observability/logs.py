@@ -80,22 +80,40 @@ def dropped_lines() -> int:
     return _dropped
 
 
+AUDIT_LOGGER = "projecthub.audit"
+
+
+def _audit_only(record: logging.LogRecord) -> bool:
+    return record.name == AUDIT_LOGGER
+
+
 def setup_logging(level: str = "info", log_file: str | Path | None = None,
-                  max_bytes: int = 50 * 2**20, backups: int = 5) -> None:
+                  max_bytes: int = 50 * 2**20, backups: int = 5,
+                  audit_file: str | Path | None = None) -> None:
     """The root logger writes JSON lines to stdout, or to ``log_file`` rotated at
-    ``max_bytes`` with ``backups`` old files kept, through a bounded queue."""
+    ``max_bytes`` with ``backups`` old files kept, through a bounded queue.  Audit lines
+    also go to ``audit_file`` (the data dir's ``audit.log``, rotated the same way), where
+    the CLI's admin commands append theirs too (``use_audit_file``)."""
     global _listener
     if _listener is not None:
         _listener.stop()
+    targets: list[logging.Handler] = []
     target: logging.Handler
     if log_file:
         target = logging.handlers.RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=backups,
                                                       encoding="utf-8")
     else:
         target = logging.StreamHandler(sys.stdout)
-    target.setFormatter(JsonLogFormatter())
+    targets.append(target)
+    if audit_file:
+        audit = logging.handlers.RotatingFileHandler(audit_file, maxBytes=max_bytes, backupCount=backups,
+                                                     encoding="utf-8")
+        audit.addFilter(_audit_only)
+        targets.append(audit)
+    for target in targets:
+        target.setFormatter(JsonLogFormatter())
     handler = DroppingQueueHandler(queue.Queue(QUEUE_SIZE))
-    _listener = logging.handlers.QueueListener(handler.queue, target, respect_handler_level=False)
+    _listener = logging.handlers.QueueListener(handler.queue, *targets, respect_handler_level=False)
     _listener.start()
     atexit.register(stop_logging)
     root = logging.getLogger()
@@ -109,3 +127,19 @@ def stop_logging() -> None:
     listener, _listener = _listener, None
     if listener is not None:
         listener.stop()
+        for handler in listener.handlers:
+            handler.close()
+
+
+def use_audit_file(path: str | Path) -> None:
+    """For the CLI's admin commands (no server log): append their audit lines to ``path``
+    (the data dir's ``audit.log``, the file the server writes its audit lines to as well).
+    Idempotent; the line is written before the command prints its result."""
+    logger = logging.getLogger(AUDIT_LOGGER)
+    if any(getattr(h, "_projecthub_audit", False) for h in logger.handlers):
+        return
+    handler = logging.FileHandler(path, encoding="utf-8")   # O_APPEND: lines never interleave
+    handler.setFormatter(JsonLogFormatter())
+    handler._projecthub_audit = True   # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)

@@ -28,6 +28,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
+from .audit import current_request
 from .logs import PREFORMATTED, utc_iso
 from .metrics import Metrics
 
@@ -86,6 +87,7 @@ class RequestObserver:
         started = time.perf_counter()
         info: dict[str, Any] = {}
         scope[SCOPE_KEY] = info
+        current_request.set(info)   # audit events name the caller (observability/audit.py)
         status = 0
         bytes_in = 0
         bytes_out = 0
