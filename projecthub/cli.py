@@ -871,6 +871,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_env_parser(sub)
     from .cli_org import add_org_parser
     add_org_parser(sub, _admin, _open)   # projecthub org ... (organizations, sign-in tokens)
+    from .mcp_server import add_mcp_parser
+    add_mcp_parser(sub)   # projecthub mcp (an MCP server for agents, on projecthub.client)
 
     _admin(sub, "stop-all", "stop every running project daemon of a data dir", cmd_stop_all)
 
