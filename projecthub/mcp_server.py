@@ -18,7 +18,8 @@ directory; HTTP: off unless given).
 import argparse
 import asyncio
 import base64
-import json
+import functools
+import logging
 import os
 import sys
 from pathlib import Path
@@ -45,6 +46,15 @@ def _import_sdk() -> tuple[Any, Any, Any, bool]:
         return FastMCP, Context, Image, False
 
 
+def _tool_error() -> Any:
+    """The SDK's ToolError: its message reaches the agent (2.x hides other exceptions' text)."""
+    try:
+        from mcp.server.mcpserver.exceptions import ToolError
+    except ImportError:
+        from mcp.server.fastmcp.exceptions import ToolError
+    return ToolError
+
+
 def _clip(text: str) -> str:
     if len(text) <= MAX_TEXT:
         return text
@@ -68,7 +78,7 @@ def _result_json(result: Any) -> dict[str, Any]:
 def build_server(url: str, api_key: str, *, upload_root: Path | None = None, host: str = "127.0.0.1",
                  port: int = 8931) -> Any:
     """The MCP server object (FastMCP on mcp 1.x, MCPServer on 2.x) with every tool."""
-    from .client import AsyncClient, NotFound, TimeoutExpired
+    from .client import AsyncClient, NotFound, ProjectHubError, TimeoutExpired
 
     Server, Context, Image, v2 = _import_sdk()
     if v2:
@@ -76,6 +86,19 @@ def build_server(url: str, api_key: str, *, upload_root: Path | None = None, hos
     else:
         mcp = Server("projecthub", instructions=INSTRUCTIONS, host=host, port=port)
     state: dict[str, Any] = {}
+    ToolError = _tool_error()
+    logging.getLogger("httpx").setLevel(logging.WARNING)   # no line per API call on stderr
+
+    def tool(fn: Any) -> Any:
+        """Register ``fn``; the server's refusals and bad arguments become tool errors that
+        carry their message (status and text) to the agent."""
+        @functools.wraps(fn)
+        async def wrapped(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except (ProjectHubError, ValueError, OSError) as exc:
+                raise ToolError(str(exc)) from None
+        return mcp.tool()(wrapped)
 
     def client() -> AsyncClient:
         # one client per event loop (created on the first call, inside the server's loop)
@@ -126,26 +149,26 @@ def build_server(url: str, api_key: str, *, upload_root: Path | None = None, hos
         result["next_offset"], result["next_stderr_offset"] = int(out_offset or 0), int(err_offset or 0)
         return result
 
-    @mcp.tool()
+    @tool
     async def projects_list():
         """List your projects (id, title, state)."""
         return {"projects": [{"project_id": p.project_id, "title": p.title, "state": (p.state or {}).get("state")}
                              for p in await client().projects.list()]}
 
-    @mcp.tool()
+    @tool
     async def project_create(title: str = "", description: str = "", start: bool = True):
         """Create a project (an isolated Linux sandbox with its own home); returns its project_id."""
         project = await client().projects.create(title, description, start=start)
         return {"project_id": project.project_id, "title": project.title}
 
-    @mcp.tool()
+    @tool
     async def project_limits(project_id: str, set: dict[str, Any] | None = None):
         """A project's limits (memory_bytes, pids, cpu_cores, disk_bytes, idle_timeout_s, network...).
         With `set` (e.g. {"pids": 256}) change them first (owners may only tighten)."""
         limits = await (client().limits.set(project_id, **set) if set else client().limits.get(project_id))
         return {k: v for k, v in limits.raw.items()}
 
-    @mcp.tool()
+    @tool
     async def exec(project_id: str, command: str, timeout: float = 600, wait_s: float = 5,
                    cwd: str | None = None, ctx: Context = None):
         """Run a shell command (bash) in the project's home.  Waits at most `wait_s` seconds,
@@ -156,7 +179,7 @@ def build_server(url: str, api_key: str, *, upload_root: Path | None = None, hos
         job = await client().start(project_id, command, cwd=cwd, timeout=timeout)
         return await follow(job, wait_s, ctx)
 
-    @mcp.tool()
+    @tool
     async def job_output(project_id: str, job_id: str, offset: int = 0, stderr_offset: int = 0,
                          wait_s: float = 10, ctx: Context = None):
         """A job's output from byte `offset` of stdout (`stderr_offset` of stderr), waiting up to
@@ -168,18 +191,18 @@ def build_server(url: str, api_key: str, *, upload_root: Path | None = None, hos
         except NotFound:
             raise ValueError(f"no job {job_id} in project {project_id}")
 
-    @mcp.tool()
+    @tool
     async def job_kill(project_id: str, job_id: str):
         """Kill a running job (and everything it started)."""
         return {"job_id": job_id, "killed": await client().job(project_id, job_id).kill()}
 
-    @mcp.tool()
+    @tool
     async def session_create(project_id: str, kernel: str = "python3"):
         """Start a persistent Jupyter kernel; variables survive between session_run calls."""
         session = await client().session(project_id, kernel)
         return {"session_id": session.session_id, "kernel": session.info.kernel}
 
-    @mcp.tool()
+    @tool
     async def session_run(project_id: str, session_id: str, code: str, timeout: float = 60):
         """Run a cell in a session.  Returns its printed output, its value, errors (with the
         traceback) and every image it displayed (e.g. matplotlib plots) as image content."""
@@ -214,14 +237,14 @@ def build_server(url: str, api_key: str, *, upload_root: Path | None = None, hos
             summary = f"[status: {result.status}]\n" + summary
         return ([summary] if summary else []) + content
 
-    @mcp.tool()
+    @tool
     async def session_close(project_id: str, session_id: str):
         """Stop a session's kernel."""
         from .client import AsyncSession, SessionInfo
         await AsyncSession(client(), project_id, SessionInfo(session_id=session_id)).close()
         return {"session_id": session_id, "closed": True}
 
-    @mcp.tool()
+    @tool
     async def file_read(project_id: str, path: str):
         """Read a file of the project (path relative to its home).  Text comes back as text,
         images as image content, other binary files as base64."""
@@ -236,7 +259,7 @@ def build_server(url: str, api_key: str, *, upload_root: Path | None = None, hos
         except UnicodeDecodeError:
             return {"path": path, "size": len(data), "base64": base64.b64encode(data).decode()}
 
-    @mcp.tool()
+    @tool
     async def file_write(project_id: str, path: str, content: str, base64_encoded: bool = False):
         """Create or replace a file (its directories are made).  `content` is UTF-8 text, or
         base64 with base64_encoded=true."""
@@ -244,14 +267,14 @@ def build_server(url: str, api_key: str, *, upload_root: Path | None = None, hos
         info = await client().files.write_bytes(project_id, path, data)
         return {"path": info.path, "size": info.size, "etag": info.etag}
 
-    @mcp.tool()
+    @tool
     async def file_list(project_id: str, path: str = ""):
         """List a directory of the project ("" = the home): name, type, size, mtime."""
         listing = await client().files.list(project_id, path)
         return {"path": listing.path, "truncated": listing.truncated,
                 "entries": [{"name": e.name, "type": e.type, "size": e.size, "mtime": e.mtime} for e in listing]}
 
-    @mcp.tool()
+    @tool
     async def file_upload(project_id: str, local_path: str, path: str):
         """Upload a file from the machine this MCP server runs on (below its upload root) to
         `path` in the project."""
@@ -313,3 +336,21 @@ def add_mcp_parser(sub: Any) -> None:
                    help="file_upload reads local files only below DIR (stdio default: the current "
                         "directory; HTTP: off unless given)")
     p.set_defaults(func=cmd_mcp)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m projecthub.mcp_server``: the same as ``projecthub mcp`` (without the server's
+    CLI, so it runs where only the client and mcp are installed)."""
+    parser = argparse.ArgumentParser(prog="projecthub mcp")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_mcp_parser(sub)
+    args = parser.parse_args(["mcp", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        args.func(args)
+    except ValueError as exc:
+        print(f"projecthub mcp: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -100,7 +100,7 @@ async def _exercise(session: ClientSession, tmp: Path) -> None:
                                                       "path": "stolen"})
     assert outside.isError and "upload root" in _text(outside)
     missing = await session.call_tool("file_read", {"project_id": project, "path": "nope.txt"})
-    assert missing.isError
+    assert missing.isError and "no such file" in _text(missing)   # the server's message reaches the agent
     bad = await session.call_tool("exec", {"project_id": "not-a-uuid", "command": "true"})
     assert bad.isError and "UUID" in _text(bad)
 
