@@ -29,7 +29,8 @@ import time
 from typing import Any, Awaitable, Callable
 
 from .audit import current_request
-from .logs import PREFORMATTED, utc_iso
+from . import logs
+from .logs import utc_iso
 from .metrics import Metrics
 
 SCOPE_KEY = "projecthub.log"
@@ -156,4 +157,4 @@ class RequestObserver:
             "account_id": info.get("account_id"), "key_id": info.get("key_id"),
             "project_id": project_id, "client": client[0] if client else None,
         })
-        log.info(line, extra=PREFORMATTED)
+        logs.write_line(line)   # no LogRecord: straight onto the writer's queue (logs.py)
