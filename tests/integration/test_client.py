@@ -236,3 +236,11 @@ def test_async_client(server: Server, account) -> None:
                 await client.job(project, "nope").info()
             await client.projects.delete(project)
     asyncio.run(main())
+
+
+def test_a_keep_alive_connection_the_server_closed_is_replaced(server: Server, client: Client, proj) -> None:
+    """The server drops idle keep-alive connections after a few seconds; a plain exec (never
+    retried) afterwards must open a new one instead of failing on the dead one."""
+    assert client.exec(proj, "echo one").stdout == "one\n"
+    time.sleep(6)   # uvicorn's keep-alive timeout is 5 s
+    assert client.exec(proj, "echo two").stdout == "two\n"
