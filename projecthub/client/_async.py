@@ -15,6 +15,7 @@ from typing import IO, Any, AsyncIterator, Callable
 
 import httpx
 
+from ._fast import AsyncFastHTTP, ConnectFailed, ReadTimedOut, SendFailed
 from ._sync import (_CONNECT, _RETRY_STATUS, _TRANSIENT, CHUNK, _exec_body, _exec_outcome, _http_timeout,
                     _iso)
 from ._types import (ApiKey, CellError, CellResult, ConnectionFailed, ExecResult, FileEntry, FileInfo,
@@ -35,12 +36,14 @@ class AsyncClient:
         self._http = httpx.AsyncClient(base_url=self.url + "/api/v3",
                                        headers={"Authorization": f"Bearer {api_key}"},
                                        timeout=httpx.Timeout(timeout, connect=10.0))
+        self._fast = AsyncFastHTTP(self.url, "/api/v3", {"Authorization": f"Bearer {api_key}"}, timeout)
         self.projects = AsyncProjects(self)
         self.files = AsyncFiles(self)
         self.keys = AsyncKeys(self)
         self.limits = AsyncLimitsAPI(self)
 
     async def aclose(self) -> None:
+        await self._fast.aclose()
         await self._http.aclose()
 
     async def __aenter__(self) -> "AsyncClient":
@@ -56,16 +59,25 @@ class AsyncClient:
                     ok: tuple[int, ...] = (200, 201, 204, 206), **kwargs: Any) -> httpx.Response:
         if idempotent is None:
             idempotent = method in ("GET", "PUT", "DELETE", "HEAD")
+        content = kwargs.get("content")
+        fast = (content is None or isinstance(content, bytes)) and not isinstance(kwargs.get("timeout"), httpx.Timeout)
         attempt = 0
         while True:
             try:
-                response = await self._http.request(method, path, **kwargs)
-            except _CONNECT as exc:
+                if fast:
+                    response: Any = await self._fast.request(
+                        method, path, json_body=kwargs.get("json"), content=content, params=kwargs.get("params"),
+                        headers=kwargs.get("headers"), timeout=kwargs.get("timeout"))
+                else:
+                    response = await self._http.request(method, path, **kwargs)
+            except (*_CONNECT, ConnectFailed) as exc:
                 if attempt >= self.retries:
                     raise ConnectionFailed(f"cannot reach {self.url}: {exc}") from exc
-            except _TRANSIENT as exc:
+            except (*_TRANSIENT, SendFailed) as exc:
                 if not idempotent or attempt >= self.retries:
                     raise ConnectionFailed(f"connection to {self.url} failed: {exc!r}") from exc
+            except (httpx.TimeoutException, ReadTimedOut) as exc:
+                raise ConnectionFailed(f"no answer from {self.url}: {exc}") from exc
             else:
                 if response.status_code in ok:
                     return response

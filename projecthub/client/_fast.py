@@ -135,3 +135,115 @@ def _param(value: Any) -> str:
     if value is False:
         return "false"
     return str(value)
+
+
+class AsyncFastHTTP:
+    """The same for ``AsyncClient``: HTTP/1.1 keep-alive on asyncio streams, a pool of idle
+    connections (one request per connection at a time; concurrent calls open more)."""
+
+    MAX_IDLE = 32
+
+    def __init__(self, url: str, prefix: str, headers: dict[str, str], timeout: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.https else 80)
+        self.prefix = parts.path.rstrip("/") + prefix
+        self.timeout = timeout
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in
+                             {**headers, "Host": parts.netloc, "Accept-Encoding": "identity"}.items())
+        self._idle: list[tuple[Any, Any]] = []
+
+    async def _open(self) -> tuple[Any, Any]:
+        import asyncio
+        try:
+            reader, writer = await asyncio.open_connection(
+                self.host, self.port, ssl=ssl.create_default_context() if self.https else None)
+        except OSError as exc:
+            raise ConnectFailed(str(exc)) from exc
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
+    async def request(self, method: str, path: str, *, json_body: Any = None, content: bytes | None = None,
+                      params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+                      timeout: float | None = None) -> Response:
+        import asyncio
+        url = self.prefix + path
+        if params:
+            url += "?" + urlencode({k: _param(v) for k, v in params.items()})
+        body = content
+        head = f"{method} {url} HTTP/1.1\r\n" + self._head
+        if json_body is not None:
+            body = json.dumps(json_body, separators=(",", ":")).encode()
+            head += "Content-Type: application/json\r\n"
+        if headers:
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = b""
+        if body is not None:
+            head += f"Content-Length: {len(body)}\r\n"
+        raw = (head + "\r\n").encode("latin-1") + (body or b"")
+        conn = None
+        while self._idle:
+            candidate = self._idle.pop()
+            if candidate[0].at_eof() or candidate[1].is_closing():
+                candidate[1].close()
+                continue
+            conn = candidate
+            break
+        if conn is None:
+            conn = await self._open()
+        reader, writer = conn
+        try:
+            async with asyncio.timeout(timeout or self.timeout):
+                writer.write(raw)
+                status_line = await reader.readuntil(b"\r\n")
+                status = int(status_line.split(None, 2)[1])
+                got: dict[str, str] = {}
+                while True:
+                    line = await reader.readuntil(b"\r\n")
+                    if line == b"\r\n":
+                        break
+                    name, _, value = line.decode("latin-1").partition(":")
+                    got[name.strip().lower()] = value.strip()
+                if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+                    data = b""
+                elif "chunked" in got.get("transfer-encoding", ""):
+                    chunks = []
+                    while True:
+                        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                        if size == 0:
+                            while await reader.readuntil(b"\r\n") != b"\r\n":
+                                pass
+                            break
+                        chunks.append(await reader.readexactly(size))
+                        await reader.readexactly(2)
+                    data = b"".join(chunks)
+                elif "content-length" in got:
+                    data = await reader.readexactly(int(got["content-length"]))
+                else:
+                    data = await reader.read()
+                    got["connection"] = "close"
+        except TimeoutError as exc:
+            writer.close()
+            raise ReadTimedOut(f"no answer within {timeout or self.timeout} s") from exc
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            writer.close()
+            raise SendFailed(repr(exc)) from exc
+        except BaseException:   # cancelled mid-answer: the connection's state is unknown
+            writer.close()
+            raise
+        if "close" in got.get("connection", "").lower() or len(self._idle) >= self.MAX_IDLE:
+            writer.close()
+        else:
+            self._idle.append(conn)
+        return Response(status, Headers(got), data)
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for _, writer in idle:
+            writer.close()

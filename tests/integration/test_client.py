@@ -244,3 +244,28 @@ def test_a_keep_alive_connection_the_server_closed_is_replaced(server: Server, c
     assert client.exec(proj, "echo one").stdout == "one\n"
     time.sleep(6)   # uvicorn's keep-alive timeout is 5 s
     assert client.exec(proj, "echo two").stdout == "two\n"
+
+
+def test_async_client_connections(server: Server, account, proj) -> None:
+    """AsyncClient's keep-alive pool: a connection the server dropped is replaced; an idempotent
+    call is retried on a broken connection, a plain exec is not."""
+    import asyncio
+
+    from projecthub.client import AsyncClient
+
+    async def main() -> None:
+        async with AsyncClient(server.url, account.api_key) as client:
+            assert (await client.exec(proj, "echo one")).stdout == "one\n"
+            await asyncio.sleep(6)   # past uvicorn's 5 s keep-alive
+            assert (await client.exec(proj, "echo two")).stdout == "two\n"
+        proxy = CuttingProxy(server.port, cut_after=0)
+        try:
+            async with AsyncClient(proxy.url, account.api_key, backoff=0.01) as client:
+                assert (await client.projects.get(proj)).project_id == proj.project_id
+                proxy.cuts_left = 1
+                await client._fast.aclose()   # the next call opens a (cut) connection
+                with pytest.raises(ConnectionFailed):
+                    await client.exec(proj, "true")
+        finally:
+            proxy.close()
+    asyncio.run(main())
