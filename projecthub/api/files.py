@@ -38,9 +38,12 @@ from .replies import BoundedJSONResponse as JSONResponse
 
 UPLOAD_CHUNK = 512 * 1024         # raw bytes per daemon call (at most project/transfer.py's CHUNK)
 UPLOAD_DEPTH = 4                  # upload calls in flight: the hub holds at most this many chunks
-DOWNLOAD_WINDOW = 4 * 2**20       # the fabric stream's window for a download
+# A download's stream window: the fabric's own 1 MiB.  Every stalled reader holds up to one
+# window in the hub (stream windows are not charged to the reply budget), so a larger one
+# multiplied by the per-IP connection cap would let one key pin gigabytes.
+DOWNLOAD_WINDOW = 2**20
 ARCHIVE_CHUNK = 256 * 1024        # project/archive.py's CHUNK
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")   # 18 digits: beyond any file, within int()
 
 
 def _iso(epoch: float) -> str:

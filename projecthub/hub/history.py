@@ -9,9 +9,11 @@ snapshot (a patch from the empty text).  A file never written that way answers w
 snapshot of its current text; a file changed by other means since its last recorded write
 (exec, a kernel) ends with one more patch, with no account, up to its current text.
 
-Bounds (store/history.py keeps them): ``MAX_ENTRIES`` patches per file (then it starts over
-from a snapshot), ``MAX_PROJECT_BYTES`` of patches and texts per project (then the files
-written longest ago lose their history first).  The rows go with the project when it is
+Bounds (store/history.py keeps them): ``MAX_ENTRIES`` patches and ``MAX_FILE_BYTES`` of
+them per file (then it starts over from a snapshot), ``MAX_PROJECT_BYTES`` of patches and
+texts per project, counted in UTF-8 bytes (then the files written longest ago lose their
+history first, the file just written last of all).  A file over ``MAX_RECORDED_CHARS`` now
+gets no final patch up to its current text.  The rows go with the project when it is
 purged.
 """
 
@@ -30,7 +32,7 @@ WRITE_FUNCTION = "system.writeTextFileToProject"
 MAX_RECORDED_CHARS = 256 * 1024
 MAX_ENTRIES = 100
 MAX_PROJECT_BYTES = 16 * 2**20
-DIFF_TIMEOUT_S = 0.2
+MAX_FILE_BYTES = 4 * 2**20      # of patches (UTF-8) per file: past it the file starts over
 
 _dmp: Any = None
 
@@ -40,13 +42,31 @@ def _differ() -> Any:
     if _dmp is None:
         from diff_match_patch import diff_match_patch
         _dmp = diff_match_patch()
-        _dmp.Diff_Timeout = DIFF_TIMEOUT_S   # a diff never holds the store thread longer
     return _dmp
 
 
 def make_patch(previous: str | None, text: str) -> tuple[str, bool]:
-    """The compressed patch from ``previous`` (None: a snapshot from "") to ``text``."""
-    patches = _differ().patch_make(previous or "", text)
+    """The compressed patch from ``previous`` (None: a snapshot from "") to ``text``.
+
+    The diff is one changed region between the common prefix and suffix, found in linear
+    time: diff-match-patch's own diff is quadratic on periodic text whatever its timeout
+    (256 Ki characters of "abab..." took 34 s), and it would run on the hub's store thread.
+    An append or one edited region comes out as small as the full diff; several scattered
+    edits make a larger, still exact, patch."""
+    dmp = _differ()
+    old = previous or ""
+    prefix = dmp.diff_commonPrefix(old, text)
+    suffix = dmp.diff_commonSuffix(old[prefix:], text[prefix:])
+    diffs = []
+    if prefix:
+        diffs.append((0, text[:prefix]))
+    if len(old) - prefix - suffix > 0:
+        diffs.append((-1, old[prefix:len(old) - suffix]))
+    if len(text) - prefix - suffix > 0:
+        diffs.append((1, text[prefix:len(text) - suffix]))
+    if suffix:
+        diffs.append((0, text[len(text) - suffix:]))
+    patches = dmp.patch_make(old, diffs)
     compressed = [[[[op, chunk] for op, chunk in p.diffs], p.start1, p.start2, p.length1, p.length2]
                   for p in patches]
     return json.dumps(compressed, separators=(",", ":"), ensure_ascii=False), previous is None
@@ -72,7 +92,8 @@ async def record_write(hub: "HubService", project_id: str, account_id: str | Non
         return
     await hub.db.record_history(project_id, key, account_id, content,
                                 lambda previous: make_patch(previous, content),
-                                max_entries=MAX_ENTRIES, max_project_bytes=MAX_PROJECT_BYTES)
+                                max_entries=MAX_ENTRIES, max_file_bytes=MAX_FILE_BYTES,
+                                max_project_bytes=MAX_PROJECT_BYTES)
 
 
 def _entry(seq: int, time_ms: int, parent: int | None, patch: str, user_id: int,
@@ -108,6 +129,8 @@ async def history(hub: "HubService", project_id: str, path: Any, budget: float |
         last_ms = ms
     head = await hub.db.history_head(project_id, key) if rows else None
     recorded = head["text"] if head is not None else None
+    if current is not None and len(current) > MAX_RECORDED_CHARS:
+        current = None   # too big to patch here: the history of its API writes only
     if current is not None and (not rows or current != recorded):
         # never written through the API (a snapshot), or changed since by other means
         import time

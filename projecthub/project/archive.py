@@ -225,14 +225,40 @@ class _Unpack:
             with contextlib.suppress(OSError):
                 self.reader.close()
 
+    def _unsafe(self, member: tarfile.TarInfo, rel: str) -> bool:
+        """Stricter than the data filter, whose escapes this Python may predate (the 2025
+        tarfile fixes): no absolute names, no ``..`` anywhere, links only relative without
+        ``..``, hard links only to members already extracted, regular files/dirs/links only."""
+        parts = PurePosixPath(member.name).parts
+        if member.name.startswith("/") or ".." in parts:
+            return True
+        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+            return True
+        if member.issym() and (member.linkname.startswith("/") or ".." in PurePosixPath(member.linkname).parts):
+            return True
+        if member.islnk():
+            target = member.linkname[2:] if member.linkname.startswith("./") else member.linkname
+            if target not in self.seen or ".." in PurePosixPath(target).parts:
+                return True
+        return False
+
     def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         dest, rel = self._destination(member.name)
         if self.kind == "file":
             if not member.isreg():
                 self.stats["skipped_unsafe"] += 1
                 return
-        self.seen.add(rel)
+        elif self._unsafe(member, rel):
+            self.stats["skipped_unsafe"] += 1
+            return
+        if self.delete_missing or member.isreg():   # delete_missing's list; hard links' targets
+            self.seen.add(rel)
         if member.isdir():
+            try:   # a directory member passes the data filter too
+                tarfile.data_filter(member, str(self.target))
+            except tarfile.FilterError:
+                self.stats["skipped_unsafe"] += 1
+                return
             if not dest.is_dir() or dest.is_symlink():
                 if dest.is_symlink() or dest.exists():
                     self._set_aside(dest)

@@ -165,6 +165,10 @@ class ProjectDaemon:
         from .exec import job_manager
         if job_manager(self.ctx).activity()[0]:
             return False
+        # an upload or an extraction between two chunks (files API, copies): not idle
+        for module, table in (("projecthub.project.transfer", "_uploads"), ("projecthub.project.archive", "_unpacks")):
+            if getattr(sys.modules.get(module), table, None):
+                return False
         if await self._jupyter.list_sessions():
             return False
         return recycle.alone_in_sandbox()

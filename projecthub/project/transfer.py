@@ -33,7 +33,7 @@ from .args import options as _opts
 from .context import ProjectContext
 
 CHUNK = 1024 * 1024          # raw bytes at most per download item / upload call
-READ_CHUNK = 512 * 1024     # raw bytes per download item (the host's window holds several)
+READ_CHUNK = 256 * 1024     # raw bytes per download item (the host's 1 MiB window holds three)
 MAX_UPLOADS = 8              # concurrent uploads per project
 UPLOAD_IDLE_S = 120.0        # an upload with no chunk for this long is dropped
 MAX_LIST_ENTRIES = 10_000

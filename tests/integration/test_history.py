@@ -83,11 +83,10 @@ def test_bounds_and_refusals(server: Server, hub: cocalc_api.Hub, project: cocal
     assert len(entries) <= history_module.MAX_ENTRIES
     assert entries[0]["mesg"]["is_snapshot"], "a full history starts over from a snapshot"
     assert replay(entries)[-1] == f"version {history_module.MAX_ENTRIES + 2}\n"
-    # a text too big to record: the history is the file as it is now
+    # a text too big to record: no history (and no patch of it is made on the fly)
     big = "x" * (history_module.MAX_RECORDED_CHARS + 1)
     write(project, "big.txt", big)
-    entries = hub.sync.history(project_id=project_id, path="big.txt")
-    assert len(entries) == 1 and entries[0]["account_id"] is None and replay(entries) == [big]
+    assert hub.sync.history(project_id=project_id, path="big.txt") == []
 
     stranger = server.new_account("History stranger")
     other = cocalc_api.Hub(api_key=stranger.api_key, host=server.url)

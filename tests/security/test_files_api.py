@@ -69,3 +69,55 @@ def test_the_daemon_file_calls_are_host_only(proj_a: Proj) -> None:
                        headers={"Authorization": f"Bearer {proj_a.key}"},
                        json={"project_id": proj_a.project_id, "name": name, "args": [{"path": "x"}]})
         assert "unknown function" in r.json().get("error", ""), r.text
+
+
+def _tar(members: list[tuple[str, str, bytes | str]]) -> bytes:
+    """A hand-made tar: (kind, name, data or link target)."""
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for kind, name, payload in members:
+            info = tarfile.TarInfo(name)
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif kind == "sym":
+                info.type, info.linkname = tarfile.SYMTYPE, str(payload)
+                tar.addfile(info)
+            elif kind == "hard":
+                info.type, info.linkname = tarfile.LNKTYPE, str(payload)
+                tar.addfile(info)
+            else:
+                data = payload if isinstance(payload, bytes) else payload.encode()
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_a_hostile_archive_writes_nothing_outside_its_directory(proj_a: Proj) -> None:
+    """Review finding: directory members skipped the tar filter (``../victim`` was made or,
+    with ``backup``, renamed outside the target); links with ``..`` and hard links to
+    anything but an earlier member are refused too, as this Python may predate the 2025
+    tarfile filter fixes."""
+    assert proj_a.run("mkdir -p victim && echo keep > victim/f && mkdir -p target")["exit_code"] == 0
+    body = _tar([("dir", "../victim", b""), ("dir", "../made-outside", b""),
+                 ("sym", "up", "../"), ("file", "up/escaped.txt", "x"),
+                 ("sym", "abs", "/etc"), ("hard", "h", "../victim/f"), ("hard", "h2", "/etc/passwd"),
+                 ("dir", "ok", b""), ("file", "ok/fine.txt", "fine")])
+    r = api(proj_a, "POST", "/archive/target", content=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["skipped_unsafe"] >= 6, r.json()
+    home = proj_a.run("cd ~ && ls -A")["stdout"].split()
+    assert "made-outside" not in home and "escaped.txt" not in home, home
+    listing = proj_a.run("find target | sort")["stdout"]
+    assert "target/up/escaped.txt" in listing, "the link was refused, so up/ is a plain directory"
+    assert proj_a.run("cat victim/f")["stdout"] == "keep\n"
+    assert "target/ok/fine.txt" in listing
+
+
+def test_an_absurd_range_is_not_a_server_error(proj_a: Proj) -> None:
+    assert proj_a.run("echo data > r.txt")["exit_code"] == 0
+    for header in ("bytes=" + "9" * 5000 + "-", "bytes=0-" + "1" * 30, "bytes=5-2", "bytes=x-y"):
+        r = api(proj_a, "GET", "/files/r.txt", headers={"Range": header})
+        assert r.status_code in (200, 206, 416), (header[:30], r.status_code, r.text[:200])
