@@ -54,42 +54,51 @@ class FastHTTP:
         self.host = parts.hostname
         self.port = parts.port or (443 if self.https else 80)
         self.prefix = parts.path.rstrip("/") + prefix
-        self.headers = {**headers, "Host": parts.netloc, "Accept-Encoding": "identity"}
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in
+                             {**headers, "Host": parts.netloc, "Accept-Encoding": "identity"}.items())
         self.timeout = timeout
         self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
+        self._all: list[socket.socket] = []
         self._lock = threading.Lock()
         self._ssl = ssl.create_default_context() if self.https else None
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection (and whether it is a reused one)."""
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is not None and conn.sock is not None:
-            # a keep-alive connection the server closed meanwhile reads as "readable" (EOF)
+    def _socket(self) -> socket.socket:
+        """This thread's connection: the kept-alive one unless the server closed it meanwhile
+        (then it reads as "readable": EOF), else a new one."""
+        sock: socket.socket | None = getattr(self._local, "sock", None)
+        if sock is not None:
             try:
-                readable = select.select([conn.sock], [], [], 0)[0]
+                if not select.select([sock], [], [], 0)[0]:
+                    return sock
             except (OSError, ValueError):
-                readable = True
-            if not readable:
-                return conn, True
-            conn.close()
-        if conn is None:
-            if self.https:
-                conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self._ssl)
-            else:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+                pass
+            self._drop(sock)
         try:
-            conn.connect()
+            sock = socket.create_connection((self.host, self.port), timeout=min(self.timeout, 10.0))
         except OSError as exc:
-            conn.close()
             raise ConnectFailed(str(exc)) from exc
-        sock = conn.sock
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn, False
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._ssl is not None:
+            try:
+                sock = self._ssl.wrap_socket(sock, server_hostname=self.host)
+            except OSError as exc:
+                sock.close()
+                raise ConnectFailed(str(exc)) from exc
+        self._local.sock = sock
+        with self._lock:
+            self._all.append(sock)
+        return sock
+
+    def _drop(self, sock: socket.socket) -> None:
+        if getattr(self._local, "sock", None) is sock:
+            self._local.sock = None
+        with self._lock:
+            if sock in self._all:
+                self._all.remove(sock)
+        try:
+            sock.close()
+        except OSError:
+            pass
 
     def request(self, method: str, path: str, *, json_body: Any = None, content: bytes | None = None,
                 params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
@@ -97,36 +106,43 @@ class FastHTTP:
         url = self.prefix + path
         if params:
             url += "?" + urlencode({k: _param(v) for k, v in params.items()})
-        send = dict(self.headers)
-        if headers:
-            send.update(headers)
-        body: bytes | None = content
+        body = content
+        head = f"{method} {url} HTTP/1.1\r\n" + self._head
         if json_body is not None:
             body = json.dumps(json_body, separators=(",", ":")).encode()
-            send["Content-Type"] = "application/json"
+            head += "Content-Type: application/json\r\n"
+        if headers:
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         if body is None and method in ("POST", "PUT", "PATCH"):
             body = b""
-        conn, _reused = self._connection()
-        conn.sock.settimeout(timeout or self.timeout)   # type: ignore[union-attr]
+        if body is not None:
+            head += f"Content-Length: {len(body)}\r\n"
+        raw = (head + "\r\n").encode("latin-1") + (body or b"")   # one send: no Nagle/delayed-ACK dance
+        sock = self._socket()
+        sock.settimeout(timeout or self.timeout)
         try:
-            conn.request(method, url, body=body, headers=send)
-            answer = conn.getresponse()
+            sock.sendall(raw)
+            answer = http.client.HTTPResponse(sock, method=method)
+            answer.begin()
             data = answer.read()
         except TimeoutError as exc:
-            conn.close()
+            self._drop(sock)
             raise ReadTimedOut(f"no answer within {timeout or self.timeout} s") from exc
         except (OSError, http.client.HTTPException) as exc:
-            conn.close()
+            self._drop(sock)
             raise SendFailed(repr(exc)) from exc
         if answer.will_close:
-            conn.close()
+            self._drop(sock)
         return Response(answer.status, Headers((k.lower(), v) for k, v in answer.getheaders()), data)
 
     def close(self) -> None:
         with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
+            socks, self._all = self._all, []
+        for sock in socks:
+            try:
+                sock.close()
+            except OSError:
+                pass
 
 
 def _param(value: Any) -> str:
