@@ -128,6 +128,7 @@ def test_audit_auth_failure(hub: Server) -> None:
     assert entry and entry["client"] == "127.0.0.1"
     assert "sk-aaaaaaaaaaaaaaaa00000Z" not in json.dumps(entry)
     assert wait_for(lambda: any(e.get("event") == "auth_failure" for e in lines(hub.data_dir / "audit.log")))
+    assert (hub.data_dir / "audit.log").stat().st_mode & 0o777 == 0o600   # private, like the store
 
 
 def test_audit_keys_limits_projects(hub: Server, user: Account) -> None:
