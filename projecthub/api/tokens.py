@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from ..errors import RemoteError
 from ..hub.orgs import REDEEM_PATH, redeem_token
+from ..observability.audit import audit_event
 from .requests import HTTPError, client_address, decode_object, read_body
 
 _BODY_LIMIT = 4096
@@ -46,10 +47,13 @@ async def redeem(request: Request) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=409)
     if answer is None:
         throttle.record_failure(address)
+        audit_event("auth_failure", path=request.scope["path"], client=address, reason="sign-in token")
         delay = throttle.penalty(address)
         if delay:
             await asyncio.sleep(delay)
         return JSONResponse({"error": "invalid, expired or already used token"}, status_code=401)
+    key = answer.get("key") if isinstance(answer.get("key"), dict) else {}
+    audit_event("key_created", account_id=answer.get("account_id"), key_id=key.get("id"), by="sign-in token")
     return JSONResponse(answer, headers={"Cache-Control": "no-store"})
 
 

@@ -148,6 +148,8 @@ class RequestObserver:
             params = scope.get("path_params")
             if params:
                 project_id = params.get("project_id")
+                if project_id is not None:
+                    project_id = project_id[:64]   # from the URL: any text, bounded like the path
         client = scope.get("client")
         line = json.dumps({
             "ts": utc_iso(time.time()), "level": "info", "logger": "projecthub.requests",

@@ -115,6 +115,7 @@ def test_no_secret_in_any_line(hub: Server, user: Account, admin: Account) -> No
     httpx.post(hub.url + "/api/v3/tokens/redeem?token=tok-secret-123", timeout=10)
     httpx.get(hub.url + "/metrics", headers={"Authorization": f"Bearer {admin.api_key}"})
     assert find(hub, logger="projecthub.audit", event="key_created", account_id=user.account_id)
+    assert find(hub, logger="projecthub.audit", event="auth_failure", reason="sign-in token")
     time.sleep(0.5)
     text = (hub.data_dir / "json.log").read_text() + (hub.data_dir / "audit.log").read_text()
     for needle in (user.api_key, admin.api_key, secret, secret[:-1] + "x", "tok-secret-123", "Bearer"):
