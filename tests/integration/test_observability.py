@@ -104,6 +104,18 @@ def test_request_log_lines_for_v3_and_conat(hub: Server, user: Account) -> None:
     assert not any("nope.x" in json.dumps(e) for e in log_of(hub))
 
 
+def test_stream_is_logged_when_it_ends(hub: Server, user: Account) -> None:
+    project_id = new_project(hub, user.api_key)
+    job = v3(hub, user.api_key, "POST", f"/projects/{project_id}/exec",
+             {"command": "for i in 1 2 3; do echo line$i; sleep 0.3; done", "async": True}).json()
+    r = v3(hub, user.api_key, "GET", f"/projects/{project_id}/jobs/{job['job_id']}/events")
+    assert r.status_code == 200 and "line3" in r.text
+    entry = find(hub, logger="projecthub.requests", function="GET /projects/{project_id}/jobs/{job_id}/events",
+                 project_id=project_id)
+    assert entry and entry["status"] == 200 and entry["bytes_out"] == len(r.content)
+    assert entry["duration_ms"] >= 500   # the whole stream, not just its headers
+
+
 def test_no_secret_in_any_line(hub: Server, user: Account, admin: Account) -> None:
     project_id = new_project(hub, user.api_key)
     v3(hub, user.api_key, "POST", f"/projects/{project_id}/exec", {"command": "echo", "args": ["x"]})
