@@ -214,13 +214,31 @@ def cmd_serve(args: argparse.Namespace) -> None:
         # could pick its own address and escape the per-address bad-key throttle
         proxy_headers=bool(args.forwarded_allow_ips),
         forwarded_allow_ips=args.forwarded_allow_ips or None)
-    server = uvicorn.Server(config)
+    server = _server_class(uvicorn)(config)
     try:
         server.run(sockets=sockets)   # the sockets bound above: no second bind that could fail
     except KeyboardInterrupt:
         pass
     if not server.started:
         _fail("the server did not start (see the log above)", code=1)
+
+
+def _server_class(uvicorn: Any) -> Any:
+    """uvicorn's Server, writing the pending log lines before it re-raises a stop signal (the
+    JSON log is written by a thread, observability/logs.py; a signal death runs no atexit)."""
+    import contextlib
+
+    from .observability.logs import flush_logging
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    flush_logging()
+    return Server
 
 
 def _bind(host: str, port: int) -> Any:

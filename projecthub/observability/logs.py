@@ -7,7 +7,8 @@ which skips the ``logging`` machinery altogether: it is the one line every reque
 
 Lines are written by one thread (``LogWriter``), in batches every ``FLUSH_INTERVAL_S``: the
 event loop only appends a string to a bounded deque, and the writer thread is not woken per
-line (a wake-up per request costs the loop a GIL hand-off every time).  When the consumer is
+request line (a wake-up per request costs the loop a GIL hand-off every time).  Ordinary
+records and audit lines (rare) wake it, so they are written at once.  When the consumer is
 slow (a blocked pipe, a full disk) and ``QUEUE_SIZE`` lines wait, new lines are dropped and
 counted (``dropped_lines()``; also the ``projecthub_log_lines_dropped_total`` metric) instead
 of growing memory or stalling requests.  A file log is rotated by size like
@@ -110,6 +111,8 @@ class LogWriter(logging.Handler):
         # (line, is_audit); deque append/popleft are atomic: no lock on the hot path
         self.pending: collections.deque[tuple[str, bool]] = collections.deque()
         self._stop = threading.Event()
+        self._wake = threading.Event()   # set by ordinary records (rare): written at once
+        self._drain_lock = threading.Lock()   # the thread, or flush() from the caller
         self._thread = threading.Thread(target=self._run, name="projecthub-log-writer", daemon=True)
         self._thread.start()
 
@@ -124,6 +127,7 @@ class LogWriter(logging.Handler):
             self.handleError(record)
             return
         self.pending.append((line, record.name == AUDIT_LOGGER))
+        self._wake.set()
 
     def write_line(self, line: str) -> None:
         global _dropped
@@ -133,11 +137,21 @@ class LogWriter(logging.Handler):
         self.pending.append((line, False))
 
     def _run(self) -> None:
-        while not self._stop.wait(FLUSH_INTERVAL_S):
+        while not self._stop.is_set():
+            self._wake.wait(FLUSH_INTERVAL_S)
+            self._wake.clear()
             self._drain()
         self._drain()
 
+    def flush(self) -> None:
+        """Write what is pending now, from the calling thread."""
+        self._drain()
+
     def _drain(self) -> None:
+        with self._drain_lock:
+            self._drain_locked()
+
+    def _drain_locked(self) -> None:
         global _dropped
         pending = self.pending
         batch = []
@@ -156,12 +170,21 @@ class LogWriter(logging.Handler):
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(5)
         for sink in (self.main, self.audit):
             if sink is not None:
                 sink.close()
         super().close()
+
+
+def flush_logging() -> None:
+    """Write the pending lines now (the server calls it as it shuts down: uvicorn then
+    re-raises SIGTERM/SIGINT, and a process killed by a signal runs no atexit hook)."""
+    writer = _writer
+    if writer is not None:
+        writer.flush()
 
 
 def dropped_lines() -> int:
