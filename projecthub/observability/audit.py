@@ -113,6 +113,9 @@ def audit_exec_result(project_id: str, function: str, value: Any) -> Any:
         killed_by = value.get("killed_by")
         if killed_by is not None or value.get("oom_killed"):
             _audit_kill(project_id, function, value, killed_by)
+        elif type(record := value.get("record")) is dict and (
+                record.get("killed_by") is not None or record.get("oom_killed")):
+            _audit_kill(project_id, function, record, record.get("killed_by"))   # a job stream's "done"
     return value
 
 

@@ -186,6 +186,16 @@ def test_audit_timeout_kill(hub: Server, user: Account) -> None:
     assert wait_for(lambda: sum(1 for e in log_of(hub) if e.get("event") == "timeout_kill"
                                 and e.get("project_id") == project_id) >= 2)
     assert any(e.get("event") == "timeout_kill" for e in lines(hub.data_dir / "audit.log"))
+    # an async job killed for its timeout: seen in its event stream, written once however often read
+    job = v3(hub, user.api_key, "POST", f"/projects/{project_id}/exec",
+             {"command": "sleep 10", "timeout": 1, "async": True}).json()
+    for _ in range(2):
+        r = v3(hub, user.api_key, "GET", f"/projects/{project_id}/jobs/{job['job_id']}/events")
+        assert r.status_code == 200 and "done" in r.text, r.text
+    v3(hub, user.api_key, "GET", f"/projects/{project_id}/jobs/{job['job_id']}")
+    assert find(hub, logger="projecthub.audit", event="timeout_kill", job_id=job["job_id"])
+    time.sleep(0.3)
+    assert sum(1 for e in log_of(hub) if e.get("event") == "timeout_kill" and e.get("job_id") == job["job_id"]) == 1
 
 
 def test_audit_oom_kill(hub: Server, user: Account) -> None:
