@@ -73,6 +73,13 @@ class FastHTTP:
             except (OSError, ValueError):
                 pass
             self._drop(sock)
+        sock = self._connect()
+        self._local.sock = sock
+        with self._lock:
+            self._all.append(sock)
+        return sock
+
+    def _connect(self) -> socket.socket:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=min(self.timeout, 10.0))
         except OSError as exc:
@@ -84,10 +91,30 @@ class FastHTTP:
             except OSError as exc:
                 sock.close()
                 raise ConnectFailed(str(exc)) from exc
-        self._local.sock = sock
-        with self._lock:
-            self._all.append(sock)
         return sock
+
+    def open_stream(self, method: str, path: str, *, headers: dict[str, str] | None = None,
+                    timeout: float = 60.0) -> tuple[http.client.HTTPResponse, socket.socket]:
+        """A streamed answer on a connection of its own (read it with ``read1``; close the
+        socket when done).  For Server-Sent Events: cheaper per chunk than httpx."""
+        head = f"{method} {self.prefix + path} HTTP/1.1\r\n" + self._head
+        if headers:
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        if method in ("POST", "PUT", "PATCH"):
+            head += "Content-Length: 0\r\n"
+        sock = self._connect()
+        try:
+            sock.settimeout(timeout)
+            sock.sendall((head + "Connection: close\r\n\r\n").encode("latin-1"))
+            answer = http.client.HTTPResponse(sock, method=method)
+            answer.begin()
+        except TimeoutError as exc:
+            sock.close()
+            raise ReadTimedOut(f"no answer within {timeout} s") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            sock.close()
+            raise SendFailed(repr(exc)) from exc
+        return answer, sock
 
     def _drop(self, sock: socket.socket) -> None:
         if getattr(self._local, "sock", None) is sock:

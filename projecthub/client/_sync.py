@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
@@ -292,16 +293,17 @@ class Job:
         failures = 0
         client = self.client
         path = self._path + "/events"
-        timeout = httpx.Timeout(client.timeout, connect=10.0, read=60.0)   # heartbeats every 15 s
         while True:
             headers = {"Last-Event-ID": position} if position else None
             try:
-                with client._http.stream("GET", path, headers=headers, timeout=timeout) as response:
-                    if response.status_code != 200:
-                        response.read()
-                        raise error_for(response.status_code, response.content)
+                # its own connection, read with http.client (heartbeats come every 15 s)
+                response, sock = client._fast.open_stream("GET", path, headers=headers, timeout=60.0)
+                try:
+                    if response.status != 200:
+                        raise error_for(response.status, response.read())
                     parser = SSEParser()
-                    for raw in response.iter_raw():
+                    read = response.read1
+                    while raw := read(65536):
                         for event_id, kind, data in parser.feed(raw):
                             if event_id:
                                 position = self.last_event_id = event_id
@@ -323,7 +325,9 @@ class Job:
                             elif kind == "error":
                                 event = json.loads(data)
                                 raise ProjectHubError(str(event.get("error", event)))
-            except (*_CONNECT, *_TRANSIENT, httpx.ReadTimeout) as exc:
+                finally:
+                    sock.close()
+            except (ConnectFailed, SendFailed, ReadTimedOut, OSError, http.client.HTTPException) as exc:
                 if failures >= client.retries:
                     raise ConnectionFailed(f"job event stream failed: {exc!r}") from exc
             client._sleep(failures)
