@@ -67,7 +67,7 @@ class _ScrapeCollector(Collector):
         yield dropped
         state = self._state()
         for key, text in (("projects", "projects with a running daemon on this host"),
-                          ("kernels", "Jupyter kernels running on this host (pool included)"),
+                          ("kernels", "open Jupyter kernel sessions on this host (stateless pool kernels not counted)"),
                           ("jobs", "background jobs running on this host")):
             if state.get(key) is not None:
                 gauge = GaugeMetricFamily(f"projecthub_running_{key}", text)
