@@ -32,8 +32,9 @@ _ERROR_TEXT = {
     "401": "Missing, invalid, expired or revoked API key (or sign-in token)",
     "403": "Not allowed for this key",
     "404": "No such project, job, session or key",
-    "409": "A state conflict (a cell's code ended its own kernel; a redeemed token's account has its "
-           "maximum of keys)",
+    "409": "A state conflict (the session's kernel died: a cell's code ended it, or it was killed, "
+           "e.g. out of memory; a redeemed token's account has its maximum of keys; a file or "
+           "directory in the way)",
     "413": "Body too large",
     "422": "An unknown field in the body or query string (named in the error); an "
            "Idempotency-Key reused with a different body",
@@ -122,6 +123,7 @@ def _op(summary: str, responses: dict[str, Any], errors: tuple[str, ...], *,
 
 _P = ("403", "404", "422")   # every project operation: not yours, no such project, unknown field
 _RUN = _P + ("429", "504", "507")   # operations that may start the project
+_KERNEL = _RUN + ("409",)   # session operations: a kernel that died (killed, out of memory) is 409
 
 
 _FILE_PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
@@ -223,26 +225,26 @@ def _paths() -> dict[str, Any]:
             {"200": {"description": _SSE_JOB, "content": {"text/event-stream": {"schema": _sse_schema(["stdout", "stderr", "stats", "done", "error"])}}}},
             _RUN, params=jp + _query(m.JobEventsQuery) + [_LAST_EVENT_ID], description=_SSE_JOB)},
         p + "/sessions": {
-            "get": _op("List kernel sessions", {"200": _json(_list(m.Session))}, _RUN, params=[_PROJECT_ID]),
-            "post": _op("Create a persistent kernel session", {"201": _json(_ref(m.Session), "Created")}, _RUN,
+            "get": _op("List kernel sessions", {"200": _json(_list(m.Session))}, _KERNEL, params=[_PROJECT_ID]),
+            "post": _op("Create a persistent kernel session", {"201": _json(_ref(m.Session), "Created")}, _KERNEL,
                         params=[_PROJECT_ID], body=m.SessionRequest, body_required=False),
         },
         p + "/sessions/{session_id}": {
-            "get": _op("A session", {"200": _json(_ref(m.Session))}, _RUN, params=sp),
-            "delete": _op("Delete a session (kills its kernel)", {"204": {"description": "Deleted"}}, _RUN,
+            "get": _op("A session", {"200": _json(_ref(m.Session))}, _KERNEL, params=sp),
+            "delete": _op("Delete a session (kills its kernel)", {"204": {"description": "Deleted"}}, _KERNEL,
                           params=sp),
         },
         p + "/sessions/{session_id}/execute": {"post": _op(
             "Execute a cell; state is kept between calls", {"200": _json(_ref(m.CellResult))},
-            _RUN + ("409",), params=sp, body=m.CellRequest)},
+            _KERNEL, params=sp, body=m.CellRequest)},
         p + "/sessions/{session_id}/stream": {"post": _op(
             "Execute a cell and stream its outputs as Server-Sent Events",
             {"200": {"description": _SSE_CELL, "content": {"text/event-stream": {"schema": _sse_schema(["output", "done", "error"])}}}},
-            _RUN, params=sp, body=m.CellRequest, description=_SSE_CELL)},
+            _KERNEL, params=sp, body=m.CellRequest, description=_SSE_CELL)},
         p + "/sessions/{session_id}/interrupt": {"post": _op(
-            "Interrupt the running cell", {"200": _json(_ref(m.Session))}, _RUN, params=sp)},
+            "Interrupt the running cell", {"200": _json(_ref(m.Session))}, _KERNEL, params=sp)},
         p + "/sessions/{session_id}/restart": {"post": _op(
-            "Restart the kernel (its state is lost)", {"200": _json(_ref(m.Session))}, _RUN, params=sp)},
+            "Restart the kernel (its state is lost)", {"200": _json(_ref(m.Session))}, _KERNEL, params=sp)},
         "/api/v3/keys": {
             "get": _op("Your API keys (never their secrets); admins may pass account_id",
                        {"200": _json(_list(m.ApiKey))}, ("403", "404", "422"), params=_query(m.KeysQuery)),

@@ -74,6 +74,7 @@ def test_missing_layer_is_announced_loudly(tmp_path: Path) -> None:
         assert "NOT ALL ISOLATION LAYERS ARE ENFORCED" in server.log()
     finally:
         server.stop()
+        server.cli("stop-all")   # its spare project's daemon (and mounted image) outlive it
 
 
 def test_project_limits_cli(tmp_path: Path) -> None:

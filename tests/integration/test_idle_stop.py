@@ -252,8 +252,12 @@ def test_invalid_idle_timeout_on_the_command_line(idle_server: Server, owner: Ac
 # ------------------------------------------- the daemon drops Jupyter's modules (re-exec in place)
 
 def daemon_process(p: Proj) -> psutil.Process:
-    found = [proc for proc in sandbox_processes(p)
-             if proc.name() != "bwrap" and "projecthub.project.daemon" in " ".join(proc.cmdline())]
+    def is_daemon(proc: psutil.Process) -> bool:
+        try:   # a kernel exiting meanwhile is a zombie without a command line
+            return proc.name() != "bwrap" and "projecthub.project.daemon" in " ".join(proc.cmdline())
+        except psutil.Error:
+            return False
+    found = [proc for proc in sandbox_processes(p) if is_daemon(proc)]
     assert len(found) == 1, found
     return found[0]
 
