@@ -124,6 +124,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     report_lifecycle.targets(s, add)
     import report_files   # the v3 files API vs cp (issue 18)
     report_files.targets(s, add)
+    import report_client   # projecthub.client's own cost (issue 18)
+    report_client.targets(s, add)
     return rows
 
 
@@ -387,6 +389,8 @@ def markdown(res: dict[str, Any], json_path: Path | None = None, plots: list[Pat
     L += report_lifecycle.markdown(s, bool(m.get("quick")))
     import report_files
     L += report_files.markdown(s, bool(m.get("quick")))
+    import report_client
+    L += report_client.markdown(s, bool(m.get("quick")))
 
     errors = [(n, k, v["error"]) for n, sv in s.items() if isinstance(sv, dict)
               for k, v in sv.items() if isinstance(v, dict) and "error" in v]

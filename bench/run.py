@@ -27,9 +27,10 @@ from common import BENCH, kdamond_cpu_s, log, machine, run_cleanups, versions  #
 from scenarios import SCENARIOS as BASE_SCENARIOS, Ctx  # noqa: E402
 import lifecycle  # noqa: E402
 import files  # noqa: E402
+import client_bench  # noqa: E402
 import report  # noqa: E402
 
-SCENARIOS = {**BASE_SCENARIOS, **lifecycle.SCENARIOS, **files.SCENARIOS}
+SCENARIOS = {**BASE_SCENARIOS, **lifecycle.SCENARIOS, **files.SCENARIOS, **client_bench.SCENARIOS}
 
 
 def main(argv: list[str] | None = None) -> int:
