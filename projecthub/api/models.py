@@ -240,6 +240,9 @@ class ExecResult(Reply):
                                       "(steps of 256 KiB per CPU; 0 = unknown)")
     oom_killed: bool = Field(None, description="the OOM killer killed a process of this exec")
     spawn_error: SpawnError = Field(None, description="present when the command could not be started")
+    stdout_error: str = Field(None, description="an async job's stdout file ended short: why (e.g. the "
+                                                "project's disk is full) and after which byte")
+    stderr_error: str = Field(None, description="the same for stderr")
     type: Literal["async"] = Field(None, description="'async' for a job record")
     job_id: str = Field(None, description="present when the exec became (or was started as) a job")
     status: Literal["running", "completed", "error", "killed"] = None

@@ -81,3 +81,21 @@ def test_cocalc_character_cap_is_unchanged() -> None:
     cap = StreamCapture(3, budget=OutputBudget())
     cap.feed(b"xyz abc")
     assert cap.text() == "xyz" and cap.truncated and not cap.memory_truncated
+
+
+def test_a_spill_that_hits_a_full_disk_says_so_and_keeps_counting() -> None:
+    """An async job's output file on a full project disk: the capture records why and
+    where it stopped (the job's record shows it as stdout_error) instead of raising in
+    the reader callback or ending short in silence.  /dev/full answers ENOSPC for real."""
+    import os
+    cap = StreamCapture(1024, budget=OutputBudget(64 << 20))
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        cap.start_spill(fd)
+        cap.feed(b"x" * 5000)
+        cap.feed(b"y" * 5000)
+    finally:
+        os.close(fd)
+    assert cap.total_bytes == 10000
+    assert cap.spill_error is not None and "disk is full" in cap.spill_error
+    assert cap.spilled_bytes == 0 and "after byte 0" in cap.spill_error

@@ -28,6 +28,7 @@ character split across reads is joined and a cut always falls between characters
 from __future__ import annotations
 
 import codecs
+import errno
 import os
 import sys
 
@@ -86,6 +87,7 @@ class StreamCapture:
         self.spill_fd: int | None = None
         self.spilled_bytes = 0        # bytes in the spill file (== its size)
         self.spill_limit = spill_limit
+        self.spill_error: str | None = None   # why the spill file stopped short, if it did
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._parts: list[str] = []
         self._chars = 0
@@ -179,10 +181,16 @@ class StreamCapture:
 
     def _spill(self, data: bytes) -> None:
         room = self.spill_limit - self.spilled_bytes
-        if room <= 0 or self.spill_fd is None:
+        if room <= 0 or self.spill_fd is None or self.spill_error is not None:
             return
         view = memoryview(data)[:room]
-        while view:
-            n = os.write(self.spill_fd, view)
-            self.spilled_bytes += n
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self.spill_fd, view)
+                self.spilled_bytes += n
+                view = view[n:]
+        except OSError as exc:
+            # The project's disk is full (or the file went away): the output file ends
+            # here, and the job's record says so instead of ending short in silence.
+            reason = "the project's disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            self.spill_error = (f"output after byte {self.spilled_bytes} was not kept: {reason}")

@@ -120,5 +120,9 @@ def native_result(outcome: Outcome) -> dict[str, Any]:
     }
     if outcome.spawn_error is not None:
         result["spawn_error"] = outcome.spawn_error
+    for name, cap in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
+        error = getattr(cap, "spill_error", None)
+        if error is not None:   # an async job's output file ended short (its disk filled)
+            result[f"{name}_error"] = error
     return result
 
