@@ -112,6 +112,25 @@ async def _upload(hub: HubService, project_id: str, key: str, source: AsyncItera
     return offset
 
 
+async def _first(items: AsyncIterator[Any]) -> Any:
+    """A daemon stream's first item (a file's metadata, an archive's kind); the stream is
+    closed if it fails, so the daemon's side ends at once."""
+    try:
+        return await anext(items)
+    except BaseException:
+        await items.aclose()   # type: ignore[attr-defined]
+        raise
+
+
+async def _decoded(items: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """The rest of a daemon stream's ``{"data": base64}`` items as bytes (a response body)."""
+    try:
+        async for item in items:
+            yield base64.b64decode(item["data"])
+    finally:
+        await items.aclose()   # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------------------------ files
 
 async def put_file(request: Request, identity: Identity) -> Response:
@@ -174,11 +193,7 @@ async def get_file(request: Request, identity: Identity) -> Response:
         if wanted[1] is not None:
             args["length"] = wanted[1]
     items = hub.project_stream(project_id, "native.files.read", [args], DOWNLOAD_WINDOW)
-    try:
-        meta = await anext(items)
-    except BaseException:
-        await items.aclose()
-        raise
+    meta = await _first(items)
     headers = {"ETag": meta["etag"], "Accept-Ranges": "bytes", "Last-Modified":
                datetime.fromtimestamp(meta["mtime"], timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")}
     if request.headers.get("if-none-match") == meta["etag"]:
@@ -198,15 +213,8 @@ async def get_file(request: Request, identity: Identity) -> Response:
     else:
         headers["Content-Length"] = str(total)
 
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for item in items:
-                yield base64.b64decode(item["data"])
-        finally:
-            await items.aclose()
-
     media = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    return StreamingResponse(body(), status_code=status, headers=headers, media_type=media)
+    return StreamingResponse(_decoded(items), status_code=status, headers=headers, media_type=media)
 
 
 async def delete_file(request: Request, identity: Identity) -> Response:
@@ -231,24 +239,13 @@ async def get_archive(request: Request, identity: Identity) -> Response:
     project_id = await _project(request, identity)
     hub, path = _hub(request), _path(request)
     items = hub.project_stream(project_id, "native.archive.pack", [{"path": path, "gzip": True}])
-    try:
-        first = await anext(items)
-    except BaseException:
-        await items.aclose()
-        raise
+    first = await _first(items)
     if first.get("kind") != "dir":
         await items.aclose()
         raise ApiError(400, f"'{path}' is a file: download it from …/files/{path}")
 
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for item in items:
-                yield base64.b64decode(item["data"])
-        finally:
-            await items.aclose()
-
     name = (path.rstrip("/").rsplit("/", 1)[-1] or "home") + ".tar.gz"
-    return StreamingResponse(body(), media_type="application/gzip",
+    return StreamingResponse(_decoded(items), media_type="application/gzip",
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 

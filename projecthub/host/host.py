@@ -40,7 +40,8 @@ _START_TIMEOUT_S = 30.0
 _ADOPT_TIMEOUT_S = 5.0
 # A call refused by a daemon restarting in place is sent again this often at most (the
 # restarted daemon refuses nothing; more would mean a daemon that keeps saying ``bye``).
-RESTART_RETRIES = 3
+_RESTART_RETRIES = 3
+_KEPT_RESTARTING = "Error: the project daemon kept restarting; try again"
 _ADOPT_CONCURRENCY = 8
 
 # How a daemon starts: ``python -I -c DAEMON_BOOT PATH_ENTRY options...``.  ``-I`` keeps the
@@ -172,17 +173,17 @@ class Host:
 
     async def call(self, project_id: str, name: str, args: list[Any],
                    budget: float | None = None) -> Any:
-        for _ in range(RESTART_RETRIES):
+        for _ in range(_RESTART_RETRIES):
             handle = await self.ensure_running(project_id)
             try:
                 return await handle.client.call(name, args, budget)
             except DaemonRestarting:
                 continue   # refused unstarted by a daemon restarting in place: send it again
-        raise RemoteError("Error: the project daemon kept restarting; try again")
+        raise RemoteError(_KEPT_RESTARTING)
 
     async def stream(self, project_id: str, name: str, args: list[Any],
                      window: int | None = None) -> AsyncIterator[Any]:
-        for _ in range(RESTART_RETRIES):
+        for _ in range(_RESTART_RETRIES):
             handle = await self.ensure_running(project_id)
             started = False
             try:
@@ -193,7 +194,7 @@ class Host:
             except DaemonRestarting:
                 if started:
                     raise
-        raise RemoteError("Error: the project daemon kept restarting; try again")
+        raise RemoteError(_KEPT_RESTARTING)
 
     async def stop(self, project_id: str, reason: str = "stopped by request") -> None:
         async with self._lock(project_id):

@@ -18,8 +18,7 @@ from typing import Any, AsyncIterator
 
 from ..auth.resolve import Identity, KeyResolver
 from ..errors import RemoteError
-from ..fabric.local import DaemonRestarting
-from ..host.host import RESTART_RETRIES, Host
+from ..host.host import Host
 from ..host.sandbox import ProjectLimits
 from ..observability.audit import audit_event, audit_exec_error, audit_exec_result
 from ..store import AccountLimitReached, FieldTooLong
@@ -486,20 +485,17 @@ class HubService:
         started = time.monotonic()
 
         async def run() -> Any:
-            for _ in range(RESTART_RETRIES):
-                handle = await self._ensure_running(project_id)
-                # the daemon gets slightly less than we wait, so its own answer to a spent budget
-                # (an exec turned into a job, with its id) arrives before our bridge timeout
-                remaining = None if budget is None else max(
-                    0.001, budget - (time.monotonic() - started) - min(0.25, budget * 0.1))
-                try:   # kills for a timeout / by the OOM killer go to the audit log
-                    return audit_exec_result(project_id, name, await handle.client.call(name, args, remaining))
-                except DaemonRestarting:
-                    continue   # refused unstarted by a daemon restarting in place: resend
-                except RemoteError as exc:
-                    audit_exec_error(project_id, name, exc)
-                    raise
-            raise RemoteError("Error: the project daemon kept restarting; try again")
+            await self._ensure_running(project_id)   # the running cap, an idle stop under way
+            # the daemon gets slightly less than we wait, so its own answer to a spent budget
+            # (an exec turned into a job, with its id) arrives before our bridge timeout
+            remaining = None if budget is None else max(
+                0.001, budget - (time.monotonic() - started) - min(0.25, budget * 0.1))
+            try:   # kills for a timeout / by the OOM killer go to the audit log
+                # Host.call resends what a daemon restarting in place refused unstarted
+                return audit_exec_result(project_id, name, await self.host.call(project_id, name, args, remaining))
+            except RemoteError as exc:
+                audit_exec_error(project_id, name, exc)
+                raise
 
         if budget is None:
             return await run()

@@ -44,6 +44,7 @@ from typing import Any, AsyncIterator
 from ..errors import RemoteError
 from .args import options as _opts
 from .context import ProjectContext
+from .transfer import relative, resolve
 
 CHUNK = 256 * 1024           # raw bytes per stream item / unpack call
 MAX_UNPACKS = 4              # concurrent unpacks per project
@@ -51,20 +52,9 @@ UNPACK_IDLE_S = 120.0        # an unpack with no chunk for this long is aborted
 MAX_EXCLUDES = 100
 
 
-def _relative(value: Any, field: str) -> str:
-    """A path under the home: CoCalc joins copy paths onto HOME even when they start with /."""
-    if not isinstance(value, str) or "\x00" in value:
-        raise RemoteError(f"Error: '{field}' must be a string without NUL bytes")
-    parts = [p for p in PurePosixPath(value.lstrip("/")).parts if p not in ("", ".")]
-    if ".." in parts:
-        raise RemoteError(f"Error: '{field}' must stay inside the home (no '..')")
-    return "/".join(parts)
-
-
 def _inside_home(ctx: ProjectContext, rel: str) -> Path:
     """``rel`` under the home, its directories not leading out through a symlink (the final
     component may be a link: ``pack`` refuses it, the extractor replaces it)."""
-    from .transfer import resolve
     parent, _, name = rel.rpartition("/")
     return resolve(ctx, parent) / name if name else resolve(ctx, "")
 
@@ -98,10 +88,7 @@ class _PipeWriter:
         self.fd = fd
 
     def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
+        _write_all(self.fd, data)
         return len(data)
 
 
@@ -131,7 +118,7 @@ def _pack_into(fd: int, source: Path, excludes: list[str], errors: list[str], gz
 async def pack(ctx: ProjectContext, args: list[Any]) -> AsyncIterator[Any]:
     """``{path, exclude?, gzip?}`` → ``{"kind": "dir"|"file"}``, then ``{"data": base64}`` items."""
     opts = _opts(args)
-    rel = _relative(opts.get("path"), "path")
+    rel = relative(opts.get("path"), allow_home=True)
     excludes = _excludes(opts.get("exclude"))
     source = _inside_home(ctx, rel)
     try:
@@ -373,7 +360,7 @@ async def unpack_begin(ctx: ProjectContext, args: list[Any]) -> dict[str, Any]:
     if not hasattr(tarfile, "data_filter"):
         raise RemoteError("Error: this project's Python has no tarfile filters (3.11.4+ needed)")
     opts = _opts(args)
-    rel = _relative(opts.get("path"), "path")
+    rel = relative(opts.get("path"), allow_home=True)
     kind = opts.get("kind")
     if kind not in ("dir", "file"):
         raise RemoteError("Error: 'kind' must be 'dir' or 'file'")
@@ -382,7 +369,6 @@ async def unpack_begin(ctx: ProjectContext, args: list[Any]) -> dict[str, Any]:
     _expire_idle()
     if len(_unpacks) >= MAX_UNPACKS:
         raise RemoteError(f"Error: at most {MAX_UNPACKS} copies into a project at a time")
-    from .transfer import resolve
     # a directory target is written into: it must not lead out even as its last component
     job = _Unpack(resolve(ctx, rel) if kind == "dir" else _inside_home(ctx, rel), kind, opts)
     key = uuid.uuid4().hex
