@@ -1,13 +1,15 @@
-"""A ProjectContext in tmp_path, tracked by the MarkerTracker (no cgroups needed)."""
+"""A ProjectContext in tmp_path, tracked by the MarkerTracker (no cgroups needed); a migrated store."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from projecthub.project.context import ProjectContext
 from projecthub.project.tracking_fallback import MarkerTracker
+from projecthub.store import Store
 
 _TRACKER: MarkerTracker | None = None
 
@@ -35,3 +37,12 @@ def ctx(tmp_path: Path) -> ProjectContext:
         tmp_dir=tmp_path / "tmp", tracker=_tracker(),
         base_env=ProjectContext.default_base_env(project_id, home),
     )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A migrated store in a fresh data dir, closed afterwards."""
+    s = Store.for_data_dir(tmp_path)
+    s.migrate()
+    yield s
+    s.close()

@@ -3,8 +3,6 @@ a bad secret costs one row read and one HMAC round, never the account reads."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -13,14 +11,6 @@ from projecthub.auth import keys
 from projecthub.auth.resolve import SLOW_CHECK, KeyResolver
 from projecthub.store import Store
 from projecthub.store.schema import api_keys
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.for_data_dir(tmp_path)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def _legacy_hash(secret: str) -> str:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -32,14 +30,6 @@ class Clocks:
     def advance(self, seconds: float) -> None:
         self.mono += seconds
         self.wall += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.for_data_dir(tmp_path)
-    s.migrate()
-    yield s
-    s.close()
 
 
 @pytest.fixture

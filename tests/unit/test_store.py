@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,14 +16,6 @@ from projecthub.store import LATEST_VERSION, SchemaTooNewError, Store, UidRangeE
 from projecthub.store.schema import schema_version
 
 UTC = timezone.utc
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.for_data_dir(tmp_path)
-    s.migrate()
-    yield s
-    s.close()
 
 
 # -- engine and migrations ------------------------------------------------------

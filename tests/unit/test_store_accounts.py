@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,6 @@ from sqlalchemy import inspect
 
 from projecthub.store import AccountLimitReached, FieldTooLong, Store, migrations
 from projecthub.store.bounds import DESCRIPTION_MAX, TITLE_MAX
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.for_data_dir(tmp_path)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def test_version_1_database_migrates_to_account_settings(tmp_path: Path, monkeypatch) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,14 +11,6 @@ from sqlalchemy import inspect, select
 
 from projecthub.store import Store, migrations
 from projecthub.store.schema import sign_in_tokens
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.for_data_dir(tmp_path)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def test_version_3_database_migrates_to_orgs_and_messages(tmp_path: Path, monkeypatch) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,14 +13,6 @@ import pytest
 from projecthub.auth.keys import key_row_id
 from projecthub.store import Store
 from projecthub.store.revocations import RevocationCounter, counter_path
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.for_data_dir(tmp_path)
-    s.migrate()
-    yield s
-    s.close()
 
 
 def test_counter_file_beside_the_database() -> None:
