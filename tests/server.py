@@ -47,6 +47,16 @@ def ensure_project_env() -> Path:
     return PROJECT_ENV
 
 
+def stop_process(proc: "subprocess.Popen[Any]", timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def cli(data_dir: Path, *args: str) -> dict[str, Any]:
     out = subprocess.run([*PROJECTHUB, *args, "--data-dir", str(data_dir)], capture_output=True,
                          text=True, timeout=60, env={**TEST_ENV, **os.environ})

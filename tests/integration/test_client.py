@@ -16,12 +16,6 @@ from tests.server import Server
 
 
 @pytest.fixture
-def client(server: Server, account) -> Client:
-    with Client(server.url, account.api_key) as c:
-        yield c
-
-
-@pytest.fixture
 def proj(client: Client):
     project = client.projects.create("client test")
     yield project

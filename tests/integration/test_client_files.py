@@ -17,12 +17,6 @@ from tests.server import Server
 
 
 @pytest.fixture
-def client(server: Server, account) -> Client:
-    with Client(server.url, account.api_key) as c:
-        yield c
-
-
-@pytest.fixture
 def proj(client: Client):
     project = client.projects.create("client files")
     answer = client._http.get(f"/projects/{project.project_id}/files/", params={"list": ""})

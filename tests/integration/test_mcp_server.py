@@ -17,7 +17,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from tests.server import Server, free_port
+from tests.server import Server, free_port, stop_process
 
 PROJECTHUB = [sys.executable, "-m", "projecthub.cli"]
 
@@ -145,12 +145,7 @@ def test_mcp_streamable_http(server: Server, account, tmp_path: Path) -> None:
                     await _exercise(session, tmp_path)
         asyncio.run(asyncio.wait_for(main(), 180))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def test_mcp_bad_arguments() -> None:

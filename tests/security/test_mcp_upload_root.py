@@ -13,7 +13,7 @@ from pathlib import Path
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from tests.server import Server
+from tests.server import Server, stop_process
 
 
 def _text(result) -> str:
@@ -103,9 +103,4 @@ def test_http_transport_uploads_nothing_without_a_root(server: Server, account, 
         local = {line.split()[3] for line in listening.splitlines() if line.strip()}
         assert local == {f"127.0.0.1:{port}"}, listening
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
