@@ -15,8 +15,9 @@ fix, as a subclass of uvicorn's httptools protocol (``Config(http=...)``):
   of minutes) is never touched, and idle keep-alive stays governed by ``--keep-alive``.
 * **Caps**: at most ``max_connections`` open connections, and ``max_per_ip`` per client address
   (IPv6 by /64).  Over the per-address cap a new connection gets a 503 and is closed; at the
-  global cap the oldest connection still waiting for its headers is closed to make room (so a
-  flood of slow sockets from many addresses cannot lock out a client that sends a whole request),
+  global cap the oldest connection still waiting for its headers, from the address holding the
+  most connections, is closed to make room (so a flood of slow sockets from many addresses cannot
+  lock out a client that sends a whole request),
   and only when none is waiting does the new one get a 503.
 * **Bounded logging**: the module's own lines and uvicorn's / asyncio's (``Invalid HTTP request
   received``, ``socket.accept() out of system resource``) pass a token bucket; a line that gets
@@ -239,10 +240,24 @@ class ConnectionGuard:
         return False
 
     def _evict_oldest_waiting(self) -> bool:
-        """Close the connection that has waited longest for its request headers."""
-        for victim in self.awaiting_headers:
-            if victim._response_in_progress():
+        """Close the oldest connection still waiting for its request headers among those of the
+        address holding the most connections.
+
+        Not simply the oldest: a client whose whole request is already in its socket buffer still
+        counts as waiting until the loop reads it, and a burst of accepts can fill the cap before
+        that read (a legitimate connection opened just before a flood was the oldest waiting one,
+        and was closed).  Taking from the heaviest address makes the flood pay for itself."""
+        heaviest = max(self.per_peer.values(), default=0)
+        victim, victim_load = None, 0
+        for proto in self.awaiting_headers:
+            if proto._response_in_progress():
                 continue
+            load = self.per_peer.get(proto._peer or "", 0)
+            if load > victim_load:
+                victim, victim_load = proto, load
+                if load >= heaviest:
+                    break   # oldest waiting connection of a heaviest address
+        if victim is not None:
             self.stats["evicted"] += 1
             log.warning("connection limit reached: closed a connection from %s that had not sent "
                         "its request headers, to admit a new one", victim._peer)

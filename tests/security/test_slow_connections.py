@@ -204,6 +204,27 @@ def test_slow_headers_are_closed_and_a_legit_client_is_served(server: Server) ->
     assert proc.num_fds() <= fds_before + 20
 
 
+def test_eviction_at_the_cap_spares_a_light_address(server: Server) -> None:
+    """At the global cap the flood pays, not the oldest connection: a client that connected
+    just before a flood keeps its connection.  In CI such a client's whole request sat unread
+    in its socket buffer while the server accepted the flood, so to the server it was the oldest
+    connection waiting for headers, and it was closed.  A request not read yet looks the same
+    to the server as one not sent yet: this client sends once the evictions are over."""
+    early = connect(server.port, "127.0.0.1")
+    socks: list[socket.socket] = []
+    try:
+        socks = open_slow(server.port, [f"127.0.3.{i}" for i in range(1, 9)], MAX_CONNECTIONS + 50)
+        still_open, _ = wait_closed(socks, 0.5)   # the 50 evictions happen here
+        assert still_open <= MAX_CONNECTIONS
+        early.sendall(GET)
+        response = read_all(early)
+        assert response.startswith(b"HTTP/1.1 200"), response[:200] or "closed without a response"
+    finally:
+        early.close()
+        close_all(socks)
+    time.sleep(0.3)
+
+
 def test_one_address_is_capped_while_another_is_served(server: Server) -> None:
     port = server.port
     socks = open_slow(port, ["127.0.0.2"], MAX_PER_IP)
