@@ -973,9 +973,25 @@ def _report(message: str, code: int, as_json: bool) -> NoReturn:
     sys.exit(code)
 
 
+# What `pip install projecthub[server]` brings (pyproject.toml).  A client-only install
+# (`projecthub[client]` or `[mcp]`) has the `projecthub` command too; its server commands
+# then say what is missing in one line instead of an ImportError's traceback.
+SERVER_MODULES = ("starlette", "uvicorn", "httptools", "sqlalchemy", "psutil", "jupyter_client",
+                  "ipykernel", "zmq", "pyseccomp", "pydantic", "diff_match_patch", "prometheus_client")
+CLIENT_COMMANDS = frozenset({"mcp"})   # built on projecthub.client alone
+
+
+def server_installed() -> bool:
+    import importlib.util
+    return all(importlib.util.find_spec(name) is not None for name in SERVER_MODULES)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     as_json = args.command != "serve" and (args.command != "doctor" or args.json)
+    if args.command not in CLIENT_COMMANDS and not server_installed():
+        print("projecthub: error: the server needs 'pip install projecthub[server]'", file=sys.stderr, flush=True)
+        sys.exit(2)
     try:
         args.func(args)
     except CliError as exc:

@@ -26,6 +26,9 @@ VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 COMMAND = VENV / "bin" / "projecthub"
 _STARTED = time.monotonic()
+# the base install is nothing (so that `projecthub[client]` is only httpx): the server is its
+# [server] extra, and the tests drive it through the client and the MCP server too
+TEST_EXTRAS = "server,client,test"
 
 
 def step(message: str) -> None:
@@ -78,14 +81,14 @@ def main() -> None:
         sys.exit(__doc__)
     command, rest = sys.argv[1], sys.argv[2:]
     if command in ("serve", "setup"):
-        installed = ensure_venv("")
+        installed = ensure_venv("server")
         if installed or command == "setup":
             how_to_call()
         if command == "setup":
             return
         step(f"starting {COMMAND} serve {' '.join(rest)}".rstrip())
         os.execv(str(COMMAND), [str(COMMAND), "serve", *rest])
-    ensure_venv("test")
+    ensure_venv(TEST_EXTRAS)
     os.chdir(ROOT)
     os.execv(str(PYTHON), [str(PYTHON), "-m", "pytest", *(rest or ["tests"])])
 
