@@ -19,6 +19,7 @@ wakes ``events()`` iterators and ``wait()`` callers; nothing polls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -56,6 +57,12 @@ LOAD_BYTES_MAX = 256 << 20   # nor more than this in all at start (a start must 
 BAD_SUFFIX = ".bad"          # job.json that does not validate is renamed job.json.bad
 _GROUP_RE = re.compile(r"^(x[0-9a-f]{16}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 _STATUSES = frozenset({"running", "completed", "error", "killed"})
+# Finished jobs whose final record could not be written (the project's disk is full) stay in
+# memory, answered from there and written again at each look, up to this many; beyond it the
+# oldest goes, and its job.json (last written while it ran) is read as "record lost" below.
+UNSAVED_MAX = 64
+UNSAVED_NOTE = ("\n[projecthub] this job finished, but its final record could not be saved "
+                "(the project's disk is full?); its exit status is unknown\n")
 _MAX_MS = 2**53              # a JSON-safe integer: start times are epoch milliseconds
 
 
@@ -251,6 +258,7 @@ class JobManager:
         self.max_jobs = max_jobs
         self.ttl_s = ttl_s
         self._running: dict[str, Job] = {}
+        self._unsaved: dict[str, Job] = {}   # finished, final record not on disk yet
         self._index: dict[str, _Entry] = {}
         self._keys: dict[str, str] = {}
         self._last_age_prune = 0.0
@@ -262,7 +270,7 @@ class JobManager:
 
     def key_fingerprint(self, job_id: str) -> str | None:
         """The request fingerprint stored with a keyed job (None: none was given)."""
-        job = self._running.get(job_id)
+        job = self._in_memory(job_id)
         data = job.to_disk() if job is not None else self._disk(job_id)
         value = data["meta"].get("fingerprint") if data is not None else None
         return value if isinstance(value, str) else None
@@ -308,8 +316,8 @@ class JobManager:
         self._index[job_id] = _Entry(start_ms, None, time.time(), key, native=native)
         if key is not None:
             self._keys[key] = job_id
-        _atomic_write_json(path / "job.json", job.to_disk())
         execution.done.add_done_callback(lambda _f: self._on_done(job))
+        self._save(job)   # a full disk must not orphan the job: it runs and is answered from memory
         asyncio.get_running_loop().call_later(1.0, self._sample, job)
         return job
 
@@ -328,7 +336,7 @@ class JobManager:
                       "cpu_pct": round(pct, 1), "cpu_secs": round(cpu, 3)})
         del stats[:-STATS_KEEP]
         job.samples += 1
-        _atomic_write_json(job.path / "job.json", job.to_disk())
+        self._save(job)
         job.pulse()
         elapsed = now - job.execution.started_at
         cap = float(self.ctx.settings.get("job_stats_interval_max_s", 60))
@@ -349,12 +357,34 @@ class JobManager:
             entry.finished_at = job.meta["finished_at"]
             entry.status = job.record["status"]
         job.finished.set()
-        try:
-            _atomic_write_json(job.path / "job.json", job.to_disk())
-        except OSError:
-            pass   # pruned or state dir gone: the in-memory record still answers waiters
+        if not self._save(job) and job.job_id in self._index:
+            # Still answered from memory (and saved at a later look, once there is room):
+            # the job.json on disk says "running" and would say so for good.
+            self._unsaved[job.job_id] = job
+            while len(self._unsaved) > UNSAVED_MAX:
+                del self._unsaved[next(iter(self._unsaved))]
         self._running.pop(job.job_id, None)
         job.pulse()
+
+    @staticmethod
+    def _save(job: Job) -> bool:
+        """Write the job's record; False when it could not be (disk full, dir pruned)."""
+        try:
+            _atomic_write_json(job.path / "job.json", job.to_disk())
+            return True
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(job.path / "job.tmp")   # a partial temp file holds blocks
+            return False
+
+    def _in_memory(self, job_id: object) -> Job | None:
+        """A running job, or a finished one whose record is not on disk yet (tried again now)."""
+        if not isinstance(job_id, str):
+            return None
+        job = self._running.get(job_id)
+        if job is None and (job := self._unsaved.get(job_id)) is not None and self._save(job):
+            del self._unsaved[job_id]
+        return job
 
     def load(self) -> None:
         """Read the retained jobs (the newest ``LOAD_MAX``).  Jobs that were running in a
@@ -527,6 +557,7 @@ class JobManager:
                 self._delete(job_id)
 
     def _delete(self, job_id: str) -> None:
+        self._unsaved.pop(job_id, None)
         entry = self._index.pop(job_id, None)
         if entry is not None and entry.key is not None and self._keys.get(entry.key) == job_id:
             del self._keys[entry.key]
@@ -543,7 +574,15 @@ class JobManager:
             data = json.loads(_read_bounded(self.root / job_id / "job.json", JOB_FILE_MAX).decode("utf-8"))
         except (OSError, ValueError, RecursionError):
             return None
-        return data if valid_job(job_id, data) else None
+        if not valid_job(job_id, data):
+            return None
+        if data["record"]["status"] == "running" and job_id not in self._running:
+            # Finished, but its final record was never written and is no longer in memory.
+            limit = data["meta"].get("max_output") or (1 << 20)
+            data["record"] = {**data["record"], "status": "error", "exit_code": 1,
+                              "stdout": _read_head(self.root / job_id / "stdout", limit),
+                              "stderr": _read_head(self.root / job_id / "stderr", limit) + UNSAVED_NOTE}
+        return data
 
     def _touch(self, job_id: str) -> None:
         entry = self._index.get(job_id)
@@ -552,7 +591,7 @@ class JobManager:
 
     def get(self, job_id: str, *, stats: bool = True) -> dict[str, Any] | None:
         """The spec 4.11 record (``stats`` dropped unless asked), or None if unknown."""
-        job = self._running.get(job_id) if isinstance(job_id, str) else None
+        job = self._in_memory(job_id)
         if job is not None:
             rec = job.live_record()
         else:
@@ -567,9 +606,9 @@ class JobManager:
 
     def native_view(self, job_id: str) -> dict[str, Any] | None:
         """Finished: the native result + job_id/status.  Running: the record so far."""
-        job = self._running.get(job_id)
+        job = self._in_memory(job_id)
         if job is not None:
-            return job.live_record()
+            return job.final_view() if job.finished.is_set() else job.live_record()
         data = self._disk(job_id)
         if data is None:
             return None
@@ -623,7 +662,7 @@ class JobManager:
             yield {"event": "error", "error": missing_job(job_id).message}
             return
         offsets = {"stdout": max(0, offset_stdout), "stderr": max(0, offset_stderr)}
-        job = self._running.get(job_id)
+        job = self._in_memory(job_id)
         stats_seen = job.samples if job is not None else 0
         files = {}
         for s in offsets:   # regular files only: a planted FIFO would block the daemon
