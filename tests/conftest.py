@@ -10,6 +10,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.pg import PgServer
 from tests.server import Account, Server, ensure_project_env
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -33,6 +34,26 @@ def have_bwrap() -> bool:
     if shutil.which("bwrap") is None:
         return False
     return subprocess.run(["bwrap", "--ro-bind", "/", "/", "true"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL for the session (tests/pg.py), stopped at the end, also on failure."""
+    ok, what = PgServer.available()
+    require(what, ok)
+    pg = PgServer().start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL, dropped afterwards."""
+    url = pg_server.new_database()
+    yield url
+    pg_server.drop_database(url)
 
 
 @pytest.fixture(scope="session")

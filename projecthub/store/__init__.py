@@ -2,6 +2,7 @@
 
 from .migrations import LATEST_VERSION, SchemaTooNewError
 from .bounds import FieldTooLong
+from .engine import StoreUnavailable
 from .store import API_KEYS_PER_ACCOUNT, AccountLimitReached, Store, UidRangeExhausted
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "FieldTooLong",
     "LATEST_VERSION",
     "SchemaTooNewError",
+    "StoreUnavailable",
     "Store",
     "UidRangeExhausted",
 ]

@@ -47,6 +47,8 @@ from .schema import UUID_LEN, JSONText, UTCDateTime
 
 # Arbitrary constant identifying our migration lock among PostgreSQL advisory locks.
 _PG_ADVISORY_LOCK_KEY = 0x70726A68  # "prjh"
+# How long a hub starting beside another one's migration waits for it (then fails to start).
+_PG_MIGRATION_WAIT_MS = 300_000
 
 # -- version 1, frozen (migration 3 changed ``projects``): what step 1 creates, so a fresh
 # database replays history step by step.  Never edit these; change schema.py and add a step.
@@ -190,10 +192,15 @@ _LOCKED_RETRIES = 20
 
 
 def _migrate_once(engine: Engine) -> int:
+    postgresql = engine.dialect.name == "postgresql"
     with engine.connect() as conn:
-        conn.execution_options(**{BEGIN_MODE: "IMMEDIATE"})
+        # PostgreSQL: not the store's write lock (BEGIN_MODE IMMEDIATE, with its short
+        # lock_timeout) but a lock of its own that waits as long as another hub's migration
+        # of a big database may take; the DDL takes the table locks it needs itself.
+        conn.execution_options(**{BEGIN_MODE: "DEFERRED" if postgresql else "IMMEDIATE"})
         with conn.begin():
-            if conn.dialect.name == "postgresql":
+            if postgresql:
+                conn.execute(text(f"SET LOCAL lock_timeout = {_PG_MIGRATION_WAIT_MS}"))
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_ADVISORY_LOCK_KEY})
             schema.schema_version.create(conn, checkfirst=True)
             version = current_version(conn)

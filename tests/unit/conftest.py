@@ -39,10 +39,14 @@ def ctx(tmp_path: Path) -> ProjectContext:
     )
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    """A migrated store in a fresh data dir, closed afterwards."""
-    s = Store.for_data_dir(tmp_path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A migrated store, closed afterwards: SQLite in a fresh data dir, and the same tests
+    again on a fresh database of the session's real PostgreSQL (tests/pg.py)."""
+    if request.param == "sqlite":
+        s = Store.for_data_dir(tmp_path)
+    else:
+        s = Store(request.getfixturevalue("pg_url"))
     s.migrate()
     yield s
     s.close()

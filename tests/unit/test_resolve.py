@@ -175,6 +175,7 @@ def _no_counter(store: Store) -> None:
     store.revocations.path = None
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)   # the counter is a file beside SQLite
 def test_store_revocations_are_seen_at_once(store: Store, resolver: KeyResolver) -> None:
     account = store.create_account()
     row, secret = store.create_api_key(account)

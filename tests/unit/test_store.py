@@ -101,7 +101,7 @@ def test_migrate_refuses_a_newer_schema(store: Store) -> None:
 
 def test_writes_are_visible_to_another_store(tmp_path: Path, store: Store) -> None:
     account = store.create_account("Ada", "Lovelace")
-    other = Store.for_data_dir(tmp_path)
+    other = Store(store.url)
     assert other.get_account(account)["first_name"] == "Ada"
     other.close()
 
@@ -284,7 +284,7 @@ def test_allocate_uid_stable_lowest_free_and_exhausted(store: Store) -> None:
 def test_allocate_uid_unique_under_concurrency(tmp_path: Path, store: Store) -> None:
     owner = store.create_account()
     pids = [store.create_project(owner) for _ in range(16)]
-    stores = [Store.for_data_dir(tmp_path) for _ in range(4)]
+    stores = [Store(store.url) for _ in range(4)]
     got: dict[str, int] = {}
     lock = threading.Lock()
 

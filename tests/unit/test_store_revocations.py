@@ -24,6 +24,7 @@ def test_counter_file_beside_the_database() -> None:
     RevocationCounter(None).bump()   # nothing to count into: a no-op
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)   # the counter is a file beside SQLite
 def test_every_access_removing_change_is_counted(store: Store, tmp_path: Path) -> None:
     owner, member = store.create_account(), store.create_account()
     project = store.create_project(owner)
@@ -53,6 +54,7 @@ def test_every_access_removing_change_is_counted(store: Store, tmp_path: Path) -
     assert store.revocation_count() == seen
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)   # the counter is a file beside SQLite
 def test_other_process_bump_is_seen_through_the_mapping(store: Store) -> None:
     before = store.revocation_count()
     pid = os.fork()
@@ -94,6 +96,7 @@ def test_list_all_api_keys(store: Store) -> None:
     assert all("hash" not in k for k in store.list_all_api_keys())
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)   # the counter is a file beside SQLite
 def test_own_changes_are_not_taken_for_another_process(store: Store) -> None:
     start = store.revocation_count()
     account = store.create_account()
@@ -114,6 +117,7 @@ def test_own_changes_are_not_taken_for_another_process(store: Store) -> None:
     assert store.revoked_elsewhere(now + 1, now) is True   # went backwards: never trust it
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)   # the counter is a file beside SQLite
 def test_a_user_deleting_keys_does_not_flush_everyone(store: Store) -> None:
     """Deletes made through the server drop only that key (the server calls invalidate_key);
     other keys stay cached (no store read on their next request)."""
