@@ -891,6 +891,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_org_parser(sub, _admin, _open)   # projecthub org ... (organizations, sign-in tokens)
     from .mcp_server import add_mcp_parser
     add_mcp_parser(sub)   # projecthub mcp (an MCP server for agents, on projecthub.client)
+    from .cli_nats import add_nats_parsers
+    add_nats_parsers(sub)   # projecthub nats-config, projecthub host (the fabric on NATS)
 
     _admin(sub, "stop-all", "stop every running project daemon of a data dir", cmd_stop_all)
 
