@@ -1,0 +1,113 @@
+"""CLI of the NATS fabric: ``projecthub nats-config`` and ``projecthub host``.
+
+``nats-config`` writes a nats-server configuration with one user per host and one for the
+hubs, and their ``--nats-creds`` files (fabric/nats_config.py).  ``host`` runs one machine's
+projects and serves them to hubs over NATS (host/nats_role.py), never opening the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+_CREDS_HELP = ("a credentials file written by `projecthub nats-config` (JSON: user, password); "
+               "default $PROJECTHUB_NATS_CREDS, else no authentication")
+
+
+def add_nats_parsers(sub: Any) -> None:
+    conf = sub.add_parser("nats-config", help="write a nats-server config with one user per host "
+                                              "and their credentials files",
+                          description="Write DIR/nats-server.conf (one user per host, each allowed "
+                                      "only its own subjects, and one user for hubs) and one "
+                                      "DIR/<user>.creds per user (mode 0600) for --nats-creds. "
+                                      "Running it again keeps existing users' passwords.")
+    conf.add_argument("--hosts", required=True, metavar="H1,H2", help="the host ids, comma separated")
+    conf.add_argument("--out", required=True, metavar="DIR", help="where to write the files")
+    conf.add_argument("--listen", default="127.0.0.1:4222", metavar="ADDR:PORT",
+                      help="nats-server's client address (default 127.0.0.1:4222)")
+    conf.set_defaults(func=cmd_nats_config)
+
+    host = sub.add_parser("host", help="run this machine's projects for hubs on NATS (no database)",
+                          description="Run one machine's projects and serve them to hubs over NATS "
+                                      "until SIGTERM. Never opens the database; registers by "
+                                      "heartbeat every second (capacity, load, projects).")
+    host.add_argument("--nats", required=True, metavar="URL", help="e.g. nats://10.0.0.5:4222")
+    host.add_argument("--host-id", required=True, metavar="NAME",
+                      help="this host's id (a-z, 0-9, '-'): its NATS user is host-NAME")
+    host.add_argument("--data-dir", default=None, metavar="DIR",
+                      help="the host's data directory (projects' homes, daemons' sockets)")
+    host.add_argument("--nats-creds", default=os.environ.get("PROJECTHUB_NATS_CREDS"), metavar="FILE",
+                      help=_CREDS_HELP)
+    host.add_argument("--sandbox", choices=["auto", "bwrap", "none"],
+                      default=os.environ.get("PROJECTHUB_SANDBOX", "auto"), help="as for serve")
+    host.add_argument("--require-isolation", action="store_true",
+                      help="refuse to start unless every isolation layer is enforced")
+    host.add_argument("--uid-range", default=None, metavar="LOW-HIGH", help="as for serve")
+    host.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    host.set_defaults(func=cmd_host)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    print(f"projecthub: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def cmd_nats_config(args: argparse.Namespace) -> None:
+    from .fabric.nats_config import write_config
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    written = write_config(Path(args.out), hosts, listen=args.listen)   # ValueError: one line
+    print(json.dumps({name: str(path) for name, path in written.items()}))
+
+
+def cmd_host(args: argparse.Namespace) -> None:
+    from .api.app import build_sandbox
+    from .cli import _setup_logging
+    from .config import ServerSettings, parse_range, prepare_data_dir
+    from .fabric.nats_wire import NatsUnavailable, check_host_name, load_credentials
+    from .host.host import Host
+    from .host.ledger import HostLedger
+    from .host.nats_role import HostIdTaken, run
+
+    try:
+        check_host_name(args.host_id)
+        creds = load_credentials(args.nats_creds) if args.nats_creds else None
+    except ValueError as exc:
+        _fail(str(exc))
+    settings = ServerSettings(sandbox_mode=args.sandbox, require_isolation=args.require_isolation)
+    if args.data_dir:
+        settings.data_dir = Path(args.data_dir)
+    if args.uid_range:
+        try:
+            settings.uid_range = parse_range(args.uid_range)
+        except ValueError as exc:
+            _fail(f"--uid-range: {exc}")
+    try:
+        prepare_data_dir(settings.data_dir)
+    except OSError as exc:
+        _fail(f"cannot use --data-dir {settings.data_dir}: {exc.strerror or exc}")
+    # the project environment, as for serve (a flag there; here the same variables)
+    settings.project_env = os.environ.get("PROJECTHUB_PROJECT_ENV") or None
+    settings.project_rootfs = None if settings.project_env else os.environ.get("PROJECTHUB_PROJECT_ROOTFS") or None
+    _setup_logging(args.log_level)
+
+    def make_host() -> tuple[Host, HostLedger]:
+        """After NATS is reached and the host id found free: nothing is built before."""
+        try:
+            sandbox = build_sandbox(settings)
+        except (RuntimeError, ValueError, TypeError, OSError) as exc:
+            _fail(f"refusing to start: {exc}", code=1)
+        ledger = HostLedger(settings.data_dir, sandbox.uids.uid_for)
+        host = Host(settings.data_dir, sandbox, ledger,  # type: ignore[arg-type]
+                    jupyter_pool_size=settings.jupyter_pool_size, spare_projects=0,
+                    jupyter_idle_s=settings.jupyter_idle_s)
+        return host, ledger
+
+    try:
+        asyncio.run(run(args.host_id, args.nats, creds, make_host))
+    except (NatsUnavailable, HostIdTaken) as exc:
+        _fail(exc.message.removeprefix("Error: "), code=1)
