@@ -154,6 +154,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings.purge_after_s = args.purge_after
     if settings.jupyter_idle_s < 0:
         _fail("PROJECTHUB_JUPYTER_IDLE_S must be >= 0 seconds")
+    if not settings.terminal_grace_s > 0:
+        _fail("PROJECTHUB_TERMINAL_GRACE_S must be > 0 seconds")
     if settings.keep_alive_s < 1:   # from the flag or $PROJECTHUB_KEEP_ALIVE_S
         _fail("--keep-alive must be >= 1 second")
     _check_default_limits(settings.default_limits)
@@ -210,6 +212,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         create_app(settings, sandbox), loop="asyncio",
         http=protocol_class(guard), log_config=None, access_log=False, timeout_graceful_shutdown=5,
         timeout_keep_alive=settings.keep_alive_s,
+        # WebSocket messages (terminal keystrokes: api/terminals.py takes 64 KiB a frame) are
+        # held whole before the app sees them: 1 MiB, not uvicorn's 16 MiB
+        ws_max_size=1 << 20,
         # X-Forwarded-For only from proxies the operator names: otherwise any client
         # could pick its own address and escape the per-address bad-key throttle
         proxy_headers=bool(args.forwarded_allow_ips),

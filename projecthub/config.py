@@ -121,6 +121,9 @@ class ServerSettings:
     # A project's stateless pool and kernel zygote shrink to zero after this long without a
     # stateless call (seconds; tests set a few).
     jupyter_idle_s: float = field(default_factory=lambda: _env_float("PROJECTHUB_JUPYTER_IDLE_S", 180.0))
+    # A terminal without an attached client is killed after this long (seconds;
+    # docs/terminal.md); tests set a few.
+    terminal_grace_s: float = field(default_factory=lambda: _env_float("PROJECTHUB_TERMINAL_GRACE_S", 600.0))
     # A deleted project's files are purged this long after its deletion (serve --purge-after).
     purge_after_s: float = 7 * 86400.0
     # Projects kept started ahead of create_project (host/spares.py): a new project's first

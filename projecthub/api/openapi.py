@@ -38,7 +38,7 @@ _ERROR_TEXT = {
     "413": "Body too large",
     "422": "An unknown field in the body or query string (named in the error); an "
            "Idempotency-Key reused with a different body",
-    "429": "An account limit (max_running_projects) is reached",
+    "429": "An account limit (max_running_projects) is reached; or the project's terminals (8)",
     "504": "The call's time budget ran out (the error names the job that keeps running, if any)",
     "507": "The server's disk is full",
 }
@@ -76,6 +76,8 @@ def _sse_schema(events: list[str]) -> dict[str, Any]:
 _PROJECT_ID = {"name": "project_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_TERMINAL_ID = {"name": "terminal_id", "in": "path", "required": True,
+                "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
 _KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                 "description": "the same key with the same body returns the same job's result (the "
@@ -256,6 +258,20 @@ def _paths() -> dict[str, Any]:
             "Revoke an API key (it is refused at once)", {"204": {"description": "Revoked"}},
             ("403", "404", "422"), params=[_KEY_ID])},
         **_file_paths(p, no_query),
+        p + "/terminals": {
+            "get": _op("List the project's terminals (a stopped project has none)",
+                       {"200": _json(_ref(m.TerminalList))}, _P, params=[_PROJECT_ID]),
+            "post": _op("Open a terminal: `bash -l` on a PTY in the project (starts it if stopped)",
+                        {"201": _json(_ref(m.TerminalCreated), "Created")}, _RUN, params=[_PROJECT_ID],
+                        body=m.TerminalRequest, body_required=False,
+                        description="Use it over the WebSocket `.../terminals/{terminal_id}/ws` "
+                                    "(docs/terminal.md: auth message, frames, close codes). At most 8 "
+                                    "terminals per project (429). A terminal without a client is killed "
+                                    "after its grace period (default 10 min)."),
+        },
+        p + "/terminals/{terminal_id}": {"delete": _op(
+            "Close a terminal: kills every process started in it", {"204": {"description": "Closed"}}, _P,
+            params=[_PROJECT_ID, _TERMINAL_ID])},
         "/api/v3/tokens/redeem": {"post": _op(
             "Spend a one-time sign-in token (org.createToken) for a new API key of its account",
             {"200": _json(_ref(m.RedeemedToken))}, ("400", "401", "409", "413", "422"), auth=False, body_required=False,
@@ -276,7 +292,8 @@ _MODELS: list[type[BaseModel]] = [
     m.JobSummary,
     m.JobKilled, m.JobOutput, m.SessionRequest, m.CellRequest, m.Session, m.CellResult, m.CreateKeyRequest,
     m.ApiKey, m.NewApiKey, m.Account, m.RedeemTokenRequest, m.RedeemedToken,
-    m.FileInfo, m.FileEntry, m.FileList, m.MoveFileRequest, m.Moved, m.ArchiveUnpacked]
+    m.FileInfo, m.FileEntry, m.FileList, m.MoveFileRequest, m.Moved, m.ArchiveUnpacked,
+    m.TerminalRequest, m.TerminalCreated, m.Terminal, m.TerminalList]
 
 
 def _tidy(node: Any) -> Any:

@@ -4,8 +4,9 @@ Idle stop.  ``HubService`` notes each project's API activity in memory (a dict w
 call, never a store write) and counts its calls and streams in flight.  ``IdleStopper``
 wakes every second; a running project with no call in flight whose last activity is older
 than its ``idle_timeout_s`` (a per-project limit: server default 30 min, 0 = never) is
-asked what else keeps it busy (``daemon.activity``): running async jobs and open Jupyter
-sessions count as activity until their own limits end them.  If nothing does, the project
+asked what else keeps it busy (``daemon.activity``): running async jobs, open Jupyter
+sessions and terminals with a client attached count as activity until their own limits end
+them (a detached terminal does not; it ends after its grace period).  If nothing does, the project
 is stopped, which releases every process, its cgroups and its mounted image, and its state
 says ``stopped`` with the reason.  The next call starts it again; a call that arrives while
 the stop runs waits for it, then starts the project afresh.  Reading a project's state or
@@ -141,7 +142,7 @@ class IdleStopper:
             if info is None or hub.last_active.get(project_id) != seen:
                 return   # stopped meanwhile, or a call came in
             now = time.monotonic()
-            if info.get("jobs") or info.get("sessions"):
+            if info.get("jobs") or info.get("sessions") or info.get("terminals"):
                 self._postpone(project_id, seen, timeout)   # busy: ask again, do not stop
                 return
             last = info.get("last_active")

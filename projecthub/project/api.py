@@ -174,6 +174,14 @@ def _archive(name: str) -> Function:
     return call
 
 
+def _terminal(name: str) -> Function:
+    """terminal.py is imported on first use (most projects never open one)."""
+    async def call(d: "ProjectDaemon", args: list[Any], budget: float | None) -> Any:
+        from . import terminal
+        return await getattr(terminal, name)(d.ctx, _opts(args))
+    return call
+
+
 def _transfer(name: str) -> Function:
     async def call(d: "ProjectDaemon", args: list[Any], budget: float | None) -> Any:
         from . import transfer
@@ -213,6 +221,12 @@ NATIVE_FUNCTIONS: dict[str, Function] = {
     "native.files.writeAbort": _transfer("write_abort"),
     "native.files.delete": _transfer("delete"),
     "native.files.move": _transfer("move"),
+    # terminals (terminal.py): bash -l on a PTY, attached with the native.terminal.attach stream
+    "native.terminal.create": _terminal("create"),
+    "native.terminal.list": _terminal("list_terminals"),
+    "native.terminal.kill": _terminal("kill"),
+    "native.terminal.input": _terminal("write_input"),
+    "native.terminal.resize": _terminal("resize"),
 }
 
 
@@ -242,11 +256,17 @@ def files_read(d: "ProjectDaemon", args: list[Any]) -> AsyncIterator[Any]:
     return transfer.read(d.ctx, args)
 
 
+def terminal_attach(d: "ProjectDaemon", args: list[Any]) -> AsyncIterator[Any]:
+    from . import terminal
+    return terminal.attach(d.ctx, _opts(args))
+
+
 STREAMS: dict[str, Callable[["ProjectDaemon", list[Any]], AsyncIterator[Any]]] = {
     "native.jobEvents": job_events,
     "native.session.stream": session_stream,
     "native.archive.pack": archive_pack,
     "native.files.read": files_read,
+    "native.terminal.attach": terminal_attach,
 }
 
 

@@ -140,9 +140,12 @@ class ProjectDaemon:
         from .exec import job_manager
         running, last_job = job_manager(self.ctx).activity()
         sessions = await self._jupyter.list_sessions() if self._jupyter is not None else []
-        times = [t for t in (last_job, *(s.get("last_used") for s in sessions))
+        terminals = _terminals(self.ctx)   # attached terminals are activity (terminal.py)
+        times = [t for t in (last_job, *(s.get("last_used") for s in sessions),
+                             terminals.last_active() if terminals else None)
                  if isinstance(t, (int, float))]
-        return {"jobs": running, "sessions": len(sessions), "last_active": max(times, default=None)}
+        return {"jobs": running, "sessions": len(sessions), "last_active": max(times, default=None),
+                "terminals": terminals.attached() if terminals else 0}
 
     def request_shutdown(self) -> None:
         self._stop.set()
@@ -164,6 +167,9 @@ class ProjectDaemon:
             return False
         from .exec import job_manager
         if job_manager(self.ctx).activity()[0]:
+            return False
+        terminals = _terminals(self.ctx)
+        if terminals is not None and terminals.busy():   # a re-exec would lose its PTY
             return False
         # an upload or an extraction between two chunks (files API, copies): not idle
         for module, table in (("projecthub.project.transfer", "_uploads"), ("projecthub.project.archive", "_unpacks")):
@@ -233,6 +239,9 @@ class ProjectDaemon:
         finally:
             watcher.cancel()
             server.close()
+            terminals = _terminals(self.ctx)
+            if terminals is not None:   # terminals end with the project
+                terminals.close_all()
             if self._jupyter is not None:
                 await self._jupyter.close()
             await jobs.shutdown()
@@ -240,6 +249,12 @@ class ProjectDaemon:
                 with contextlib.suppress(FileNotFoundError):
                     self.listen.unlink()
             log.info("daemon for %s stopped", self.ctx.project_id)
+
+
+def _terminals(ctx: ProjectContext) -> Any:
+    """The project's TerminalManager, if a terminal was ever opened (no import otherwise)."""
+    module = sys.modules.get("projecthub.project.terminal")
+    return module.existing(ctx) if module is not None else None
 
 
 _OPTIONS = {"--project-id": None, "--home": None, "--socket": "", "--listen-fd": "-1",
