@@ -1,0 +1,2 @@
+function i(l){let r=Document.prototype.createElement;Document.prototype.createElement=function(s,c){if(String(s).toLowerCase()!=="style")return r.call(this,s,c);let n=this,e=r.call(this,"csp-style",c),o=new CSSStyleSheet;n.adoptedStyleSheets=[...n.adoptedStyleSheets,o],Object.defineProperty(e,"textContent",{get:()=>[...o.cssRules].map(t=>t.cssText).join(`
+`),set:t=>o.replaceSync(String(t))});let S=e.remove.bind(e);return e.remove=()=>{n.adoptedStyleSheets=n.adoptedStyleSheets.filter(t=>t!==o),S()},e};try{return l()}finally{Document.prototype.createElement=r}}export{i as a};
