@@ -24,7 +24,7 @@ from ..hub.account_limits import AccountLimits
 from ..hub.db import AsyncStore
 from ..hub.service import HubService
 from ..store import Store
-from . import compat, files, native, tokens
+from . import compat, files, native, terminals, tokens
 from ..observability.metrics import Metrics
 from ..observability.requestlog import RequestObserver
 from . import admin, people, ui
@@ -64,7 +64,8 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
             log.warning("NOT ALL ISOLATION LAYERS ARE ENFORCED: see `projecthub doctor`")
         db = AsyncStore(store)
         host = Host(settings.data_dir, sandbox, db, jupyter_pool_size=settings.jupyter_pool_size,
-                    spare_projects=settings.spare_projects, jupyter_idle_s=settings.jupyter_idle_s)
+                    spare_projects=settings.spare_projects, jupyter_idle_s=settings.jupyter_idle_s,
+                    terminal_grace_s=settings.terminal_grace_s)
         resolver = KeyResolver(store, cache_ttl=settings.key_cache_ttl)
         # register this machine as a host: projects record where they run (scale-out routes on it)
         host_id = await db.ensure_host(socket.gethostname(), address=f"unix:{settings.data_dir / 'run'}")
@@ -103,6 +104,7 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
         *native.routes(),
         *tokens.routes(),   # POST /api/v3/tokens/redeem (org.createToken's sign-in tokens)
         *files.routes(),    # /api/v3/projects/{id}/files/..., files:move, archive/...
+        *terminals.routes(),   # /api/v3/projects/{id}/terminals (REST + WebSocket, docs/terminal.md)
         *people.routes(),   # /api/v3/me, /api/v3/projects/{id}/collaborators
         *admin.routes(),    # /api/v3/admin/server, PATCH /api/v3/accounts/{id}
         Route("/", ui.page),   # the web UI (api/ui.py): one page and its built assets

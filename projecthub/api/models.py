@@ -440,6 +440,38 @@ class ArchiveUnpacked(Reply):
     deleted: int
 
 
+# -- terminals (api/terminals.py, docs/terminal.md) -------------------------------------------
+
+Dimension = Annotated[int, Interval(ge=1, le=1000), BeforeValidator(_integral)]
+
+
+class TerminalRequest(Request):
+    """A new terminal's size (both optional: 80 x 24)."""
+    cols: Dimension | None = Field(None, description="columns, 1..1000 (default 80)")
+    rows: Dimension | None = Field(None, description="rows, 1..1000 (default 24)")
+
+
+class TerminalCreated(Reply):
+    terminal_id: str = Field(description="attach at `.../terminals/{terminal_id}/ws` (a WebSocket)")
+    cols: int
+    rows: int
+    created: Time
+    pid: int = Field(description="the shell's pid inside the project's sandbox")
+
+
+class Terminal(Reply):
+    terminal_id: str
+    cols: int
+    rows: int
+    created: Time
+    clients: int = Field(description="WebSockets attached now")
+    alive: bool
+
+
+class TerminalList(Reply):
+    terminals: list[Terminal]
+
+
 class EmptyBody(Request):
     """Operations that take no body: an object with fields is 422 (nothing is ignored)."""
 

@@ -66,7 +66,8 @@ class DaemonHandle:
 class Host:
     def __init__(self, data_dir: Path, sandbox: Sandbox, db: AsyncStore, *,
                  jupyter_pool_size: int = 1, spare_projects: int = 1,
-                 jupyter_idle_s: float | None = None) -> None:
+                 jupyter_idle_s: float | None = None,
+                 terminal_grace_s: float | None = None) -> None:
         self.data_dir = data_dir
         self.sandbox = sandbox
         self.db = db
@@ -74,6 +75,8 @@ class Host:
         # the daemon's stateless pool and zygote shrink to zero after this long without a
         # stateless call (None: the daemon's default, jupyter/__init__.py)
         self.jupyter_idle_s = jupyter_idle_s
+        # a terminal without clients is killed after this long (None: project/terminal.py's)
+        self.terminal_grace_s = terminal_grace_s
         self._handles: dict[str, DaemonHandle] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._lost_tasks: set[asyncio.Task[None]] = set()
@@ -365,6 +368,8 @@ class Host:
                                     "limits": limits.to_json()}
         if self.jupyter_idle_s is not None:
             settings["jupyter"]["pool_idle_timeout_s"] = self.jupyter_idle_s
+        if self.terminal_grace_s is not None:
+            settings["terminal_grace_s"] = self.terminal_grace_s
         run_dir = self._run_dir(project_id)
         listen = peer.bind_daemon_socket(run_dir)   # private to the server; see fabric/peer.py
         environment = self.sandbox.config.environment
