@@ -104,11 +104,11 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
         *native.routes(),
         *tokens.routes(),   # POST /api/v3/tokens/redeem (org.createToken's sign-in tokens)
         *files.routes(),    # /api/v3/projects/{id}/files/..., files:move, archive/...
-        *terminals.routes(),   # /api/v3/projects/{id}/terminals (REST + WebSocket, docs/terminal.md)
         *people.routes(),   # /api/v3/me, /api/v3/projects/{id}/collaborators
         *admin.routes(),    # /api/v3/admin/server, PATCH /api/v3/accounts/{id}
         Route("/", ui.page),   # the web UI (api/ui.py): one page and its built assets
         Route("/ui/{name}", ui.asset),
+        *terminals.routes(),   # /api/v3/projects/{id}/terminals (REST + WebSocket, docs/terminal.md)
     ]
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
