@@ -534,3 +534,46 @@ def iso_s(value: Any) -> Any:
         return (datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="milliseconds")
                 .replace("+00:00", "Z"))
     return value
+
+
+# -- who am I, collaborators, admin (api/people.py, api/admin.py; the web UI uses them) ---------
+
+class Me(Reply):
+    account: Account | None = Field(description="the key's account; null for a project key")
+    project_id: Uuid | None = Field(description="a project key's project; null for an account key")
+    is_admin: bool
+
+
+class CollaboratorRequest(Request):
+    account_id: Uuid = Field(description="the account to add")
+
+
+class CollaboratorAdded(Reply):
+    project_id: Uuid
+    account_id: Uuid
+    added_by: Uuid
+
+
+class AccountPatchRequest(Request):
+    disabled: bool = Field(description="true: its keys are refused at once everywhere; false: enable again")
+
+
+class IsolationLayer(Reply):
+    name: str
+    enforced: bool
+    detail: str
+
+
+class IsolationReport(Reply):
+    mode: str
+    cgroup_version: str | None
+    all_enforced: bool
+    missing: list[str]
+    layers: list[IsolationLayer]
+    notes: list[str]
+
+
+class ServerReport(Reply):
+    isolation: IsolationReport = Field(description="what the running server enforces (projecthub doctor)")
+    project_limits: Limits = Field(description="every project's default limits")
+    account_limits: dict[str, int | None] = Field(description="per-account caps (null = none)")

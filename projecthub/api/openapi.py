@@ -296,6 +296,34 @@ _MODELS: list[type[BaseModel]] = [
     m.TerminalRequest, m.TerminalCreated, m.Terminal, m.TerminalList]
 
 
+# api/people.py and api/admin.py (the web UI's needs, open to every client)
+_MODELS += [m.Me, m.CollaboratorRequest, m.CollaboratorAdded, m.AccountPatchRequest, m.IsolationLayer,
+            m.IsolationReport, m.ServerReport]
+
+
+def _people_paths() -> dict[str, Any]:
+    p = "/api/v3/projects/{project_id}"
+    account_id = {"name": "account_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    no_query = _query(m.EmptyQuery)
+    return {
+        "/api/v3/me": {"get": _op("Who this key is: its account (or, for a project key, its project)",
+                                  {"200": _json(_ref(m.Me))}, ("422",), params=no_query)},
+        p + "/collaborators": {"post": _op(
+            "Add a collaborator (any member of the project; account keys)",
+            {"201": _json(_ref(m.CollaboratorAdded), "Added")}, _P, params=[_PROJECT_ID],
+            body=m.CollaboratorRequest)},
+        p + "/collaborators/{account_id}": {"delete": _op(
+            "Remove a collaborator (owners; anyone may remove themselves; never the owner)",
+            {"204": {"description": "Removed"}}, _P, params=[_PROJECT_ID, account_id])},
+        "/api/v3/admin/server": {"get": _op(
+            "The isolation report this server enforces and its default limits (admins only)",
+            {"200": _json(_ref(m.ServerReport))}, ("403", "422"), params=no_query)},
+        "/api/v3/accounts/{account_id}": {"patch": _op(
+            "Disable or enable an account (admins only; not your own)", {"200": _json(_ref(m.Account))},
+            ("403", "404", "422"), params=[account_id] + no_query, body=m.AccountPatchRequest)},
+    }
+
+
 def _tidy(node: Any) -> Any:
     """Drop ``"default": null`` (the same as absent; it would contradict a non-null type)."""
     if isinstance(node, dict):
@@ -324,5 +352,5 @@ def document() -> dict[str, Any]:
                                 "basic": {"type": "http", "scheme": "basic"}},
             "schemas": defs["$defs"],
         },
-        "paths": _paths(),
+        "paths": {**_paths(), **_people_paths()},
     }
