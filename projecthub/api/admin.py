@@ -21,10 +21,6 @@ from .native import _account, _by_method, _hub, _no_query, _parsed, endpoint
 from .replies import BoundedJSONResponse as JSONResponse
 
 
-class AccountPatch(m.Request):
-    disabled: bool
-
-
 @endpoint
 async def server(request: Request, identity: Identity) -> Response:
     _no_query(request)
@@ -41,7 +37,7 @@ async def server(request: Request, identity: Identity) -> Response:
 @endpoint
 async def patch_account(request: Request, identity: Identity) -> Response:
     _no_query(request)
-    body: AccountPatch = await _parsed(request, AccountPatch)
+    body: m.AccountPatchRequest = await _parsed(request, m.AccountPatchRequest)
     return JSONResponse(await _hub(request).set_account_disabled(
         _account(identity), request.path_params["account_id"], body.disabled))
 

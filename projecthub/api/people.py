@@ -21,10 +21,6 @@ from .native import ApiError, _account, _by_method, _hub, _no_body, _no_query, _
 from .replies import BoundedJSONResponse as JSONResponse
 
 
-class CollaboratorRequest(m.Request):
-    account_id: m.Uuid
-
-
 @endpoint
 async def me(request: Request, identity: Identity) -> Response:
     """The caller: a project key has no account (CoCalc's rule), only its project."""
@@ -42,7 +38,7 @@ async def me(request: Request, identity: Identity) -> Response:
 async def add_collaborator(request: Request, identity: Identity) -> Response:
     project_id = await _project(request, identity)
     account_id = _account(identity)   # a project key cannot invite people
-    body: CollaboratorRequest = await _parsed(request, CollaboratorRequest)
+    body: m.CollaboratorRequest = await _parsed(request, m.CollaboratorRequest)
     await _hub(request).add_collaborator(project_id, body.account_id)
     return JSONResponse({"project_id": project_id, "account_id": body.account_id, "added_by": account_id},
                         status_code=201)

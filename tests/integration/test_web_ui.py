@@ -137,6 +137,9 @@ def test_ui_http_headers(srv: Server) -> None:
         a = httpx.get(srv.url + "/ui/" + name, timeout=30)
         assert a.status_code == 200 and a.headers["content-type"] == media, name
         assert a.headers["content-security-policy"].startswith(ui.BASE_CSP)
+        if name.startswith(("main-", "chunk-")):   # content-hashed names: cached for good
+            assert "immutable" in a.headers["cache-control"], name
+    assert r.headers["cache-control"] == "no-cache"   # the page names the current build
     for bad in ("..%2Fui.py", "index.html", "x.js", "%2e%2e%2fapp.py", "..%2F..%2Fapp.py"):
         assert httpx.get(srv.url + "/ui/" + bad, timeout=30).status_code == 404, bad
     # a Host header that could bend the policy is left out of it
@@ -332,6 +335,15 @@ def test_revoked_key_ends_the_session(page: Page, srv: Server, user: Account, pr
     alert = page.page.locator(".signin [role=alert]")
     alert.filter(has_text="refused your API key").wait_for(timeout=15_000)
     assert page.page.evaluate("sessionStorage.length") == 0
+
+
+def test_project_key_sees_its_project(page: Page, srv: Server, user: Account, project_id: str) -> None:
+    made = srv.post("/api/v3/keys", {"name": "project key", "project_id": project_id}, key=user.api_key)
+    assert made.status_code == 201, made.text
+    page.sign_in(made.json()["secret"])
+    page.page.locator("h1", has_text="ui tests").wait_for()   # straight to its project
+    page.page.locator(".badge.state-running").first.wait_for()
+    assert page.page.locator("header >> text=API keys").count() == 0
 
 
 def test_phone_width(page: Page, user: Account, project_id: str) -> None:

@@ -37,7 +37,7 @@ function signOut() {
 function header() {
   const name = me && me.account ? [me.account.first_name, me.account.last_name].join(" ").trim() ||
     me.account.email || me.account.account_id : "project key";
-  const links = [["#/projects", "Projects"]];
+  const links = me && me.account ? [["#/projects", "Projects"]] : [];
   if (me && me.account) links.push(["#/keys", "API keys"]);
   if (me && me.is_admin) links.push(["#/admin", "Admin"]);
   const current = location.hash.split("/").slice(0, 2).join("/");
@@ -77,7 +77,11 @@ async function render() {
   if (page === "p" && rest[0]) cleanup = projectPage(main, rest[0], rest.slice(1), me);
   else if (page === "keys") cleanup = keysPage(main, me);
   else if (page === "admin") cleanup = adminPage(main, me);
-  else {
+  else if (!me.account && me.project_id) {
+    // a project key sees only its project (it may not list projects)
+    history.replaceState(null, "", "#/p/" + me.project_id);
+    cleanup = projectPage(main, me.project_id, [], me);
+  } else {
     if (page !== "projects") history.replaceState(null, "", "#/projects");
     cleanup = projectsPage(main, me);
   }

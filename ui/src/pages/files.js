@@ -60,7 +60,7 @@ export function filesTab(body, { projectId, base }, dir) {
       const ok = await act(status, "Deleting…", () => api.del(url(path) + (isDir ? "?recursive=true" : "")), remove);
       if (ok !== undefined) { status.ok(`Deleted ${path}.`); refresh(); }
     } }, "Delete");
-    return h("tr", {}, h("td", {}, h("span", { class: "icon", "aria-hidden": "true" }, isDir ? "📁 " : "📄 "), name),
+    return h("tr", { class: isDir ? "dir" : null }, h("td", {}, name),
       h("td", {}, isDir ? "" : bytes(e.size)), h("td", { class: "wide" }, when(e.mtime)),
       h("td", { class: "actions" }, download, rename, remove));
   }

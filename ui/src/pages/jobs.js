@@ -4,6 +4,16 @@ import { h, clear, statusLine, act, when, stripAnsi } from "../dom.js";
 import * as api from "../api.js";
 
 const MAX_SHOWN = 2_000_000;   // characters of output kept in the page (the job keeps all)
+// The job list the server keeps has no command line: this tab remembers the ones it started.
+const COMMANDS = "projecthub.jobCommands";
+const commands = () => { try { return JSON.parse(sessionStorage.getItem(COMMANDS) || "{}"); } catch { return {}; } };
+function remember(jobId, command) {
+  const all = commands();
+  all[jobId] = command.slice(0, 300);
+  const ids = Object.keys(all);
+  for (const old of ids.slice(0, Math.max(0, ids.length - 200))) delete all[old];
+  sessionStorage.setItem(COMMANDS, JSON.stringify(all));
+}
 
 export function jobsTab(body, { projectId, base }, jobId) {
   const status = statusLine();
@@ -14,8 +24,9 @@ export function jobsTab(body, { projectId, base }, jobId) {
   async function refresh() {
     try {
       const jobs = await api.get(root, { signal: controller.signal });
+      const known = commands();
       clear(list, jobs.length ? h("table", { class: "table" },
-        h("thead", {}, h("tr", {}, h("th", {}, "Job"), h("th", {}, "Status"), h("th", { class: "wide" }, "Started"), h("th", {}, "Actions"))),
+        h("thead", {}, h("tr", {}, h("th", {}, "Job"), h("th", { class: "wide" }, "Command"), h("th", {}, "Status"), h("th", { class: "wide" }, "Started"), h("th", {}, "Actions"))),
         h("tbody", {}, jobs.map((j) => {
           const kill = j.status === "running" && h("button", { class: "danger small", onclick: async () => {
             const ok = await act(status, "Killing the job…", () => api.del(`${root}/${api.enc(j.job_id)}`), kill);
@@ -23,6 +34,7 @@ export function jobsTab(body, { projectId, base }, jobId) {
           } }, "Kill");
           return h("tr", { class: j.job_id === jobId ? "selected" : null },
             h("td", {}, h("a", { href: `${base}/jobs/${api.enc(j.job_id)}` }, h("code", {}, j.job_id.slice(0, 12)))),
+            h("td", { class: "wide" }, known[j.job_id] ? h("code", {}, known[j.job_id]) : ""),
             h("td", {}, h("span", { class: "badge job-" + j.status }, j.status)),
             h("td", { class: "wide" }, when(j.start)), h("td", { class: "actions" }, kill));
         }))) : h("p", { class: "empty" }, "No jobs yet: start one above."));
@@ -38,7 +50,7 @@ export function jobsTab(body, { projectId, base }, jobId) {
     e.preventDefault();
     const job = await act(status, "Starting the job…", () => api.post(`/api/v3/projects/${projectId}/exec`,
       { command: command.value, bash: true, async: true, timeout: 0 }), start);
-    if (job) { status.ok("Job started."); location.hash = `${base}/jobs/${api.enc(job.job_id)}`; }
+    if (job) { remember(job.job_id, command.value); status.ok("Job started."); location.hash = `${base}/jobs/${api.enc(job.job_id)}`; }
   } }, h("label", { for: "job-command", class: "sr-only" }, "Command to run as a job"), command, start);
 
   const panel = h("section", { class: "job" });
@@ -56,8 +68,9 @@ export function jobsTab(body, { projectId, base }, jobId) {
       const ok = await act(jobStatus, "Killing the job…", () => api.del(`${root}/${api.enc(id)}`), kill);
       if (ok) jobStatus.ok(ok.killed ? "Kill sent." : "It had already finished.");
     });
+    const cmd = commands()[id];
     clear(panel, h("div", { class: "row" }, h("h2", {}, "Job ", h("code", {}, id.slice(0, 12))), stateEl, kill),
-      jobStatus.el, out);
+      cmd ? h("p", {}, h("code", {}, "$ " + cmd)) : null, jobStatus.el, out);
     let shown = 0;
     const write = (text, cls) => {
       if (shown > MAX_SHOWN) return;
@@ -76,6 +89,7 @@ export function jobsTab(body, { projectId, base }, jobId) {
             headers: { "Last-Event-ID": offsets },
             onEvent: (ev) => {
               if (ev.id) offsets = ev.id;
+              if (jobStatus.el.classList.contains("busy")) jobStatus.clear();
               if (ev.event === "stdout") write(ev.data.data);
               else if (ev.event === "stderr") write(ev.data.data, "stderr");
               else if (ev.event === "stats") {
@@ -84,7 +98,8 @@ export function jobsTab(body, { projectId, base }, jobId) {
                 ended = true;
                 const r = ev.data.record || {};
                 stateEl.className = "badge job-" + r.status;
-                stateEl.textContent = r.status + (r.exit_code != null ? ` (exit code ${r.exit_code})` : "");
+                stateEl.textContent = r.status + (r.exit_code != null ? ` (exit code ${r.exit_code})` : "") +
+                  (r.signal ? ` (${r.signal})` : "") + (typeof r.wall_s === "number" ? ` in ${r.wall_s.toFixed(1)} s` : "");
                 kill.hidden = true;
                 refresh();
               } else if (ev.event === "error") {

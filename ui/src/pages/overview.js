@@ -48,7 +48,7 @@ export function overview(body, { projectId, me }) {
   const toggle = h("button", { class: "secondary" }, "…");
   let limits = null;
   let last = null;   // previous {t, cpu_s} for CPU %
-  const mem = chart("Memory", "MiB", () => (limits && limits.memory_bytes ? limits.memory_bytes / 2 ** 20 : 0));
+  const mem = chart("Memory", "MiB", () => 0);   // scaled to what is used (the limit is in the text)
   const cpu = chart("CPU", "%", () => 100);
   const procs = chart("Processes", "", () => (limits && limits.pids ? Math.min(limits.pids, 32) : 8));
   const limitsEl = h("dl", { class: "limits" });

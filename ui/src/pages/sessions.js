@@ -73,7 +73,8 @@ export function sessionsTab(body, { projectId, base }, sessionId) {
               const ok = await act(status, "Deleting the session…", () => api.del(`${root}/${api.enc(s.session_id)}`), remove);
               if (ok !== undefined) { status.ok("Session deleted."); refresh(); }
             } }, "Delete");
-            return h("tr", {}, h("td", {}, h("a", { href: `${base}/sessions/${api.enc(s.session_id)}` }, s.name)),
+            const label = s.name === s.session_id ? "session " + s.session_id.slice(0, 8) : s.name;
+            return h("tr", {}, h("td", {}, h("a", { href: `${base}/sessions/${api.enc(s.session_id)}` }, label)),
               h("td", {}, s.kernel), h("td", {}, h("span", { class: "badge kernel-" + s.state }, s.state)),
               h("td", { class: "wide" }, when(s.last_used)), h("td", { class: "actions" }, remove));
           }))) : h("p", { class: "empty" }, "No sessions: start one to run code cells in a kernel that keeps its state."));
@@ -101,7 +102,7 @@ export function sessionsTab(body, { projectId, base }, sessionId) {
     try {
       const s = await api.get(sroot, { signal: controller.signal });
       if (!running || s.state !== "idle") showState(s.state);
-      title.textContent = `${s.name} (${s.kernel})`;
+      title.textContent = `${s.name === s.session_id ? "Session " + s.session_id.slice(0, 8) : s.name} (${s.kernel})`;
     } catch (err) {
       if (err.name !== "AbortError" && err.status !== 401) status.error("Cannot read the session: " + err.message);
     }
