@@ -417,9 +417,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def handle_websocket_upgrade(self) -> None:
-        # the connection leaves this protocol (and its connection_lost) for the websocket one
-        self.guard.release(self)
+        # The connection leaves this protocol (and its connection_lost) for the websocket one.
+        # It stays counted against the caps (an open WebSocket holds a descriptor like any
+        # connection) until the websocket protocol loses it; it is no longer timed.
+        guard = self.guard
+        guard.awaiting_headers.pop(self, None)
+        guard.awaiting_body.pop(self, None)
+        self._phase = _IDLE
         super().handle_websocket_upgrade()
+        websocket = self.transport.get_protocol()
+        if websocket is self:   # no websocket implementation took it
+            guard.release(self)
+            return
+        lost = websocket.connection_lost
+
+        def release_then_lost(exc: Exception | None) -> None:
+            guard.release(self)
+            lost(exc)
+
+        websocket.connection_lost = release_then_lost  # type: ignore[method-assign]
 
     def _response_in_progress(self) -> bool:
         return self.cycle is not None and not self.cycle.response_complete

@@ -93,6 +93,9 @@ class MetricsPortGate:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         server = scope.get("server")
+        if (scope["type"] == "websocket" and server is not None and server[1] == self.port):
+            await send({"type": "websocket.close", "code": 1008})   # the upgrade is refused (403)
+            return
         if (scope["type"] == "http" and server is not None and server[1] == self.port
                 and scope["path"] != "/metrics"):
             await JSONResponse({"error": "only /metrics is served on this port"}, status_code=404)(
