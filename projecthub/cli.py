@@ -116,6 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .api.app import build_sandbox, create_app
+    from .cli_nats import hub_sandbox
     from .host.environment import EnvironmentError_
     settings = ServerSettings(host=args.host, port=args.port,
                               sandbox_mode=args.sandbox, require_isolation=args.require_isolation)
@@ -193,8 +194,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
                             args.body_timeout, args.forwarded_allow_ips)
     except ValueError as exc:
         _fail(str(exc))
-    try:
-        sandbox = build_sandbox(settings)
+    try:   # `projecthub hub` (cli_nats.py) runs no user code: no sandbox, hosts on NATS
+        sandbox = hub_sandbox(settings, args) if getattr(args, "nats", None) else build_sandbox(settings)
     except (RuntimeError, ValueError, TypeError, EnvironmentError_) as exc:
         # a missing layer, bad default limits, or a project environment that cannot work
         _fail(f"refusing to start: {exc}", code=1)
@@ -995,7 +996,7 @@ def server_installed() -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    as_json = args.command != "serve" and (args.command != "doctor" or args.json)
+    as_json = args.command not in ("serve", "hub") and (args.command != "doctor" or args.json)
     if args.command not in CLIENT_COMMANDS and not server_installed():
         print("projecthub: error: the server needs 'pip install projecthub[server]'", file=sys.stderr, flush=True)
         sys.exit(2)

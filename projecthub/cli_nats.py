@@ -20,6 +20,18 @@ _CREDS_HELP = ("a credentials file written by `projecthub nats-config` (JSON: us
 
 
 def add_nats_parsers(sub: Any) -> None:
+    serve = sub.choices["serve"]
+    hub = sub.add_parser("hub", help="run a hub only: HTTP, auth, store; projects run on hosts on NATS",
+                         description="Run a hub: serve's HTTP API, auth and store, with the projects "
+                                     "run by `projecthub host` processes reached over NATS. Takes "
+                                     "serve's options (the sandbox ones do not apply: a hub runs no "
+                                     "user code).", add_help=False)
+    hub._add_container_actions(serve)   # what argparse's parents= does, after the fact
+    hub.add_argument("--nats", required=True, metavar="URL", help="e.g. nats://10.0.0.5:4222")
+    hub.add_argument("--nats-creds", default=os.environ.get("PROJECTHUB_NATS_CREDS"), metavar="FILE",
+                     help=_CREDS_HELP)
+    hub.set_defaults(func=serve.get_default("func"))
+
     conf = sub.add_parser("nats-config", help="write a nats-server config with one user per host "
                                               "and their credentials files",
                           description="Write DIR/nats-server.conf (one user per host, each allowed "
@@ -48,13 +60,36 @@ def add_nats_parsers(sub: Any) -> None:
     host.add_argument("--require-isolation", action="store_true",
                       help="refuse to start unless every isolation layer is enforced")
     host.add_argument("--uid-range", default=None, metavar="LOW-HIGH", help="as for serve")
-    host.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    host.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                      help="least severe log level written (default info)")
     host.set_defaults(func=cmd_host)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
     print(f"projecthub: error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def hub_sandbox(settings: Any, args: argparse.Namespace) -> Any:
+    """For ``projecthub hub`` (cmd_serve): NATS reachable now (one line and exit 1 if not,
+    before anything is built), and the hub's view of the sandbox (default limits only)."""
+    from .fabric.nats_wire import NatsUnavailable, connect, load_credentials
+    from .host.sandbox import ProjectLimits
+    from .hub.remote_host import HubSandboxView
+    settings.nats_url, settings.nats_creds = args.nats, args.nats_creds
+    try:
+        creds = load_credentials(args.nats_creds) if args.nats_creds else None
+    except ValueError as exc:
+        _fail(str(exc))
+
+    async def probe() -> None:
+        nc = await connect(args.nats, name="projecthub-hub-probe", creds=creds)
+        await nc.close()
+    try:
+        asyncio.run(probe())
+    except NatsUnavailable as exc:
+        _fail(exc.message.removeprefix("Error: "), code=1)
+    return HubSandboxView(ProjectLimits.from_json(settings.default_limits or {}))
 
 
 def cmd_nats_config(args: argparse.Namespace) -> None:

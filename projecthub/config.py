@@ -143,6 +143,9 @@ class ServerSettings:
     metrics: bool = True
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # projecthub hub: the hosts are other processes reached on NATS (cli_nats.py), not in-process
+    nats_url: str | None = None
+    nats_creds: str | None = None    # a `projecthub nats-config` credentials file
 
     @property
     def db_url(self) -> str:

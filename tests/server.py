@@ -75,6 +75,7 @@ class Server:
     data_dir: Path
     port: int = field(default_factory=free_port)
     extra_args: list[str] = field(default_factory=list)
+    command: str = "serve"   # or "hub" (hosts on NATS: tests/integration/test_nats_hub.py)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -87,7 +88,7 @@ class Server:
         # every test server gets its own uid block, so concurrent servers never share a uid
         base = 200000 + (self.port % 2000) * 1000
         self.process = subprocess.Popen(
-            [*PROJECTHUB, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+            [*PROJECTHUB, self.command, "--port", str(self.port), "--data-dir", str(self.data_dir),
              "--uid-range", f"{base}-{base + 999}", *self.extra_args], stdout=log, stderr=log, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -66,9 +66,15 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
         host = Host(settings.data_dir, sandbox, db, jupyter_pool_size=settings.jupyter_pool_size,
                     spare_projects=settings.spare_projects, jupyter_idle_s=settings.jupyter_idle_s,
                     terminal_grace_s=settings.terminal_grace_s)
+        if settings.nats_url:   # projecthub hub: the hosts are other processes, on NATS
+            from ..hub.remote_host import connect_remote_host
+            host = await connect_remote_host(settings.nats_url, settings.nats_creds, db,  # type: ignore[assignment]
+                                             sandbox.config.defaults)
         resolver = KeyResolver(store, cache_ttl=settings.key_cache_ttl)
-        # register this machine as a host: projects record where they run (scale-out routes on it)
-        host_id = await db.ensure_host(socket.gethostname(), address=f"unix:{settings.data_dir / 'run'}")
+        # register this machine as a host: projects record where they run (scale-out routes on
+        # it); a hub on NATS places each project on a host at its first start (remote_host.py)
+        host_id = 0 if settings.nats_url else await db.ensure_host(
+            socket.gethostname(), address=f"unix:{settings.data_dir / 'run'}")
         hub = HubService(db, host, resolver, host_id=host_id,
                          account_limits=AccountLimits.from_json(settings.account_limits),
                          purge_after_s=settings.purge_after_s)

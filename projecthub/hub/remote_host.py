@@ -1,0 +1,234 @@
+"""The hub's ``Host`` when hosts are other processes on NATS (``projecthub hub --nats``).
+
+``RemoteHost`` has the interface of the in-process ``Host`` that ``HubService``, the
+lifecycle and the metrics use (``call``, ``stream``, ``ensure_running``, ``stop``, ...), so
+the hub's service code does not change: each operation becomes one fabric call to the
+project's host (``host/nats_role.py`` lists them), carrying what the host must not read
+from the database itself (the project's limit overrides, whether it is deleted).
+
+Placement (interim, until issue 17 item 3): a project runs where ``projects.host_id``
+says; a project placed nowhere goes to the live host running the fewest projects (from
+the heartbeats), recorded in the store at its first start.  Whether a project runs is
+read from its host's heartbeat (every second), corrected at once by this hub's own
+starts and stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+from ..errors import RemoteError
+from ..fabric.messages import STREAM_WINDOW
+from ..fabric.nats_client import HostUnavailable, NatsFabric
+from ..fabric.nats_wire import HUB_INBOX_PREFIX, Credentials, connect
+from ..host.sandbox import ProjectLimits
+from .db import AsyncStore
+
+log = logging.getLogger("projecthub.hub.remote")
+
+_SPEC_TTL_S = 2.0      # a project's limit overrides are re-read from the store this often
+_CONTROL_TIMEOUT_S = 60.0   # start, stop, status...: a host that does not answer is reported
+
+
+class NoSpares:
+    """A hub on NATS keeps no pre-started spare projects (they live on hosts; not yet)."""
+
+    def take(self) -> None:
+        return None
+
+    def is_parked(self, project_id: str) -> bool:
+        return False
+
+    def unpark(self, project_id: str) -> None:
+        return None
+
+
+class _Config:
+    def __init__(self, defaults: ProjectLimits) -> None:
+        self.defaults = defaults
+
+
+class _Report:
+    all_enforced = True   # nothing runs here; each host reports its own layers
+
+    def to_text(self) -> str:
+        return "hub only: projects run on hosts reached over NATS (each reports its own isolation)"
+
+
+class HubSandboxView:
+    """What the hub reads of ``host.sandbox``: the default limits (hub policy).  Checks
+    that need the project's files (disk use) happen on its host when it starts."""
+
+    def __init__(self, defaults: ProjectLimits) -> None:
+        self.config = _Config(defaults)
+        self.report = _Report()
+
+    def disk_bytes_applied(self, project_id: str) -> int | None:
+        return None
+
+    def check_limits(self, project_id: str, limits: ProjectLimits) -> None:
+        return None
+
+
+class RemoteHost:
+    def __init__(self, fabric: NatsFabric, db: AsyncStore, defaults: ProjectLimits) -> None:
+        self.fabric = fabric
+        self.db = db
+        self.sandbox = HubSandboxView(defaults)
+        self.spares = NoSpares()
+        self._placed: dict[str, str] = {}            # project -> host name
+        self._specs: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._started_here: dict[str, float] = {}    # project -> when this hub started it
+        self._stopped_here: dict[str, float] = {}
+        self._host_names: dict[int, str] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.fabric.start()
+
+    async def close(self) -> None:
+        await self.fabric.close()
+        await self.fabric.nc.close()
+
+    # -- where a project lives ------------------------------------------------------------
+    async def host_of(self, project_id: str) -> str:
+        name = self._placed.get(project_id)
+        if name is not None:
+            return name
+        project = await self.db.get_project(project_id)
+        if project is None:
+            raise RemoteError(f"Error: project {project_id} does not exist")
+        host_id = project.get("host_id")
+        if host_id:
+            name = await self._host_name(int(host_id))
+        else:
+            name = self._place()
+            await self.db.update_project(project_id, host_id=await self.db.ensure_host(name, address="nats"))
+        self._placed[project_id] = name
+        return name
+
+    async def _host_name(self, host_id: int) -> str:
+        if host_id not in self._host_names:
+            self._host_names = {int(h["host_id"]): h["name"] for h in await self.db.list_hosts()}
+        name = self._host_names.get(host_id)
+        if name is None:
+            raise RemoteError(f"Error: the project's host {host_id} is not registered")
+        return name
+
+    def _place(self) -> str:
+        live = self.fabric.live_hosts()
+        if not live:
+            raise HostUnavailable("Error: no host is live to run the project (none heartbeats on NATS)")
+        return min(live, key=lambda name: (int(live[name].get("projects") or 0), name))
+
+    async def _spec(self, project_id: str) -> dict[str, Any]:
+        cached = self._specs.get(project_id)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < _SPEC_TTL_S:
+            return cached[1]
+        project = await self.db.get_project(project_id)
+        if project is None:
+            raise RemoteError(f"Error: project {project_id} does not exist")
+        spec = {"limits": (project.get("settings") or {}).get("limits") or {},
+                "deleted": bool(project.get("deleted"))}
+        self._specs[project_id] = (now, spec)
+        return spec
+
+    # -- running state ----------------------------------------------------------------------
+    def _heartbeat_running(self) -> dict[str, float]:
+        """project -> when its host last said it runs."""
+        running: dict[str, float] = {}
+        for name, seen in self.fabric.hosts.items():
+            if time.monotonic() - seen.last_seen < 3.5:
+                for project_id in seen.info.get("running") or ():
+                    running[project_id] = seen.last_seen
+        return running
+
+    def is_running(self, project_id: str) -> bool:
+        started = self._started_here.get(project_id)
+        stopped = self._stopped_here.get(project_id)
+        listed = self._heartbeat_running().get(project_id)
+        # the newest of: our start, our stop, the host's last heartbeat saying so
+        events = [(started or 0.0, True), (stopped or 0.0, False)]
+        host = self._placed.get(project_id)
+        seen = self.fabric.hosts.get(host) if host else None
+        if seen is not None:
+            events.append((seen.last_seen, listed is not None))
+        when, running = max(events)
+        return running if when else False
+
+    def running_project_ids(self) -> list[str]:
+        ids = set(self._heartbeat_running()) | set(self._started_here)
+        return sorted(p for p in ids if self.is_running(p))
+
+    async def _set_state(self, project_id: str, state: str, reason: str | None = None) -> None:
+        await self.db.update_project(project_id, state=state, state_time=datetime.now(timezone.utc),
+                                     state_reason=reason)
+
+    # -- operations (Host's interface) ------------------------------------------------------
+    async def ensure_running(self, project_id: str) -> None:
+        if self.is_running(project_id):
+            return None
+        host = await self.host_of(project_id)
+        await self.fabric.call(host, "project.start", [project_id, await self._spec(project_id)],
+                               None, _CONTROL_TIMEOUT_S)
+        self._started_here[project_id] = time.monotonic()
+        self._stopped_here.pop(project_id, None)
+        await self._set_state(project_id, "running")
+        return None
+
+    async def call(self, project_id: str, name: str, args: list[Any], budget: float | None = None) -> Any:
+        host = await self.host_of(project_id)
+        return await self.fabric.call(host, "project.call",
+                                      [project_id, await self._spec(project_id), name, args], budget)
+
+    async def stream(self, project_id: str, name: str, args: list[Any],
+                     window: int | None = None) -> AsyncIterator[Any]:
+        host = await self.host_of(project_id)
+        window = window or STREAM_WINDOW
+        inner = self.fabric.stream(host, "project.stream",
+                                   [project_id, await self._spec(project_id), name, args, window], window)
+        try:
+            async for item in inner:
+                yield item
+        finally:
+            await inner.aclose()
+
+    async def stop(self, project_id: str, reason: str = "stopped by request") -> None:
+        host = await self.host_of(project_id)
+        await self.fabric.call(host, "project.stop", [project_id, reason], None, _CONTROL_TIMEOUT_S)
+        self._stopped_here[project_id] = time.monotonic()
+        self._started_here.pop(project_id, None)
+        await self._set_state(project_id, "stopped", reason)
+
+    async def activity(self, project_id: str) -> dict[str, Any] | None:
+        if not self.is_running(project_id):
+            return None
+        return await self.fabric.call(await self.host_of(project_id), "project.activity",  # type: ignore[no-any-return]
+                                      [project_id], None, 10.0)
+
+    async def status(self, project_id: str) -> dict[str, Any]:
+        return await self.fabric.call(await self.host_of(project_id), "project.status",  # type: ignore[no-any-return]
+                                      [project_id], None, 10.0)
+
+    async def update_limits(self, project_id: str, limits: ProjectLimits) -> None:
+        self._specs.pop(project_id, None)
+        if self.is_running(project_id):
+            await self.fabric.call(await self.host_of(project_id), "project.update_limits",
+                                   [project_id, limits.to_json()], None, _CONTROL_TIMEOUT_S)
+
+    async def purge(self, project_id: str) -> int:
+        return int(await self.fabric.call(await self.host_of(project_id), "project.purge",
+                                          [project_id], None, _CONTROL_TIMEOUT_S))
+
+
+async def connect_remote_host(url: str, creds_file: str | None, db: AsyncStore,
+                              defaults: ProjectLimits) -> RemoteHost:
+    """Connect to NATS (NatsUnavailable: one clear error) and build the hub's RemoteHost."""
+    from ..fabric.nats_wire import load_credentials
+    creds: Credentials | None = load_credentials(creds_file) if creds_file else None
+    nc = await connect(url, name="projecthub-hub", creds=creds, inbox_prefix=HUB_INBOX_PREFIX)
+    return RemoteHost(NatsFabric(nc), db, defaults)
