@@ -81,11 +81,12 @@ def test_echo_resize_scrollback_and_two_clients(term_server: Server, proj: Proj)
     tid = info["terminal_id"]
 
     a = attach(term_server, proj.project_id, tid, key)            # a program: the header
-    a.type("echo hi-$((6*7)); stty size; id -u; pwd; echo $TERM")
+    a.type("echo hi-$((6*7)); stty size; echo uid=$(id -u) cwd=$(pwd); echo $TERM")
     out = a.read_until(b"xterm-256color\r\n")
     assert b"hi-42" in out and b"30 100" in out, out
-    assert f"{proj.uid()}\r\n".encode() in out, out                # the project's uid, not root
-    assert b"/home/user" in out or str(proj.home).encode() in out or b"\r\n/" in out, out
+    # the same uid and home as an exec in this project (and not root)
+    ran = proj.run("echo uid=$(id -u) cwd=$(pwd)")["stdout"].strip()
+    assert f"{ran}\r\n".encode() in out and "uid=0 " not in ran, (ran, out)
 
     b = attach(term_server, proj.project_id, tid, key, header=False)   # a browser: the auth message
     assert b"hi-42" in b.scrollback, b.scrollback                  # the scrollback is replayed
