@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator
 from ..errors import RemoteError
 from ..fabric.messages import STREAM_WINDOW
 from ..fabric.nats_client import HostUnavailable, NatsFabric
-from ..fabric.nats_wire import HUB_INBOX_PREFIX, Credentials, connect
+from ..fabric.nats_wire import HOST_LOST_S, HUB_INBOX_PREFIX, Credentials, connect
 from ..host.sandbox import ProjectLimits
 from .db import AsyncStore
 
@@ -122,7 +122,7 @@ class RemoteHost:
         live = self.fabric.live_hosts()
         if not live:
             raise HostUnavailable("Error: no host is live to run the project (none heartbeats on NATS)")
-        return min(live, key=lambda name: (int(live[name].get("projects") or 0), name))
+        return min(live, key=lambda name: (_count(live[name].get("projects")), name))
 
     async def _spec(self, project_id: str) -> dict[str, Any]:
         cached = self._specs.get(project_id)
@@ -138,31 +138,33 @@ class RemoteHost:
         return spec
 
     # -- running state ----------------------------------------------------------------------
-    def _heartbeat_running(self) -> dict[str, float]:
-        """project -> when its host last said it runs."""
-        running: dict[str, float] = {}
+    def _listed(self) -> dict[str, str]:
+        """project -> the live host whose last heartbeat says it runs there.  A host speaks
+        only for projects placed on it (or not yet looked up here): a host that lies in its
+        heartbeat cannot make another host's project look running or stopped."""
+        listed: dict[str, str] = {}
+        now = time.monotonic()
         for name, seen in self.fabric.hosts.items():
-            if time.monotonic() - seen.last_seen < 3.5:
+            if now - seen.last_seen < HOST_LOST_S:
                 for project_id in seen.info.get("running") or ():
-                    running[project_id] = seen.last_seen
-        return running
+                    if isinstance(project_id, str) and self._placed.get(project_id, name) == name:
+                        listed[project_id] = name
+        return listed
 
     def is_running(self, project_id: str) -> bool:
-        started = self._started_here.get(project_id)
-        stopped = self._stopped_here.get(project_id)
-        listed = self._heartbeat_running().get(project_id)
-        # the newest of: our start, our stop, the host's last heartbeat saying so
-        events = [(started or 0.0, True), (stopped or 0.0, False)]
         host = self._placed.get(project_id)
         seen = self.fabric.hosts.get(host) if host else None
-        if seen is not None:
-            events.append((seen.last_seen, listed is not None))
+        # the newest word wins: this hub's own start or stop, or the host's last heartbeat
+        events = [(self._started_here.get(project_id, 0.0), True),
+                  (self._stopped_here.get(project_id, 0.0), False)]
+        if seen is not None and time.monotonic() - seen.last_seen < HOST_LOST_S:
+            events.append((seen.last_seen, project_id in (seen.info.get("running") or ())))
         when, running = max(events)
         return running if when else False
 
     def running_project_ids(self) -> list[str]:
-        ids = set(self._heartbeat_running()) | set(self._started_here)
-        return sorted(p for p in ids if self.is_running(p))
+        ids = set(self._listed()) | set(self._started_here)
+        return sorted(p for p in ids if self._placed.get(p) is None or self.is_running(p))
 
     async def _set_state(self, project_id: str, state: str, reason: str | None = None) -> None:
         await self.db.update_project(project_id, state=state, state_time=datetime.now(timezone.utc),
@@ -232,3 +234,7 @@ async def connect_remote_host(url: str, creds_file: str | None, db: AsyncStore,
     creds: Credentials | None = load_credentials(creds_file) if creds_file else None
     nc = await connect(url, name="projecthub-hub", creds=creds, inbox_prefix=HUB_INBOX_PREFIX)
     return RemoteHost(NatsFabric(nc), db, defaults)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
