@@ -542,6 +542,7 @@ class Me(Reply):
     account: Account | None = Field(description="the key's account; null for a project key")
     project_id: Uuid | None = Field(description="a project key's project; null for an account key")
     is_admin: bool
+    key_id: int | None = Field(description="the id of the key making this call (see GET /api/v3/keys)")
 
 
 class CollaboratorRequest(Request):
