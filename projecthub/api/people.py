@@ -26,12 +26,14 @@ async def me(request: Request, identity: Identity) -> Response:
     """The caller: a project key has no account (CoCalc's rule), only its project."""
     _no_query(request)
     if not identity.account_id:
-        return JSONResponse({"account": None, "project_id": identity.project_id, "is_admin": False})
+        return JSONResponse({"account": None, "project_id": identity.project_id, "is_admin": False,
+                             "key_id": identity.key_id})
     row = await _hub(request).db.get_account(identity.account_id)
     if row is None:
         raise ApiError(401, "invalid API key")
     account = account_json(row)
-    return JSONResponse({"account": account, "project_id": None, "is_admin": account["is_admin"]})
+    return JSONResponse({"account": account, "project_id": None, "is_admin": account["is_admin"],
+                         "key_id": identity.key_id})
 
 
 @endpoint

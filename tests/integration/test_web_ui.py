@@ -153,6 +153,8 @@ def test_new_endpoints(srv: Server, user: Account, admin: Account, project_id: s
 
     me = get("/api/v3/me", user.api_key).json()
     assert me["account"]["account_id"] == user.account_id and me["is_admin"] is False
+    keys = httpx.get(srv.url + "/api/v3/keys", headers={"Authorization": f"Bearer {user.api_key}"}).json()
+    assert me["key_id"] in [k["id"] for k in keys]
     assert get("/api/v3/me", "sk-wrong").status_code == 401
     assert get("/api/v3/admin/server", user.api_key).status_code == 403
     report = get("/api/v3/admin/server", admin.api_key).json()
@@ -298,6 +300,15 @@ def test_terminal_echo(page: Page, srv: Server, user: Account, project_id: str) 
     page.page.reload()
     page.page.locator(".status.ok", has_text="Connected").wait_for()
     page.page.locator(".xterm-rows", has_text="hi-42").wait_for()
+    # the shell's end is said in words, and a new one is a click away
+    page.page.locator(".xterm-helper-textarea").focus()
+    page.page.keyboard.type("exit 3\n")
+    page.page.locator(".status.error", has_text="exited with code 3").wait_for()
+    page.page.click("text=New terminal")
+    page.page.locator(".status.ok", has_text="Connected").wait_for()
+    page.page.locator(".xterm-helper-textarea").focus()
+    page.page.keyboard.type("echo again-$((6*7))\n")
+    page.page.locator(".xterm-rows", has_text="again-42").wait_for()
 
 
 def test_admin_pages(page: Page, admin: Account, user: Account) -> None:
@@ -335,6 +346,21 @@ def test_revoked_key_ends_the_session(page: Page, srv: Server, user: Account, pr
     alert = page.page.locator(".signin [role=alert]")
     alert.filter(has_text="refused your API key").wait_for(timeout=15_000)
     assert page.page.evaluate("sessionStorage.length") == 0
+
+
+def test_revoking_this_tabs_key_in_the_page_signs_out(page: Page, srv: Server, user: Account) -> None:
+    made = srv.post("/api/v3/keys", {"name": "the tab's key"}, key=user.api_key)
+    assert made.status_code == 201
+    page.sign_in(made.json()["secret"])
+    page.page.locator("h1", has_text="Projects").wait_for()
+    page.page.click("header >> text=API keys")
+    row = page.page.locator("tr", has_text="this tab")
+    assert "the tab's key" in row.inner_text()
+    page.page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("button", has_text="Revoke").click()
+    page.page.locator(".signin [role=alert]", has_text="refused your API key").wait_for()
+    r = httpx.get(srv.url + "/api/v3/me", headers={"Authorization": f"Bearer {made.json()['secret']}"})
+    assert r.status_code == 401
 
 
 def test_project_key_sees_its_project(page: Page, srv: Server, user: Account, project_id: str) -> None:

@@ -15,12 +15,15 @@ export function keysPage(main, me) {
         h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Key"), h("th", { class: "wide" }, "Project"),
           h("th", { class: "wide" }, "Last used"), h("th", {}, "Expires"), h("th", {}, "Actions"))),
         h("tbody", {}, keys.map((k) => {
+          const mine = k.id === me.key_id;
           const revoke = h("button", { class: "danger small", onclick: async () => {
-            if (!confirm(`Revoke the key "${k.name || k.trunc}"? Programs using it stop working at once.`)) return;
+            if (!confirm(`Revoke the key "${k.name || k.trunc}"? Programs using it stop working at once.` +
+              (mine ? " This tab is signed in with it: you will be signed out." : ""))) return;
             const ok = await act(status, "Revoking…", () => api.del(`/api/v3/keys/${k.id}`), revoke);
             if (ok !== undefined) { status.ok("Key revoked."); refresh(); }
           } }, "Revoke");
-          return h("tr", {}, h("td", {}, k.name || "(no name)"), h("td", {}, h("code", {}, k.trunc || "")),
+          return h("tr", { class: mine ? "selected" : null }, h("td", {}, k.name || "(no name)",
+            mine ? h("span", { class: "badge" }, "this tab") : null), h("td", {}, h("code", {}, k.trunc || "")),
             h("td", { class: "wide" }, k.project_id ? h("a", { href: "#/p/" + k.project_id }, h("code", {}, k.project_id.slice(0, 8))) : "account"),
             h("td", { class: "wide" }, when(k.last_active) || "never"), h("td", {}, when(k.expire) || "never"),
             h("td", { class: "actions" }, revoke));
