@@ -278,6 +278,7 @@ class Server:
     account_id: str = ""
     env: dict[str, str] = field(default_factory=dict)          # on top of ours, e.g. PROJECTHUB_JUPYTER_IDLE_S
     extra_args: list[str] = field(default_factory=list)        # more `serve` options
+    command: str = "serve"   # or "hub" (projects on `projecthub host` over NATS: nats_exec.py)
 
     @property
     def url(self) -> str:
@@ -290,7 +291,7 @@ class Server:
         # scenario runs 200 projects at once (the default 2 GiB would need 400 GiB free).
         # One project environment for every bench server (built once, like the tests'):
         # a fresh data dir would otherwise build its own on first serve (~1 min).
-        args = [*PROJECTHUB, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+        args = [*PROJECTHUB, self.command, "--port", str(self.port), "--data-dir", str(self.data_dir),
                 "--default-limits", '{"disk_bytes": "256M"}', "--project-env", str(PROJECT_ENV)]
         if self.sandbox != "auto":
             args += ["--sandbox", self.sandbox]
