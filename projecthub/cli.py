@@ -57,10 +57,24 @@ def _data_dir(value: str | None) -> Path:
     return Path(value) if value else default_data_dir()
 
 
-def _store(data_dir: str | Path | None, *, create: bool = False):
-    """The store of ``data_dir`` (default: $PROJECTHUB_DATA_DIR, else ~/.local/share/projecthub),
-    migrated.  Without ``create``, a data dir without a store is refused: a mistyped
-    --data-dir would otherwise become a new, empty store."""
+def _database_url(value: str | None) -> str | None:
+    """``--database-url``, else $PROJECTHUB_DATABASE_URL; None: the data dir's SQLite store."""
+    return value or os.environ.get("PROJECTHUB_DATABASE_URL") or None
+
+
+def _store(data_dir: str | Path | None, *, create: bool = False, database_url: str | None = None):
+    """The store of ``database_url`` (--database-url / $PROJECTHUB_DATABASE_URL) if given, else
+    of ``data_dir`` (default: $PROJECTHUB_DATA_DIR, else ~/.local/share/projecthub), migrated.
+    Without ``create``, a data dir or database without a store is refused: a mistyped
+    --data-dir or --database-url would otherwise become a new, empty store."""
+    url = _database_url(database_url)
+    if url is not None:
+        return _database_store(url, create=create)
+    return _sqlite_store(data_dir, create=create)
+
+
+def _sqlite_store(data_dir: str | Path | None, *, create: bool = False):
+    """The embedded store, ``<data_dir>/hub.db``, migrated (``create`` as in ``_store``)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from .store import SchemaTooNewError, Store
@@ -68,9 +82,7 @@ def _store(data_dir: str | Path | None, *, create: bool = False):
     shown = str(path) if data_dir else f"{path} (the default data dir; --data-dir or $PROJECTHUB_DATA_DIR)"
     if path.exists() and not path.is_dir():
         _fail(f"--data-dir {path} is not a directory")
-    settings = ServerSettings(data_dir=path)
-    external = bool(os.environ.get("PROJECTHUB_DATABASE_URL"))
-    if not create and not external and not (path / "hub.db").is_file():
+    if not create and not (path / "hub.db").is_file():
         _fail(f"no projecthub store in {shown}: give the --data-dir your server uses, "
               "or --create to make a new store there")
     try:
@@ -78,7 +90,7 @@ def _store(data_dir: str | Path | None, *, create: bool = False):
     except OSError as exc:
         _fail(f"cannot use --data-dir {path}: {exc.strerror or exc}")
     try:
-        store = Store(settings.db_url)
+        store = Store(f"sqlite:///{path / 'hub.db'}")
         store.migrate()
     except SchemaTooNewError as exc:
         _fail(str(exc))
@@ -86,6 +98,44 @@ def _store(data_dir: str | Path | None, *, create: bool = False):
         reason = getattr(exc, "orig", None) or exc
         _fail(f"cannot open the store in {path}: {reason}")
     return store
+
+
+def _database_store(url: str, *, create: bool):
+    """The store in the database at ``url`` (PostgreSQL; a sqlite:/// URL works too), migrated;
+    ``create`` as in ``_store``.  Every failure is one line without the password (exit 2)."""
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from .store import SchemaTooNewError, Store, StoreUnavailable
+    from .store.engine import display_url, normalize_url
+    from .store.migrations import current_version
+    try:
+        backend = normalize_url(url).get_backend_name()
+    except ArgumentError:
+        _fail("--database-url must look like postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+    if backend not in ("postgresql", "sqlite"):
+        _fail(f"--database-url must be a postgresql:// URL, not {backend}://")
+    shown = display_url(url)
+    store = Store(url)
+    try:
+        if not create:
+            with store.engine.connect() as conn:
+                empty = current_version(conn) == 0
+            if empty:
+                raise LookupError(f"no projecthub store in the database {shown}: give the "
+                                  "--database-url your hubs use, or --create to make a new store there")
+        store.migrate()
+        return store
+    except LookupError as exc:
+        message = str(exc)
+    except StoreUnavailable as exc:
+        message = f"cannot reach the database {shown}: {exc.reason}"
+    except SchemaTooNewError as exc:
+        message = str(exc)
+    except SQLAlchemyError as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        message = f"cannot open the store in the database {shown}: {reason}"
+    store.close()
+    _fail(message)
 
 
 def _parse_expire(value: str | None, name: str = "--expire") -> datetime | None:
@@ -142,6 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         _fail(f"--account-limits: {exc}")
     if args.data_dir:
         settings.data_dir = Path(args.data_dir)
+    settings.database_url = _database_url(getattr(args, "database_url", None))   # None: <data-dir>/hub.db
     # a flag beats the other kind's environment variable (they exclude each other)
     env_var, rootfs_var = os.environ.get("PROJECTHUB_PROJECT_ENV"), os.environ.get("PROJECTHUB_PROJECT_ROOTFS")
     settings.project_env = args.project_env or (None if args.project_rootfs else env_var or None)
@@ -202,11 +253,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except OSError as exc:   # e.g. a project environment directory that cannot be made
         _fail(f"refusing to start: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
               code=1)
-    store = _store(settings.data_dir, create=True)
+    store = _store(settings.data_dir, create=True, database_url=settings.database_url)
     first = create_first_admin(store)
     store.close()
     if first is not None:
-        print(admin_banner(*first, _url(settings.host, settings.port), args.data_dir),
+        print(admin_banner(*first, _url(settings.host, settings.port), args.data_dir,
+                           database_url=settings.database_url),
               file=sys.stderr, flush=True)
     # The asyncio loop, not uvloop: uvloop spawns with a plain fork (see ARCHITECTURE.md).
     config = uvicorn.Config(
@@ -277,10 +329,14 @@ def _url(host: str, port: int) -> str:
     return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
 
 
-def admin_banner(account_id: str, key: str, url: str, data_dir: str | None = None) -> str:
+def admin_banner(account_id: str, key: str, url: str, data_dir: str | None = None,
+                 database_url: str | None = None) -> str:
     """The first start's message (plain text, for stderr): the admin's one-time key, how to
     use it with the official client, its MCP server and this CLI."""
     where = f" --data-dir {data_dir}" if data_dir else ""
+    if database_url:   # the password stays out of the terminal's scrollback
+        from .store.engine import display_url
+        where = f" --database-url '{display_url(database_url)}'"
     me = self_command()
     return f"""
 Created the admin account {account_id}. Its API key is shown only this once:
@@ -351,12 +407,16 @@ def _check_default_limits(limits: Any) -> None:
 def _open(args: argparse.Namespace):
     """The store of an admin command's --data-dir (--create: make one if there is none).
     Audit lines of the command go to the data dir's audit.log (observability/audit.py)."""
-    store = _store(args.data_dir, create=bool(getattr(args, "create", False)))
+    database_url = getattr(args, "database_url", None)
+    store = _store(args.data_dir, create=bool(getattr(args, "create", False)), database_url=database_url)
     from .observability.logs import use_audit_file
+    audit_dir = _data_dir(args.data_dir)
+    if _database_url(database_url) and not audit_dir.is_dir():
+        return store   # a shared database and no data dir here: no audit.log to append to
     try:
-        use_audit_file(_data_dir(args.data_dir) / "audit.log")
+        use_audit_file(audit_dir / "audit.log")
     except OSError as exc:
-        _fail(f"cannot write {_data_dir(args.data_dir) / 'audit.log'}: {exc.strerror or exc}", code=1)
+        _fail(f"cannot write {audit_dir / 'audit.log'}: {exc.strerror or exc}", code=1)
     return store
 
 
@@ -764,15 +824,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 _DATA_DIR_HELP = "the server's data directory (default: $PROJECTHUB_DATA_DIR, else ~/.local/share/projecthub)"
+_DATABASE_URL_HELP = ("the hubs' shared PostgreSQL store, postgresql://USER:PASSWORD@HOST:PORT/DB, "
+                      "in place of the data dir's SQLite one ($PROJECTHUB_DATABASE_URL)")
 
 
 def _admin(sub: Any, name: str, help: str, func: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser:
     """An admin subcommand: --data-dir and --create, one JSON object on stdout."""
     p = sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".")
     p.add_argument("--data-dir", default=None, metavar="DIR", help=_DATA_DIR_HELP)
+    p.add_argument("--database-url", default=None, metavar="URL", help=_DATABASE_URL_HELP)
     p.add_argument("--create", action="store_true",
-                   help="make a new, empty store if DIR has none (without it such a DIR is refused, "
-                        "so a mistyped --data-dir cannot quietly create one)")
+                   help="make a new, empty store if DIR (or the database) has none (without it such "
+                        "a DIR is refused, so a mistyped --data-dir cannot quietly create one)")
     p.set_defaults(func=func)
     return p
 
@@ -792,6 +855,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default 8765, $PROJECTHUB_PORT)")
     serve.add_argument("--data-dir", default=None, metavar="DIR",
                        help=_DATA_DIR_HELP[:-1] + "; made with a new store on the first start)")
+    serve.add_argument("--database-url", default=None, metavar="URL",
+                       help=_DATABASE_URL_HELP + "; the data dir still holds the projects' homes")
     serve.add_argument("--sandbox", choices=["auto", "bwrap", "none"],
                        default=os.environ.get("PROJECTHUB_SANDBOX", "auto"),
                        help="isolation: bwrap sandboxes, none (no isolation: trusted users only), or "
@@ -895,6 +960,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_env_parser(sub)
     from .cli_org import add_org_parser
     add_org_parser(sub, _admin, _open)   # projecthub org ... (organizations, sign-in tokens)
+    from .cli_store import add_store_parser
+    add_store_parser(sub, _sqlite_store, lambda url: _database_store(url, create=True))  # store migrate
     from .mcp_server import add_mcp_parser
     add_mcp_parser(sub)   # projecthub mcp (an MCP server for agents, on projecthub.client)
     from .cli_nats import add_nats_parsers

@@ -147,6 +147,9 @@ class ServerSettings:
     nats_url: str | None = None
     nats_creds: str | None = None    # a `projecthub nats-config` credentials file
 
+    # The store: a shared PostgreSQL (serve --database-url), else <data_dir>/hub.db (SQLite).
+    database_url: str | None = field(default_factory=lambda: os.environ.get("PROJECTHUB_DATABASE_URL") or None)
+
     @property
     def db_url(self) -> str:
-        return os.environ.get("PROJECTHUB_DATABASE_URL") or f"sqlite:///{self.data_dir / 'hub.db'}"
+        return self.database_url or f"sqlite:///{self.data_dir / 'hub.db'}"

@@ -23,7 +23,7 @@ from ..host.sandbox.disk import disk_full_message
 from ..hub.account_limits import AccountLimits
 from ..hub.db import AsyncStore
 from ..hub.service import HubService
-from ..store import Store
+from ..store import Store, StoreUnavailable
 from . import compat, files, native, terminals, tokens
 from ..observability.metrics import Metrics
 from ..observability.requestlog import RequestObserver
@@ -124,6 +124,13 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
         return JSONResponse({"error": f"method {request.method} not allowed on {request.url.path}"},
                             status_code=405, headers=getattr(exc, "headers", None))  # keeps Allow
 
+    async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # A shared database down or restarting: the client may retry, nothing is wrong with
+        # its request (the CoCalc surfaces answer this as {"error": ...} themselves).  Keyed
+        # by class, not 500: Starlette re-raises what its 500 handler answered.
+        log.warning("store unavailable on %s: %s", request.url.path, getattr(exc, "reason", exc))
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "2"})
+
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
         full = disk_full_message(exc)
         if full is not None:   # no space for a write (store or host): 507, not a server bug
@@ -145,4 +152,5 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
     if settings.metrics_port:
         middleware.insert(0, Middleware(MetricsPortGate, port=settings.metrics_port))
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
-                     exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error})
+                     exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error,
+                                         StoreUnavailable: store_unavailable})

@@ -20,6 +20,7 @@ from ..hub.functions import HUB_FUNCTIONS
 from ..hub.history import WRITE_FUNCTION, record_write
 from ..hub.service import HubService
 from ..project.api import PUBLIC_FUNCTIONS
+from ..store import StoreUnavailable
 from .replies import BoundedJSONResponse as JSONResponse
 from ..observability.requestlog import note
 from .requests import HTTPError, api_key_from, authenticate_key, decode_object, decode_params, read_body
@@ -41,6 +42,9 @@ def _err(exc: RemoteError, status: int = 200) -> JSONResponse:
 
 def _unexpected(request: Request, exc: Exception) -> RemoteError:
     """A bug or an environment failure still answers in CoCalc's error model, never a 500."""
+    if isinstance(exc, StoreUnavailable):   # a shared database away: one line, no traceback
+        log.warning("store unavailable on %s: %s", request.url.path, exc.reason)
+        return RemoteError(str(exc))
     log.exception("unexpected error on %s", request.url.path, exc_info=exc)
     return RemoteError(error_text(exc))
 

@@ -3,6 +3,10 @@
 The store is synchronous SQLAlchemy Core (the CLI uses it directly).  The server runs every
 store call on one dedicated thread: SQLite serialises writers anyway, and one thread keeps
 connections and transactions simple while the event loop never blocks on disk.
+
+On PostgreSQL a call waits for a network round trip or two instead of a local file, and
+readers never block each other: a few threads (each with its own pooled connection) keep
+one slow call from queueing all the others.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from typing import Any, Callable, TypeVar
 from ..store import Store
 
 T = TypeVar("T")
+# Below the engine's pool size (store/engine.py), so the store threads never wait for a connection.
+POSTGRESQL_WORKERS = 4
 
 
 class AsyncStore:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        workers = 1 if store.engine.dialect.name == "sqlite" else POSTGRESQL_WORKERS
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()

@@ -21,7 +21,7 @@ from ..errors import RemoteError
 from ..host.host import Host
 from ..host.sandbox import ProjectLimits
 from ..observability.audit import audit_event, audit_exec_error, audit_exec_result
-from ..store import AccountLimitReached, FieldTooLong
+from ..store import AccountLimitReached, FieldTooLong, StoreUnavailable
 from ..store.bounds import check_text
 from .account_limits import AccountLimits
 from .db import AsyncStore
@@ -120,6 +120,8 @@ class HubService:
             try:
                 await self.db.run(self.resolver.refresh_recent)
                 await self._refresh_collaborators()
+            except StoreUnavailable as exc:   # a shared database away: one line a round
+                log.warning("refreshing cached api keys failed: %s", exc.reason)
             except Exception:
                 # Only an optimisation: on failure requests just re-check keys themselves.
                 log.warning("refreshing cached api keys failed", exc_info=True)
