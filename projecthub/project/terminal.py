@@ -161,18 +161,26 @@ class Terminal:
             self._reading = False
 
     def _on_readable(self) -> None:
+        # A PTY hands out at most ~4 KiB per read: take what is there (up to _READ_SIZE) in
+        # one callback, so a fast producer costs one wakeup and one stream item per batch.
         assert self._master is not None
-        try:
-            data = os.read(self._master, _READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:   # EIO: every slave end is closed; the exit watcher finishes up
-            self._pause()
-            return
-        if not data:
-            self._pause()
-            return
-        self._output(data)
+        chunks: list[bytes] = []
+        size = 0
+        while size < _READ_SIZE:
+            try:
+                data = os.read(self._master, _READ_SIZE - size)
+            except BlockingIOError:
+                break
+            except OSError:   # EIO: every slave end is closed; the exit watcher finishes up
+                self._pause()
+                break
+            if not data:
+                self._pause()
+                break
+            chunks.append(data)
+            size += len(data)
+        if chunks:
+            self._output(b"".join(chunks))
 
     def _output(self, data: bytes) -> None:
         ring = self.ring
