@@ -52,7 +52,7 @@ SEND_STALL_S = 30.0
 INPUT_FRAME_MAX = terms.INPUT_FRAME_MAX
 ORIGINS_ENV = "PROJECTHUB_TERMINAL_ORIGINS"
 
-CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR = 1000, 1008, 1009, 1011
+CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR, CLOSE_TRY_LATER = 1000, 1008, 1009, 1011, 1013
 CLOSE_BAD_REQUEST, CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_NOT_FOUND = 4400, 4401, 4403, 4404
 
 
@@ -249,8 +249,9 @@ async def terminal_socket(ws: WebSocket) -> None:
             raise _Close(CLOSE_NOT_FOUND, "no such terminal")
         except RemoteError as exc:
             status = exc.extra.get("status")
-            raise _Close(CLOSE_NOT_FOUND if status == 404 or "does not exist" in exc.message
-                         else CLOSE_ERROR, exc.message)
+            code = (CLOSE_NOT_FOUND if status == 404 or "does not exist" in exc.message
+                    else CLOSE_TRY_LATER if status == 429 else CLOSE_ERROR)
+            raise _Close(code, exc.message)
         await _send(ws, data=first.data)   # the scrollback, possibly empty
         if first.exit_code is not None:
             await _send(ws, text=json.dumps({"type": "exit", "code": first.exit_code}))

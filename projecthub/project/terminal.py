@@ -50,6 +50,7 @@ log = logging.getLogger("projecthub.terminal")
 SCROLLBACK_BYTES = 256 * 1024
 DEFAULT_MAX_TERMINALS = 8
 DEFAULT_GRACE_S = 600.0
+MAX_CLIENTS = 8                    # attached at once, per terminal (each may hold a backlog)
 CLIENT_HIGH_WATER = 256 * 1024     # an attached client's backlog before the PTY is paused
 CLIENT_STALL_S = 10.0              # how long a client may keep it paused before it is dropped
 INPUT_FRAME_MAX = 64 * 1024        # one input call (the hub refuses bigger WebSocket frames)
@@ -270,6 +271,9 @@ class Terminal:
 
     # ------------------------------------------------------------------ clients
     def add_client(self) -> _Client:
+        if len(self.clients) >= MAX_CLIENTS:
+            raise RemoteError(f"Error: this terminal already has {MAX_CLIENTS} clients attached; "
+                              "close one first", status=429, limit="terminal_clients")
         client = _Client()
         self.clients.add(client)
         self.last_active = time.time()

@@ -140,6 +140,20 @@ def test_input_frames_are_bounded(server: Server, alice_proj: Proj) -> None:
     assert listing(server, alice_proj.project_id, alice_proj.key)[0]["alive"]
 
 
+def test_attached_clients_per_terminal_are_capped(server: Server, alice_proj: Proj) -> None:
+    """Each attached socket may hold a stream window in the hub: at most 8 per terminal."""
+    tid = new_terminal(server, alice_proj.project_id, alice_proj.key)
+    held = [attach(server, alice_proj.project_id, tid, alice_proj.key) for _ in range(8)]
+    try:
+        code, reason = refused(server, alice_proj.project_id, tid, key=alice_proj.key)
+        assert code == 1013 and "8 clients" in reason, (code, reason)
+    finally:
+        for t in held:
+            t.close()
+    assert wait_until(lambda: listing(server, alice_proj.project_id, alice_proj.key)[0]["clients"] == 0, 5)
+    attach(server, alice_proj.project_id, tid, alice_proj.key).close()
+
+
 def test_the_shell_runs_as_the_project_inside_its_sandbox(server: Server, alice_proj: Proj,
                                                            proj_b: Proj) -> None:
     tid = new_terminal(server, alice_proj.project_id, alice_proj.key)

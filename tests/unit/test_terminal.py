@@ -145,3 +145,22 @@ async def test_daemon_stop_closes_everything(ctx: ProjectContext, manager: Any) 
     manager.close_all()
     assert manager.terminals == {}
     assert all(t.exit_code == 137 and t._master is None and t._pidfd is None for t in terms)
+
+
+async def test_attached_clients_are_capped(ctx: ProjectContext, manager: Any) -> None:
+    tid = (await terminal.create(ctx, {}))["terminal_id"]
+    attached = []
+    for _ in range(terminal.MAX_CLIENTS):
+        items = terminal.attach(ctx, {"terminal_id": tid})
+        await items.__anext__()
+        attached.append(items)
+    extra = terminal.attach(ctx, {"terminal_id": tid})
+    with pytest.raises(RemoteError) as info:
+        await extra.__anext__()
+    assert info.value.extra.get("status") == 429
+    await attached.pop().aclose()
+    again = terminal.attach(ctx, {"terminal_id": tid})
+    await again.__anext__()   # room again
+    for items in (*attached, again):
+        await items.aclose()
+    assert manager.get(tid).clients == set()
