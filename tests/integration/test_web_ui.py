@@ -255,6 +255,29 @@ def test_notebook_cell_draws_a_matplotlib_figure(page: Page, user: Account, proj
     assert frame.get_attribute("sandbox") == ""
     assert page.page.evaluate("window.pwned") is None
     page.page.locator(".badge.kernel-idle").wait_for()
+    # a reload keeps the cells' code (and the kernel its variables)
+    page.page.reload()
+    assert "plt.plot" in page.page.locator("textarea.code").first.input_value()
+    last = page.page.locator("textarea.code").last
+    last.fill("print(len(plt.gcf().axes) >= 0, 'still here')")
+    last.press("Shift+Enter")
+    page.page.locator(".outputs pre.stream", has_text="True still here").wait_for()
+
+
+def test_notebook_interrupt(page: Page, user: Account, project_id: str) -> None:
+    page.sign_in(user.api_key)
+    page.page.locator("h1", has_text="Projects").wait_for()
+    page.page.goto(f"{page.url}/#/p/{project_id}/sessions")
+    page.page.fill("#session-name", "interrupt me")
+    page.page.click("text=New session")
+    cell = page.page.locator("textarea.code").first
+    cell.fill("import time\nprint('sleeping', flush=True)\ntime.sleep(300)")
+    cell.press("Shift+Enter")
+    page.page.locator(".outputs pre.stream", has_text="sleeping").wait_for(timeout=120_000)
+    page.page.locator(".badge.kernel-busy").wait_for()
+    page.page.click("button:text-is(\"Interrupt\")")
+    page.page.locator(".outputs pre.out.error", has_text="KeyboardInterrupt").wait_for()
+    page.page.locator(".badge.kernel-idle").wait_for()
 
 
 def test_job_output_arrives_live(page: Page, user: Account, project_id: str) -> None:

@@ -103,9 +103,10 @@ export async function sse(method, path, { body, signal, onEvent, headers = {} })
 }
 
 // PUT a file with upload progress (fetch has no upload progress; XHR does, with the header)
-export function upload(path, file, onProgress, { ifMatch } = {}) {
+export function upload(path, file, onProgress, { ifMatch, signal } = {}) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
+    if (signal) signal.addEventListener("abort", () => xhr.abort(), { once: true });
     xhr.open("PUT", path);
     xhr.setRequestHeader("Authorization", "Bearer " + getKey());
     xhr.setRequestHeader("Content-Type", "application/octet-stream");

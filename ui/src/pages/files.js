@@ -138,22 +138,29 @@ export function filesTab(body, { projectId, base }, dir) {
   async function uploadFiles(files) {
     for (const file of files) {
       const bar = h("progress", { max: 100, value: 0, "aria-label": `upload of ${file.name}` });
-      const label = h("span", {}, `${file.name}: 0 %`);
-      const line = h("div", { class: "upload" }, label, bar);
+      const label = h("span", {}, `${file.name}: waiting`);
+      const stop = new AbortController();
+      const cancel = h("button", { class: "secondary small", onclick: () => stop.abort() }, "Cancel");
+      const line = h("div", { class: "upload" }, label, bar, cancel);
       progress.append(line);
+      controller.signal.addEventListener("abort", () => stop.abort(), { once: true });
       try {
+        label.textContent = `${file.name}: 0 %`;
         await api.upload(url(join(dir, file.name)), file, (done, total) => {
           const pct = Math.floor((done / total) * 100);
           bar.value = pct;
           label.textContent = `${file.name}: ${pct} % of ${bytes(total)}`;
-        });
+        }, { signal: stop.signal });
         bar.value = 100;
         label.textContent = `${file.name}: uploaded (${bytes(file.size)})`;
         line.classList.add("done");
+        cancel.remove();
         setTimeout(() => line.remove(), 5000);
       } catch (err) {
         label.textContent = `${file.name}: ${err.message}`;
         line.classList.add("failed");
+        cancel.textContent = "Dismiss";
+        cancel.onclick = () => line.remove();
       }
       refresh();
     }

@@ -92,6 +92,16 @@ export function sessionsTab(body, { projectId, base }, sessionId) {
   const stateEl = h("span", { class: "badge" }, "…");
   const cells = h("div", { class: "cells" });
   let running = 0;
+  // the cells' code survives a reload of this tab (the kernel keeps the variables anyway)
+  const saved = `projecthub.cells.${projectId}.${sessionId}`;
+  let saveTimer = null;
+  const flush = () => {
+    clearTimeout(saveTimer);
+    const codes = [...cells.querySelectorAll("textarea.code")].map((t) => t.value);
+    try { sessionStorage.setItem(saved, JSON.stringify(codes.slice(0, 500))); } catch { /* full: not kept */ }
+  };
+  const save = () => { clearTimeout(saveTimer); saveTimer = setTimeout(flush, 300); };
+  window.addEventListener("pagehide", flush);
 
   function showState(state) {
     stateEl.className = "badge kernel-" + state;
@@ -118,7 +128,7 @@ export function sessionsTab(body, { projectId, base }, sessionId) {
     const run = h("button", { class: "small" }, "Run");
     const cell = h("div", { class: "cell" }, h("div", { class: "row" }, count, input, run), cellStatus.el, outputs);
     const grow = () => { input.rows = Math.max(2, input.value.split("\n").length); };
-    input.addEventListener("input", grow);
+    input.addEventListener("input", () => { grow(); save(); });
     input.addEventListener("keydown", (e) => {
       if (e.key === "Enter" && e.shiftKey) {
         e.preventDefault();
@@ -171,6 +181,7 @@ export function sessionsTab(body, { projectId, base }, sessionId) {
       }
     }
     cells.append(cell);
+    save();
     return cell;
   }
 
@@ -193,8 +204,12 @@ export function sessionsTab(body, { projectId, base }, sessionId) {
     h("div", { class: "row toolbar" }, title, stateEl, interrupt, restart, more),
     h("p", { class: "hint" }, "Shift-Enter runs a cell and moves to the next. Variables stay until the kernel restarts."),
     status.el, cells);
-  addCell().querySelector("textarea").focus();
+  let restored = [];
+  try { restored = JSON.parse(sessionStorage.getItem(saved) || "[]"); } catch { /* none */ }
+  for (const code of restored) if (typeof code === "string") addCell(code);
+  if (!restored.length || restored[restored.length - 1].trim()) addCell();
+  cells.lastElementChild.querySelector("textarea").focus();
   poll();
   const timer = setInterval(() => { if (!running) poll(); }, 3000);
-  return () => { clearInterval(timer); controller.abort(); };
+  return () => { clearInterval(timer); flush(); window.removeEventListener("pagehide", flush); controller.abort(); };
 }

@@ -32,7 +32,8 @@ export function signInPage(notice, done) {
     h("label", { for: "key" }, "API key"),
     input,
     h("p", { id: "key-help", class: "hint" },
-      "Create one with ", h("code", {}, "projecthub key create"), " or on the API keys page. ",
+      "The server's first start printed the admin's key; ", h("code", {}, "projecthub account create"),
+      " and ", h("code", {}, "projecthub key create"), " make more, and so does the API keys page once you are in. ",
       "It is kept in this tab only (session storage) and sent as a Bearer header."),
     button,
     message);
