@@ -133,6 +133,17 @@ class Host:
     def _lock(self, project_id: str) -> asyncio.Lock:
         return self._locks.setdefault(project_id, asyncio.Lock())
 
+    def daemon_identity(self, project_id: str) -> tuple[int, int] | None:
+        """(pid as the host sees it, uid) of the project's connected daemon, or None: what
+        ``lent_files.borrow`` takes an open file from."""
+        handle = self._handles.get(project_id)
+        if handle is None or handle.daemon_pid is None or handle.client.closed:
+            return None
+        try:
+            return handle.daemon_pid, self._expected_uid(project_id)
+        except RemoteError:
+            return None
+
     def is_running(self, project_id: str) -> bool:
         handle = self._handles.get(project_id)
         # a daemon restarting in place (project/recycle.py) still runs its sandbox

@@ -13,6 +13,12 @@ temporary file beside the target, which replaces the target atomically at the en
 reader never sees half a file and a failed upload (or a full disk: ENOSPC) leaves the old
 file as it was.  An ETag (inode, mtime, size) lets a client refuse to overwrite a file that
 changed since it read it (``If-Match``).
+
+With ``lend_fd`` (a hub on this machine: ``host/lent_files.py``), ``read`` yields the
+meta item with the number of the fd it opened and holds that fd open until the hub closes
+the stream (at most ``LEND_S``), and ``writeBegin`` answers the temporary file's fd number:
+the hub moves the bytes through its own duplicate of the open file, and everything else
+(confinement, ETags, Range checks, the rename at ``writeEnd``) stays here.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ READ_CHUNK = 256 * 1024     # raw bytes per download item (the host's 1 MiB wind
 MAX_UPLOADS = 8              # concurrent uploads per project
 UPLOAD_IDLE_S = 120.0        # an upload with no chunk for this long is dropped
 MAX_LIST_ENTRIES = 10_000
+LEND_S = 30.0                # a lent read fd is held open at most this long for the hub to take it
 
 
 def _error(message: str, status: int) -> RemoteError:
@@ -110,6 +117,10 @@ async def read(ctx: ProjectContext, args: list[Any]) -> AsyncIterator[Any]:
         raise _error("'length' must be a non-negative integer", 400)
     fd, st = await asyncio.to_thread(_open_regular, path)
     try:
+        if opts.get("lend_fd") is True:   # the hub takes its own duplicate, then closes the stream
+            yield {**_describe(st), "fd": fd}
+            await asyncio.sleep(LEND_S)
+            return
         yield _describe(st)
         end = st.st_size if length is None else min(st.st_size, offset + length)
         position = offset
@@ -171,6 +182,7 @@ class _Upload:
         self.if_match, self.existed = if_match, existed
         self.size = 0
         self.touched = time.monotonic()
+        self.lent = False   # the hub writes through its duplicate of ``fd``: no writeChunk calls
         self.lock = asyncio.Lock()
 
     def discard(self) -> None:
@@ -188,6 +200,9 @@ _uploads: dict[str, _Upload] = {}
 def _expire() -> None:
     now = time.monotonic()
     for key, upload in list(_uploads.items()):
+        if upload.lent:   # its writes are the hub's: the file's mtime says when it last moved
+            with contextlib.suppress(OSError):
+                upload.touched = max(upload.touched, now - max(0.0, time.time() - os.fstat(upload.fd).st_mtime))
         if now - upload.touched > UPLOAD_IDLE_S:
             _uploads.pop(key, None)
             upload.discard()
@@ -237,6 +252,9 @@ async def write_begin(ctx: ProjectContext, args: list[Any]) -> dict[str, Any]:
     upload = await asyncio.to_thread(_begin, target, if_match)
     key = uuid.uuid4().hex
     _uploads[key] = upload
+    if opts.get("lend_fd") is True:
+        upload.lent = True
+        return {"id": key, "fd": upload.fd}
     return {"id": key}
 
 
@@ -280,6 +298,8 @@ async def write_chunk(ctx: ProjectContext, args: list[Any]) -> None:
 
 
 def _finish(upload: _Upload, size: int | None) -> dict[str, Any]:
+    if upload.lent:
+        upload.size = os.fstat(upload.fd).st_size
     if size is not None and size != upload.size:
         raise _error(f"the upload ended at {upload.size} bytes, not {size}", 400)
     os.close(upload.fd)
