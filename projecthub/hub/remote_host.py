@@ -57,6 +57,9 @@ class _Report:
     def to_text(self) -> str:
         return "hub only: projects run on hosts reached over NATS (each reports its own isolation)"
 
+    def to_json(self) -> dict[str, Any]:
+        return {"hub_only": True, "note": self.to_text()}
+
 
 class HubSandboxView:
     """What the hub reads of ``host.sandbox``: the default limits (hub policy).  Checks

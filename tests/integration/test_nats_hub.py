@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import pytest
 
 from projecthub.fabric.nats_config import HUB_USER
@@ -73,3 +74,34 @@ def _try(fn: Any) -> Any:
         return fn()
     except Exception:
         return None
+
+
+def test_a_lost_host_fails_fast_naming_it_and_its_return_readopts(cluster: Any, nats_server: NatsServer) -> None:
+    import cocalc_api
+    hub, host, host_dir = cluster
+    account = hub.new_account()
+    api = cocalc_api.Hub(api_key=account.api_key, host=hub.url)
+    project_id = api.projects.create_project(title="on h1")
+    project = cocalc_api.Project(api_key=account.api_key, host=hub.url, project_id=project_id)
+    _wait(lambda: _try(lambda: project.system.exec(command="true")), 60)
+    daemon = json.loads((host_dir / "run" / project_id / "host.json").read_text())["pid"]
+
+    host.kill()   # the host process dies; its project's daemon does not
+    host.wait(10)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="host h1"):
+        project.system.exec(command="true")
+    assert time.monotonic() - started < 6   # within the heartbeat timeout, never a hang
+    assert Path(f"/proc/{daemon}").exists()
+
+    again = start_host(nats_server, "h1", host_dir)   # the same host comes back
+    try:
+        result = _wait(lambda: _try(lambda: project.system.exec(command="echo back")), 60)
+        assert result["stdout"] == "back\n"
+        # the same daemon, adopted, not a new one
+        assert json.loads((host_dir / "run" / project_id / "host.json").read_text())["pid"] == daemon
+        admin_key = hub.cli("account", "create", "--name", "Admin", "--admin")["api_key"]
+        report = httpx.get(hub.url + "/api/v3/admin/server", headers={"Authorization": f"Bearer {admin_key}"})
+        assert report.status_code == 200 and report.json()["isolation"]["hub_only"] is True
+    finally:
+        stop_host(again, host_dir)
