@@ -230,6 +230,13 @@ def test_upload_a_file_and_see_it_listed(page: Page, user: Account, project_id: 
     r = httpx.get(f"{page.url}/api/v3/projects/{project_id}/files/data.csv",
                   headers={"Authorization": f"Bearer {user.api_key}"}, timeout=30)
     assert r.text.startswith("# edited\nx,y\n"), r.text[:40]
+    # download: fetched with the key, saved by the browser
+    row = page.page.locator("table.files tr", has_text="data.csv")
+    with page.page.expect_download() as got:
+        row.locator("button", has_text="Download").click()
+    download = got.value
+    assert download.suggested_filename == "data.csv"
+    assert Path(download.path()).read_text() == r.text
 
 
 def test_notebook_cell_draws_a_matplotlib_figure(page: Page, user: Account, project_id: str) -> None:

@@ -48,7 +48,8 @@ export function filesTab(body, { projectId, base }, dir) {
     const name = isDir
       ? h("a", { href: `${base}/files/${api.filePath(path)}` }, e.name + "/")
       : h("button", { class: "link", onclick: () => open(path, e) }, e.name);
-    const download = !isDir && h("button", { class: "secondary small", onclick: () => downloadFile(path, e.name, download) }, "Download");
+    const download = h("button", { class: "secondary small", title: isDir ? "as a .tar.gz archive" : null,
+                                   onclick: () => downloadFile(path, e.name, download, isDir) }, "Download");
     const rename = h("button", { class: "secondary small", onclick: async () => {
       const to = prompt(`Rename or move "${path}" to:`, path);
       if (!to || to === path) return;
@@ -65,14 +66,18 @@ export function filesTab(body, { projectId, base }, dir) {
       h("td", { class: "actions" }, download, rename, remove));
   }
 
-  async function fetchBlob(path) {
-    const response = await api.call("GET", url(path), { raw: true, signal: controller.signal });
+  async function fetchBlob(path, archive = false) {
+    const where = archive ? `/api/v3/projects/${projectId}/archive/${api.filePath(path)}` : url(path);
+    const response = await api.call("GET", where, { raw: true, signal: controller.signal });
     return { blob: await response.blob(), etag: response.headers.get("etag") };
   }
 
-  async function downloadFile(path, name, button) {
-    const got = await act(status, `Downloading ${name}…`, () => fetchBlob(path), button);
+  // fetched with the key (a plain link could not carry it), then handed to the browser to save
+  async function downloadFile(path, name, button, isDir = false) {
+    const got = await act(status, isDir ? `Packing and downloading ${name}…` : `Downloading ${name}…`,
+      () => fetchBlob(path, isDir), button);
     if (!got) return;
+    if (isDir) name += ".tar.gz";
     const link = h("a", { href: URL.createObjectURL(got.blob), download: name });
     document.body.append(link);
     link.click();

@@ -25,9 +25,10 @@ export function jobsTab(body, { projectId, base }, jobId) {
     try {
       const jobs = await api.get(root, { signal: controller.signal });
       const known = commands();
-      clear(list, jobs.length ? h("table", { class: "table" },
+      const shown = jobs.slice(0, 100);
+      clear(list, jobs.length ? [h("table", { class: "table" },
         h("thead", {}, h("tr", {}, h("th", {}, "Job"), h("th", { class: "wide" }, "Command"), h("th", {}, "Status"), h("th", { class: "wide" }, "Started"), h("th", {}, "Actions"))),
-        h("tbody", {}, jobs.map((j) => {
+        h("tbody", {}, shown.map((j) => {
           const kill = j.status === "running" && h("button", { class: "danger small", onclick: async () => {
             const ok = await act(status, "Killing the job…", () => api.del(`${root}/${api.enc(j.job_id)}`), kill);
             if (ok) { status.ok(ok.killed ? "Job killed." : "It had already finished."); refresh(); }
@@ -37,7 +38,8 @@ export function jobsTab(body, { projectId, base }, jobId) {
             h("td", { class: "wide" }, known[j.job_id] ? h("code", {}, known[j.job_id]) : ""),
             h("td", {}, h("span", { class: "badge job-" + j.status }, j.status)),
             h("td", { class: "wide" }, when(j.start)), h("td", { class: "actions" }, kill));
-        }))) : h("p", { class: "empty" }, "No jobs yet: start one above."));
+        }))), jobs.length > shown.length ? h("p", { class: "hint" }, `The newest 100 of ${jobs.length} jobs.`) : null]
+        : h("p", { class: "empty" }, "No jobs yet: start one above."));
     } catch (err) {
       if (err.name !== "AbortError" && err.status !== 401) clear(list, h("p", { class: "status error" }, "Cannot list jobs: " + err.message));
     }

@@ -68,6 +68,7 @@ export function terminalTab(body, { projectId }) {
       if (msg.type === "exit") {
         sessionStorage.removeItem(remembered);
         status.error(`The shell exited${msg.code != null ? " with code " + msg.code : ""}.`);
+        again.textContent = "New terminal";
         again.hidden = false;
       }
     };
@@ -75,6 +76,8 @@ export function terminalTab(body, { projectId }) {
       if (closed) return;
       if (e.code === 4401) { api.refused(); return; }
       if (e.code === 4404) sessionStorage.removeItem(remembered);
+      // the same shell when it still runs (the server replays what it missed), else a new one
+      if (!again.textContent.startsWith("New")) again.textContent = sessionStorage.getItem(remembered) ? "Reconnect" : "New terminal";
       if (!status.el.classList.contains("error")) {
         status.error((CLOSE_REASONS[e.code] || `The connection closed (${e.code}${e.reason ? ": " + e.reason : ""}).`));
       }
@@ -82,7 +85,7 @@ export function terminalTab(body, { projectId }) {
     };
   }
 
-  again.addEventListener("click", () => { term.reset(); connect(); });
+  again.addEventListener("click", () => { term.reset(); again.textContent = ""; connect(); });
 
   status.busy("Loading the terminal…");
   import("../terminal.js").then(({ createTerminal }) => {
