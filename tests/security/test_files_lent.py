@@ -158,8 +158,14 @@ def test_a_root_reserve_on_the_image_does_not_widen_the_disk_limit(imaged: Proj)
     assert api(p, "GET", "/files/keep.txt").content == b"old"
     listing = api(p, "GET", "/files/", params={"list": ""}).json()["entries"]
     assert "big.bin" not in {e["name"] for e in listing}
-    # what the project may use still works
-    assert api(p, "PUT", "/files/fits.bin", content=b"\0" * MiB).status_code == 201
+    # what the project may use still works, relayed through the daemon (ETags, ranges too)
+    blob = os.urandom(3 * MiB + 7)
+    put = api(p, "PUT", "/files/fits.bin", content=blob)
+    assert put.status_code == 201, put.text
+    assert api(p, "GET", "/files/fits.bin").content == blob
+    assert api(p, "GET", "/files/fits.bin", headers={"Range": "bytes=-7"}).content == blob[-7:]
+    assert api(p, "GET", "/files/fits.bin", headers={"If-None-Match": put.headers["etag"]}).status_code == 304
+    assert not _hub_fds_under(p)
 
 
 def test_a_full_image_is_413_through_the_lent_file_and_the_space_comes_back(imaged: Proj) -> None:
@@ -210,3 +216,4 @@ def test_a_fifo_is_refused_at_once(imaged: Proj) -> None:
     assert r.status_code == 400 and "regular file" in r.json()["error"], r.text
     assert time.monotonic() - started < 10
     assert not _hub_fds_under(p)
+
