@@ -719,6 +719,10 @@ def cmd_stop_all(args: argparse.Namespace) -> None:
     from .host.spares import remove_spare_dirs
     from .store.store import SPARE_STATE
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    from .cli_nats import is_host_data_dir, stop_all_host
+    if is_host_data_dir(data_dir):   # a `projecthub host`'s: no store there, its ledger
+        _emit(stop_all_host(data_dir, _daemon_alive))
+        return
     store = _open(args)
     sandbox = Sandbox(SandboxConfig(data_dir=data_dir))
     alive = sandbox.running_projects()   # project -> pids, from its cgroups (or markers)

@@ -123,6 +123,7 @@ def cmd_host(args: argparse.Namespace) -> None:
             _fail(f"--uid-range: {exc}")
     try:
         prepare_data_dir(settings.data_dir)
+        HostLedger.mark_data_dir(settings.data_dir)
     except OSError as exc:
         _fail(f"cannot use --data-dir {settings.data_dir}: {exc.strerror or exc}")
     # the project environment, as for serve (a flag there; here the same variables)
@@ -146,3 +147,31 @@ def cmd_host(args: argparse.Namespace) -> None:
         asyncio.run(run(args.host_id, args.nats, creds, make_host))
     except (NatsUnavailable, HostIdTaken) as exc:
         _fail(exc.message.removeprefix("Error: "), code=1)
+
+
+def is_host_data_dir(data_dir: Path) -> bool:
+    """A `projecthub host`'s data dir: its ledger, and no store."""
+    from .host.ledger import LEDGER_NAME
+    return (data_dir / LEDGER_NAME).exists() and not (data_dir / "hub.db").exists()
+
+
+def stop_all_host(data_dir: Path, daemon_alive: Any) -> dict[str, Any]:
+    """``projecthub stop-all`` on a host's data dir: every project of its ledger, no database.
+    ``stopped`` lists the projects that had processes running, as for serve's data dir."""
+    from .host.ledger import HostLedger
+    from .host.sandbox import Sandbox, SandboxConfig, disk
+    sandbox = Sandbox(SandboxConfig(data_dir=data_dir))
+    ledger = HostLedger(data_dir, sandbox.uids.uid_for)
+    alive = sandbox.running_projects()
+    stopped = []
+    for project_id in ledger.project_ids():
+        running = project_id in alive or daemon_alive(data_dir, project_id)
+        if running or disk.attached(sandbox.project_dir(project_id)):
+            sandbox.stop_project(project_id)
+            ledger.mark_stopped(project_id, "stopped by projecthub stop-all")
+        if running:
+            stopped.append(project_id)
+    for base in sorted((data_dir / "projects").glob("*")):   # images left mounted
+        if disk.attached(base):
+            sandbox.stop_project(base.name)
+    return {"stopped": stopped}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,14 @@ class HostLedger:
         self.path = Path(data_dir) / LEDGER_NAME
         self._uid_for = uid_for          # sandbox.uids.uid_for
         self._projects: dict[str, dict[str, Any]] = self._load()
+
+    @staticmethod
+    def mark_data_dir(data_dir: Path) -> None:
+        """An empty ledger from the host's first start on: the data dir is a host's (for
+        ``projecthub stop-all``, which then needs no store there)."""
+        path = Path(data_dir) / LEDGER_NAME
+        if not path.exists():
+            HostLedger(data_dir, None)._save()
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
@@ -60,6 +68,17 @@ class HostLedger:
         if changed or project_id not in self._projects:
             self._projects[project_id] = record
             self._save()
+
+    def mark_stopped(self, project_id: str, reason: str) -> None:
+        """For ``projecthub stop-all`` on the host's data dir (no host process running)."""
+        record = self._projects.get(project_id)
+        if record is not None:
+            record.update(state="stopped", state_reason=reason,
+                          state_time=datetime.now(timezone.utc).isoformat())
+            self._save()
+
+    def project_ids(self) -> list[str]:
+        return list(self._projects)
 
     # -- what Host calls (the AsyncStore methods it uses) -------------------------------------
     async def list_all_projects(self) -> list[dict[str, Any]]:

@@ -31,14 +31,16 @@ def start_host(nats: NatsServer, host_id: str, data_dir: Path) -> subprocess.Pop
         env={**TEST_ENV, **os.environ})
 
 
-def stop_host(proc: subprocess.Popen[str], data_dir: Path) -> None:
+def stop_host(proc: subprocess.Popen[str], data_dir: Path) -> dict[str, Any]:
+    """Stop the host, then its daemons (they outlive it by design) with `projecthub stop-all`
+    on its data dir, which has no store."""
     stop_process(proc)
-    # daemons outlive their host by design: stop what this test started
-    from projecthub.host.sandbox import Sandbox, SandboxConfig
-    sandbox = Sandbox(SandboxConfig(data_dir=data_dir))
-    ledger = json.loads((data_dir / LEDGER_NAME).read_text()) if (data_dir / LEDGER_NAME).exists() else {}
-    for project_id in ledger:
-        sandbox.stop_project(project_id)
+    if not data_dir.exists():
+        return {"stopped": []}
+    out = subprocess.run([*PROJECTHUB, "stop-all", "--data-dir", str(data_dir)], capture_output=True,
+                         text=True, timeout=60, env={**TEST_ENV, **os.environ})
+    assert out.returncode == 0, out.stderr + out.stdout
+    return json.loads(out.stdout)
 
 
 @pytest.fixture
@@ -84,12 +86,17 @@ def test_exec_on_a_host_over_nats(nats_server: NatsServer, host_h1: Any) -> None
             assert info["capacity"]["cpus"] >= 1
             await hub.call("h1", "project.stop", [project_id, "test"], None, 30)
             assert await hub.call("h1", "host.running", [], None, 5) == []
+            await hub.call("h1", "project.start", [project_id, {"limits": {}}], None, 60)
         finally:
             await hub.close()
             await hub.nc.close()
     asyncio.run(asyncio.wait_for(main(), 120))
     assert not (data_dir / "hub.db").exists() and not list(data_dir.glob("*.db"))   # no store opened
     assert proc.poll() is None
+    daemon = json.loads((data_dir / "run" / project_id / "host.json").read_text())["pid"]
+    assert stop_host(proc, data_dir) == {"stopped": [project_id]}   # the daemon outlived the host
+    assert _gone(daemon)
+    assert json.loads((data_dir / LEDGER_NAME).read_text())[project_id]["state"] == "stopped"
 
 
 def test_a_live_host_id_is_refused(nats_server: NatsServer, host_h1: Any, tmp_path: Path) -> None:
@@ -119,3 +126,17 @@ def test_unreachable_nats_is_one_line_and_a_nonzero_exit(tmp_path: Path) -> None
     assert out.returncode == 1
     assert out.stderr.strip() == ("projecthub: error: cannot connect to NATS at nats://127.0.0.1:1: "
                                   "nats: no servers available for connection"), out.stderr
+
+
+def _gone(pid: int, timeout: float = 5.0) -> bool:
+    """Exited (a zombie waiting for its new parent to reap it counts as gone)."""
+    import psutil
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
