@@ -65,9 +65,12 @@ class NatsFabric:
 
     async def start(self) -> "NatsFabric":
         # Answers are pushed to a queue-free callback; their bound is the credit window.
+        # nats-py's queue in front of the callback keeps its bounds (128 MiB): the callback
+        # only files each answer under its request, where the credit window bounds it.  If
+        # this hub falls that far behind, the answer that did not fit fails its request
+        # (``on_nats_error``) instead of vanishing.
         self._subs.append(await self.nc.subscribe(f"{REPLY_PREFIX}.*.{self.hub_id}.*",
-                                                  cb=self._on_reply, pending_bytes_limit=-1,
-                                                  pending_msgs_limit=-1))
+                                                  cb=self._on_reply))
         self._subs.append(await self.nc.subscribe(heartbeat_subject("*"), cb=self._on_heartbeat))
         await self.nc.flush()
         loop = asyncio.get_running_loop()
@@ -81,6 +84,22 @@ class NatsFabric:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._fail_where(lambda p: True, RemoteError("Error: the hub's NATS fabric was closed"))
+
+    def on_nats_error(self, exc: Exception) -> None:
+        """The connection's error callback: an answer dropped because this hub's subscription
+        was full (nats-py's SlowConsumerError) fails the request it belonged to."""
+        subject = getattr(exc, "subject", "") or ""
+        if type(exc).__name__ != "SlowConsumerError" or not subject.startswith(REPLY_PREFIX + "."):
+            return
+        _, host, _, token = (subject.split(".", 3) + ["", "", ""])[:4]
+        pending = self._pending.pop(int(token), None) if token.isdigit() else None
+        if pending is None:
+            return
+        error = RemoteError(f"Error: an answer from host {host} was lost: the hub fell behind reading NATS")
+        if pending.future is not None and not pending.future.done():
+            pending.future.set_exception(error)
+        if pending.stream is not None:
+            pending.stream.push(error)
 
     # -- liveness ---------------------------------------------------------------------------
     def live_hosts(self) -> dict[str, dict[str, Any]]:

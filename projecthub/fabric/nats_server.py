@@ -42,8 +42,8 @@ class HostServer:
 
     async def start(self) -> "HostServer":
         for kind, cb in (("call", self._on_call), ("stream", self._on_stream), ("ctl", self._on_ctl)):
-            self._subs.append(await self.nc.subscribe(host_subject(self.host, kind), cb=cb,
-                                                      pending_bytes_limit=-1, pending_msgs_limit=-1))
+            # nats-py's bounds (128 MiB) in front of the callbacks, which only start tasks
+            self._subs.append(await self.nc.subscribe(host_subject(self.host, kind), cb=cb))
         self._subs.append(await self.nc.subscribe(HUBS_HEARTBEAT, cb=self._on_hub_heartbeat))
         await self.nc.flush()
         loop = asyncio.get_running_loop()

@@ -235,8 +235,16 @@ async def connect_remote_host(url: str, creds_file: str | None, db: AsyncStore,
     """Connect to NATS (NatsUnavailable: one clear error) and build the hub's RemoteHost."""
     from ..fabric.nats_wire import load_credentials
     creds: Credentials | None = load_credentials(creds_file) if creds_file else None
-    nc = await connect(url, name="projecthub-hub", creds=creds, inbox_prefix=HUB_INBOX_PREFIX)
-    return RemoteHost(NatsFabric(nc), db, defaults)
+    fabric: list[NatsFabric] = []
+
+    def on_error(exc: Exception) -> None:
+        log.warning("NATS: %s: %s", type(exc).__name__, exc)
+        if fabric:
+            fabric[0].on_nats_error(exc)
+    nc = await connect(url, name="projecthub-hub", creds=creds, inbox_prefix=HUB_INBOX_PREFIX,
+                       on_error=on_error)
+    fabric.append(NatsFabric(nc))
+    return RemoteHost(fabric[0], db, defaults)
 
 
 def _count(value: Any) -> int:

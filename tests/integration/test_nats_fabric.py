@@ -157,3 +157,23 @@ def test_host_gone_mid_call_fails_fast_naming_it(nats_server: NatsServer) -> Non
             await host.close()
             await _close(hub)
     run(main())
+
+
+def test_an_answer_dropped_by_a_full_subscription_fails_its_call(nats_server: NatsServer) -> None:
+    """nats-py drops what does not fit a subscription's queue (SlowConsumerError): the call
+    whose answer was dropped fails with a clear error instead of waiting for ever."""
+    async def main() -> None:
+        handler = Handler("h1")
+        hub, host = await _hub(nats_server), await _host(nats_server, "h1", handler)
+        try:
+            call = asyncio.ensure_future(hub.call("h1", "hang", []))
+            await asyncio.wait_for(handler.started.wait(), 5)
+            (request_id,) = list(hub._pending)
+            from nats.errors import SlowConsumerError
+            hub.on_nats_error(SlowConsumerError(subject=f"_R.h1.{hub.hub_id}.{request_id}", reply="",
+                                                sid=1, sub=None))
+            with pytest.raises(RemoteError, match="answer from host h1 was lost"):
+                await call
+        finally:
+            await _close(host, hub)
+    run(main())
