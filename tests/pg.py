@@ -56,7 +56,7 @@ def _run_as() -> str | None:
 
 
 class PgServer:
-    """One cluster; ``new_database()`` hands each test a fresh database URL."""
+    """One cluster; ``new_database()`` hands each test a fresh, empty store URL."""
 
     user = "projecthub"
 
@@ -67,6 +67,7 @@ class PgServer:
         self.base: Path | None = None
         self._runuser = _run_as()
         self._options = ""
+        self._tests_db = False
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -114,20 +115,25 @@ class PgServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
 
-    def admin(self, sql: str) -> None:
+    def admin(self, sql: str, database: str = "postgres") -> None:
         """Run one statement outside a transaction (CREATE/DROP DATABASE need that)."""
         import psycopg
-        with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(self.url(database), autocommit=True, connect_timeout=10) as conn:
             conn.execute(sql)
 
     def new_database(self) -> str:
+        """A fresh, empty store URL: a schema of its own in the shared ``tests`` database,
+        reached through ``search_path`` (~20 ms to make, against ~300 ms for a database)."""
+        if not self._tests_db:
+            self.admin('CREATE DATABASE "tests"')
+            self._tests_db = True
         name = "t_" + uuid.uuid4().hex[:16]
-        self.admin(f'CREATE DATABASE "{name}"')
-        return self.url(name)
+        self.admin(f'CREATE SCHEMA "{name}"', "tests")
+        return f"{self.url('tests')}?options=-csearch_path%3D{name}"
 
     def drop_database(self, url: str) -> None:
-        name = url.rsplit("/", 1)[1]
-        self.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        name = url.rsplit("%3D", 1)[1]
+        self.admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE', "tests")
 
     def stop(self) -> None:
         if self.base is None:

@@ -10,6 +10,7 @@ import pytest
 from projecthub.project.context import ProjectContext
 from projecthub.project.tracking_fallback import MarkerTracker
 from projecthub.store import Store
+from tests.pg import PgServer
 
 _TRACKER: MarkerTracker | None = None
 
@@ -39,14 +40,41 @@ def ctx(tmp_path: Path) -> ProjectContext:
     )
 
 
+@pytest.fixture(scope="session")
+def _pg_store_url(pg_server: PgServer) -> str:
+    """One migrated store on the session's PostgreSQL, emptied before each test that uses it
+    (a fresh schema and its migration cost ~0.2-0.6 s a test; emptying it ~20 ms)."""
+    url = pg_server.new_database()
+    s = Store(url)
+    s.migrate()
+    s.close()
+    return url
+
+
+def _empty(url: str) -> None:
+    from sqlalchemy import delete, text
+    from projecthub.store import LATEST_VERSION
+    from projecthub.store.schema import metadata, schema_version
+    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables if t is not schema_version)
+    s = Store(url)
+    try:
+        with s.engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+            conn.execute(delete(schema_version).where(schema_version.c.version > LATEST_VERSION))
+    finally:
+        s.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """A migrated store, closed afterwards: SQLite in a fresh data dir, and the same tests
-    again on a fresh database of the session's real PostgreSQL (tests/pg.py)."""
+    """A migrated, empty store, closed afterwards: SQLite in a fresh data dir, and the same
+    tests again on the session's real PostgreSQL (tests/pg.py)."""
     if request.param == "sqlite":
         s = Store.for_data_dir(tmp_path)
     else:
-        s = Store(request.getfixturevalue("pg_url"))
+        url = request.getfixturevalue("_pg_store_url")
+        _empty(url)
+        s = Store(url)
     s.migrate()
     yield s
     s.close()
