@@ -130,7 +130,8 @@ class Store(OrgStore, MessageStore, FileHistoryStore):
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        # IMMEDIATE: take SQLite's write lock before the first read, so a
+        # IMMEDIATE: take the write lock before the first read (SQLite's, or on PostgreSQL
+        # the advisory lock engine.py takes for every hub on the database), so a
         # read-check-then-write sequence cannot be invalidated by another writer.
         with self._engine.connect() as conn:
             conn.execution_options(**{BEGIN_MODE: "IMMEDIATE"})
@@ -431,9 +432,9 @@ class Store(OrgStore, MessageStore, FileHistoryStore):
         both take it."""
         if lo > hi:
             raise ValueError(f"empty uid range [{lo}, {hi}]")
-        # SQLite serialises writers (BEGIN IMMEDIATE), so the first attempt wins; on
-        # PostgreSQL two allocators can pick the same uid and one hits the UNIQUE
-        # constraint, so it simply tries again against the new state.
+        # Writers are serialised (BEGIN IMMEDIATE, PostgreSQL's write lock), so the first
+        # attempt wins; the UNIQUE constraint stays the last word should that ever change
+        # (a store written by something else): the loser tries again against the new state.
         for _ in range(_UID_ATTEMPTS - 1):
             try:
                 return self._allocate_uid_once(project_id, lo, hi)
