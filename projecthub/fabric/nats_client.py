@@ -27,7 +27,7 @@ from ..errors import RemoteError
 from .local import _STREAM_END, _error_from, _Stream
 from .messages import STREAM_WINDOW, FrameError
 from .nats_wire import (HEARTBEAT_INTERVAL_S, HOST_LOST_S, HUBS_HEARTBEAT, REPLY_PREFIX,
-                        Reassembler, check_host_name, chunks, heartbeat_subject, host_subject)
+                        Reassembler, check_host_name, chunks, heartbeat_subject, host_subject, settle)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class NatsFabric:
         self._subs.append(await self.nc.subscribe(f"{REPLY_PREFIX}.*.{self.hub_id}.*",
                                                   cb=self._on_reply))
         self._subs.append(await self.nc.subscribe(heartbeat_subject("*"), cb=self._on_heartbeat))
-        await self.nc.flush()
+        await settle(self.nc)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeat()), loop.create_task(self._watchdog())]
         return self

@@ -20,7 +20,7 @@ from ..errors import RemoteError, error_text
 from .local import Handler, _Credit, _MAX_CREDIT
 from .messages import FrameError
 from .nats_wire import (HEARTBEAT_INTERVAL_S, HUB_LOST_S, HUBS_HEARTBEAT, REPLY_PREFIX,
-                        Reassembler, check_host_name, chunks, heartbeat_subject, host_subject)
+                        Reassembler, check_host_name, chunks, heartbeat_subject, host_subject, settle)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class HostServer:
             # nats-py's bounds (128 MiB) in front of the callbacks, which only start tasks
             self._subs.append(await self.nc.subscribe(host_subject(self.host, kind), cb=cb))
         self._subs.append(await self.nc.subscribe(HUBS_HEARTBEAT, cb=self._on_hub_heartbeat))
-        await self.nc.flush()
+        await settle(self.nc)
         loop = asyncio.get_running_loop()
         self._background = [loop.create_task(self._heartbeat()), loop.create_task(self._watch_hubs())]
         return self
@@ -60,6 +60,20 @@ class HostServer:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def on_nats_error(self, exc: Exception) -> None:
+        """The connection's error callback: a request nats-py dropped because this host fell
+        behind (SlowConsumerError) is answered with an error, so its hub does not wait."""
+        reply = getattr(exc, "reply", "") or ""
+        if type(exc).__name__ != "SlowConsumerError" or not reply.startswith(self._reply_prefix):
+            return
+        self._chunks.forget(reply)
+        error = {"error": f"Error: host {self.host} fell behind and dropped the request; try again"}
+        message = {"t": "end", "error": error} if str(getattr(exc, "subject", "")).endswith(".stream") \
+            else {"t": "res", "ok": False, "error": error}
+        task = asyncio.get_running_loop().create_task(self._publish(reply, message))
+        self._background.append(task)
+        task.add_done_callback(self._background.remove)
 
     # -- liveness -----------------------------------------------------------------------------
     async def _heartbeat(self) -> None:

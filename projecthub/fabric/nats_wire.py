@@ -154,6 +154,17 @@ def load_credentials(path: str | Path) -> Credentials:
     return Credentials(raw["user"], raw["password"])
 
 
+async def settle(nc: Any) -> None:
+    """Until the server has every subscription made so far.  One ``flush`` is not enough:
+    nats-py (2.16) writes its PING straight to the socket, ahead of the SUBs still queued for
+    its flusher task, so the PONG can come back before the server has seen them (a host that
+    heartbeats before its request subjects exist answers "no responders"; a hub whose answer
+    subscription is late loses the answer).  The flusher runs as soon as the loop does, so it
+    has written the SUBs by the time the first PONG is read: the second PING follows them."""
+    await nc.flush()
+    await nc.flush()
+
+
 class NatsUnavailable(RemoteError):
     pass
 

@@ -28,7 +28,7 @@ import psutil
 from ..errors import RemoteError
 from ..fabric.nats_server import HostServer
 from ..fabric.nats_wire import (HEARTBEAT_INTERVAL_S, Credentials, Reassembler, connect,
-                                heartbeat_subject, host_inbox_prefix)
+                                heartbeat_subject, host_inbox_prefix, settle)
 from .host import Host
 from .ledger import HostLedger
 from .sandbox import ProjectLimits
@@ -148,14 +148,19 @@ async def run(host_id: str, nats_url: str, creds: Credentials | None,
               make_host: Callable[[], tuple[Host, HostLedger]]) -> None:
     """Serve until SIGTERM/SIGINT.  Raises NatsUnavailable or HostIdTaken at start, before
     ``make_host`` builds anything (sandbox, project environment)."""
-    nc = await connect(nats_url, name=f"projecthub-host-{host_id}", creds=creds,
-                       inbox_prefix=host_inbox_prefix(host_id))
-    role = HostRole(host_id)
     server: HostServer | None = None
+
+    def on_error(exc: Exception) -> None:
+        log.warning("NATS: %s: %s", type(exc).__name__, exc)
+        if server is not None:
+            server.on_nats_error(exc)
+    nc = await connect(nats_url, name=f"projecthub-host-{host_id}", creds=creds,
+                       inbox_prefix=host_inbox_prefix(host_id), on_error=on_error)
+    role = HostRole(host_id)
     started_host = False
     try:
         await nc.subscribe(heartbeat_subject(host_id), cb=role._on_own_heartbeat)
-        await nc.flush()
+        await settle(nc)
         # A live instance heartbeats every interval: hear it before serving anything.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(role.stop_requested.wait(), HEARTBEAT_INTERVAL_S * 1.6)

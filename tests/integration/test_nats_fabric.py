@@ -177,3 +177,22 @@ def test_an_answer_dropped_by_a_full_subscription_fails_its_call(nats_server: Na
         finally:
             await _close(host, hub)
     run(main())
+
+
+def test_a_request_dropped_by_a_full_host_subscription_is_answered(nats_server: NatsServer) -> None:
+    async def main() -> None:
+        handler = Handler("h1")
+        hub, host = await _hub(nats_server), await _host(nats_server, "h1", handler)
+        try:
+            from nats.errors import SlowConsumerError
+            call = asyncio.ensure_future(hub.call("h1", "hang", []))
+            await asyncio.wait_for(handler.started.wait(), 5)
+            (request_id,) = list(hub._pending)
+            # as if nats-py had dropped this request on the host for want of room
+            host.on_nats_error(SlowConsumerError(subject="ph.host.h1.call",
+                                                 reply=f"_R.h1.{hub.hub_id}.{request_id}", sid=1, sub=None))
+            with pytest.raises(RemoteError, match="host h1 fell behind"):
+                await asyncio.wait_for(call, 5)
+        finally:
+            await _close(host, hub)
+    run(main())
