@@ -105,3 +105,54 @@ def test_a_lost_host_fails_fast_naming_it_and_its_return_readopts(cluster: Any, 
         assert report.status_code == 200 and report.json()["isolation"]["hub_only"] is True
     finally:
         stop_host(again, host_dir)
+
+
+def test_job_output_streams_through_nats_and_stalled_readers_stay_bounded(cluster: Any) -> None:
+    """A 50 MB job's SSE stream through hub -> NATS -> host: read in full it arrives whole;
+    three readers that stall cost the hub and the host a bounded amount (the credit window
+    per stream), not the job's size."""
+    import socket
+
+    import psutil
+    hub, host, _ = cluster
+    key = hub.new_account().api_key
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=hub.url, headers=auth, timeout=120) as http:
+        pid = http.post("/api/v3/projects", json={"title": "streams"}).json()["project_id"]
+        _wait(lambda: _try(lambda: http.post(f"/api/v3/projects/{pid}/exec",
+                                             json={"command": "true"}).raise_for_status()), 60)
+        mb = 50
+        job = http.post(f"/api/v3/projects/{pid}/exec", json={
+            "command": f"head -c {mb * 1000000} /dev/zero | tr '\\0' x", "bash": True, "async": True,
+            "timeout": 600}).json()["job_id"]
+        _wait(lambda: http.get(f"/api/v3/projects/{pid}/jobs/{job}").json().get("status") != "running", 120)
+        procs = [psutil.Process(hub.process.pid), psutil.Process(host.pid)]
+        base = [p.memory_info().rss for p in procs]
+
+        stalled = []
+        for _ in range(3):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.connect(("127.0.0.1", hub.port))
+            sock.sendall(f"GET /api/v3/projects/{pid}/jobs/{job}/events HTTP/1.1\r\nHost: x\r\n"
+                         f"Authorization: Bearer {key}\r\n\r\n".encode())
+            sock.settimeout(60)
+            assert sock.recv(16 * 1024).startswith(b"HTTP/1.1 200")
+            stalled.append(sock)
+        peak = list(base)
+        for _ in range(20):   # 4 s: whatever the hub and host would buffer, they have by now
+            time.sleep(0.2)
+            peak = [max(a, p.memory_info().rss) for a, p in zip(peak, procs)]
+        growth_mib = [(p - b) / 2**20 for p, b in zip(peak, base)]
+        assert max(growth_mib) < 40, growth_mib   # unbounded would be 3 x 50 MB
+
+        got, event = 0, ""
+        with http.stream("GET", f"/api/v3/projects/{pid}/jobs/{job}/events") as resp:
+            for line in resp.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "stdout":
+                    got += len(json.loads(line[6:])["data"])
+        assert got == mb * 1000000
+        for sock in stalled:
+            sock.close()
