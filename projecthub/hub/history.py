@@ -81,10 +81,12 @@ def normalize(path: Any) -> str:
 
 
 async def record_write(hub: "HubService", project_id: str, account_id: str | None, args: list[Any]) -> None:
-    """Called after a successful write through the API; never fails the write."""
+    """Called after a successful write through the API; never fails the write.  Text with a
+    NUL character is not recorded, on either backend: PostgreSQL's text columns cannot hold
+    it, and recording it there made the (done) write answer an error."""
     opts = args[0] if args and isinstance(args[0], dict) else {}
     path, content = opts.get("path"), opts.get("content")
-    if not isinstance(content, str) or len(content) > MAX_RECORDED_CHARS:
+    if not isinstance(content, str) or len(content) > MAX_RECORDED_CHARS or "\x00" in content:
         return
     try:
         key = normalize(path)

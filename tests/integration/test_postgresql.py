@@ -59,6 +59,13 @@ def test_serve_on_postgresql_with_the_official_client(tmp_path: Path, pg_url: st
         project = cocalc_api.Project(api_key=account["api_key"], host=srv.url, project_id=project_id)
         assert project.system.exec(command="echo hello from postgres")["stdout"] == "hello from postgres\n"
         assert (tmp_path / "projects" / project_id).is_dir()
+        # a small upload is recorded for sync.history when it is text; one with a NUL (valid
+        # UTF-8, but PostgreSQL's text cannot hold it) is done and answers as such (sync.history
+        # skips it; it used to answer 500 after writing the file)
+        upload = httpx.put(f"{srv.url}/api/v3/projects/{project_id}/files/nul.bin", content=b"x\x00y",
+                           headers={"Authorization": f"Bearer {account['api_key']}"}, timeout=60)
+        assert upload.status_code == 201, upload.text
+        assert project.system.exec(command="cat nul.bin")["stdout"] == "x\x00y"
         listed = ok("project", "list", "--database-url", pg_url)
         assert project_id in json.dumps(listed)
         # a key revoked by the CLI on the shared database stops working within the key
