@@ -97,7 +97,9 @@ class RemoteHost:
         await self.fabric.nc.close()
 
     # -- where a project lives ------------------------------------------------------------
-    async def host_of(self, project_id: str) -> str:
+    async def host_of(self, project_id: str, place: bool = True) -> str | None:
+        """The project's host; a project placed nowhere yet is placed now, unless ``place``
+        is false (stopping, purging or asking the status of a project that never ran)."""
         name = self._placed.get(project_id)
         if name is not None:
             return name
@@ -107,6 +109,8 @@ class RemoteHost:
         host_id = project.get("host_id")
         if host_id:
             name = await self._host_name(int(host_id))
+        elif not place:
+            return None
         else:
             name = self._place()
             await self.db.update_project(project_id, host_id=await self.db.ensure_host(name, address="nats"))
@@ -174,10 +178,15 @@ class RemoteHost:
                                      state_reason=reason)
 
     # -- operations (Host's interface) ------------------------------------------------------
+    async def _placed_host(self, project_id: str) -> str:
+        host = await self.host_of(project_id)
+        assert host is not None
+        return host
+
     async def ensure_running(self, project_id: str) -> None:
         if self.is_running(project_id):
             return None
-        host = await self.host_of(project_id)
+        host = await self._placed_host(project_id)
         await self.fabric.call(host, "project.start", [project_id, await self._spec(project_id)],
                                None, _CONTROL_TIMEOUT_S)
         self._started_here[project_id] = time.monotonic()
@@ -186,13 +195,13 @@ class RemoteHost:
         return None
 
     async def call(self, project_id: str, name: str, args: list[Any], budget: float | None = None) -> Any:
-        host = await self.host_of(project_id)
+        host = await self._placed_host(project_id)
         return await self.fabric.call(host, "project.call",
                                       [project_id, await self._spec(project_id), name, args], budget)
 
     async def stream(self, project_id: str, name: str, args: list[Any],
                      window: int | None = None) -> AsyncIterator[Any]:
-        host = await self.host_of(project_id)
+        host = await self._placed_host(project_id)
         window = window or STREAM_WINDOW
         inner = self.fabric.stream(host, "project.stream",
                                    [project_id, await self._spec(project_id), name, args, window], window)
@@ -203,8 +212,9 @@ class RemoteHost:
             await inner.aclose()
 
     async def stop(self, project_id: str, reason: str = "stopped by request") -> None:
-        host = await self.host_of(project_id)
-        await self.fabric.call(host, "project.stop", [project_id, reason], None, _CONTROL_TIMEOUT_S)
+        host = await self.host_of(project_id, place=False)
+        if host is not None:   # a project that never ran has nothing to stop
+            await self.fabric.call(host, "project.stop", [project_id, reason], None, _CONTROL_TIMEOUT_S)
         self._stopped_here[project_id] = time.monotonic()
         self._started_here.pop(project_id, None)
         await self._set_state(project_id, "stopped", reason)
@@ -212,22 +222,26 @@ class RemoteHost:
     async def activity(self, project_id: str) -> dict[str, Any] | None:
         if not self.is_running(project_id):
             return None
-        return await self.fabric.call(await self.host_of(project_id), "project.activity",  # type: ignore[no-any-return]
+        return await self.fabric.call(await self._placed_host(project_id), "project.activity",  # type: ignore[no-any-return]
                                       [project_id], None, 10.0)
 
     async def status(self, project_id: str) -> dict[str, Any]:
-        return await self.fabric.call(await self.host_of(project_id), "project.status",  # type: ignore[no-any-return]
-                                      [project_id], None, 10.0)
+        host = await self.host_of(project_id, place=False)
+        if host is None or not self.is_running(project_id):
+            return {}
+        return await self.fabric.call(host, "project.status", [project_id], None, 10.0)  # type: ignore[no-any-return]
 
     async def update_limits(self, project_id: str, limits: ProjectLimits) -> None:
         self._specs.pop(project_id, None)
         if self.is_running(project_id):
-            await self.fabric.call(await self.host_of(project_id), "project.update_limits",
+            await self.fabric.call(await self._placed_host(project_id), "project.update_limits",
                                    [project_id, limits.to_json()], None, _CONTROL_TIMEOUT_S)
 
     async def purge(self, project_id: str) -> int:
-        return int(await self.fabric.call(await self.host_of(project_id), "project.purge",
-                                          [project_id], None, _CONTROL_TIMEOUT_S))
+        host = await self.host_of(project_id, place=False)
+        if host is None:   # never ran: no files anywhere
+            return 0
+        return int(await self.fabric.call(host, "project.purge", [project_id], None, _CONTROL_TIMEOUT_S))
 
 
 async def connect_remote_host(url: str, creds_file: str | None, db: AsyncStore,

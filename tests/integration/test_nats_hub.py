@@ -63,6 +63,14 @@ def test_exec_through_hub_nats_host(cluster: Any) -> None:
     assert not (host_dir / "hub.db").exists()   # the host never opened a store
     big = project.system.exec(command="head -c 300000 /dev/zero | tr '\\0' x")
     assert big["stdout"] == "x" * 300000   # over the test server's 64 KiB max_payload: chunked
+    idle = api.projects.create_project(title="never started")
+    api.projects.stop(idle)   # nothing to stop anywhere: fine, and it is not placed on a host
+    api.projects.delete(idle)
+    import sqlite3
+    with sqlite3.connect(hub.data_dir / "hub.db") as db:   # placement, as the hub recorded it
+        placed = dict(db.execute("SELECT p.project_id, h.name FROM projects p "
+                                 "LEFT JOIN hosts h ON h.host_id = p.host_id"))
+    assert placed[idle] is None and placed[project_id] == "h1"
     api.projects.stop(project_id)   # through the hub, to the host: its daemon goes away
     ledger = json.loads((host_dir / LEDGER_NAME).read_text())
     assert ledger[project_id]["state"] == "stopped"
