@@ -110,13 +110,16 @@ def test_store_migrate_copies_an_embedded_store(tmp_path: Path, pg_url: str, pg_
                  "--data-dir", str(data))
     project_key = ok("key", "create", "--account", user["account_id"], "--project", project["project_id"],
                      "--data-dir", str(data))
-    before = {name: cli(data, name, "list") for name in ("account", "project", "key")}
+    ok("org", "create", "--name", "lab", "--data-dir", str(data))
+    ok("org", "add-user", "--name", "lab", "--user", "bob@example.org", "--data-dir", str(data))
+    before = {name: cli(data, name, "list") for name in ("account", "project", "key", "org")}
 
     copied = ok("store", "migrate", "--data-dir", str(data), "--to", pg_url)
     assert copied["migrated"] is True and copied["rows"]["accounts"] == 2
     assert copied["rows"]["projects"] == 1 and copied["rows"]["api_keys"] == 3
     assert pg_url.split("@")[0].split(":")[-1] not in json.dumps(copied)   # no password
-    after = {name: ok(name, "list", "--database-url", pg_url) for name in ("account", "project", "key")}
+    assert copied["rows"]["organizations"] == 1 and copied["rows"]["organization_members"] == 1
+    after = {name: ok(name, "list", "--database-url", pg_url) for name in ("account", "project", "key", "org")}
     assert after == before   # same rows, same ids
 
     # the sequences moved past the copied ids: a new key gets a new id
