@@ -237,6 +237,19 @@ def test_upload_a_file_and_see_it_listed(page: Page, user: Account, project_id: 
     download = got.value
     assert download.suggested_filename == "data.csv"
     assert Path(download.path()).read_text() == r.text
+    # rename in place, then delete (asked in the page: Cancel keeps it)
+    row.locator("button", has_text="Rename").click()
+    field = page.page.locator("table.files input[aria-label='new name or path for data.csv']")
+    field.fill("renamed.csv")
+    field.press("Enter")
+    row = page.page.locator("table.files tr", has_text="renamed.csv")
+    row.wait_for()
+    row.locator("button", has_text="Delete").click()
+    row.locator("button", has_text="Cancel").click()
+    row.locator("button", has_text="Delete").click()
+    row.locator("button", has_text="Yes, delete").click()
+    page.page.locator(".status.ok", has_text="Deleted renamed.csv").wait_for()
+    page.page.locator("table.files button.link", has_text="renamed.csv").wait_for(state="detached")
 
 
 def test_notebook_cell_draws_a_matplotlib_figure(page: Page, user: Account, project_id: str) -> None:
@@ -386,11 +399,26 @@ def test_revoking_this_tabs_key_in_the_page_signs_out(page: Page, srv: Server, u
     page.page.click("header >> text=API keys")
     row = page.page.locator("tr", has_text="this tab")
     assert "the tab's key" in row.inner_text()
-    page.page.once("dialog", lambda dialog: dialog.accept())
     row.locator("button", has_text="Revoke").click()
+    row.locator("button", has_text="Yes, revoke").click()   # asked in the page, not a dialog
     page.page.locator(".signin [role=alert]", has_text="refused your API key").wait_for()
     r = httpx.get(srv.url + "/api/v3/me", headers={"Authorization": f"Bearer {made.json()['secret']}"})
     assert r.status_code == 401
+
+
+def test_sign_out_forgets_the_tab(page: Page, user: Account, project_id: str) -> None:
+    page.sign_in(user.api_key)
+    page.page.locator("h1", has_text="Projects").wait_for()
+    page.page.goto(f"{page.url}/#/p/{project_id}/jobs")
+    page.page.fill("#job-command", "echo bye")
+    page.page.click("text=Start job")
+    page.page.locator("pre.job-output", has_text="bye").wait_for()
+    assert page.page.evaluate("sessionStorage.length") >= 2   # the key and the job's command
+    page.page.click("header >> text=Sign out")
+    page.page.locator(".signin [role=alert]", has_text="signed out").wait_for()
+    assert page.page.evaluate("sessionStorage.length") == 0
+    page.page.go_back()   # history does not bring the session back
+    page.page.locator("#key").wait_for()
 
 
 def test_project_key_sees_its_project(page: Page, srv: Server, user: Account, project_id: str) -> None:

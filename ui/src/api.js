@@ -6,7 +6,9 @@ let onSignedOut = () => {};
 
 export function getKey() { return sessionStorage.getItem(KEY); }
 export function setKey(key) { sessionStorage.setItem(KEY, key); }
-export function forgetKey() { sessionStorage.removeItem(KEY); }
+// signing out (or a refused key) forgets everything this tab kept: the key, notebook cells,
+// terminal ids, job commands (the next person at this tab starts clean)
+export function forgetKey() { sessionStorage.clear(); }
 export function whenSignedOut(fn) { onSignedOut = fn; }
 
 export class ApiError extends Error {

@@ -76,3 +76,26 @@ export function when(iso) {
 export function stripAnsi(text) {
   return String(text).replace(/\x1b\[[0-9;?]*[ -\/]*[@-~]/g, "");
 }
+
+// A destructive action asks first, in the page (not window.confirm, which blocks the page
+// and which automation and some browsers dismiss): the button becomes the question with
+// "yes" and "Cancel"; Escape cancels.  onYes(yesButton) runs the action.
+export function confirmButton(label, question, yesLabel, onYes, cls = "danger small") {
+  const wrap = h("span", { class: "confirm" });
+  const button = h("button", { class: cls, type: "button" }, label);
+  const restore = () => { clear(wrap, button); button.focus(); };
+  button.addEventListener("click", () => {
+    const yes = h("button", { class: "danger small", type: "button" }, yesLabel);
+    const no = h("button", { class: "secondary small", type: "button", onclick: restore }, "Cancel");
+    yes.addEventListener("click", async () => {
+      no.disabled = true;
+      await onYes(yes);
+      if (wrap.isConnected) clear(wrap, button);
+    });
+    wrap.addEventListener("keydown", (e) => { if (e.key === "Escape") restore(); });
+    clear(wrap, h("span", { class: "question", role: "alert" }, question, " "), yes, no);
+    yes.focus();
+  });
+  wrap.append(button);
+  return wrap;
+}

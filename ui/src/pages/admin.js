@@ -1,7 +1,7 @@
 // Admin: accounts (disable/enable), the server's limits and its isolation report (what
 // `projecthub doctor` checks, as this running server enforces it).  Admin keys only: the
 // server refuses the calls to anyone else, the page only says so.
-import { h, clear, statusLine, act, bytes, when } from "../dom.js";
+import { h, clear, statusLine, act, bytes, confirmButton } from "../dom.js";
 import * as api from "../api.js";
 
 export function adminPage(main, me) {
@@ -22,12 +22,14 @@ export function adminPage(main, me) {
           h("th", {}, "Role"), h("th", {}, "State"), h("th", {}, "Actions"))),
         h("tbody", {}, rows.map((a) => {
           const self = me.account && a.account_id === me.account.account_id;
-          const toggle = !self && h("button", { class: a.disabled ? "secondary small" : "danger small", onclick: async () => {
-            if (!a.disabled && !confirm("Disable this account? Its keys stop working at once.")) return;
+          const change = async (button) => {
             const ok = await act(status, a.disabled ? "Enabling…" : "Disabling…",
-              () => api.patch(`/api/v3/accounts/${api.enc(a.account_id)}`, { disabled: !a.disabled }), toggle);
+              () => api.patch(`/api/v3/accounts/${api.enc(a.account_id)}`, { disabled: !a.disabled }), button);
             if (ok) { status.ok(ok.disabled ? "Account disabled." : "Account enabled."); loadAccounts(); }
-          } }, a.disabled ? "Enable" : "Disable");
+          };
+          const toggle = self ? null : a.disabled
+            ? h("button", { class: "secondary small", onclick: (e) => change(e.currentTarget) }, "Enable")
+            : confirmButton("Disable", "Its keys stop working at once.", "Yes, disable", change);
           return h("tr", {}, h("td", {}, [a.first_name, a.last_name].join(" ").trim() || "(no name)", self ? " (you)" : ""),
             h("td", { class: "wide" }, a.email || ""), h("td", {}, h("code", {}, a.account_id)),
             h("td", {}, a.is_admin ? "admin" : "user"),

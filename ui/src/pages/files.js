@@ -1,7 +1,7 @@
 // Files: browse, upload (drag and drop or a picker, with a progress bar), download,
 // new file/folder, rename, delete, edit text in a code editor (ETag + If-Match on save),
 // view images.  Every file call is the v3 files API with the Bearer header.
-import { h, clear, statusLine, act, bytes, when } from "../dom.js";
+import { h, clear, statusLine, act, bytes, when, confirmButton } from "../dom.js";
 import * as api from "../api.js";
 
 const IMAGE = /\.(png|jpe?g|gif|webp|bmp|svg|ico|avif)$/i;
@@ -50,18 +50,31 @@ export function filesTab(body, { projectId, base }, dir) {
       : h("button", { class: "link", onclick: () => open(path, e) }, e.name);
     const download = h("button", { class: "secondary small", title: isDir ? "as a .tar.gz archive" : null,
                                    onclick: () => downloadFile(path, e.name, download, isDir) }, "Download");
-    const rename = h("button", { class: "secondary small", onclick: async () => {
-      const to = prompt(`Rename or move "${path}" to:`, path);
-      if (!to || to === path) return;
-      const ok = await act(status, "Renaming…", () => api.post(`/api/v3/projects/${projectId}/files:move`, { from: path, to }), rename);
-      if (ok) { status.ok(`Renamed to ${to}.`); refresh(); }
+    const nameCell = h("td", {}, name);
+    // rename in place: the name becomes a field (Enter renames, Escape cancels); a path with
+    // "/" moves it into another folder of the project
+    const rename = h("button", { class: "secondary small", onclick: () => {
+      const field = h("input", { value: path, "aria-label": `new name or path for ${path}`, class: "grow" });
+      const go = h("button", { class: "small", type: "submit" }, "Rename");
+      const cancel = h("button", { class: "secondary small", type: "button", onclick: () => { clear(nameCell, name); rename.focus(); } }, "Cancel");
+      const form = h("form", { class: "row", onsubmit: async (ev) => {
+        ev.preventDefault();
+        const to = field.value.trim();
+        if (!to || to === path) { clear(nameCell, name); return; }
+        const ok = await act(status, "Renaming…", () => api.post(`/api/v3/projects/${projectId}/files:move`, { from: path, to }), go);
+        if (ok) { status.ok(`Renamed to ${to}.`); refresh(); }
+      } }, field, go, cancel);
+      form.addEventListener("keydown", (ev) => { if (ev.key === "Escape") cancel.click(); });
+      clear(nameCell, form);
+      field.focus();
+      field.setSelectionRange(path.length - e.name.length, path.length);
     } }, "Rename");
-    const remove = h("button", { class: "danger small", onclick: async () => {
-      if (!confirm(`Delete "${path}"${isDir ? " and everything in it" : ""}?`)) return;
-      const ok = await act(status, "Deleting…", () => api.del(url(path) + (isDir ? "?recursive=true" : "")), remove);
-      if (ok !== undefined) { status.ok(`Deleted ${path}.`); refresh(); }
-    } }, "Delete");
-    return h("tr", { class: isDir ? "dir" : null }, h("td", {}, name),
+    const remove = confirmButton("Delete", `Delete ${isDir ? "this folder and everything in it" : "this file"}?`, "Yes, delete",
+      async (yes) => {
+        const ok = await act(status, "Deleting…", () => api.del(url(path) + (isDir ? "?recursive=true" : "")), yes);
+        if (ok !== undefined) { status.ok(`Deleted ${path}.`); refresh(); }
+      });
+    return h("tr", { class: isDir ? "dir" : null }, nameCell,
       h("td", {}, isDir ? "" : bytes(e.size)), h("td", { class: "wide" }, when(e.mtime)),
       h("td", { class: "actions" }, download, rename, remove));
   }

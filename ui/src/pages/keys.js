@@ -1,5 +1,5 @@
 // API keys of the signed-in account: list, create (the secret is shown once), revoke.
-import { h, clear, statusLine, act, when } from "../dom.js";
+import { h, clear, statusLine, act, when, confirmButton } from "../dom.js";
 import * as api from "../api.js";
 
 export function keysPage(main, me) {
@@ -16,12 +16,11 @@ export function keysPage(main, me) {
           h("th", { class: "wide" }, "Last used"), h("th", {}, "Expires"), h("th", {}, "Actions"))),
         h("tbody", {}, keys.map((k) => {
           const mine = k.id === me.key_id;
-          const revoke = h("button", { class: "danger small", onclick: async () => {
-            if (!confirm(`Revoke the key "${k.name || k.trunc}"? Programs using it stop working at once.` +
-              (mine ? " This tab is signed in with it: you will be signed out." : ""))) return;
-            const ok = await act(status, "Revoking…", () => api.del(`/api/v3/keys/${k.id}`), revoke);
+          const revoke = confirmButton("Revoke", "Programs using it stop working at once." +
+            (mine ? " This tab is signed in with it: you will be signed out." : ""), "Yes, revoke", async (yes) => {
+            const ok = await act(status, "Revoking…", () => api.del(`/api/v3/keys/${k.id}`), yes);
             if (ok !== undefined) { status.ok("Key revoked."); refresh(); }
-          } }, "Revoke");
+          });
           return h("tr", { class: mine ? "selected" : null }, h("td", {}, k.name || "(no name)",
             mine ? h("span", { class: "badge" }, "this tab") : null), h("td", {}, h("code", {}, k.trunc || "")),
             h("td", { class: "wide" }, k.project_id ? h("a", { href: "#/p/" + k.project_id }, h("code", {}, k.project_id.slice(0, 8))) : "account"),

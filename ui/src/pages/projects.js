@@ -1,5 +1,5 @@
 // The project list: state, create, start/stop, delete (owners), refreshed every few seconds.
-import { h, clear, statusLine, act, when } from "../dom.js";
+import { h, clear, statusLine, act, when, confirmButton } from "../dom.js";
 import * as api from "../api.js";
 
 export function stateBadge(state) {
@@ -46,11 +46,11 @@ export function projectsPage(main, me) {
         () => api.post(`/api/v3/projects/${p.project_id}/${running ? "stop" : "start"}`), toggle);
       if (ok) { status.ok(running ? "Stopped." : "Started."); refresh(); }
     } }, running ? "Stop" : "Start");
-    const remove = (owner || me.is_admin) && h("button", { class: "danger", onclick: async () => {
-      if (!confirm(`Delete the project "${p.title || p.project_id}"? Its files go too.`)) return;
-      const ok = await act(status, "Deleting…", () => api.del(`/api/v3/projects/${p.project_id}`), remove);
-      if (ok !== undefined) { status.ok("Project deleted."); refresh(); }
-    } }, "Delete");
+    const remove = (owner || me.is_admin) && confirmButton("Delete", "Delete it with all its files?", "Yes, delete",
+      async (yes) => {
+        const ok = await act(status, "Deleting…", () => api.del(`/api/v3/projects/${p.project_id}`), yes);
+        if (ok !== undefined) { status.ok("Project deleted."); refresh(); }
+      }, "danger");
     return h("tr", {},
       h("td", {}, h("a", { href: "#/p/" + p.project_id }, p.title || "(untitled)"),
         p.description ? h("div", { class: "hint" }, p.description) : null),

@@ -2,7 +2,7 @@
 // Shift-Enter (or the Run button) and stream their outputs (POST …/stream, SSE over fetch);
 // rich outputs: images (data: URLs), HTML (a sandboxed iframe without scripts), errors with
 // their traceback.  Interrupt, restart and the kernel's state are in the toolbar.
-import { h, clear, statusLine, act, when, stripAnsi } from "../dom.js";
+import { h, clear, statusLine, act, when, stripAnsi, confirmButton } from "../dom.js";
 import * as api from "../api.js";
 
 const IMAGES = ["image/png", "image/jpeg", "image/gif", "image/webp"];
@@ -68,11 +68,10 @@ export function sessionsTab(body, { projectId, base }, sessionId) {
         clear(list, sessions.length ? h("table", { class: "table" },
           h("thead", {}, h("tr", {}, h("th", {}, "Session"), h("th", {}, "Kernel"), h("th", {}, "State"), h("th", { class: "wide" }, "Last used"), h("th", {}, "Actions"))),
           h("tbody", {}, sessions.map((s) => {
-            const remove = h("button", { class: "danger small", onclick: async () => {
-              if (!confirm(`Delete the session "${s.name}"? Its kernel and variables go.`)) return;
-              const ok = await act(status, "Deleting the session…", () => api.del(`${root}/${api.enc(s.session_id)}`), remove);
+            const remove = confirmButton("Delete", "Its kernel and variables go.", "Yes, delete", async (yes) => {
+              const ok = await act(status, "Deleting the session…", () => api.del(`${root}/${api.enc(s.session_id)}`), yes);
               if (ok !== undefined) { status.ok("Session deleted."); refresh(); }
-            } }, "Delete");
+            });
             const label = s.name === s.session_id ? "session " + s.session_id.slice(0, 8) : s.name;
             return h("tr", {}, h("td", {}, h("a", { href: `${base}/sessions/${api.enc(s.session_id)}` }, label)),
               h("td", {}, s.kernel), h("td", {}, h("span", { class: "badge kernel-" + s.state }, s.state)),
@@ -187,16 +186,14 @@ export function sessionsTab(body, { projectId, base }, sessionId) {
 
   const title = h("h2", {}, "Session");
   const interrupt = h("button", { class: "secondary" }, "Interrupt");
-  const restart = h("button", { class: "secondary" }, "Restart");
+  const restart = confirmButton("Restart", "Restart the kernel? Its variables are lost.", "Yes, restart", async (yes) => {
+    const ok = await act(status, "Restarting the kernel…", () => api.post(sroot + "/restart"), yes);
+    if (ok) { status.ok("Kernel restarted."); showState(ok.state); }
+  }, "secondary");
   const more = h("button", { class: "secondary" }, "Add cell");
   interrupt.addEventListener("click", async () => {
     const ok = await act(status, "Interrupting…", () => api.post(sroot + "/interrupt"), interrupt);
     if (ok) status.ok("Interrupt sent.");
-  });
-  restart.addEventListener("click", async () => {
-    if (!confirm("Restart the kernel? Its variables are lost.")) return;
-    const ok = await act(status, "Restarting the kernel…", () => api.post(sroot + "/restart"), restart);
-    if (ok) { status.ok("Kernel restarted."); showState(ok.state); }
   });
   more.addEventListener("click", () => addCell().querySelector("textarea").focus());
   clear(body,
