@@ -164,7 +164,11 @@ class _Lent:
     def run(self, fn: Any, *args: Any) -> "asyncio.Future[Any]":
         with self._lock:
             self._busy += 1
-        work = _IO.submit(fn, self.f.fileno(), *args)
+        try:
+            work = _IO.submit(fn, self.f.fileno(), *args)
+        except BaseException:   # the pool is shut down (the server is stopping)
+            self._release(None)
+            raise
         work.add_done_callback(self._release)   # in the worker thread, when it really ended
         return asyncio.wrap_future(work)
 
