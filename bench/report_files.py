@@ -31,8 +31,14 @@ def markdown(s: dict[str, Any], quick: bool) -> list[str]:
          "| what | median s | MB/s | vs cp | runs (s) |", "|---|---|---|---|---|"]
     cp = g(fl, "cp", "mb_per_s")
     for name, label in (("cp", "floor: `cp` on the same data disk"), ("upload", "**projecthub** `PUT …/files/{path}`"),
-                        ("download", "**projecthub** `GET …/files/{path}`")):
-        row = fl.get(name) or {}
+                        ("download", "**projecthub** `GET …/files/{path}`"),
+                        ("floor_upload", "floor: bare uvicorn + Starlette `PUT` (`floor_http.py`), httpx"),
+                        ("floor_download", "floor: bare uvicorn + Starlette `GET` (`floor_http.py`), httpx"),
+                        ("upload_curl", "projecthub `PUT`, client `curl -T`"),
+                        ("download_curl", "projecthub `GET`, client `curl -o`")):
+        row = fl.get(name)
+        if row is None:
+            continue
         L.append(f"| {label} | {f(row.get('median_s'))} | {f(row.get('mb_per_s'))} | "
                  f"{f(_div(row.get('mb_per_s'), cp))}x | {', '.join(str(v) for v in row.get('runs_s', []))} |")
     if "error" in fl:
