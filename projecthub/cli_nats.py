@@ -44,15 +44,25 @@ def add_nats_parsers(sub: Any) -> None:
                       help="nats-server's client address (default 127.0.0.1:4222)")
     conf.set_defaults(func=cmd_nats_config)
 
-    host = sub.add_parser("host", help="run this machine's projects for hubs on NATS (no database)",
+    host = sub.add_parser("host", help="run this machine's projects for hubs on NATS (no database); "
+                                       "'host list': the hosts",
                           description="Run one machine's projects and serve them to hubs over NATS "
                                       "until SIGTERM. Never opens the database; registers by "
-                                      "heartbeat every second (capacity, load, projects).")
-    host.add_argument("--nats", required=True, metavar="URL", help="e.g. nats://10.0.0.5:4222")
-    host.add_argument("--host-id", required=True, metavar="NAME",
-                      help="this host's id (a-z, 0-9, '-'): its NATS user is host-NAME")
+                                      "heartbeat every second (capacity, load, projects). "
+                                      "`projecthub host list` prints the hosts the store knows "
+                                      "(and, with --nats, the live ones) as one JSON object.")
+    host.add_argument("action", nargs="?", choices=["list"],
+                      help="list: the hosts with their id, state, load and project count "
+                           "(default: run this machine's host)")
+    host.add_argument("--nats", default=None, metavar="URL",
+                      help="e.g. nats://10.0.0.5:4222 (required to run; for list: show which are up)")
+    host.add_argument("--host-id", default=None, metavar="NAME",
+                      help="this host's id (a-z, 0-9, '-'): its NATS user is host-NAME (required to run)")
     host.add_argument("--data-dir", default=None, metavar="DIR",
-                      help="the host's data directory (projects' homes, daemons' sockets)")
+                      help="the host's data directory (projects' homes, daemons' sockets); for list: "
+                           "the hub's")
+    host.add_argument("--database-url", default=None, metavar="URL",
+                      help="for list: the hubs' PostgreSQL store in place of --data-dir's")
     host.add_argument("--nats-creds", default=os.environ.get("PROJECTHUB_NATS_CREDS"), metavar="FILE",
                       help=_CREDS_HELP)
     host.add_argument("--sandbox", choices=["auto", "bwrap", "none"],
@@ -100,6 +110,10 @@ def cmd_nats_config(args: argparse.Namespace) -> None:
 
 
 def cmd_host(args: argparse.Namespace) -> None:
+    if args.action == "list":
+        return cmd_host_list(args)
+    if not args.nats or not args.host_id:
+        _fail("running a host needs --nats URL and --host-id NAME (or: projecthub host list)")
     from .api.app import build_sandbox
     from .cli import _setup_logging
     from .config import ServerSettings, parse_range, prepare_data_dir
@@ -175,3 +189,73 @@ def stop_all_host(data_dir: Path, daemon_alive: Any) -> dict[str, Any]:
         if disk.attached(base):
             sandbox.stop_project(base.name)
     return {"stopped": stopped}
+
+
+_LISTEN_S = 1.6   # a little over one heartbeat interval: every live host is heard
+
+
+def cmd_host_list(args: argparse.Namespace) -> None:
+    """``{"hosts": [{"id", "name", "state", "projects", "running", "load", "capacity"}]}``:
+    the store's hosts with the projects placed on each; with --nats, whether each is up (it
+    heartbeat within the last interval) and what it reports, plus live hosts the store has
+    not met yet (``id`` null).  Without --nats, ``state`` is "unknown"."""
+    from collections import Counter
+
+    from .cli import _emit, _open
+    from .fabric.nats_wire import NatsUnavailable, load_credentials
+    store = _open(args)
+    try:
+        hosts = store.list_hosts()
+        counts = Counter(p.get("host_id") for p in store.list_all_projects()
+                         if not p.get("deleted") and p.get("host_id"))
+    finally:
+        store.close()
+    live: dict[str, dict[str, Any]] = {}
+    if args.nats:
+        try:
+            creds = load_credentials(args.nats_creds) if args.nats_creds else None
+            live = asyncio.run(_listen(args.nats, creds))
+        except ValueError as exc:
+            _fail(str(exc))
+        except NatsUnavailable as exc:
+            _fail(exc.message.removeprefix("Error: "), code=1)
+    out = []
+    for row in hosts:
+        name = row["name"]
+        info = live.pop(name, None)
+        out.append(_host_row(int(row["host_id"]), name, counts[row["host_id"]], info, bool(args.nats)))
+    for name, info in sorted(live.items()):
+        out.append(_host_row(None, name, 0, info, True))
+    _emit({"hosts": out})
+
+
+def _host_row(host_id: int | None, name: str, projects: int, info: dict[str, Any] | None,
+              asked: bool) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": host_id, "name": name,
+                           "state": ("up" if info is not None else "down") if asked else "unknown",
+                           "projects": projects}
+    if info is not None:
+        row.update(running=info.get("projects"), load=info.get("load"), capacity=info.get("capacity"))
+    return row
+
+
+async def _listen(url: str, creds: Any) -> dict[str, dict[str, Any]]:
+    from .fabric.nats_wire import Reassembler, connect, heartbeat_subject, settle
+    nc = await connect(url, name="projecthub-host-list", creds=creds)
+    seen: dict[str, dict[str, Any]] = {}
+    chunks = Reassembler()
+
+    async def on_heartbeat(msg: Any) -> None:
+        try:
+            done = chunks.feed(msg.subject, msg.data)
+        except Exception:
+            return
+        if done is not None:
+            seen[msg.subject.rsplit(".", 1)[-1]] = done[0]
+    try:
+        await nc.subscribe(heartbeat_subject("*"), cb=on_heartbeat)
+        await settle(nc)
+        await asyncio.sleep(_LISTEN_S)
+    finally:
+        await nc.close()
+    return seen

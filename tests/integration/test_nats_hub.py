@@ -47,7 +47,7 @@ def _wait(predicate: Any, timeout: float = 30) -> Any:
     raise AssertionError("timed out")
 
 
-def test_exec_through_hub_nats_host(cluster: Any) -> None:
+def test_exec_through_hub_nats_host(cluster: Any, nats_server: NatsServer) -> None:
     import cocalc_api
     hub, host, host_dir = cluster
     account = hub.new_account()
@@ -71,6 +71,13 @@ def test_exec_through_hub_nats_host(cluster: Any) -> None:
         placed = dict(db.execute("SELECT p.project_id, h.name FROM projects p "
                                  "LEFT JOIN hosts h ON h.host_id = p.host_id"))
     assert placed[idle] is None and placed[project_id] == "h1"
+    listed = hub.cli("host", "list", "--nats", nats_server.url,
+                     "--nats-creds", str(nats_server.creds_file(HUB_USER)))["hosts"]
+    (h1,) = [h for h in listed if h["name"] == "h1"]
+    assert isinstance(h1["id"], int) and h1["state"] == "up" and h1["projects"] == 1
+    assert h1["capacity"]["cpus"] >= 1 and "loadavg1" in h1["load"]
+    offline = hub.cli("host", "list")["hosts"]   # without NATS: from the store alone
+    assert [h["state"] for h in offline if h["name"] == "h1"] == ["unknown"]
     api.projects.stop(project_id)   # through the hub, to the host: its daemon goes away
     ledger = json.loads((host_dir / LEDGER_NAME).read_text())
     assert ledger[project_id]["state"] == "stopped"
