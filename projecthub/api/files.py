@@ -272,7 +272,8 @@ async def _borrow_read(hub: HubService, project_id: str, path: str) -> io.FileIO
                                DOWNLOAD_WINDOW)
     try:
         meta = await _first(items)
-        return lent_files.borrow(hub.host, project_id, meta.get("fd"), write=False)
+        # in a thread: the checks read mountinfo, the image's superblock and the uid table
+        return await asyncio.to_thread(lent_files.borrow, hub.host, project_id, meta.get("fd"), write=False)
     finally:
         await items.aclose()   # type: ignore[attr-defined]
 
@@ -288,7 +289,8 @@ async def put_file(request: Request, identity: Identity) -> Response:
     key = begin["id"]
     kept = _Kept()
     try:
-        lent = lent_files.borrow(hub.host, project_id, begin.get("fd"), write=True) if lendable else None
+        lent = await asyncio.to_thread(lent_files.borrow, hub.host, project_id, begin.get("fd"),
+                                       write=True) if lendable else None
         if lent is not None:
             size = await _write_lent(_Lent(lent), request.stream(), kept, path)
         else:
