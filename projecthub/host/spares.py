@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from ..hub.db import AsyncStore
+from ..store import StoreUnavailable
 
 if TYPE_CHECKING:
     from .host import DaemonHandle
@@ -181,10 +182,14 @@ class SparePool:
                     handle = await self._start_one()
                 except asyncio.CancelledError:
                     raise
-                except Exception:
+                except Exception as exc:
                     delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
                     failures += 1
-                    log.exception("could not start a spare project; retrying in %.0f s", delay)
+                    if isinstance(exc, StoreUnavailable):   # a shared database away: one line
+                        log.warning("could not start a spare project (%s); retrying in %.0f s",
+                                    exc.reason, delay)
+                    else:
+                        log.exception("could not start a spare project; retrying in %.0f s", delay)
                     await asyncio.sleep(delay)
                     continue
                 failures = 0

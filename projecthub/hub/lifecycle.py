@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import RemoteError
 from ..host.sandbox import ProjectLimits
+from ..store import StoreUnavailable
 
 if TYPE_CHECKING:
     from .service import HubService
@@ -75,6 +76,8 @@ class IdleStopper:
             await asyncio.sleep(TICK_S)
             try:
                 await self.tick()
+            except StoreUnavailable as exc:   # a shared database away: one line, no traceback
+                log.warning("idle check failed: %s", exc.reason)
             except Exception:   # never dies: the next tick tries again
                 log.warning("idle check failed", exc_info=True)
 
@@ -188,6 +191,8 @@ class Purger:
         while True:
             try:
                 await self.purge_due()
+            except StoreUnavailable as exc:
+                log.warning("purging deleted projects failed: %s", exc.reason)
             except Exception:
                 log.warning("purging deleted projects failed", exc_info=True)
             await asyncio.sleep(interval)
