@@ -101,11 +101,11 @@ def shoot(srv: Server, out: Path, tmp: Path, sync_playwright) -> None:
 
             # overview: let the usage charts gather some samples under a little load
             srv.post(f"/api/v3/projects/{project_id}/exec",
-                     {"command": "python3 -c 'import time\nt=time.time()\nwhile time.time()-t<6: pass'",
+                     {"command": "python3 -c 'import time\nt=time.time()\nwhile time.time()-t<30: pass'",
                       "async": True}, key=admin.api_key)
             page.goto(project_url)
             page.locator(".chart .value", has_text="%").wait_for()
-            page.wait_for_timeout(9000)
+            page.wait_for_timeout(7000)
             snap("project")
 
             page.goto(f"{project_url}/files")

@@ -15,13 +15,14 @@ function chart(label, unit, max) {
     const ctx = canvas.getContext("2d");
     const { width, height } = canvas;
     ctx.clearRect(0, 0, width, height);
-    const top = Math.max(max(), ...points, 1e-9);
+    const top = Math.max(max(), Math.max(...points) * 1.25, 1e-9);   // headroom above the peak
     ctx.strokeStyle = "#c8ccd4";
     ctx.strokeRect(0.5, 0.5, width - 1, height - 1);
     if (points.length < 1) return;
     ctx.beginPath();
+    const span = Math.max(points.length, 15) - 1;   // a few samples already fill a good part
     points.forEach((v, i) => {
-      const x = width - (points.length - 1 - i) * (width / (SAMPLES - 1));
+      const x = width - (points.length - 1 - i) * (width / span);
       const y = height - 2 - (v / top) * (height - 6);
       i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
     });
@@ -49,7 +50,7 @@ export function overview(body, { projectId, me }) {
   let limits = null;
   let last = null;   // previous {t, cpu_s} for CPU %
   const mem = chart("Memory", "MiB", () => 0);   // scaled to what is used (the limit is in the text)
-  const cpu = chart("CPU", "%", () => 100);
+  const cpu = chart("CPU", "%", () => 100);   // percent of one core (may pass 100 on several)
   const procs = chart("Processes", "", () => (limits && limits.pids ? Math.min(limits.pids, 32) : 8));
   const limitsEl = h("dl", { class: "limits" });
   const collabEl = h("ul", { class: "collaborators" });
