@@ -35,7 +35,11 @@ _NO_RESPONDERS = "503"
 
 
 class HostUnavailable(RemoteError):
-    """The host cannot be reached: nobody serves it, or it stopped heartbeating."""
+    """The host cannot be reached: nobody serves it, or it stopped heartbeating.  The native
+    API answers it 503 (the request was fine; try again when the host is back)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=503)
 
 
 @dataclass

@@ -107,6 +107,9 @@ def test_a_lost_host_fails_fast_naming_it_and_its_return_readopts(cluster: Any, 
     with pytest.raises(Exception, match="host h1"):
         project.system.exec(command="true")
     assert time.monotonic() - started < 6   # within the heartbeat timeout, never a hang
+    native = httpx.post(f"{hub.url}/api/v3/projects/{project_id}/exec", json={"command": "true"},
+                        headers={"Authorization": f"Bearer {account.api_key}"}, timeout=30)
+    assert native.status_code == 503 and "host h1" in native.json()["error"]
     assert Path(f"/proc/{daemon}").exists()
 
     again = start_host(nats_server, "h1", host_dir)   # the same host comes back
