@@ -430,6 +430,30 @@ def test_project_key_sees_its_project(page: Page, srv: Server, user: Account, pr
     assert page.page.locator("header >> text=API keys").count() == 0
 
 
+def test_no_csp_violation_on_any_page(page: Page, admin: Account, srv: Server) -> None:
+    """Every page and tab of the app, with the lazily loaded terminal and editor, under the
+    served policy: no violation reported by the page or the console (the fixture checks)."""
+    r = srv.post("/api/v3/projects", {"title": "csp tour", "start": True}, key=admin.api_key, timeout=120)
+    project = f"{page.url}/#/p/{r.json()['project_id']}"
+    httpx.put(f"{page.url}/api/v3/projects/{r.json()['project_id']}/files/notes.md", content=b"# notes\n",
+              headers={"Authorization": f"Bearer {admin.api_key}"}, timeout=60).raise_for_status()
+    response = page.page.goto(page.url + "/")
+    assert response is not None and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    page.page.fill("#key", admin.api_key)
+    page.page.click("button[type=submit]")
+    page.page.locator("h1", has_text="Projects").wait_for()
+    for url, ready in [(project, ".chart .value >> text=MiB"), (f"{project}/terminal", ".xterm-rows"),
+                       (f"{project}/files", "table.files"), (f"{project}/sessions", "text=New session"),
+                       (f"{project}/jobs", "#job-command"), (f"{page.url}/#/keys", "text=Create key"),
+                       (f"{page.url}/#/admin", "h2 >> text=Isolation")]:
+        page.page.goto(url)
+        page.page.locator(ready).first.wait_for()
+    page.page.goto(f"{project}/files")
+    page.page.locator("table.files button.link", has_text="notes.md").click()
+    page.page.locator(".cm-content").wait_for()
+    assert page.page.evaluate("window.__violations") == []
+
+
 def test_phone_width(page: Page, user: Account, project_id: str) -> None:
     page.page.set_viewport_size({"width": 375, "height": 740})
     page.sign_in(user.api_key)

@@ -1,0 +1,54 @@
+"""The web UI's Content-Security-Policy cannot be bent by a request, and /ui/ serves only the
+built files (issue 20).  The policy puts the request's Host into connect-src (for the
+terminal's WebSocket): a crafted Host must not add a directive or a source; an asset name must
+never reach the file system.  (The browser side, no violation on any page, is in
+tests/integration/test_web_ui.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from starlette.requests import Request
+
+from projecthub.api import ui
+
+
+@pytest.mark.parametrize("host", [
+    "evil; script-src *", "a.example 'unsafe-inline'", "x.example;default-src *", "*", "a b",
+    "example.org:80; report-uri https://evil", "ws://evil", "[::1];x", "a" * 300, "", None])
+def test_a_crafted_host_adds_nothing_to_the_policy(host: str | None) -> None:
+    policy = ui.csp(host)
+    assert policy == ui.BASE_CSP + "; connect-src 'self'", policy
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "hub.example.org", "[::1]:8080", "localhost"])
+def test_a_plain_host_gets_its_websocket_origins(host: str) -> None:
+    assert ui.csp(host) == ui.BASE_CSP + f"; connect-src 'self' ws://{host} wss://{host}"
+
+
+def test_the_policy_is_strict() -> None:
+    directives = dict(d.strip().split(" ", 1) for d in ui.csp("h.example").split(";"))
+    assert directives["default-src"] == "'self'"
+    assert directives["script-src"] == "'self'" and directives["style-src"] == "'self'"
+    assert directives["frame-ancestors"] == "'none'" and directives["object-src"] == "'none'"
+    assert directives["img-src"] == "'self' data: blob:"
+    assert "unsafe" not in ui.csp("h.example") and "*" not in ui.csp("h.example")
+
+
+def _get(path_name: str) -> int:
+    scope = {"type": "http", "method": "GET", "path": "/ui/" + path_name, "headers": [],
+             "query_string": b"", "path_params": {"name": path_name}}
+    return asyncio.run(ui.asset(Request(scope))).status_code
+
+
+@pytest.mark.parametrize("name", ["../ui.py", "..%2Fui.py", "/etc/passwd", "index.html", "../../app.py",
+                                  "", ".", "..", "main.js", "icon.svg/../../ui.py"])
+def test_only_built_assets_are_served(name: str) -> None:
+    assert _get(name) == 404
+
+
+def test_built_assets_are_served() -> None:
+    assert ui.ASSETS, "the UI is not built (scripts/ui_build.sh)"
+    for name in ui.ASSETS:
+        assert _get(name) == 200, name
