@@ -56,10 +56,18 @@ class HostServer:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        for task in list(self._tasks.values()):
+        # What is still running gets an answer now, not a hub waiting for our heartbeat to stop.
+        error = {"error": f"Error: host {self.host} is shutting down; try again"}
+        for reply, task in list(self._tasks.items()):
             task.cancel()
+            stream = reply in self._credits
+            with contextlib.suppress(Exception):
+                await self._publish(reply, {"t": "end", "error": error} if stream
+                                    else {"t": "res", "ok": False, "error": error})
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.nc.flush(timeout=2)
 
     def on_nats_error(self, exc: Exception) -> None:
         """The connection's error callback: a request nats-py dropped because this host fell

@@ -196,3 +196,21 @@ def test_a_request_dropped_by_a_full_host_subscription_is_answered(nats_server: 
         finally:
             await _close(host, hub)
     run(main())
+
+
+def test_a_host_shutting_down_answers_what_it_was_doing(nats_server: NatsServer) -> None:
+    async def main() -> None:
+        handler = Handler("h1")
+        hub, host = await _hub(nats_server), await _host(nats_server, "h1", handler)
+        try:
+            call = asyncio.ensure_future(hub.call("h1", "hang", []))
+            await asyncio.wait_for(handler.started.wait(), 5)
+            started = time.monotonic()
+            await host.close()
+            with pytest.raises(RemoteError, match="host h1 is shutting down"):
+                await asyncio.wait_for(call, 5)
+            assert time.monotonic() - started < 1.0   # not after the heartbeat timeout
+        finally:
+            await host.nc.close()
+            await _close(hub)
+    run(main())
