@@ -214,3 +214,44 @@ def test_a_host_shutting_down_answers_what_it_was_doing(nats_server: NatsServer)
             await host.nc.close()
             await _close(hub)
     run(main())
+
+
+def test_nats_lost_at_run_time_fails_fast_and_recovers(tmp_path: Any) -> None:
+    """The NATS server goes away under a hub and a host: calls fail at once with a clear
+    error; when it is back (same address), both reconnect on their own and calls work."""
+    import shutil
+
+    from tests.conftest import require
+    from tests.server import free_port
+    require("nats-server binary (Debian package nats-server)", shutil.which("nats-server") is not None)
+    server = NatsServer(tmp_path, free_port()).start()
+
+    async def main() -> None:
+        hub, host = await _hub(server), await _host(server, "h1", Handler("h1"))
+        try:
+            assert (await hub.call("h1", "echo", []))["host"] == "h1"
+            await asyncio.to_thread(server.stop)
+            for _ in range(50):
+                if not hub.nc.is_connected:
+                    break
+                await asyncio.sleep(0.05)
+            started = time.monotonic()
+            with pytest.raises(HostUnavailable, match="not connected to NATS"):
+                await hub.call("h1", "echo", [])
+            assert time.monotonic() - started < 0.5
+            await asyncio.to_thread(server.start)
+            deadline = time.monotonic() + 20
+            while True:   # both reconnect by themselves; the host heartbeats again
+                try:
+                    assert (await hub.call("h1", "echo", [], None, 2))["host"] == "h1"
+                    break
+                except HostUnavailable:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+        finally:
+            await _close(host, hub)
+    try:
+        run(main())
+    finally:
+        server.stop()
