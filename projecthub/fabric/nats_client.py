@@ -246,6 +246,9 @@ class NatsFabric:
             if pending.stream is not None:
                 pending.stream.push(error)
             return
+        seen = self.hosts.get(host)
+        if seen is not None:   # every chunk is a sign of life (a big answer outlasts a heartbeat)
+            seen.last_seen = time.monotonic()
         try:
             done = self._chunks.feed(msg.subject, msg.data)
         except FrameError as exc:
@@ -253,9 +256,6 @@ class NatsFabric:
         if done is None:
             return
         message, size = done
-        seen = self.hosts.get(host)
-        if seen is not None:   # an answer is a sign of life too (a big one outlasts a heartbeat)
-            seen.last_seen = time.monotonic()
         kind = message.get("t")
         if pending.future is not None:
             if pending.future.done():
