@@ -4,7 +4,8 @@ same data disk, in rounds that take turns, so the machine's drift hits all three
 
 The target: upload and download of 100 MB each reach >= 50 % of ``cp``'s MB/s (httpx, a
 Python client like ours).  ``curl`` does the same two transfers in the same rounds when it is
-installed: the server's side without a Python client's own cost on this 2-core machine.  And
+installed: the server's side without a Python client's own cost on this 2-core machine;
+``projecthub.client``'s ``files.upload``/``files.download`` (what our users call).  And
 the same httpx transfers against the bare uvicorn + Starlette app of ``floor_http.py`` (the
 file on the data disk): what the HTTP stack and the client cost before projecthub does anything.
 """
@@ -23,6 +24,7 @@ import httpx
 
 import floors
 from common import Server, log
+from projecthub.client import Client
 from scenarios import Ctx, attempt
 
 MB = 10**6
@@ -109,7 +111,18 @@ def scenario_files(ctx: Ctx) -> dict[str, Any]:
                     if got != size_mb * MB:
                         raise RuntimeError(f"floor download returned {got} bytes")
 
-                timings.update(floor_upload=[], floor_download=[])
+                client = stack.enter_context(Client(server.url, server.api_key))
+
+                def client_upload() -> None:
+                    if client.files.upload(pid, src, "bench.bin").size != size_mb * MB:
+                        raise RuntimeError("Client.files.upload: wrong size")
+
+                def client_download() -> None:
+                    if client.files.download(pid, "bench.bin", server.data_dir / "bench-down.bin").size != size_mb * MB:
+                        raise RuntimeError("Client.files.download: wrong size")
+
+                timings.update(client_upload=[], client_download=[], floor_upload=[], floor_download=[])
+                steps += [("client_upload", client_upload), ("client_download", client_download)]
                 steps += [("floor_upload", floor_upload), ("floor_download", floor_download)]
                 if shutil.which("curl"):
                     timings.update(upload_curl=[], download_curl=[])

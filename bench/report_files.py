@@ -32,6 +32,8 @@ def markdown(s: dict[str, Any], quick: bool) -> list[str]:
     cp = g(fl, "cp", "mb_per_s")
     for name, label in (("cp", "floor: `cp` on the same data disk"), ("upload", "**projecthub** `PUT …/files/{path}`"),
                         ("download", "**projecthub** `GET …/files/{path}`"),
+                        ("client_upload", "projecthub, client `Client.files.upload` (projecthub.client)"),
+                        ("client_download", "projecthub, client `Client.files.download` (projecthub.client)"),
                         ("floor_upload", "floor: bare uvicorn + Starlette `PUT` (`floor_http.py`), httpx"),
                         ("floor_download", "floor: bare uvicorn + Starlette `GET` (`floor_http.py`), httpx"),
                         ("upload_curl", "projecthub `PUT`, client `curl -T`"),
