@@ -140,6 +140,13 @@ def test_ui_http_headers(srv: Server) -> None:
         if name.startswith(("main-", "chunk-")):   # content-hashed names: cached for good
             assert "immutable" in a.headers["cache-control"], name
     assert r.headers["cache-control"] == "no-cache"   # the page names the current build
+    # compressed for clients that say they take gzip (httpx does, and decodes it)
+    big = max(ui.ASSETS, key=lambda n: (ui.STATIC / n).stat().st_size)
+    z = httpx.get(srv.url + "/ui/" + big, headers={"Accept-Encoding": "gzip"}, timeout=30)
+    assert z.headers["content-encoding"] == "gzip" and z.content == (ui.STATIC / big).read_bytes()
+    assert int(z.headers["content-length"]) < (ui.STATIC / big).stat().st_size / 2
+    plain = httpx.get(srv.url + "/ui/" + big, headers={"Accept-Encoding": "identity"}, timeout=30)
+    assert "content-encoding" not in plain.headers and plain.content == z.content
     for bad in ("..%2Fui.py", "index.html", "x.js", "%2e%2e%2fapp.py", "..%2F..%2Fapp.py"):
         assert httpx.get(srv.url + "/ui/" + bad, timeout=30).status_code == 404, bad
     # a Host header that could bend the policy is left out of it
