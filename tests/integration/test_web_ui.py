@@ -428,6 +428,16 @@ def test_sign_out_forgets_the_tab(page: Page, user: Account, project_id: str) ->
     page.page.locator("#key").wait_for()
 
 
+def test_a_deep_link_survives_signing_in(page: Page, user: Account, project_id: str) -> None:
+    page.page.goto(f"{page.url}/#/p/{project_id}/jobs")
+    page.page.fill("#key", user.api_key)
+    page.page.click("button[type=submit]")
+    page.page.locator("#job-command").wait_for()
+    assert page.page.url.endswith(f"#/p/{project_id}/jobs")
+    page.page.goto(f"{page.url}/#/p/%E0%A4%A/files")   # a malformed link: an error in words, no crash
+    page.page.locator(".status.error").first.wait_for()
+
+
 def test_project_key_sees_its_project(page: Page, srv: Server, user: Account, project_id: str) -> None:
     made = srv.post("/api/v3/keys", {"name": "project key", "project_id": project_id}, key=user.api_key)
     assert made.status_code == 201, made.text

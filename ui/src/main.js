@@ -50,20 +50,32 @@ function header() {
     h("button", { class: "secondary", onclick: signOut }, "Sign out"));
 }
 
+const decode = (part) => { try { return decodeURIComponent(part); } catch { return part; } };
+let renders = 0;   // a newer navigation wins over a render still waiting for the server
+
 async function render() {
+  const mine = ++renders;
   if (cleanup) { try { cleanup(); } catch { /* page already gone */ } cleanup = null; }
-  const route = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  const route = location.hash.replace(/^#\/?/, "").split("/").map(decode);
   if (!api.getKey() || route[0] === "signin") {
     if (api.getKey() && route[0] === "signin" && me) { location.hash = "#/projects"; return; }
     document.title = "Sign in · projecthub";
-    clear(root, signInPage(notice, (who) => { signedIn(who); location.hash = "#/projects"; }));
+    clear(root, signInPage(notice, (who) => {
+      signedIn(who);
+      // a deep link opened before signing in (e.g. #/p/<id>/files) is where we go next
+      if (!location.hash || location.hash.startsWith("#/signin")) location.hash = "#/projects";
+      else render();
+    }));
     return;
   }
   if (!me) {
     clear(root, h("main", {}, h("p", { class: "status busy" }, "Checking your API key…")));
     try {
-      me = await api.get("/api/v3/me");
+      const who = await api.get("/api/v3/me");
+      if (mine !== renders) return;
+      me = who;
     } catch (err) {
+      if (mine !== renders) return;
       if (err.status === 401) return;   // whenSignedOut already showed the sign-in page
       clear(root, h("main", {}, h("p", { class: "status error" }, "Cannot check your key: " + err.message),
         h("button", { onclick: render }, "Try again")));
