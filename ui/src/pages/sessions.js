@@ -12,7 +12,8 @@ const IMAGES = ["image/png", "image/jpeg", "image/gif", "image/webp"];
 export function renderOutput(item) {
   if (item.name && item.text !== undefined) {
     const text = Array.isArray(item.text) ? item.text.join("") : item.text;
-    return h("pre", { class: "out stream " + item.name }, stripAnsi(text));
+    const stream = item.name === "stderr" ? "stderr" : "stdout";   // the kernel's word is not a class name
+    return h("pre", { class: "out stream " + stream, "data-stream": String(item.name) }, stripAnsi(text));
   }
   if (item.ename !== undefined) {
     return h("pre", { class: "out error", role: "alert" },
@@ -154,6 +155,12 @@ export function sessionsTab(body, { projectId, base }, sessionId) {
           if (ev.event === "output") {
             const item = ev.data.item || {};
             if (item.wait !== undefined && Object.keys(item).length === 1) { clear(outputs); return; }
+            // consecutive text of one stream goes into one block (a print loop is one output)
+            const last = outputs.lastElementChild;
+            if (item.name && item.text !== undefined && last && last.dataset.stream === String(item.name)) {
+              last.append(stripAnsi(Array.isArray(item.text) ? item.text.join("") : item.text));
+              return;
+            }
             const el = renderOutput(item);
             if (el) outputs.append(el);
           } else if (ev.event === "done") {
