@@ -91,7 +91,8 @@ export function filesTab(body, { projectId, base }, dir) {
       () => fetchBlob(path, isDir), button);
     if (!got) return;
     if (isDir) name += ".tar.gz";
-    const link = h("a", { href: URL.createObjectURL(got.blob), download: name });
+    // an opaque type: a project's .html saved from this page can never render as this origin
+    const link = h("a", { href: URL.createObjectURL(new Blob([got.blob], { type: "application/octet-stream" })), download: name });
     document.body.append(link);
     link.click();
     link.remove();
