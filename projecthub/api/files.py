@@ -55,6 +55,8 @@ UPLOAD_DEPTH = 4                  # upload calls in flight: the hub holds at mos
 DOWNLOAD_WINDOW = 2**20
 ARCHIVE_CHUNK = 256 * 1024        # project/archive.py's CHUNK
 FD_PIECE = 2**20                  # bytes per read/write through a lent file (in a thread)
+_FILE_GUARD = {"Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+               "X-Content-Type-Options": "nosniff"}
 _RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")   # 18 digits: beyond any file, within int()
 
 
@@ -355,7 +357,11 @@ async def get_file(request: Request, identity: Identity) -> Response:
             items = hub.project_stream(project_id, "native.files.read", [args], DOWNLOAD_WINDOW)
             meta = await _first(items)
         headers = {"ETag": meta["etag"], "Accept-Ranges": "bytes", "Last-Modified":
-                   datetime.fromtimestamp(meta["mtime"], timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT")}
+                   datetime.fromtimestamp(meta["mtime"], timezone.utc).strftime("%a, %d %b %Y %H:%M:%S GMT"),
+                   # a project's .html or .svg opened from this URL must not run as the web UI's
+                   # origin (the UI at / keeps the key in that origin's storage): no script, an
+                   # opaque origin, no sniffing of a type
+                   **_FILE_GUARD}
         if request.headers.get("if-none-match") == meta["etag"]:
             return Response(status_code=304, headers=headers)
         status, total, start, end = 200, meta["size"], 0, meta["size"]

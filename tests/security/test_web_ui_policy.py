@@ -52,3 +52,21 @@ def test_built_assets_are_served() -> None:
     assert ui.ASSETS, "the UI is not built (scripts/ui_build.sh)"
     for name in ui.ASSETS:
         assert _get(name) == 200, name
+
+
+def test_a_project_file_never_runs_as_the_ui_origin(server, account) -> None:
+    """The files API shares its origin with the web UI (which keeps the key in that origin's
+    session storage): a project's HTML or SVG read from …/files/ is sandboxed, script-less."""
+    import httpx
+
+    auth = {"Authorization": f"Bearer {account.api_key}"}
+    r = httpx.post(server.url + "/api/v3/projects", json={"title": "html"}, headers=auth, timeout=120)
+    files = f"{server.url}/api/v3/projects/{r.json()['project_id']}/files"
+    evil = b"<script>parent.postMessage(sessionStorage.getItem('projecthub.key'), '*')</script>"
+    for name in ("evil.html", "evil.svg"):
+        assert httpx.put(f"{files}/{name}", content=evil, headers=auth, timeout=60).status_code == 201
+        got = httpx.get(f"{files}/{name}", headers=auth, timeout=60)
+        assert got.status_code == 200 and got.content == evil
+        policy = got.headers["content-security-policy"]
+        assert policy.startswith("sandbox;") and "default-src 'none'" in policy and "script" not in policy
+        assert got.headers["x-content-type-options"] == "nosniff"
