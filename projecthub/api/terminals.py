@@ -157,19 +157,48 @@ async def _authorize(ws: WebSocket, identity: Identity) -> str:
         raise _Close(CLOSE_BAD_REQUEST, exc.message)
 
 
+async def _check_access(hub: HubService, key: str, identity: Identity, project_id: str) -> None:
+    """The key still resolves (not revoked, expired, disabled) and still reaches the project;
+    else the socket ends."""
+    current = await hub.resolve_key(key)
+    if current is None or current.key_id != identity.key_id:
+        raise _Close(CLOSE_UNAUTHORIZED, "the API key was revoked or has expired")
+    if current.project_id:
+        if current.project_id != project_id:
+            raise _Close(CLOSE_FORBIDDEN, "this project API key is bound to another project")
+    elif not await hub.is_collaborator(project_id, current.account_id or ""):
+        raise _Close(CLOSE_FORBIDDEN, "you are no longer a collaborator on this project")
+
+
 async def _still_allowed(hub: HubService, key: str, identity: Identity, project_id: str) -> None:
-    """Every RECHECK_S: the key still resolves (not revoked, expired, disabled) and still
-    reaches the project; else the socket ends."""
+    """``_check_access`` every RECHECK_S, from the moment the socket is authorized: also
+    while the attach waits for the daemon's first item (a project can freeze its own daemon
+    across a revocation, and the scrollback would then go to a revoked key)."""
     while True:
         await asyncio.sleep(RECHECK_S)
-        current = await hub.resolve_key(key)
-        if current is None or current.key_id != identity.key_id:
-            raise _Close(CLOSE_UNAUTHORIZED, "the API key was revoked or has expired")
-        if current.project_id:
-            if current.project_id != project_id:
-                raise _Close(CLOSE_FORBIDDEN, "this project API key is bound to another project")
-        elif not await hub.is_collaborator(project_id, current.account_id or ""):
-            raise _Close(CLOSE_FORBIDDEN, "you are no longer a collaborator on this project")
+        await _check_access(hub, key, identity, project_id)
+
+
+async def _first_item(output: Any, watchdog: "asyncio.Future[None]") -> Any:
+    """The attach's first item (the scrollback), unless the watchdog ends the socket first."""
+    first = asyncio.ensure_future(output.__anext__())
+    try:
+        await asyncio.wait([first, watchdog], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not first.done():
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+    if watchdog.done():
+        watchdog.result()   # raises its _Close
+    try:
+        return first.result()
+    except StopAsyncIteration:
+        raise _Close(CLOSE_NOT_FOUND, "no such terminal")
+    except RemoteError as exc:
+        status = exc.extra.get("status")
+        code = (CLOSE_NOT_FOUND if status == 404 or "does not exist" in exc.message
+                else CLOSE_TRY_LATER if status == 429 else CLOSE_ERROR)
+        raise _Close(code, exc.message)
 
 
 async def _send_output(ws: WebSocket, output: Any) -> None:
@@ -235,6 +264,7 @@ async def terminal_socket(ws: WebSocket) -> None:
     await ws.accept()
     hub = _hub(ws)
     output: Any = None
+    watchdog: asyncio.Future[None] | None = None
     try:
         key = await _key(ws)
         identity = await authenticate_key(ws, key)   # type: ignore[arg-type]  (throttled like HTTP)
@@ -242,23 +272,17 @@ async def terminal_socket(ws: WebSocket) -> None:
             raise _Close(CLOSE_UNAUTHORIZED, "invalid API key")
         project_id = await _authorize(ws, identity)
         terminal_id = ws.path_params["terminal_id"]
+        watchdog = asyncio.ensure_future(_still_allowed(hub, key, identity, project_id))
         output = terms.attach(hub, project_id, terminal_id)
-        try:
-            first = await output.__anext__()
-        except StopAsyncIteration:
-            raise _Close(CLOSE_NOT_FOUND, "no such terminal")
-        except RemoteError as exc:
-            status = exc.extra.get("status")
-            code = (CLOSE_NOT_FOUND if status == 404 or "does not exist" in exc.message
-                    else CLOSE_TRY_LATER if status == 429 else CLOSE_ERROR)
-            raise _Close(code, exc.message)
+        first = await _first_item(output, watchdog)
+        await _check_access(hub, key, identity, project_id)   # the wait may have been long
         await _send(ws, data=first.data)   # the scrollback, possibly empty
         if first.exit_code is not None:
             await _send(ws, text=json.dumps({"type": "exit", "code": first.exit_code}))
             raise _Close(CLOSE_NORMAL, "the shell exited")
         tasks = [asyncio.ensure_future(_send_output(ws, output)),
                  asyncio.ensure_future(_receive_input(ws, hub, project_id, terminal_id)),
-                 asyncio.ensure_future(_still_allowed(hub, key, identity, project_id))]
+                 watchdog]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -280,6 +304,9 @@ async def terminal_socket(ws: WebSocket) -> None:
     except (WebSocketDisconnect, _Stalled, OSError):
         pass   # the client went away (or stopped reading): uvicorn drops the connection
     finally:
+        if watchdog is not None and not watchdog.done():
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
         if output is not None:   # detach now (the daemon starts the grace period)
             with contextlib.suppress(Exception):
                 await output.aclose()

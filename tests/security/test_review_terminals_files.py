@@ -29,13 +29,15 @@ from typing import Iterator
 import httpx
 import psutil
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from projecthub.host import lent_files
 from projecthub.host.sandbox import disk
 from tests.security.conftest import Proj, new_project, procs_of_uid, require_sandbox, wait_until
 from tests.security.test_disk import require_loop
 from tests.server import Account, Server
-from tests.terminals import attach, delete, new_terminal
+from tests.terminals import attach, delete, new_terminal, ws_url
 
 
 @pytest.fixture
@@ -275,3 +277,41 @@ def test_a_lent_fd_off_the_projects_image_is_refused(fresh_a, proj_b: Proj) -> N
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+def test_a_key_revoked_while_its_socket_waits_for_the_daemon_gets_nothing(server: Server,
+                                                                          tproj: Proj) -> None:
+    """A socket authenticated, then held before its first byte (the project froze its own
+    daemon: same uid), then its key revoked: when the daemon wakes, not one byte of the
+    terminal may reach that socket."""
+    owner = {"Authorization": f"Bearer {tproj.key}"}
+    r = httpx.post(f"{server.url}/api/v3/keys", json={"name": "soon revoked"}, headers=owner, timeout=30)
+    assert r.status_code == 201, r.text
+    key_id, key = r.json()["id"], r.json()["secret"]
+    tid = new_terminal(server, tproj.project_id, tproj.key)
+    t = attach(server, tproj.project_id, tid, tproj.key)
+    # what the owner's terminal shows after the revocation is what the thief must not see
+    t.type("(sleep 4; echo SECRET-$((6*7)); sleep 2; kill -CONT $PPID) & kill -STOP $PPID")
+    time.sleep(1.5)
+    ws = connect(ws_url(server, tproj.project_id, tid), additional_headers={"Authorization": f"Bearer {key}"},
+                 open_timeout=10).__enter__()
+    time.sleep(1.5)   # authenticated by now; the attach waits for the frozen daemon
+    r = httpx.delete(f"{server.url}/api/v3/keys/{key_id}", headers=owner, timeout=30)
+    assert r.status_code == 204, r.text
+    got = b""
+    closed = None
+    deadline = time.monotonic() + 20
+    while closed is None and time.monotonic() < deadline:
+        try:
+            item = ws.recv(timeout=1)
+        except TimeoutError:
+            continue
+        except ConnectionClosed as exc:
+            closed = (exc.rcvd.code if exc.rcvd else None)
+            break
+        got += item if isinstance(item, bytes) else json.dumps(item).encode()
+    ws.close()
+    t.close()
+    assert closed is not None, "the socket of a revoked key stayed open"
+    assert got == b"", (closed, got[-300:])
+
