@@ -99,6 +99,8 @@ def check(fd: int, *, uid: int, device: int, write: bool) -> str | None:
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     if flags & getattr(os, "O_PATH", 0):
         return "an O_PATH descriptor"
+    if flags & getattr(os, "O_DIRECT", 0):
+        return "an O_DIRECT descriptor"   # unaligned pieces would fail with EINVAL (a 500)
     mode = flags & os.O_ACCMODE
     if write and (mode not in (os.O_WRONLY, os.O_RDWR) or flags & os.O_APPEND):
         return "not open for writing at an offset"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import fcntl
 import logging
 import os
@@ -144,8 +145,20 @@ class Terminal:
             os.close(slave)   # the shell holds it now; our copy would keep the PTY from EOF
         self._master = master
         self.pid = self._proc.pid
+        try:
+            # can fail (EMFILE: the project may lower its own daemon's fd limit): then the
+            # shell must not live on untracked, without grace timer or count
+            self._pidfd = os.pidfd_open(self.pid)
+        except OSError as exc:
+            self._group.kill_all()
+            self._group.close()
+            self._group = None
+            self._master = None
+            os.close(master)
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                self._proc.wait(5)
+            raise RemoteError(f"Error: could not start a terminal: {exc}")
         os.set_blocking(master, False)
-        self._pidfd = os.pidfd_open(self.pid)
         self.loop.add_reader(self._pidfd, self._on_exit)
         self._resume()
         self._arm_grace()

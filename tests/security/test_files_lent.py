@@ -115,6 +115,7 @@ def test_only_the_projects_own_regular_files_are_lent(imaged: Proj) -> None:
             "a FIFO": os.open(p.home / "fifo", os.O_RDONLY | os.O_NONBLOCK),
             "a root-owned file on the image": os.open(root_owned, os.O_RDWR),
             "an O_PATH fd": os.open(mine, os.O_PATH),
+            "an O_DIRECT fd (unaligned I/O fails)": os.open(mine, os.O_RDWR | os.O_DIRECT),
         }
         for what, fd in cases.items():
             try:

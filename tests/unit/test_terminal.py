@@ -164,3 +164,27 @@ async def test_attached_clients_are_capped(ctx: ProjectContext, manager: Any) ->
     for items in (*attached, again):
         await items.aclose()
     assert manager.get(tid).clients == set()
+
+
+async def test_a_shell_whose_pidfd_cannot_be_opened_is_not_left_running(
+        ctx: ProjectContext, manager: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pidfd_open fails after the spawn (EMFILE: the project can lower its own daemon's fd
+    limit): the shell must not live on untracked (no grace timer, no count, no re-exec hold)."""
+    import errno
+    import os
+
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+
+    def no_fd(pid: int) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(terminal.os, "pidfd_open", no_fd)
+    with pytest.raises(RemoteError, match="could not start a terminal"):
+        await terminal.create(ctx, {})
+    monkeypatch.undo()
+    assert manager.list() == [] and not manager.busy()
+    left = [p for p in psutil.Process().children(recursive=True)
+            if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [p.cmdline() for p in left]
