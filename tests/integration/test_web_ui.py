@@ -285,6 +285,9 @@ def test_notebook_cell_draws_a_matplotlib_figure(page: Page, user: Account, proj
     # a reload keeps the cells' code (and the kernel its variables)
     page.page.reload()
     assert "plt.plot" in page.page.locator("textarea.code").first.input_value()
+    page.page.click("button:text-is(\"Run all\")")   # runs them in order, stops at the error
+    page.page.locator(".outputs img.out.image").first.wait_for()
+    page.page.locator(".status.error", has_text="Stopped at a cell that raised an error").wait_for()
     last = page.page.locator("textarea.code").last
     last.fill("print(len(plt.gcf().axes) >= 0, 'still here')")
     last.press("Shift+Enter")

@@ -138,6 +138,7 @@ export function sessionsTab(body, { projectId, base }, sessionId) {
       }
     });
     run.addEventListener("click", execute);
+    cell.execute = execute;   // for Run all
 
     async function execute() {
       const code = input.value;
@@ -198,6 +199,19 @@ export function sessionsTab(body, { projectId, base }, sessionId) {
     if (ok) { status.ok("Kernel restarted."); showState(ok.state); }
   }, "secondary");
   const more = h("button", { class: "secondary" }, "Add cell");
+  const runAll = h("button", { class: "secondary" }, "Run all");
+  runAll.addEventListener("click", async () => {
+    runAll.disabled = true;
+    try {
+      for (const cell of [...cells.children]) {
+        if (!cell.isConnected || !cell.querySelector("textarea").value.trim()) continue;
+        await cell.execute();
+        if (cell.querySelector(".outputs pre.out.error")) { status.error("Stopped at a cell that raised an error."); break; }
+      }
+    } finally {
+      runAll.disabled = false;
+    }
+  });
   interrupt.addEventListener("click", async () => {
     const ok = await act(status, "Interrupting…", () => api.post(sroot + "/interrupt"), interrupt);
     if (ok) status.ok("Interrupt sent.");
@@ -205,7 +219,7 @@ export function sessionsTab(body, { projectId, base }, sessionId) {
   more.addEventListener("click", () => addCell().querySelector("textarea").focus());
   clear(body,
     h("p", { class: "crumbs" }, h("a", { href: `${base}/sessions` }, "Sessions"), " / "),
-    h("div", { class: "row toolbar" }, title, stateEl, interrupt, restart, more),
+    h("div", { class: "row toolbar" }, title, stateEl, runAll, interrupt, restart, more),
     h("p", { class: "hint" }, "Shift-Enter runs a cell and moves to the next. Variables stay until the kernel restarts."),
     status.el, cells);
   let restored = [];
