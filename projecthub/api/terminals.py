@@ -19,6 +19,10 @@ Why the WebSocket is built the way it is:
   stream only as fast as the socket takes it (a send that stalls for ``SEND_STALL_S`` ends
   the connection), and input is read one frame at a time (the next frame is not read
   before the daemon took the last one), at most ``INPUT_FRAME_MAX`` bytes each.
+* Each attached socket costs the hub up to a stream window plus a socket's buffers (~0.5 MiB
+  with a shell flooding a client that never reads): an account attaches at most
+  ``SOCKETS_PER_ACCOUNT`` at once, counted here in the hub (the daemon's per-terminal cap runs
+  as the project's uid, so the hub does not rely on it).
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ RECHECK_S = 1.0
 SEND_STALL_S = 30.0
 INPUT_FRAME_MAX = terms.INPUT_FRAME_MAX
 ORIGINS_ENV = "PROJECTHUB_TERMINAL_ORIGINS"
+SOCKETS_PER_ACCOUNT = int(os.environ.get("PROJECTHUB_TERMINAL_SOCKETS_PER_ACCOUNT", "32"))
+
+_attached: dict[str, int] = {}   # account (or project key's project) -> sockets attached now
 
 CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR, CLOSE_TRY_LATER = 1000, 1008, 1009, 1011, 1013
 CLOSE_BAD_REQUEST, CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_NOT_FOUND = 4400, 4401, 4403, 4404
@@ -265,6 +272,7 @@ async def terminal_socket(ws: WebSocket) -> None:
     hub = _hub(ws)
     output: Any = None
     watchdog: asyncio.Future[None] | None = None
+    counted: str | None = None
     try:
         key = await _key(ws)
         identity = await authenticate_key(ws, key)   # type: ignore[arg-type]  (throttled like HTTP)
@@ -272,6 +280,12 @@ async def terminal_socket(ws: WebSocket) -> None:
             raise _Close(CLOSE_UNAUTHORIZED, "invalid API key")
         project_id = await _authorize(ws, identity)
         terminal_id = ws.path_params["terminal_id"]
+        owner = identity.account_id or f"project:{project_id}"
+        if _attached.get(owner, 0) >= SOCKETS_PER_ACCOUNT:
+            raise _Close(CLOSE_TRY_LATER, f"this account already has {SOCKETS_PER_ACCOUNT} terminal "
+                                          "connections open; close one first")
+        _attached[owner] = _attached.get(owner, 0) + 1
+        counted = owner
         watchdog = asyncio.ensure_future(_still_allowed(hub, key, identity, project_id))
         output = terms.attach(hub, project_id, terminal_id)
         first = await _first_item(output, watchdog)
@@ -304,6 +318,12 @@ async def terminal_socket(ws: WebSocket) -> None:
     except (WebSocketDisconnect, _Stalled, OSError):
         pass   # the client went away (or stopped reading): uvicorn drops the connection
     finally:
+        if counted is not None:
+            left = _attached.get(counted, 1) - 1
+            if left > 0:
+                _attached[counted] = left
+            else:
+                _attached.pop(counted, None)
         if watchdog is not None and not watchdog.done():
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)

@@ -315,3 +315,25 @@ def test_a_key_revoked_while_its_socket_waits_for_the_daemon_gets_nothing(server
     assert closed is not None, "the socket of a revoked key stayed open"
     assert got == b"", (closed, got[-300:])
 
+
+
+def test_an_account_attaches_a_bounded_number_of_terminal_sockets(server: Server, tproj: Proj) -> None:
+    """The hub counts attached sockets per account itself (the daemon's own caps run as the
+    project's uid): the 33rd is closed 1013, and one closed makes room again."""
+    tids = [new_terminal(server, tproj.project_id, tproj.key) for _ in range(4)]
+    attached = [attach(server, tproj.project_id, tid, tproj.key) for tid in tids for _ in range(8)]
+    try:
+        with connect(ws_url(server, tproj.project_id, tids[0]),
+                     additional_headers={"Authorization": f"Bearer {tproj.key}"}, open_timeout=10) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013, closed.value
+        assert "32 terminal connections" in closed.value.rcvd.reason
+        attached.pop().close()
+        time.sleep(0.5)
+        attached.append(attach(server, tproj.project_id, tids[-1], tproj.key))
+    finally:
+        for t in attached:
+            t.close()
+        for tid in tids:
+            delete(server, tproj.project_id, tid, tproj.key)
