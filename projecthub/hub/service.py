@@ -646,6 +646,8 @@ class HubService:
     async def _may_manage_key(self, account_id: str, row: dict[str, Any], action: Any) -> bool:
         if row["account_id"] == account_id:
             return True
+        if action == "delete" and await self._is_admin(account_id):
+            return True   # an admin may revoke any key (a leaked one: the admin page), never edit one
         # any collaborator may delete (never edit: e.g. lift the expiry of) any key of that
         # project (spec 2.5)
         return (action == "delete" and bool(row.get("project_id"))

@@ -371,6 +371,16 @@ def test_admin_pages(page: Page, admin: Account, user: Account) -> None:
     page.page.locator("h2", has_text="Isolation").wait_for()
     page.page.locator("td code", has_text=user.account_id).wait_for()
     page.page.locator("h2", has_text="Default project limits").wait_for()
+    # another account's keys, and revoking one of them (a leaked key)
+    spare = httpx.post(f"{page.url}/api/v3/keys", json={"name": "leaked laptop key"},
+                       headers={"Authorization": f"Bearer {user.api_key}"}, timeout=30).json()
+    page.page.locator("tr", has_text=user.account_id).locator("button", has_text="Keys").click()
+    row = page.page.locator(".account-keys tr", has_text="leaked laptop key")
+    row.locator("button", has_text="Revoke").click()
+    row.locator("button", has_text="Yes, revoke").click()
+    page.page.locator(".status.ok", has_text="Key revoked").wait_for()
+    gone = httpx.get(f"{page.url}/api/v3/me", headers={"Authorization": f"Bearer {spare['secret']}"}, timeout=30)
+    assert gone.status_code == 401
     page.page.click("header >> text=API keys")
     page.page.fill("#key-name", "from the browser")
     page.page.click("text=Create key")

@@ -70,3 +70,22 @@ def test_a_project_file_never_runs_as_the_ui_origin(server, account) -> None:
         policy = got.headers["content-security-policy"]
         assert policy.startswith("sandbox;") and "default-src 'none'" in policy and "script" not in policy
         assert got.headers["x-content-type-options"] == "nosniff"
+
+
+def test_only_the_owner_or_an_admin_revokes_a_key(server, account) -> None:
+    """The admin page revokes another account's leaked key: admins may delete any key (never
+    edit one, never see a secret); anyone else still gets 404 for a key that is not theirs."""
+    import httpx
+
+    def call(method: str, path: str, key: str, **kw):
+        return httpx.request(method, server.url + "/api/v3" + path, headers={"Authorization": f"Bearer {key}"},
+                             timeout=30, **kw)
+
+    victim = server.new_account("Leaky")
+    leaked = call("POST", "/keys", victim.api_key, json={"name": "leaked"}).json()
+    assert call("DELETE", f"/keys/{leaked['id']}", account.api_key).status_code == 404   # not an admin
+    assert call("GET", "/projects", leaked["secret"]).status_code == 200
+    admin = server.cli("account", "create", "--name", "Revoking Admin", "--admin")
+    assert call("DELETE", f"/keys/{leaked['id']}", admin["api_key"]).status_code == 204
+    assert call("GET", "/projects", leaked["secret"]).status_code == 401   # refused at once
+    assert call("GET", "/projects", victim.api_key).status_code == 200    # the account's other key lives

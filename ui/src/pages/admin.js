@@ -1,7 +1,7 @@
 // Admin: accounts (disable/enable), the server's limits and its isolation report (what
 // `projecthub doctor` checks, as this running server enforces it).  Admin keys only: the
 // server refuses the calls to anyone else, the page only says so.
-import { h, clear, statusLine, act, bytes, confirmButton } from "../dom.js";
+import { h, clear, statusLine, act, bytes, when, confirmButton } from "../dom.js";
 import * as api from "../api.js";
 
 export function adminPage(main, me) {
@@ -12,6 +12,31 @@ export function adminPage(main, me) {
     return () => {};
   }
   const accounts = h("div", { class: "list" }, h("p", { class: "status busy" }, "Loading accounts…"));
+  const keysPanel = h("section", { class: "account-keys", "aria-live": "polite" });
+
+  // one account's keys (never their secrets), each revocable: a leaked key stops at once
+  async function showKeys(a) {
+    const who = [a.first_name, a.last_name].join(" ").trim() || a.email || a.account_id;
+    clear(keysPanel, h("h2", {}, "Keys of ", who), h("p", { class: "status busy" }, "Loading…"));
+    try {
+      const keys = await api.get(`/api/v3/keys?account_id=${api.enc(a.account_id)}`);
+      clear(keysPanel, h("div", { class: "row" }, h("h2", {}, "Keys of ", who),
+        h("button", { class: "secondary small", onclick: () => clear(keysPanel) }, "Close")),
+        keys.length ? h("table", { class: "table" },
+          h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Key"), h("th", { class: "wide" }, "Project"),
+            h("th", { class: "wide" }, "Last used"), h("th", {}, "Actions"))),
+          h("tbody", {}, keys.map((k) => h("tr", {}, h("td", {}, k.name || "(no name)"), h("td", {}, h("code", {}, k.trunc || "")),
+            h("td", { class: "wide" }, k.project_id ? h("code", {}, k.project_id.slice(0, 8)) : "account"),
+            h("td", { class: "wide" }, when(k.last_active) || "never"),
+            h("td", { class: "actions" }, confirmButton("Revoke", "It stops working at once.", "Yes, revoke", async (yes) => {
+              const ok = await act(status, "Revoking…", () => api.del(`/api/v3/keys/${k.id}`), yes);
+              if (ok !== undefined) { status.ok("Key revoked."); showKeys(a); }
+            })))))) : h("p", { class: "empty" }, "No keys."));
+      keysPanel.scrollIntoView({ block: "nearest" });
+    } catch (err) {
+      if (err.status !== 401) clear(keysPanel, h("p", { class: "status error" }, "Cannot list the keys: " + err.message));
+    }
+  }
   const server = h("div", {}, h("p", { class: "status busy" }, "Loading the server report…"));
 
   async function loadAccounts() {
@@ -34,7 +59,7 @@ export function adminPage(main, me) {
             h("td", { class: "wide" }, a.email || ""), h("td", {}, h("code", {}, a.account_id)),
             h("td", {}, a.is_admin ? "admin" : "user"),
             h("td", {}, h("span", { class: "badge " + (a.disabled ? "state-stopped" : "state-running") }, a.disabled ? "disabled" : "active")),
-            h("td", { class: "actions" }, toggle));
+            h("td", { class: "actions" }, h("button", { class: "secondary small", onclick: () => showKeys(a) }, "Keys"), toggle));
         }))),
         h("p", { class: "hint" }, "Create accounts with ", h("code", {}, "projecthub account create"), " on the server."));
     } catch (err) {
@@ -69,7 +94,7 @@ export function adminPage(main, me) {
     }
   }
 
-  clear(main, h("h1", {}, "Admin"), status.el, h("h2", {}, "Accounts"), accounts, server);
+  clear(main, h("h1", {}, "Admin"), status.el, h("h2", {}, "Accounts"), accounts, keysPanel, server);
   loadAccounts();
   loadServer();
   return () => {};
