@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from ..errors import RemoteError
 from .local import _STREAM_END, _error_from, _Stream
@@ -66,6 +66,8 @@ class NatsFabric:
         self._chunks = Reassembler()
         self._subs: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
+        # Called with a host's name the first time this hub hears it (the hub registers it).
+        self.on_new_host: Callable[[str], None] | None = None
 
     async def start(self) -> "NatsFabric":
         # Answers are pushed to a queue-free callback; their bound is the credit window.
@@ -116,7 +118,10 @@ class NatsFabric:
             info, _ = self._chunks.feed(msg.subject, msg.data) or ({}, 0)
         except FrameError:
             info = {}
+        new = host not in self.hosts
         self.hosts[host] = HostSeen(time.monotonic(), info)
+        if new and self.on_new_host is not None:
+            self.on_new_host(host)
 
     async def _heartbeat(self) -> None:
         """Hosts cancel what a hub asked once it stops heartbeating (it crashed mid-stream)."""

@@ -15,6 +15,7 @@ starts and stops.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import datetime, timezone
@@ -87,10 +88,24 @@ class RemoteHost:
         self._started_here: dict[str, float] = {}    # project -> when this hub started it
         self._stopped_here: dict[str, float] = {}
         self._host_names: dict[int, str] = {}
+        self._registering: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        self.fabric.on_new_host = self._register
         await self.fabric.start()
+
+    def _register(self, name: str) -> None:
+        """A host heard for the first time gets its numeric id in the store now (``host
+        list``, and later ``compute_server_id``), not only when a project is placed on it."""
+        async def register() -> None:
+            try:
+                self._host_names[await self.db.ensure_host(name, address="nats")] = name
+            except Exception as exc:   # the store is away: the first placement registers it
+                log.warning("could not register host %s: %s", name, exc)
+        task = asyncio.get_running_loop().create_task(register())
+        self._registering.add(task)
+        task.add_done_callback(self._registering.discard)
 
     async def close(self) -> None:
         await self.fabric.close()

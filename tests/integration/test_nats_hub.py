@@ -50,6 +50,8 @@ def _wait(predicate: Any, timeout: float = 30) -> Any:
 def test_exec_through_hub_nats_host(cluster: Any, nats_server: NatsServer) -> None:
     import cocalc_api
     hub, host, host_dir = cluster
+    # the hub registers a host it hears (numeric id) before any project is placed on it
+    assert _wait(lambda: [h for h in hub.cli("host", "list")["hosts"] if h["name"] == "h1"], 30)[0]["id"]
     account = hub.new_account()
     api = cocalc_api.Hub(api_key=account.api_key, host=hub.url)
     project_id = api.projects.create_project(title="on h1")
