@@ -44,7 +44,7 @@ from typing import Any, AsyncIterator
 
 from ..errors import RemoteError
 from .context import ProjectContext
-from .tracking import ProcessGroup
+from .tracking import ProcessGroup, reap
 
 log = logging.getLogger("projecthub.terminal")
 
@@ -319,17 +319,10 @@ class Terminal:
 
     def _on_exit(self) -> None:
         assert self._pidfd is not None and self.pid is not None
-        try:
-            pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid, status, rusage = self.pid, 0, None
-        if pid == 0:
+        reaped = reap(self.pid, self._proc, self._group)
+        if reaped is None:
             return
-        if self._proc is not None:
-            self._proc.returncode = os.waitstatus_to_exitcode(status)   # Popen.__del__: reaped
-        if rusage is not None and self._group is not None and hasattr(self._group, "record_rusage"):
-            self._group.record_rusage(rusage)  # type: ignore[attr-defined]
-        code = os.waitstatus_to_exitcode(status)
+        code = os.waitstatus_to_exitcode(reaped[0])
         self._finish(128 - code if code < 0 else code)
 
     def _finish(self, code: int) -> None:

@@ -12,9 +12,13 @@ descendants that called ``setsid`` or double-forked.  Backends:
 
 from __future__ import annotations
 
+import os
 import resource
 from dataclasses import dataclass
-from typing import Callable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    import subprocess
 
 T = TypeVar("T")
 
@@ -31,6 +35,23 @@ def own_maxrss(ru: object) -> int:
     if child_kib <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss:
         return 0
     return child_kib * 1024
+
+
+def reap(pid: int, proc: subprocess.Popen[Any] | None, group: Any) -> tuple[int, Any] | None:
+    """Reap the root ``pid`` of ``group`` if it exited: (wait status, rusage or None), or None
+    while it still runs.  Tells ``proc`` it is reaped (so Popen.__del__ never waits on a
+    recycled pid) and gives the rusage to the group when it keeps one."""
+    try:
+        reaped, status, rusage = os.wait4(pid, os.WNOHANG)
+    except ChildProcessError:   # reaped by someone else (the tracker's orphan reaper)
+        reaped, status, rusage = pid, 0, None
+    if reaped == 0:
+        return None
+    if proc is not None:
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if rusage is not None and hasattr(group, "record_rusage"):
+        group.record_rusage(rusage)
+    return status, rusage
 
 
 @dataclass

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..context import ProjectContext
-from ..tracking import ProcessGroup, own_maxrss
+from ..tracking import ProcessGroup, own_maxrss, reap
 from .capture import DEFAULT_STREAM_BYTES, OUTPUT_BUDGET, StreamCapture
 from .options import ExecRequest
 
@@ -220,18 +220,10 @@ class Execution:
 
     def _on_exit(self) -> None:
         assert self._pidfd is not None and self.pid is not None
-        try:
-            pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid, status, rusage = self.pid, 0, None
-        if pid == 0:
+        reaped = reap(self.pid, self._proc, self._group)
+        if reaped is None:
             return
-        self._status, self._rusage = status, rusage
-        if self._proc is not None:
-            # Tell Popen it is reaped, so its __del__ never waits on a recycled pid.
-            self._proc.returncode = os.waitstatus_to_exitcode(status)
-        if rusage is not None and hasattr(self._group, "record_rusage"):
-            self._group.record_rusage(rusage)  # type: ignore[union-attr]
+        self._status, self._rusage = reaped
         self.loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = None
