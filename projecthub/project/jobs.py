@@ -130,6 +130,15 @@ def _read_bounded(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
+def _ended_in_error(path: Path, data: dict[str, Any], note: str) -> dict[str, Any]:
+    """The record of a job whose end was never recorded (its daemon died, or its final record
+    could not be saved): an error, with the head of its output files and ``note``."""
+    limit = data["meta"].get("max_output") or (1 << 20)
+    return {**data["record"], "status": "error", "exit_code": 1,
+            "stdout": _read_head(path / "stdout", limit),
+            "stderr": _read_head(path / "stderr", limit) + note}
+
+
 def _read_head(path: Path, chars: int) -> str:
     """First ``chars`` characters of an output file (reads at most 4 bytes per char)."""
     try:
@@ -428,15 +437,10 @@ class JobManager:
             except Exception:
                 pass
         for job_id, path, data in orphaned:
-            meta, record = data["meta"], data["record"]
-            limit = meta.get("max_output") or (1 << 20)
+            meta = data["meta"]
             now = time.time()
-            record.update({
-                "status": "error", "exit_code": 1,
-                "stdout": _read_head(path / "stdout", limit),
-                "stderr": _read_head(path / "stderr", limit) + RESTART_NOTE,
-                "elapsed_s": round(max(0.0, now - meta["start"] / 1000), 3),
-            })
+            data["record"] = {**_ended_in_error(path, data, RESTART_NOTE),
+                              "elapsed_s": round(max(0.0, now - meta["start"] / 1000), 3)}
             meta["finished_at"] = now
             data["result"] = None
             try:
@@ -578,10 +582,7 @@ class JobManager:
             return None
         if data["record"]["status"] == "running" and job_id not in self._running:
             # Finished, but its final record was never written and is no longer in memory.
-            limit = data["meta"].get("max_output") or (1 << 20)
-            data["record"] = {**data["record"], "status": "error", "exit_code": 1,
-                              "stdout": _read_head(self.root / job_id / "stdout", limit),
-                              "stderr": _read_head(self.root / job_id / "stderr", limit) + UNSAVED_NOTE}
+            data["record"] = _ended_in_error(self.root / job_id, data, UNSAVED_NOTE)
         return data
 
     def _touch(self, job_id: str) -> None:
