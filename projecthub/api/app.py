@@ -77,7 +77,8 @@ def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Star
             socket.gethostname(), address=f"unix:{settings.data_dir / 'run'}")
         hub = HubService(db, host, resolver, host_id=host_id,
                          account_limits=AccountLimits.from_json(settings.account_limits),
-                         purge_after_s=settings.purge_after_s)
+                         purge_after_s=settings.purge_after_s,
+                         events=getattr(host, "events", None))   # hub-to-hub, on NATS (hub/events.py)
         app.state.settings = settings
         app.state.metrics = metrics
         app.state.hub = hub

@@ -10,7 +10,10 @@ boundary between hosts (subjects: ``nats_wire``):
   can neither read another host's requests nor answer in its name: a hub accepts an answer
   on ``_R.H.…`` as H's, and only H's credentials can publish there;
 * hubs may publish requests to every host and subscribe to every reply and heartbeat; they
-  cannot subscribe to a host's request subjects (no hub can read another's calls there).
+  cannot subscribe to a host's request subjects (no hub can read another's calls there);
+* only hubs may publish and subscribe to ``ph.hubs.events`` (cache invalidations between
+  hubs, ``hub/events.py``): no host's credentials reach it, so a host can neither forge an
+  event (mark a project stopped on every hub) nor read which keys were revoked.
 
 Passwords are random (256 bits) and stored in plain text in the 0600 config and credentials
 files (nats-server can also take bcrypt hashes; we keep no extra dependency for it).  Running
@@ -26,7 +29,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from .nats_wire import (HUB_INBOX_PREFIX, HUBS_HEARTBEAT, REPLY_PREFIX, SUBJECT_PREFIX,
+from .nats_wire import (HUB_INBOX_PREFIX, HUBS_EVENTS, HUBS_HEARTBEAT, REPLY_PREFIX, SUBJECT_PREFIX,
                         check_host_name, heartbeat_subject, host_inbox_prefix)
 
 HUB_USER = "hub"
@@ -43,9 +46,10 @@ def creds_path(out: Path, user: str) -> Path:
 
 def hub_permissions() -> dict[str, Any]:
     return {"publish": {"allow": [f"{SUBJECT_PREFIX}.host.*.call", f"{SUBJECT_PREFIX}.host.*.stream",
-                                  f"{SUBJECT_PREFIX}.host.*.ctl", HUBS_HEARTBEAT, "_INBOX.>"]},
+                                  f"{SUBJECT_PREFIX}.host.*.ctl", HUBS_HEARTBEAT, HUBS_EVENTS,
+                                  "_INBOX.>"]},
             "subscribe": {"allow": [f"{REPLY_PREFIX}.>", heartbeat_subject("*"),
-                                    f"{HUB_INBOX_PREFIX}.>"]}}
+                                    f"{HUB_INBOX_PREFIX}.>", HUBS_EVENTS]}}
 
 
 def host_permissions(host: str) -> dict[str, Any]:

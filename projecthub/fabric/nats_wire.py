@@ -9,7 +9,8 @@ The messages are the local fabric's (``messages.py``: ``req``/``res``, ``sub``/`
 * ``_R.H.<hub>.<n>``    host -> hub: answers.  A host may publish only under its own
   ``_R.H.``, so a reply a hub accepts on ``_R.H.…`` was sent with H's credentials;
 * ``ph.heartbeat.H``    host -> hubs: liveness, capacity and load, every second;
-* ``ph.hubs.heartbeat`` hub -> hosts: liveness of hubs (a host cancels what a gone hub asked).
+* ``ph.hubs.heartbeat`` hub -> hosts: liveness of hubs (a host cancels what a gone hub asked);
+* ``ph.hubs.events``    hub -> hubs: cache invalidations (``hub/events.py``); hubs only.
 
 ``nats_config.py`` writes the server permissions that make these boundaries hold.
 
@@ -66,6 +67,7 @@ def heartbeat_subject(host: str) -> str:
 
 
 HUBS_HEARTBEAT = f"{SUBJECT_PREFIX}.hubs.heartbeat"
+HUBS_EVENTS = f"{SUBJECT_PREFIX}.hubs.events"
 
 
 def host_inbox_prefix(host: str) -> str:
@@ -171,9 +173,11 @@ class NatsUnavailable(RemoteError):
 
 async def connect(url: str, *, name: str, creds: Credentials | None = None,
                   inbox_prefix: str = HUB_INBOX_PREFIX, connect_timeout_s: float = 3.0,
-                  on_error: Callable[[Exception], Any] | None = None) -> Any:
+                  on_error: Callable[[Exception], Any] | None = None,
+                  on_reconnect: Callable[[], Any] | None = None) -> Any:
     """A NATS connection that reconnects on its own at run time, but fails at once (one clear
-    NatsUnavailable) when the server cannot be reached at start."""
+    NatsUnavailable) when the server cannot be reached at start.  ``on_reconnect`` is called
+    after each reconnection (what was published meanwhile was missed)."""
     import nats
 
     connected = False
@@ -186,10 +190,15 @@ async def connect(url: str, *, name: str, creds: Credentials | None = None,
         else:
             print(f"projecthub: NATS: {type(exc).__name__}: {exc}", file=sys.stderr)
 
+    async def reconnected_cb() -> None:
+        if on_reconnect is not None:
+            on_reconnect()
+
     options: dict[str, Any] = dict(
         servers=[url], name=name, connect_timeout=connect_timeout_s, allow_reconnect=True,
         # one retry at start: an unreachable server is an error now, not an endless loop
         max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=error_cb,
+        reconnected_cb=reconnected_cb,
         inbox_prefix=inbox_prefix)
     if creds is not None:
         options.update(user=creds.user, password=creds.password)

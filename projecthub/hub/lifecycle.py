@@ -71,6 +71,10 @@ class IdleStopper:
         """A limit changed through the API: applies at once (the CLI's within REFRESH_S)."""
         self._timeouts[project_id] = seconds
 
+    def reload_timeout(self, project_id: str) -> None:
+        """Another hub changed the project's limits: re-read its timeout on the next tick."""
+        self._timeouts.pop(project_id, None)
+
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)

@@ -10,7 +10,8 @@ Placement (interim, until issue 17 item 3): a project runs where ``projects.host
 says; a project placed nowhere goes to the live host running the fewest projects (from
 the heartbeats), recorded in the store at its first start.  Whether a project runs is
 read from its host's heartbeat (every second), corrected at once by this hub's own
-starts and stops.
+starts and stops and by the other hubs' (``project.state`` on the hub event bus,
+``events.py``), which this hub publishes for its own after the store write.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..fabric.nats_client import HostUnavailable, NatsFabric
 from ..fabric.nats_wire import HOST_LOST_S, HUB_INBOX_PREFIX, Credentials, connect
 from ..host.sandbox import ProjectLimits
 from .db import AsyncStore
+from .events import HubEvents, NoEvents
 
 log = logging.getLogger("projecthub.hub.remote")
 
@@ -89,11 +91,15 @@ class RemoteHost:
         self._stopped_here: dict[str, float] = {}
         self._host_names: dict[int, str] = {}
         self._registering: set[asyncio.Task[None]] = set()
+        # the hub event bus (connect_remote_host sets it): tells other hubs of starts and stops
+        self.events: HubEvents | NoEvents = NoEvents()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self.fabric.on_new_host = self._register
         await self.fabric.start()
+        if isinstance(self.events, HubEvents):
+            await self.events.start()
 
     def _register(self, name: str) -> None:
         """A host heard for the first time gets its numeric id in the store now (``host
@@ -108,6 +114,8 @@ class RemoteHost:
         task.add_done_callback(self._registering.discard)
 
     async def close(self) -> None:
+        if isinstance(self.events, HubEvents):
+            await self.events.close()
         await self.fabric.close()
         await self.fabric.nc.close()
 
@@ -207,6 +215,7 @@ class RemoteHost:
         self._started_here[project_id] = time.monotonic()
         self._stopped_here.pop(project_id, None)
         await self._set_state(project_id, "running")
+        self.events.publish("project.state", project_id=project_id, running=True)
         return None
 
     async def call(self, project_id: str, name: str, args: list[Any], budget: float | None = None) -> Any:
@@ -233,6 +242,32 @@ class RemoteHost:
         self._stopped_here[project_id] = time.monotonic()
         self._started_here.pop(project_id, None)
         await self._set_state(project_id, "stopped", reason)
+        self.events.publish("project.state", project_id=project_id, running=False)
+
+    # -- what other hubs changed (events.py) --------------------------------------------------
+    def note_state(self, project_id: str, running: bool) -> None:
+        """Another hub started or stopped ``project_id``: the newest word, as if this hub had
+        (the host's next heartbeat, newer still, has the last word as usual)."""
+        now = time.monotonic()
+        if running:
+            self._started_here[project_id] = now
+            self._stopped_here.pop(project_id, None)
+        else:
+            self._stopped_here[project_id] = now
+            self._started_here.pop(project_id, None)
+        self._specs.pop(project_id, None)   # e.g. deleted: the host must hear it at once
+
+    def forget_spec(self, project_id: str | None = None) -> None:
+        """Drop a project's cached spec (limits, deleted), or every one: re-read at next use."""
+        if project_id is None:
+            self._specs.clear()
+        else:
+            self._specs.pop(project_id, None)
+
+    def resync(self) -> None:
+        """Events may have been missed: forget the specs other hubs could have changed (the
+        running state is corrected by the next heartbeats, within a second)."""
+        self._specs.clear()
 
     async def activity(self, project_id: str) -> dict[str, Any] | None:
         if not self.is_running(project_id):
@@ -265,15 +300,25 @@ async def connect_remote_host(url: str, creds_file: str | None, db: AsyncStore,
     from ..fabric.nats_wire import load_credentials
     creds: Credentials | None = load_credentials(creds_file) if creds_file else None
     fabric: list[NatsFabric] = []
+    events: list[HubEvents] = []
 
     def on_error(exc: Exception) -> None:
         log.warning("NATS: %s: %s", type(exc).__name__, exc)
         if fabric:
             fabric[0].on_nats_error(exc)
+        if events:
+            events[0].on_nats_error(exc)
+
+    def on_reconnect() -> None:
+        if events:
+            events[0].resync("reconnected to NATS (events sent meanwhile were missed)")
     nc = await connect(url, name="projecthub-hub", creds=creds, inbox_prefix=HUB_INBOX_PREFIX,
-                       on_error=on_error)
+                       on_error=on_error, on_reconnect=on_reconnect)
     fabric.append(NatsFabric(nc))
-    return RemoteHost(fabric[0], db, defaults)
+    host = RemoteHost(fabric[0], db, defaults)
+    host.events = HubEvents(nc, fabric[0].hub_id)
+    events.append(host.events)
+    return host
 
 
 def _count(value: Any) -> int:

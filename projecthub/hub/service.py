@@ -3,6 +3,11 @@
 The CoCalc surfaces (conat, v1, v2) and the native API all call these methods, so the
 rules (who may do what, auto-start, activity, error texts) live in exactly one place.
 Authorization errors use CoCalc's exact strings because the compat surfaces pass them on.
+
+With many hubs on one database (``projecthub hub``), every change here that another hub may
+hold a cached answer about (keys, accounts, limits, collaborators; starts and stops are
+``remote_host.py``'s) is published on the hub event bus right after its store write
+(``events.py``), and ``apply_event`` drops this hub's cached answers on receipt.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ..store import AccountLimitReached, FieldTooLong, StoreUnavailable
 from ..store.bounds import check_text
 from .account_limits import AccountLimits
 from .db import AsyncStore
+from .events import HubEvent, HubEvents, NoEvents
 from .lifecycle import DEFAULT_PURGE_AFTER_S, IdleStopper, Purger
 
 log = logging.getLogger("projecthub.hub")
@@ -63,7 +69,8 @@ class HubService:
     def __init__(self, db: AsyncStore, host: Host, resolver: KeyResolver, *,
                  host_id: int = 0, collab_ttl_s: float = _COLLAB_TTL_S,
                  account_limits: AccountLimits | None = None,
-                 purge_after_s: float = DEFAULT_PURGE_AFTER_S) -> None:
+                 purge_after_s: float = DEFAULT_PURGE_AFTER_S,
+                 events: HubEvents | NoEvents | None = None) -> None:
         self.db = db
         self.host = host
         self.resolver = resolver
@@ -87,6 +94,51 @@ class HubService:
         self._collab_epoch = 0   # bumped by every drop: a check that raced one is not cached
         self._collab_ttl = collab_ttl_s
         self._key_refresh: asyncio.Task[None] | None = None
+        # tells other hubs what this one changed; what they change arrives in apply_event
+        self.events = events if events is not None else NoEvents()
+        self.events.on_event = self.apply_event
+        self.events.on_resync = self.resync
+
+    # -- other hubs' changes (events.py) ------------------------------------------------------
+    def apply_event(self, event: HubEvent) -> None:
+        """Another hub (or an admin command) committed a change: drop what this hub cached
+        about it.  Only ever takes cached answers away; the next read is the store's."""
+        if event.kind == "keys.changed":
+            if event.key_id is not None:
+                self.resolver.invalidate_key(event.key_id)
+            else:
+                self.resolver.invalidate_all()
+        elif event.kind == "account.changed":
+            self.resolver.invalidate_all()   # disabled, or no longer an admin
+        elif event.kind == "collaborators.changed":
+            assert event.project_id is not None
+            self._forget_collaborators(event.project_id)
+            self.resolver.invalidate_all()   # a removed collaborator's project keys die
+        elif event.kind == "limits.changed":
+            forget_spec = getattr(self.host, "forget_spec", None)
+            if forget_spec is not None:
+                forget_spec(event.project_id)   # None (an account's caps): all of them
+            if event.project_id is not None:
+                self.idle.reload_timeout(event.project_id)
+        elif event.kind == "project.state":
+            assert event.project_id is not None and event.running is not None
+            note_state = getattr(self.host, "note_state", None)
+            if note_state is not None:
+                note_state(event.project_id, event.running)
+            self._forget_collaborators(event.project_id)   # deleted projects stop too
+        elif event.kind == "project.moved":
+            forget = getattr(self.host, "forget", None)
+            if forget is not None:
+                forget(event.project_id)
+
+    def resync(self) -> None:
+        """Events may have been missed (NATS reconnected): drop every cached answer."""
+        self.resolver.invalidate_all()
+        self._collab_epoch += 1
+        self._collab_cache.clear()
+        resync = getattr(self.host, "resync", None)
+        if resync is not None:
+            resync()
 
     # -- background key refresh ----------------------------------------------------------
     def start_key_refresh(self) -> None:
@@ -411,6 +463,7 @@ class HubService:
             raise RemoteError(f"Error: no account with id {account_id}")
         await self.db.add_user(project_id, account_id, "collaborator")
         self._forget_collaborators(project_id)
+        self.events.publish("collaborators.changed", project_id=project_id)
 
     async def remove_collaborator(self, project_id: str, account_id: str) -> None:
         try:
@@ -420,6 +473,7 @@ class HubService:
         self._forget_collaborators(project_id)
         # project keys that this account created for the project die on next use (spec 2.3)
         self.resolver.invalidate_all()
+        self.events.publish("collaborators.changed", project_id=project_id)
 
     async def set_limits(self, project_id: str, overrides: dict[str, Any], *,
                          account_id: str | None = None) -> dict[str, Any]:
@@ -459,6 +513,7 @@ class HubService:
             raise RemoteError(f"Error: {exc}", status=409)
         settings["limits"] = merged_overrides
         await self.db.update_project(project_id, settings=settings)
+        self.events.publish("limits.changed", project_id=project_id)
         audit_event("limit_changed", project_id=project_id, account_id=account_id, limits=overrides)
         await self.host.update_limits(project_id, limits)
         self.idle.set_timeout(project_id, limits.idle_timeout_s)
@@ -593,6 +648,7 @@ class HubService:
         if action == "delete":
             await self.db.delete_api_key(key_id)
             self.resolver.invalidate_key(key_id)
+            self.events.publish("keys.changed", key_id=key_id)
             audit_event("key_revoked", account_id=row["account_id"], key_id=key_id, by="api",
                         by_account_id=account_id)
             return None
@@ -608,6 +664,7 @@ class HubService:
             except ValueError as exc:
                 raise RemoteError(f"Error: {exc}")
             self.resolver.invalidate_key(key_id)
+            self.events.publish("keys.changed", key_id=key_id)   # e.g. an earlier expiry
             return None
         raise RemoteError(f"Error: unknown action '{action}'")
 
@@ -631,6 +688,7 @@ class HubService:
         except ValueError:
             raise RemoteError(f"Error: no account with id {target_account_id}", status=404)
         self.resolver.invalidate_all()
+        self.events.publish("account.changed", account_id=target_account_id)
         audit_event("account_disabled" if disabled else "account_enabled", account_id=target_account_id,
                     by="api", by_account_id=account_id)
         row = await self.db.get_account(target_account_id)

@@ -14,6 +14,7 @@ import pytest
 from projecthub.fabric.nats_client import NatsFabric
 from projecthub.fabric.nats_server import HostServer
 from projecthub.fabric.nats_wire import Credentials, NatsUnavailable, connect, host_inbox_prefix
+from projecthub.hub.events import HubEvents
 from tests.nats import NatsServer, nats_server  # noqa: F401
 
 
@@ -56,6 +57,9 @@ def test_a_host_cannot_read_answer_for_or_call_another_host(nats_server: NatsSer
     async def main() -> None:
         hub = await NatsFabric(await connect(nats_server.url, name="hub",
                                              creds=nats_server.hub_creds())).start()
+        hub_events: list[Any] = []
+        bus = await HubEvents(hub.nc, hub.hub_id).start()
+        bus.on_event = hub_events.append
         gates = {h: Gate(h) for h in ("h1", "h2")}
         hosts = {}
         for h in gates:
@@ -70,13 +74,14 @@ def test_a_host_cannot_read_answer_for_or_call_another_host(nats_server: NatsSer
             assert await hub.call("h1", "echo", []) == {"host": "h1"}
             assert [i async for i in hub.stream("h2", "s", [])] == [{"host": "h2"}]
 
-            # h1 cannot read h2's requests, nor any answer, nor h2's heartbeat
+            # h1 cannot read h2's requests, nor any answer, nor h2's heartbeat, nor the hubs'
+            # events (which keys were revoked)
             seen: list[Any] = []
 
             async def spy(msg: Any) -> None:
                 seen.append(msg.subject)
             for subject in ("ph.host.h2.call", "ph.host.h2.>", "ph.host.>", "_R.>", "_R.h2.>",
-                            "ph.heartbeat.h2", "_INBOX.host.h2.>", ">"):
+                            "ph.heartbeat.h2", "_INBOX.host.h2.>", "ph.hubs.events", "ph.hubs.>", ">"):
                 await evil.subscribe(subject, cb=spy)
                 await errors.violation(subject)
 
@@ -92,17 +97,23 @@ def test_a_host_cannot_read_answer_for_or_call_another_host(nats_server: NatsSer
             gates["h2"].release.set()
             assert await asyncio.wait_for(call, 5) == {"host": "h2"}
 
-            # h1 cannot call h2, nor send it credit or cancels, nor pose as a hub
-            for subject in ("ph.host.h2.call", "ph.host.h2.ctl", "ph.hubs.heartbeat"):
+            # h1 cannot call h2, nor send it credit or cancels, nor pose as a hub: neither its
+            # heartbeat nor its events (a forged "project.state" or "project.moved" would make
+            # every hub believe a project stopped or moved)
+            for subject in ("ph.host.h2.call", "ph.host.h2.ctl", "ph.hubs.heartbeat", "ph.hubs.events"):
                 await evil.publish(subject, b'={"t":"req","id":1,"name":"wait","args":[]}', reply="_R.h1.x.1")
                 await errors.violation(subject)
+            await evil.publish("ph.hubs.events", b'{"kind":"project.state","hub":"h","project_id":"p",'
+                                                 b'"running":false}')
             await evil.flush()
-            assert seen == []
+            await asyncio.sleep(0.2)
+            assert seen == [] and hub_events == []
         finally:
             await evil.close()
             for host in hosts.values():
                 await host.close()
                 await host.nc.close()
+            await bus.close()
             await hub.close()
             await hub.nc.close()
     asyncio.run(asyncio.wait_for(main(), 60))
