@@ -425,6 +425,30 @@ def _audit(event: str, **fields: Any) -> None:
     audit_event(event, by="cli", **fields)
 
 
+def _announce(args: argparse.Namespace, kind: str, **fields: Any) -> None:
+    """Tell running hubs on NATS what this command changed in the shared database
+    (hub/events.py), when given --nats.  The change is committed either way: a NATS failure is
+    one warning line, and hubs then see the change once their caches age out (2 s)."""
+    url = getattr(args, "nats", None)
+    if not url:
+        return
+    from .hub.events import announce
+    error = announce(url, getattr(args, "nats_creds", None), kind, **fields)
+    if error is not None:
+        print(f"projecthub: warning: the change is saved, but running hubs were not told ({error}); "
+              "they see it within their cache TTL (2 s)", file=sys.stderr, flush=True)
+
+
+def _nats_args(p: argparse.ArgumentParser) -> None:
+    """--nats/--nats-creds for admin commands that change what hubs cache (_announce)."""
+    p.add_argument("--nats", default=os.environ.get("PROJECTHUB_NATS_URL"), metavar="URL",
+                   help="also tell the running hubs on this NATS server at once "
+                        "($PROJECTHUB_NATS_URL; without it they see the change within 2 s)")
+    p.add_argument("--nats-creds", default=os.environ.get("PROJECTHUB_NATS_CREDS"), metavar="FILE",
+                   help="the hubs' credentials file from `projecthub nats-config` "
+                        "($PROJECTHUB_NATS_CREDS)")
+
+
 def cmd_doctor(args: argparse.Namespace) -> None:
     from .host.sandbox import probe
     data_dir = _data_dir(args.data_dir)
@@ -513,6 +537,7 @@ def cmd_key_revoke(args: argparse.Namespace) -> None:
     row = _key_id(store, args)
     store.delete_api_key(args.id)
     _audit("key_revoked", account_id=row["account_id"], key_id=args.id, project_id=row["project_id"])
+    _announce(args, "keys.changed", key_id=args.id)
     _emit({"id": args.id, "revoked": True, "account_id": row["account_id"],
            "project_id": row["project_id"]})
 
@@ -530,6 +555,7 @@ def cmd_key_rotate(args: argparse.Namespace) -> None:
     except ValueError as exc:   # revoked meanwhile
         _fail(str(exc))
     _audit("key_revoked", account_id=old["account_id"], key_id=args.id, rotated_to=row["id"])
+    _announce(args, "keys.changed", key_id=args.id)
     _audit("key_created", account_id=old["account_id"], key_id=row["id"], project_id=row["project_id"],
            replaces=args.id)
     from .hub.service import iso
@@ -559,6 +585,7 @@ def cmd_account_disable(args: argparse.Namespace) -> None:
         _fail(f"no account with id {args.account}")
     store.set_disabled(args.account, disabled)
     _audit("account_disabled" if disabled else "account_enabled", account_id=args.account)
+    _announce(args, "account.changed", account_id=args.account)
     _emit(account_json(store.get_account(args.account) or {}))
 
 
@@ -648,6 +675,7 @@ def cmd_project_limits(args: argparse.Namespace) -> None:
         settings["limits"] = overrides
         store.update_project(args.project, settings=settings)
         _audit("limit_changed", project_id=args.project, limits=overrides)
+        _announce(args, "limits.changed", project_id=args.project)
     _emit({"project_id": args.project, "limits": effective.to_json(), "overrides": overrides,
            "note": "applied at the project's next start" if args.set or args.unset else None})
 
@@ -687,6 +715,7 @@ def cmd_account_limits(args: argparse.Namespace) -> None:
     if args.set or args.unset:
         store.set_account_limits(args.account, overrides)
         _audit("limit_changed", account_id=args.account, limits=overrides)
+        _announce(args, "limits.changed", account_id=args.account)
     _emit({"account_id": args.account, "limits": defaults.merged(overrides).to_json(),
            "overrides": overrides, "exempt": bool(account.get("is_admin")),
            "projects": store.count_owned_projects(args.account)})
@@ -986,11 +1015,13 @@ def build_parser() -> argparse.ArgumentParser:
                          ("enable", "enable a disabled account again")):
         a_state = _admin(accounts, action, text, cmd_account_disable)
         a_state.add_argument("--account", required=True, metavar="ID", help="the account's id")
+        _nats_args(a_state)
     a_limits = _admin(accounts, "limits", "show or override an account's caps", cmd_account_limits)
     a_limits.add_argument("--account", required=True, metavar="ID", help="the account's id")
     a_limits.add_argument("--set", action="append", metavar="NAME=VALUE",
                           help="e.g. --set max_projects=5 --set max_running_projects=null (unlimited)")
     a_limits.add_argument("--unset", action="append", metavar="NAME", help="back to the server default")
+    _nats_args(a_limits)
 
     key = sub.add_parser("key", help="create, list, revoke and rotate API keys",
                          description="API keys. Each subcommand prints one JSON object; a secret is "
@@ -1017,6 +1048,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--id", required=True, type=int, help="the key's id (key list, or key create's id)")
         p.add_argument("--account", default=None, metavar="ID",
                        help="refuse unless the key belongs to this account (default: any account)")
+        _nats_args(p)
     k_rotate.add_argument("--expire", default=None, metavar="ISO8601",
                           help="a new expiry in the future (default: the old key's)")
 
@@ -1038,6 +1070,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_limits.add_argument("--set", action="append", metavar="NAME=VALUE",
                           help="e.g. --set memory_bytes=1G --set pids=256 --set network=true")
     p_limits.add_argument("--unset", action="append", metavar="NAME", help="back to the server default")
+    _nats_args(p_limits)
     p_purge = _admin(projects, "purge", "remove a deleted project's files now", cmd_project_purge)
     p_purge.add_argument("--project", required=True, metavar="PID", help="the deleted project's id")
     return parser
