@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from projecthub.client import AsyncClient, Client, NotFound, PreconditionFailed, ProjectHubError
+from projecthub.client import AsyncClient, Client, ConnectionFailed, NotFound, PreconditionFailed, ProjectHubError
 from tests.conftest import require
+from tests.integration.client_proxy import CuttingProxy
 from tests.server import Server
 
 
@@ -73,6 +74,27 @@ def test_upload_download_paths_and_file_objects(client: Client, proj, tmp_path: 
     assert client.files.read_bytes(proj, "in/fh.bin") == blob
     # then run code on the uploaded file
     assert client.exec(proj, "python3 -c \"print(len(open('in/fh.bin','rb').read()))\"").stdout == f"{len(blob)}\n"
+
+
+def test_download_cut_short_or_refused(server: Server, account, client: Client, proj, tmp_path: Path) -> None:
+    """The download reads its answer with http.client, which takes a body cut short of its
+    Content-Length for the end: the client must raise instead of keeping a truncated file.
+    A connection closed before any answer is retried (a GET; nothing written yet)."""
+    blob = os.urandom(3 * 1024 * 1024 + 5)
+    client.files.write_bytes(proj, "cut.bin", blob)
+    proxy = CuttingProxy(server.port, cut_after=100_000)   # the headers and part of the body
+    try:
+        with Client(proxy.url, account.api_key, backoff=0.01) as through:
+            with pytest.raises(ConnectionFailed, match="ended after|broke after"):
+                through.files.download(proj, "cut.bin", tmp_path / "short.bin")
+            proxy.cuts_left, proxy.cut_after = 1, 0        # closed before the answer: retried
+            got = through.files.download(proj, "cut.bin", tmp_path / "whole.bin")
+            assert got.size == len(blob) and (tmp_path / "whole.bin").read_bytes() == blob
+            with pytest.raises(NotFound):
+                through.files.download(proj, "missing.bin", tmp_path / "none.bin")
+            assert not (tmp_path / "none.bin").exists()
+    finally:
+        proxy.close()
 
 
 def test_archives(client: Client, proj, tmp_path: Path) -> None:
