@@ -42,6 +42,10 @@ revoke`` or ``account disable`` run by another process is noticed by the very
 next request.
 The TTL only bounds staleness where the store has no counter (PostgreSQL: another
 hub's revocations), or when some path changes the database behind the store's back.
+Hubs on NATS tell each other (``hub/events.py``): a key revoked, an account disabled
+or a collaborator removed through one hub, or by an admin command given ``--nats``,
+drops the entries in every hub within milliseconds; the TTL then bounds only what a
+NATS outage hides.
 """
 
 from __future__ import annotations

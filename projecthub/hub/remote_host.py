@@ -257,6 +257,12 @@ class RemoteHost:
             self._started_here.pop(project_id, None)
         self._specs.pop(project_id, None)   # e.g. deleted: the host must hear it at once
 
+    def forget(self, project_id: str) -> None:
+        """The project moved to another host (``project.moved``): forget where it was placed,
+        its spec and this hub's word on its state; the next call reads its placement anew."""
+        for table in (self._placed, self._specs, self._started_here, self._stopped_here):
+            table.pop(project_id, None)
+
     def forget_spec(self, project_id: str | None = None) -> None:
         """Drop a project's cached spec (limits, deleted), or every one: re-read at next use."""
         if project_id is None:
