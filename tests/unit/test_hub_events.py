@@ -129,3 +129,33 @@ async def _until(predicate: Any, timeout: float = 5) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("timed out")
+
+
+def test_a_hub_that_reconnects_drops_its_caches(tmp_path: Any, nats_server: NatsServer) -> None:
+    """Events sent while a hub was cut off are lost: after NATS comes back, it resyncs (drops
+    every cache) instead of trusting what it held.  A nats-server of its own, restarted
+    (``nats_server`` only checks that the binary is there)."""
+    from tests.server import free_port
+    own = NatsServer(tmp_path, free_port()).start()
+
+    async def main() -> None:
+        resyncs: list[str] = []
+        bus: list[HubEvents] = []
+        nc = await connect(own.url, name="hub", creds=own.hub_creds(),
+                           on_reconnect=lambda: bus[0].resync("reconnected"))
+        bus.append(await HubEvents(nc, "hub-r").start())
+        bus[0].on_resync = lambda: resyncs.append("r")
+        try:
+            await asyncio.to_thread(own.stop)
+            await asyncio.sleep(0.3)
+            bus[0].publish("keys.changed", key_id=1)   # NATS away: logged, never raised
+            await asyncio.to_thread(own.start)
+            await _until(lambda: resyncs, 15)
+            assert nc.is_connected
+        finally:
+            await bus[0].close()
+            await nc.close()
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        own.stop()
