@@ -59,7 +59,7 @@ def test_bus_on_nats_skips_own_malformed_and_bounds_what_it_queues(nats_server: 
         nc_b = await connect(nats_server.url, name="b", creds=creds,
                              on_error=lambda exc: (errors.append(exc), bus_b.on_nats_error(exc)))
         bus_a = await HubEvents(nc_a, "hub-a").start()
-        bus_b = await HubEvents(nc_b, "hub-b", max_pending=4).start()
+        bus_b = await HubEvents(nc_b, "hub-b", max_pending=16).start()
         seen: dict[str, list[HubEvent]] = {"a": [], "b": []}
         resyncs: list[str] = []
         bus_a.on_event = seen["a"].append
@@ -80,7 +80,7 @@ def test_bus_on_nats_skips_own_malformed_and_bounds_what_it_queues(nats_server: 
             await _until(lambda: len(seen["b"]) == 2)
             assert seen["b"][1] == HubEvent("account.changed", "hub-a", account_id=PID)
 
-            # bounded: a burst larger than b's queue (4) is dropped by nats-py past the bound,
+            # bounded: a burst larger than b's queue (16) is dropped by nats-py past the bound,
             # reported as a slow consumer, and b drops its caches instead of trusting them
             for n in range(2000):
                 await nc_a.publish(HUBS_EVENTS, encode_event(HubEvent("keys.changed", "hub-a", key_id=n)))
@@ -159,3 +159,61 @@ def test_a_hub_that_reconnects_drops_its_caches(tmp_path: Any, nats_server: Nats
         asyncio.run(asyncio.wait_for(main(), 60))
     finally:
         own.stop()
+
+
+def test_a_hub_applies_each_kind_to_its_caches(tmp_path: Any) -> None:
+    """HubService.apply_event on a real store and key resolver: each kind drops exactly the
+    cached answers it names (RemoteHost's fabric is never called by these paths)."""
+    from types import SimpleNamespace
+
+    from projecthub.auth.resolve import KeyResolver
+    from projecthub.host.sandbox import ProjectLimits
+    from projecthub.hub.db import AsyncStore
+    from projecthub.hub.remote_host import RemoteHost
+    from projecthub.hub.service import HubService
+    from projecthub.store import Store
+
+    store = Store.for_data_dir(tmp_path)
+    store.migrate()
+    db = AsyncStore(store)
+    host = RemoteHost(SimpleNamespace(hosts={}), db, ProjectLimits())  # type: ignore[arg-type]
+    hub = HubService(db, host, KeyResolver(store, cache_ttl=60))  # type: ignore[arg-type]
+    try:
+        account = store.create_account("Ada", "User")
+        row, key = store.create_api_key(account)
+        other_row, other_key = store.create_api_key(account)
+        for k in (key, other_key):
+            assert hub.resolver.resolve(k) is not None
+            assert hub.resolver.peek(k) is not None          # cached
+
+        hub.apply_event(HubEvent("keys.changed", "hub-a", key_id=row["id"]))
+        assert hub.resolver.peek(key) is None and hub.resolver.peek(other_key) is not None
+        hub.apply_event(HubEvent("account.changed", "hub-a", account_id=account))
+        assert hub.resolver.peek(other_key) is None
+
+        project = store.create_project(account)
+        host._specs[project] = (1e18, {"limits": {}, "deleted": False})
+        hub.apply_event(HubEvent("limits.changed", "hub-a", project_id=project))
+        assert project not in host._specs
+
+        assert not host.is_running(project)
+        hub.apply_event(HubEvent("project.state", "hub-a", project_id=project, running=True))
+        assert host.is_running(project)
+        hub.apply_event(HubEvent("project.state", "hub-a", project_id=project, running=False))
+        assert not host.is_running(project)
+
+        host._placed[project] = "h1"
+        hub.apply_event(HubEvent("project.moved", "hub-a", project_id=project))
+        assert project not in host._placed
+
+        hub._collab_cache[(project, account)] = (1e18, True)
+        hub.apply_event(HubEvent("collaborators.changed", "hub-a", project_id=project))
+        assert (project, account) not in hub._collab_cache
+
+        # a reconnect: everything cached goes
+        assert hub.resolver.resolve(other_key) is not None
+        host._specs[project] = (1e18, {"limits": {}, "deleted": False})
+        hub.resync()
+        assert hub.resolver.peek(other_key) is None and not host._specs
+    finally:
+        db.close()
