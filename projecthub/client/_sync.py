@@ -543,35 +543,51 @@ class Files:
         """Upload a local file (a path, or a binary file object) to ``path``, streamed."""
         headers = {"If-Match": if_match} if if_match else {}
         if isinstance(source, (str, os.PathLike)):
-            local = Path(source)
-            headers["Content-Length"] = str(local.stat().st_size)
+            if Path(source).is_file():
+                return self._send_path(project, Path(source), path, headers)
+            with open(source, "rb") as opened:   # a FIFO, a device: read to its end
+                return self.upload(project, opened, path, if_match=if_match)
+        fh = source
+        try:
+            start = fh.tell()
+            size = os.fstat(fh.fileno()).st_size - start if hasattr(fh, "fileno") else None
+        except (OSError, io.UnsupportedOperation, AttributeError):
+            start = size = None
+        if size is None and isinstance(fh, io.BytesIO):
+            size = len(fh.getbuffer()) - fh.tell()
+        if size is not None:
+            headers["Content-Length"] = str(size)
 
-            def body() -> Iterator[bytes]:
-                with open(local, "rb") as fh:
-                    while chunk := fh.read(CHUNK):
-                        yield chunk
-            content: Any = body()
-            idempotent = True
-        else:
-            fh = source
-            try:
-                start = fh.tell()
-                size = os.fstat(fh.fileno()).st_size - start if hasattr(fh, "fileno") else None
-            except (OSError, io.UnsupportedOperation, AttributeError):
-                start = size = None
-            if size is None and isinstance(fh, io.BytesIO):
-                size = len(fh.getbuffer()) - fh.tell()
-            if size is not None:
-                headers["Content-Length"] = str(size)
-
-            def body() -> Iterator[bytes]:
-                while chunk := fh.read(CHUNK):
-                    yield chunk
-            content = body()
-            idempotent = False   # a half-read file object cannot be sent again
+        def body() -> Iterator[bytes]:
+            while chunk := fh.read(CHUNK):
+                yield chunk
+        content: Any = body()
+        # a half-read file object cannot be sent again: not retried
         response = self._c._call("PUT", self._p(project, path), content=content, headers=headers,
-                                 idempotent=idempotent, timeout=httpx.Timeout(600.0, connect=10.0))
+                                 idempotent=False, timeout=httpx.Timeout(600.0, connect=10.0))
         return FileInfo.from_json(response.json(), created=response.status_code == 201)
+
+    def _send_path(self, project: Any, local: Path, path: str, headers: dict[str, str]) -> FileInfo:
+        """A local file as the body, sent by the kernel (``FastHTTP.send_file``): httpx cost
+        a copy of every byte in Python and more CPU than the server (bench/README.md, files).
+        A whole-file PUT is idempotent: retried on a broken connection and on 502/503."""
+        for attempt in range(self._c.retries + 1):
+            try:
+                with open(local, "rb") as fh:
+                    response = self._c._fast.send_file("PUT", self._p(project, path), fh,
+                                                       os.fstat(fh.fileno()).st_size, headers=headers)
+            except (ConnectFailed, SendFailed) as exc:
+                if attempt >= self._c.retries:
+                    raise ConnectionFailed(f"connection to {self._c.url} failed: {exc}") from exc
+            except ReadTimedOut as exc:
+                raise ConnectionFailed(f"no answer from {self._c.url}: {exc}") from exc
+            else:
+                if response.status_code in (200, 201):
+                    return FileInfo.from_json(response.json(), created=response.status_code == 201)
+                if response.status_code not in _RETRY_STATUS or attempt >= self._c.retries:
+                    raise error_for(response.status_code, response.content)
+            self._c._sleep(attempt)
+        raise AssertionError("unreachable")
 
     def read_bytes(self, project: Any, path: str, *, range: tuple[int, int | None] | None = None) -> bytes:
         """The file's content (or bytes ``range=(first, last)`` of it, ``last`` inclusive or None)."""

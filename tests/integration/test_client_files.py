@@ -97,6 +97,29 @@ def test_download_cut_short_or_refused(server: Server, account, client: Client, 
         proxy.close()
 
 
+def test_upload_path_refused_or_cut(server: Server, account, client: Client, proj, tmp_path: Path) -> None:
+    """A path is sent with sendfile on a connection of its own: a refusal the server sends
+    before it reads the body still comes back as its error, and a connection closed before
+    the answer is retried (a whole-file PUT)."""
+    blob = os.urandom(3 * 1024 * 1024 + 9)
+    local = tmp_path / "up.bin"
+    local.write_bytes(blob)
+    assert client.files.upload(proj, local, "up.bin").size == len(blob)
+    with pytest.raises(PreconditionFailed):
+        client.files.upload(proj, local, "up.bin", if_match='"stale"')
+    with pytest.raises(ProjectHubError) as foreign:   # answered before the body is read
+        client.files.upload("00000000-0000-4000-8000-000000000000", local, "up.bin")
+    assert foreign.value.status in (403, 404)
+    proxy = CuttingProxy(server.port, cut_after=0)
+    try:
+        with Client(proxy.url, account.api_key, backoff=0.01) as through:
+            again = through.files.upload(proj, local, "up.bin")
+            assert proxy.connections == 2 and again.size == len(blob)
+    finally:
+        proxy.close()
+    assert client.files.read_bytes(proj, "up.bin") == blob
+
+
 def test_archives(client: Client, proj, tmp_path: Path) -> None:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w:gz") as tar:
