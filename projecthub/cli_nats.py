@@ -198,7 +198,9 @@ def cmd_host_list(args: argparse.Namespace) -> None:
     """``{"hosts": [{"id", "name", "state", "projects", "running", "load", "capacity"}]}``:
     the store's hosts with the projects placed on each; with --nats, whether each is up (it
     heartbeat within the last interval) and what it reports, plus live hosts the store has
-    not met yet (``id`` null).  Without --nats, ``state`` is "unknown"."""
+    not met yet (``id`` null).  Without --nats, ``state`` is what the hubs last recorded
+    from the heartbeats ("up"/"down", kept within 10 s by every running hub; "unknown" for
+    a host no hub has judged yet) and ``last_seen`` when one last heard it."""
     from collections import Counter
 
     from .cli import _emit, _open
@@ -223,17 +225,21 @@ def cmd_host_list(args: argparse.Namespace) -> None:
     for row in hosts:
         name = row["name"]
         info = live.pop(name, None)
-        out.append(_host_row(int(row["host_id"]), name, counts[row["host_id"]], info, bool(args.nats)))
+        out.append(_host_row(int(row["host_id"]), name, counts[row["host_id"]], info, bool(args.nats), row))
     for name, info in sorted(live.items()):
         out.append(_host_row(None, name, 0, info, True))
     _emit({"hosts": out})
 
 
 def _host_row(host_id: int | None, name: str, projects: int, info: dict[str, Any] | None,
-              asked: bool) -> dict[str, Any]:
+              asked: bool, stored: dict[str, Any] | None = None) -> dict[str, Any]:
+    state = (stored or {}).get("state") or "unknown"
     row: dict[str, Any] = {"id": host_id, "name": name,
-                           "state": ("up" if info is not None else "down") if asked else "unknown",
+                           "state": ("up" if info is not None else "down") if asked else state,
                            "projects": projects}
+    last_seen = (stored or {}).get("last_seen")
+    if last_seen is not None:
+        row["last_seen"] = last_seen.isoformat() if hasattr(last_seen, "isoformat") else str(last_seen)
     if info is not None:
         row.update(running=info.get("projects"), load=info.get("load"), capacity=info.get("capacity"))
     return row

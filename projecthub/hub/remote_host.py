@@ -6,9 +6,15 @@ the hub's service code does not change: each operation becomes one fabric call t
 project's host (``host/nats_role.py`` lists them), carrying what the host must not read
 from the database itself (the project's limit overrides, whether it is deleted).
 
-Placement (interim, until issue 17 item 3): a project runs where ``projects.host_id``
-says; a project placed nowhere goes to the live host running the fewest projects (from
-the heartbeats), recorded in the store at its first start.  Whether a project runs is
+Placement: a project runs where ``projects.host_id`` says; a project placed nowhere goes,
+at its first start, to the live host with the most free capacity (``placement.py``: its
+reported CPUs and memory against the projects already assigned to it, counted in the same
+store transaction that records the choice, so hubs placing at once spread out), and stays.
+
+Host state: every hub watches the heartbeats and keeps ``hosts.state`` ("up"/"down") and
+``last_seen`` in the store current, writing only on a change or when the stored last_seen
+is older than ``_TOUCH_S`` (so N hubs write a few rows every few seconds, not a row per
+heartbeat).  A call to a project whose host is down fails at once naming the host.  Whether a project runs is
 read from its host's heartbeat (every second), corrected at once by this hub's own
 starts and stops and by the other hubs' (``project.state`` on the hub event bus,
 ``events.py``), which this hub publishes for its own after the store write.
@@ -28,12 +34,15 @@ from ..fabric.nats_client import HostUnavailable, NatsFabric
 from ..fabric.nats_wire import HOST_LOST_S, HUB_INBOX_PREFIX, Credentials, connect
 from ..host.sandbox import ProjectLimits
 from .db import AsyncStore
+from . import placement
 from .events import HubEvents, NoEvents
 
 log = logging.getLogger("projecthub.hub.remote")
 
 _SPEC_TTL_S = 2.0      # a project's limit overrides are re-read from the store this often
 _CONTROL_TIMEOUT_S = 60.0   # start, stop, status...: a host that does not answer is reported
+_WATCH_S = 1.0        # how often a hub compares the heartbeats with the store's host states
+_TOUCH_S = 5.0        # a live host's stored last_seen is refreshed when older than this
 
 
 class NoSpares:
@@ -91,6 +100,9 @@ class RemoteHost:
         self._stopped_here: dict[str, float] = {}
         self._host_names: dict[int, str] = {}
         self._registering: set[asyncio.Task[None]] = set()
+        self._started = time.monotonic()
+        self._watch_task: asyncio.Task[None] | None = None
+        self._stored: dict[str, dict[str, Any]] = {}   # host name -> its store row (last read)
         # the hub event bus (connect_remote_host sets it): tells other hubs of starts and stops
         self.events: HubEvents | NoEvents = NoEvents()
 
@@ -100,6 +112,8 @@ class RemoteHost:
         await self.fabric.start()
         if isinstance(self.events, HubEvents):
             await self.events.start()
+        self._started = time.monotonic()
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch_hosts())
 
     def _register(self, name: str) -> None:
         """A host heard for the first time gets its numeric id in the store now (``host
@@ -114,6 +128,9 @@ class RemoteHost:
         task.add_done_callback(self._registering.discard)
 
     async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
         if isinstance(self.events, HubEvents):
             await self.events.close()
         await self.fabric.close()
@@ -135,8 +152,7 @@ class RemoteHost:
         elif not place:
             return None
         else:
-            name = self._place()
-            await self.db.update_project(project_id, host_id=await self.db.ensure_host(name, address="nats"))
+            name = await self._place(project_id)
         self._placed[project_id] = name
         return name
 
@@ -148,11 +164,67 @@ class RemoteHost:
             raise RemoteError(f"Error: the project's host {host_id} is not registered")
         return name
 
-    def _place(self) -> str:
+    async def _place(self, project_id: str) -> str:
         live = self.fabric.live_hosts()
         if not live:
             raise HostUnavailable("Error: no host is live to run the project (none heartbeats on NATS)")
-        return min(live, key=lambda name: (_count(live[name].get("projects")), name))
+        weights = {name: placement.weight(info) for name, info in live.items()}
+        try:   # counted and recorded in one store write: another hub's placement is seen
+            return str(await self.db.assign_host(
+                project_id, lambda assigned: placement.choose(weights, assigned)))
+        except KeyError:
+            raise RemoteError(f"Error: project {project_id} does not exist") from None
+
+    # -- host state ---------------------------------------------------------------------------
+    async def _watch_hosts(self) -> None:
+        while True:
+            try:
+                await self._sync_host_states()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:   # the store is away: try again next round
+                log.warning("could not update host states: %s", exc)
+            await asyncio.sleep(_WATCH_S)
+
+    async def _sync_host_states(self) -> None:
+        """Write ``up`` (and a fresh last_seen) for hosts heard, ``down`` for registered
+        hosts silent for HOST_LOST_S; only what changed or went stale is written."""
+        rows = await self.db.list_hosts()
+        self._stored = {r["name"]: r for r in rows}
+        self._host_names.update({int(r["host_id"]): r["name"] for r in rows})
+        live = self.fabric.live_hosts()
+        # a hub that just started has heard nobody yet: it judges nobody down before then
+        judging = time.monotonic() - self._started > HOST_LOST_S + _WATCH_S
+        now = datetime.now(timezone.utc)
+        for row in rows:
+            state = "up" if row["name"] in live else "down"
+            if state == "down" and not judging:
+                continue
+            seen = row.get("last_seen")
+            stale = seen is None or (now - _aware(seen)).total_seconds() >= _TOUCH_S
+            if row.get("state") != state or (state == "up" and stale):
+                await self.db.touch_host(int(row["host_id"]), state)
+
+    def _check_up(self, host: str) -> None:
+        """Fail at once, naming the host, when ``host`` is not heartbeating (instead of
+        sending a request nobody will answer)."""
+        if host in self.fabric.live_hosts():
+            return
+        seen = self.fabric.hosts.get(host)
+        silent: float | None = None
+        if seen is not None:
+            silent = time.monotonic() - seen.last_seen
+        elif time.monotonic() - self._started > HOST_LOST_S:
+            row = self._stored.get(host) or {}
+            last = row.get("last_seen")
+            silent = (datetime.now(timezone.utc) - _aware(last)).total_seconds() if last else None
+            if silent is None:
+                silent = time.monotonic() - self._started
+        else:   # this hub just started and may not have heard it yet: the fabric's watchdog decides
+            return
+        ids = [i for i, n in self._host_names.items() if n == host]
+        label = f"host {host} (id {ids[0]})" if ids else f"host {host}"
+        raise HostUnavailable(f"Error: {label} is down: no heartbeat for {silent:.0f} s")
 
     async def _spec(self, project_id: str) -> dict[str, Any]:
         cached = self._specs.get(project_id)
@@ -204,6 +276,7 @@ class RemoteHost:
     async def _placed_host(self, project_id: str) -> str:
         host = await self.host_of(project_id)
         assert host is not None
+        self._check_up(host)
         return host
 
     async def ensure_running(self, project_id: str) -> None:
@@ -327,5 +400,5 @@ async def connect_remote_host(url: str, creds_file: str | None, db: AsyncStore,
     return host
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)

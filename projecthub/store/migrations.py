@@ -146,6 +146,12 @@ def _v5_file_history(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=schema.V5_TABLES, checkfirst=False)
 
 
+def _v6_host_state(conn: Connection) -> None:
+    # hosts: "up"/"down" as the hubs see the heartbeats (hub/remote_host.py)
+    kind = schema.hosts.c.state.type.compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE hosts ADD COLUMN state {kind}"))
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "accounts, projects, collaborators, api keys, hosts, settings", _v1_initial),
     Migration(2, "account_settings: per-account limit overrides, jupyter scratch project",
@@ -155,6 +161,7 @@ MIGRATIONS: list[Migration] = [
     Migration(4, "organizations, their admins and members, sign-in tokens, messages",
               _v4_orgs_messages),
     Migration(5, "file_history: sync.history of text written through the API", _v5_file_history),
+    Migration(6, "hosts: state (up/down from the heartbeats)", _v6_host_state),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1].version

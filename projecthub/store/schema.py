@@ -167,6 +167,8 @@ hosts = Table(
     Column("address", Text, nullable=False, default=""),
     Column("created", UTCDateTime, nullable=False),
     Column("last_seen", UTCDateTime, nullable=True),
+    # "up" or "down" as the hubs last saw its heartbeat (migration 6); NULL: never judged
+    Column("state", String(16), nullable=True),
     sqlite_autoincrement=True,
 )
 

@@ -799,9 +799,51 @@ class Store(OrgStore, MessageStore, FileHistoryStore):
             )
             return int(result.inserted_primary_key[0])
 
-    def touch_host(self, host_id: int) -> None:
+    def touch_host(self, host_id: int, state: str | None = None) -> None:
+        """Record that host ``host_id`` was heard now (and, with ``state``, that it is
+        "up" or "down"; a down host's last_seen stays when it was last heard)."""
+        values: dict[str, Any] = {} if state == "down" else {"last_seen": utcnow()}
+        if state is not None:
+            values["state"] = state
         with self._write() as conn:
-            conn.execute(update(hosts).where(hosts.c.host_id == host_id).values(last_seen=utcnow()))
+            conn.execute(update(hosts).where(hosts.c.host_id == host_id).values(**values))
+
+    def host_project_counts(self) -> dict[int, int]:
+        """host_id -> how many projects (not deleted) are assigned to it."""
+        with self._read() as conn:
+            return self._host_counts(conn)
+
+    @staticmethod
+    def _host_counts(conn: Connection) -> dict[int, int]:
+        rows = conn.execute(
+            select(projects.c.host_id, func.count())
+            .where(projects.c.host_id.is_not(None), projects.c.deleted.is_(False))
+            .group_by(projects.c.host_id)
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    def assign_host(self, project_id: str, choose: Callable[[dict[str, int]], str]) -> str:
+        """Place project ``project_id`` if it is placed nowhere yet: ``choose`` gets each
+        registered host's name -> assigned project count, taken inside this write
+        transaction (writers are serialised across hubs), and returns a host name (a host
+        not registered yet is registered).  Returns the project's host name (the one it
+        already had, if another hub placed it first)."""
+        with self._write() as conn:
+            row = conn.execute(select(projects.c.host_id).where(projects.c.project_id == project_id)).first()
+            if row is None:
+                raise KeyError(f"project {project_id} does not exist")
+            names = {int(r.host_id): r.name for r in conn.execute(select(hosts.c.host_id, hosts.c.name))}
+            if row.host_id is not None and int(row.host_id) in names:
+                return names[int(row.host_id)]
+            counts = self._host_counts(conn)
+            name = choose({n: counts.get(i, 0) for i, n in names.items()})
+            host_id = next((i for i, n in names.items() if n == name), None)
+            if host_id is None:
+                now = utcnow()
+                host_id = int(conn.execute(insert(hosts).values(
+                    name=name, address="nats", created=now, last_seen=now)).inserted_primary_key[0])
+            conn.execute(update(projects).where(projects.c.project_id == project_id).values(host_id=host_id))
+            return name
 
     def list_hosts(self) -> list[dict[str, Any]]:
         with self._read() as conn:

@@ -78,8 +78,8 @@ def test_exec_through_hub_nats_host(cluster: Any, nats_server: NatsServer) -> No
     (h1,) = [h for h in listed if h["name"] == "h1"]
     assert isinstance(h1["id"], int) and h1["state"] == "up" and h1["projects"] == 1
     assert h1["capacity"]["cpus"] >= 1 and "loadavg1" in h1["load"]
-    offline = hub.cli("host", "list")["hosts"]   # without NATS: from the store alone
-    assert [h["state"] for h in offline if h["name"] == "h1"] == ["unknown"]
+    offline = hub.cli("host", "list")["hosts"]   # without NATS: the state the hub stored
+    assert [(h["state"], h["projects"]) for h in offline if h["name"] == "h1"] == [("up", 1)]
     api.projects.stop(project_id)   # through the hub, to the host: its daemon goes away
     ledger = json.loads((host_dir / LEDGER_NAME).read_text())
     assert ledger[project_id]["state"] == "stopped"
