@@ -31,7 +31,7 @@ from typing import Any, AsyncIterator
 from ..errors import RemoteError
 from ..fabric.messages import STREAM_WINDOW
 from ..fabric.nats_client import HostUnavailable, NatsFabric
-from ..fabric.nats_wire import HOST_LOST_S, HUB_INBOX_PREFIX, Credentials, connect
+from ..fabric.nats_wire import HEARTBEAT_INTERVAL_S, HOST_LOST_S, HUB_INBOX_PREFIX, Credentials, connect
 from ..host.sandbox import ProjectLimits
 from .db import AsyncStore
 from . import placement
@@ -256,9 +256,13 @@ class RemoteHost:
     def is_running(self, project_id: str) -> bool:
         host = self._placed.get(project_id)
         seen = self.fabric.hosts.get(host) if host else None
-        # the newest word wins: this hub's own start or stop, or the host's last heartbeat
-        events = [(self._started_here.get(project_id, 0.0), True),
-                  (self._stopped_here.get(project_id, 0.0), False)]
+        # the newest word wins: this hub's own start or stop, or the host's last heartbeat.
+        # A start or stop outranks heartbeats for one interval: nats-py runs each
+        # subscription in its own task, so a heartbeat the host sent before it answered the
+        # start can be handled here after it (seen briefly as "not running": terminals 404).
+        started, stopped = self._started_here.get(project_id), self._stopped_here.get(project_id)
+        events = [(started + HEARTBEAT_INTERVAL_S if started else 0.0, True),
+                  (stopped + HEARTBEAT_INTERVAL_S if stopped else 0.0, False)]
         if seen is not None and time.monotonic() - seen.last_seen < HOST_LOST_S:
             events.append((seen.last_seen, project_id in (seen.info.get("running") or ())))
         when, running = max(events)
