@@ -170,3 +170,21 @@ def cluster(nats_server: NatsServer, pg_url: str, tmp_path: Path) -> Iterator[Cl
         yield made
     finally:
         made.stop()
+
+
+@pytest.fixture(scope="module")
+def module_cluster(nats_server: NatsServer, pg_server: Any,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """``cluster`` once for a whole module (tests that do not kill or restart pieces): its
+    own fresh database, dropped at the end."""
+    url = pg_server.new_database()
+    made = Cluster(nats_server, url, tmp_path_factory.mktemp("cluster"))
+    try:
+        made.start_hub()
+        made.start_hub()
+        for name in HOST_NAMES:
+            made.start_host(name)
+        yield made
+    finally:
+        made.stop()
+        pg_server.drop_database(url)

@@ -54,7 +54,7 @@ class Term:
         self.controls: list[dict[str, Any]] = []
         self.closed: tuple[int | None, str] | None = None
         self.scrollback = self._recv(10)
-        assert isinstance(self.scrollback, bytes), self.scrollback
+        assert isinstance(self.scrollback, bytes), (self.scrollback, self.closed)
 
     def _recv(self, timeout: float) -> Any:
         try:
