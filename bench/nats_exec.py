@@ -18,7 +18,7 @@ the same way.  Throughput: ``--tn`` exec ``true`` calls from C raw keep-alive HT
 over 4 projects, first all on host 1 (before host 2 starts), then 2 on each host; the CPU
 seconds of the hub and of each host process over the batch, divided by the calls.  Scale:
 ``--projects`` projects created (``POST /api/v3/projects``) and given a first exec through the
-hub, 8 at a time; each is stopped after its first exec except the last 100, whose daemons
+hub, 8 at a time; each is stopped after its first exec except the last 40, whose daemons
 give the memory per project; placement is read from each host's ledger.  Not run by
 ``run.py``; writes ``--out`` (default ``results/<date>-nats-exec.json``).
 """
@@ -49,7 +49,10 @@ from common import (PROJECT_ENV, PROJECTHUB, RawHTTP, Server, _mem, free_port, l
 HOST_ID = "bench1"
 HOST_IDS = ["bench1", "bench2"]
 UID_RANGES = {"bench1": "1700000-1701999", "bench2": "1702000-1703999"}
-KEEP_RUNNING = 100
+KEEP_RUNNING = 40   # running at the end (each reserves its 2 GiB image on the shared data disk)
+
+
+NATS_PID: list[int] = []
 
 
 def start_nats(directory: Path) -> tuple[str, Path]:
@@ -61,6 +64,7 @@ def start_nats(directory: Path) -> tuple[str, Path]:
     log = open(directory / "nats-server.log", "ab")
     proc = subprocess.Popen(["nats-server", "-c", str(paths["config"])], stdout=log, stderr=log)
     on_cleanup(lambda: stop_process(proc))
+    NATS_PID.append(proc.pid)
     time.sleep(0.3)
     return f"nats://127.0.0.1:{port}", directory
 
@@ -110,6 +114,34 @@ def cpu_s(pid: int) -> float:
     return times.user + times.system
 
 
+def sandbox_pids(data_dir: Path) -> list[int]:
+    """The outermost process of every running project of a host (``run/*/host.json``)."""
+    out = []
+    for record in (data_dir / "run").glob("*/host.json"):
+        try:
+            pid = json.loads(record.read_text()).get("pid")
+        except (OSError, ValueError):
+            continue
+        if isinstance(pid, int) and psutil.pid_exists(pid):
+            out.append(pid)
+    return out
+
+
+def tree_cpu_s(pids: list[int]) -> float:
+    """CPU seconds of these processes and all their descendants: the live ones, and the
+    reaped ones (``children_*`` of whoever reaped them: each ``true`` the daemon ran)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            top = psutil.Process(pid)
+            for proc in [top, *top.children(recursive=True)]:
+                t = proc.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
 JUPYTER_ARGS = [{"input": "1+1", "kernel": "python3"}]
 
 
@@ -148,6 +180,9 @@ def host_memory(data_dir: Path, host_pid: int) -> dict[str, Any]:
         out["per_project_rss_mib"] = round(out["projects_rss_mib"] / len(per), 2)
         out["per_project_pss_mib"] = round(out["projects_pss_mib"] / len(per), 2)
         out["processes_per_project"] = round(sum(m["processes"] for m in per) / len(per), 2)
+    from projecthub.host.sandbox.disk import IMAGE_NAME
+    sizes = sorted({img.stat().st_size for img in (data_dir / "projects").glob(f"*/{IMAGE_NAME}")})
+    out["disk_image_sizes_mib"] = [round(x / 2**20, 1) for x in sizes]   # each project's disk_bytes
     return out
 
 
@@ -155,10 +190,11 @@ def raw_exec_body(pid: str) -> dict[str, Any]:
     return {"project_id": pid, "name": "system.exec", "args": [{"command": "true"}]}
 
 
-async def throughput(server: Server, pids: list[str], n: int, c: int,
-                     cpu_pids: dict[str, int]) -> dict[str, Any]:
+async def throughput(server: Server, pids: list[str], n: int, c: int, cpu_pids: dict[str, int],
+                     daemon_tops: list[int]) -> dict[str, Any]:
     """n exec ``true`` from c raw keep-alive clients, worker w on project w % len(pids);
-    the CPU seconds of each named process over the batch, per call."""
+    the CPU seconds of each named process over the batch, per call, and of the projects'
+    sandboxes (daemons, and the ``true`` they spawn) and of this client."""
     clients = [RawHTTP(server.port, server.api_key) for _ in range(c)]
     bodies = [raw_exec_body(pids[w % len(pids)]) for w in range(c)]
 
@@ -169,9 +205,14 @@ async def throughput(server: Server, pids: list[str], n: int, c: int,
 
     await timed_concurrent(min(n, 4 * c), c, call, 120)   # warm-up: every connection open
     before = {k: cpu_s(p) for k, p in cpu_pids.items()}
+    before["daemons"] = tree_cpu_s(daemon_tops)
+    before["client"] = time.process_time()
     load0 = os.getloadavg()[0]
     lat, wall = await timed_concurrent(n, c, call, 300)
-    cpu = {k: round((cpu_s(p) - before[k]) / len(lat) * 1000, 4) for k, p in cpu_pids.items()}
+    after = {k: cpu_s(p) for k, p in cpu_pids.items()}
+    after["daemons"] = tree_cpu_s(daemon_tops)
+    after["client"] = time.process_time()
+    cpu = {k: round((after[k] - before[k]) / len(lat) * 1000, 4) for k in before}
     for cl in clients:
         await cl.close()
     out = summarize(lat, wall, c=c, projects=len(pids), cpu_per_call_ms=cpu,
@@ -319,8 +360,11 @@ def main() -> None:
         log("throughput")
         for c in concurrency:
             for label, pids in (("one_host", one), ("two_hosts", two)):
-                cpu_pids = {"hub": hub.process.pid, **{h: p.pid for h, p in hosts.items()}}
-                tput[f"{label}_c{c}"] = loop.run_until_complete(throughput(hub, pids, args.tn, c, cpu_pids))
+                cpu_pids = {"hub": hub.process.pid, **{h: p.pid for h, p in hosts.items()},
+                            "nats-server": NATS_PID[0]}
+                tops = [t for d in host_dirs.values() for t in sandbox_pids(d)]
+                tput[f"{label}_c{c}"] = loop.run_until_complete(
+                    throughput(hub, pids, args.tn, c, cpu_pids, tops))
                 r = tput[f"{label}_c{c}"]
                 log(f"  {label} c={c}: {r['per_s']}/s p50 {r['p50_ms']} ms cpu/call {r['cpu_per_call_ms']}")
 
