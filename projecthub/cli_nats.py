@@ -137,6 +137,7 @@ def cmd_host(args: argparse.Namespace) -> None:
             _fail(f"--uid-range: {exc}")
     try:
         prepare_data_dir(settings.data_dir)
+        settings.cgroup_root_name = host_cgroup_root(settings.data_dir, args.host_id)
         HostLedger.mark_data_dir(settings.data_dir)
     except OSError as exc:
         _fail(f"cannot use --data-dir {settings.data_dir}: {exc.strerror or exc}")
@@ -163,6 +164,29 @@ def cmd_host(args: argparse.Namespace) -> None:
         _fail(exc.message.removeprefix("Error: "), code=1)
 
 
+_CGROUP_ROOT_FILE = "cgroup-root"
+
+
+def host_cgroup_root(data_dir: Path, host_id: str | None = None) -> str:
+    """The cgroup subtree of this host data dir's projects, kept in the data dir so a
+    restart (adopting its daemons) and ``stop-all`` find the same one: "projecthub-<host
+    id>" for a new data dir (two hosts on one machine -- a compute_server_id instance beside
+    its home project -- never share a group), "projecthub" for one that ran before."""
+    from .host.ledger import LEDGER_NAME
+    path = data_dir / _CGROUP_ROOT_FILE
+    try:
+        name = path.read_text().strip()
+        if name:
+            return name
+    except FileNotFoundError:
+        pass
+    if host_id is None:
+        return "projecthub"
+    name = "projecthub" if (data_dir / LEDGER_NAME).exists() else f"projecthub-{host_id}"
+    path.write_text(name + "\n")
+    return name
+
+
 def is_host_data_dir(data_dir: Path) -> bool:
     """A `projecthub host`'s data dir: its ledger, and no store."""
     from .host.ledger import LEDGER_NAME
@@ -174,7 +198,7 @@ def stop_all_host(data_dir: Path, daemon_alive: Any) -> dict[str, Any]:
     ``stopped`` lists the projects that had processes running, as for serve's data dir."""
     from .host.ledger import HostLedger
     from .host.sandbox import Sandbox, SandboxConfig, disk
-    sandbox = Sandbox(SandboxConfig(data_dir=data_dir))
+    sandbox = Sandbox(SandboxConfig(data_dir=data_dir, cgroup_root_name=host_cgroup_root(data_dir)))
     ledger = HostLedger(data_dir, sandbox.uids.uid_for)
     alive = sandbox.running_projects()
     stopped = []

@@ -108,6 +108,10 @@ class ServerSettings:
     # Sandbox: "auto" (bwrap when it works), "bwrap", or "none".
     sandbox_mode: str = "auto"
     require_isolation: bool = False
+    # cgroup subtree of this server's projects (/sys/fs/cgroup/<this>/<project_id>); a
+    # `projecthub host` uses its own (cli_nats.host_cgroup_root) so hosts sharing a machine
+    # never share a project's group (an instance run with compute_server_id)
+    cgroup_root_name: str = "projecthub"
     # The software projects run (host/environment.py): None = the managed one in <data-dir>/env
     project_env: str | None = None
     project_rootfs: str | None = None

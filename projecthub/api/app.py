@@ -45,7 +45,8 @@ def build_sandbox(settings: ServerSettings) -> Sandbox:
         progress=lambda line: print(f"projecthub: {line}", file=sys.stderr, flush=True))
     return Sandbox(SandboxConfig(data_dir=settings.data_dir, mode=settings.sandbox_mode,
                                  require_isolation=settings.require_isolation, defaults=defaults,
-                                 uid_range=settings.uid_range, environment=environment))
+                                 uid_range=settings.uid_range, environment=environment,
+                                 cgroup_root_name=settings.cgroup_root_name))
 
 
 def create_app(settings: ServerSettings, sandbox: Sandbox | None = None) -> Starlette:

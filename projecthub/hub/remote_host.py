@@ -103,6 +103,7 @@ class RemoteHost:
         self._started = time.monotonic()
         self._watch_task: asyncio.Task[None] | None = None
         self._stored: dict[str, dict[str, Any]] = {}   # host name -> its store row (last read)
+        self._instances: dict[str, set[str]] = {}      # project -> hosts running an instance (compute_server_id)
         # the hub event bus (connect_remote_host sets it): tells other hubs of starts and stops
         self.events: HubEvents | NoEvents = NoEvents()
 
@@ -297,8 +298,66 @@ class RemoteHost:
 
     async def call(self, project_id: str, name: str, args: list[Any], budget: float | None = None) -> Any:
         host = await self._placed_host(project_id)
+        if name == "system.exec" and args and isinstance(args[0], dict):
+            host, args = await self._compute_server(project_id, host, args)
         return await self.fabric.call(host, "project.call",
                                       [project_id, await self._spec(project_id), name, args], budget)
+
+    async def _compute_server(self, project_id: str, home: str, args: list[Any]) -> tuple[str, list[Any]]:
+        """``compute_server_id`` in system.exec's options names a host by its numeric id
+        (``host list``): 0/None or the project's own host runs at home; another live host
+        runs the command in this project's instance there (its own home on that host, the
+        project's own limits and a uid of that host's range, started on demand by the host,
+        stopped and purged with the project).  The options go on with compute_server_id 0,
+        so the instance runs them (and its jobs answer async_get) as its own.  The instance
+        is always this same project's: the id picks a machine, never another project."""
+        opts = args[0]
+        wanted = opts.get("compute_server_id")
+        if wanted is None or (wanted == 0 and not isinstance(wanted, bool)):
+            return home, args
+        target = await self._host_by_id(wanted)
+        if target is None:
+            raise RemoteError(f"Error: no connection to compute server {wanted} -- "
+                              "no host has that id (projecthub host list shows them)")
+        args = [{**opts, "compute_server_id": 0}, *args[1:]]
+        if target != home:
+            self._check_up(target)
+            self._instances.setdefault(project_id, set()).add(target)
+        return target, args
+
+    async def _host_by_id(self, wanted: Any) -> str | None:
+        if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted <= 0:
+            return None
+        if wanted not in self._host_names:
+            self._host_names.update({int(h["host_id"]): h["name"] for h in await self.db.list_hosts()})
+        return self._host_names.get(wanted)
+
+    def _instance_hosts(self, project_id: str, home: str | None, every_live: bool) -> set[str]:
+        """The hosts other than ``home`` that may hold an instance of the project: those this
+        hub sent one to, and the live hosts whose heartbeat lists it running (another hub's
+        instances), or with ``every_live`` every live host (purging: a stopped instance's
+        home is listed nowhere)."""
+        hosts = set(self._instances.get(project_id, ()))
+        for name, info in self.fabric.live_hosts().items():
+            if every_live or project_id in (info.get("running") or ()):
+                hosts.add(name)
+        hosts.discard(home)   # type: ignore[arg-type]
+        return hosts
+
+    async def _on_instances(self, project_id: str, home: str | None, call: str, args: list[Any],
+                            every_live: bool = False) -> int:
+        """``call`` on each of the project's instances on other hosts (a failure is logged:
+        a down host's instance is stopped by its host's restart, which adopts nothing the
+        ledger does not list as running)."""
+        total = 0
+        for name in sorted(self._instance_hosts(project_id, home, every_live)):
+            try:
+                done = await self.fabric.call(name, call, args, None, _CONTROL_TIMEOUT_S)
+                total += int(done) if isinstance(done, int) and not isinstance(done, bool) else 0
+            except RemoteError as exc:
+                log.warning("%s of project %s's instance on %s: %s", call, project_id, name, exc)
+        self._instances.pop(project_id, None)
+        return total
 
     async def stream(self, project_id: str, name: str, args: list[Any],
                      window: int | None = None) -> AsyncIterator[Any]:
@@ -314,8 +373,11 @@ class RemoteHost:
 
     async def stop(self, project_id: str, reason: str = "stopped by request") -> None:
         host = await self.host_of(project_id, place=False)
-        if host is not None:   # a project that never ran has nothing to stop
-            await self.fabric.call(host, "project.stop", [project_id, reason], None, _CONTROL_TIMEOUT_S)
+        try:
+            if host is not None:   # a project that never ran has nothing to stop
+                await self.fabric.call(host, "project.stop", [project_id, reason], None, _CONTROL_TIMEOUT_S)
+        finally:   # its compute-server instances stop with it
+            await self._on_instances(project_id, host, "project.stop", [project_id, reason])
         self._stopped_here[project_id] = time.monotonic()
         self._started_here.pop(project_id, None)
         await self._set_state(project_id, "stopped", reason)
@@ -374,7 +436,8 @@ class RemoteHost:
         host = await self.host_of(project_id, place=False)
         if host is None:   # never ran: no files anywhere
             return 0
-        return int(await self.fabric.call(host, "project.purge", [project_id], None, _CONTROL_TIMEOUT_S))
+        freed = int(await self.fabric.call(host, "project.purge", [project_id], None, _CONTROL_TIMEOUT_S))
+        return freed + await self._on_instances(project_id, host, "project.purge", [project_id], every_live=True)
 
 
 async def connect_remote_host(url: str, creds_file: str | None, db: AsyncStore,
