@@ -182,7 +182,9 @@ def host_cgroup_root(data_dir: Path, host_id: str | None = None) -> str:
         pass
     if host_id is None:
         return "projecthub"
-    name = "projecthub" if (data_dir / LEDGER_NAME).exists() else f"projecthub-{host_id}"
+    used = (data_dir / LEDGER_NAME).exists() or (data_dir / "hub.db").exists() \
+        or any((data_dir / "projects").glob("*"))   # serve's data dir turned into a host's
+    name = "projecthub" if used else f"projecthub-{host_id}"
     path.write_text(name + "\n")
     return name
 
