@@ -49,7 +49,8 @@ from common import (PROJECT_ENV, PROJECTHUB, RawHTTP, Server, _mem, free_port, l
 HOST_ID = "bench1"
 HOST_IDS = ["bench1", "bench2"]
 UID_RANGES = {"bench1": "1700000-1701999", "bench2": "1702000-1703999"}
-KEEP_RUNNING = 40   # running at the end (each reserves its 2 GiB image on the shared data disk)
+KEEP_RUNNING = 40   # running at the end (each reserves its image on the shared data disk)
+HOST_LIMITS = '{"disk_bytes": "256M"}'   # as every bench server's
 
 
 NATS_PID: list[int] = []
@@ -76,7 +77,10 @@ def start_host(url: str, creds_dir: Path, data_dir: Path, host_id: str = HOST_ID
     proc = subprocess.Popen([*PROJECTHUB, "host", "--nats", url, "--host-id", host_id, "--data-dir",
                              str(data_dir), "--uid-range", UID_RANGES[host_id],
                              "--nats-creds", str(creds_path(creds_dir, host_user(host_id)))],
-                            stdout=log, stderr=log, env={**os.environ, "PROJECTHUB_PROJECT_ENV": str(PROJECT_ENV)})
+                            stdout=log, stderr=log, env={**os.environ, "PROJECTHUB_PROJECT_ENV": str(PROJECT_ENV),
+                                                         # a host applies its own default limits (the
+                                                         # hub's --default-limits do not reach it)
+                                                         "PROJECTHUB_DEFAULT_LIMITS": HOST_LIMITS})
 
     def stop() -> None:
         stop_process(proc)
@@ -284,7 +288,7 @@ def main() -> None:
         host_dirs = {h: work / h / "data" for h in HOST_IDS}
         hosts = {HOST_ID: start_host(url, creds_dir, host_dirs[HOST_ID])}
         from projecthub.fabric.nats_config import HUB_USER, creds_path
-        limits = ["--default-limits", '{"disk_bytes": "32M"}']   # 1,000 project images on one disk
+        limits = ["--default-limits", HOST_LIMITS]
         hub = Server(command="hub", extra_args=["--spare-projects", "0", *limits, "--nats", url, "--nats-creds",
                                                 str(creds_path(creds_dir, HUB_USER))]).start()
         embedded = Server(extra_args=["--spare-projects", "0", *limits]).start()
