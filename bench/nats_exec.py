@@ -280,6 +280,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     started = datetime.now(timezone.utc)
+    at_start = machine()   # its load average is the one at the start
     report: dict[str, Any] = {}
     try:
         work = make_tmp_dir("phbench-nats-")
@@ -383,7 +384,7 @@ def main() -> None:
         scaled["memory"] = {"hub_rss_mib": round(hub_rss / 2**20, 1), "hub_pss_mib": round(hub_pss / 2**20, 1),
                             **{h: host_memory(host_dirs[h], p.pid) for h, p in hosts.items()}}
         loop.close()
-        report = {"started": started.isoformat(timespec="seconds"), "machine": machine(),
+        report = {"started": started.isoformat(timespec="seconds"), "machine": at_start,
                   "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
                   "command": " ".join(["bench/nats_exec.py", *sys.argv[1:]]), "exec_true": result,
                   "jupyter_stateless": jresult, "throughput": tput, "scale": scaled}
