@@ -250,6 +250,13 @@ class _Unpack:
                 if dest.is_symlink() or dest.exists():
                     self._set_aside(dest)
                 dest.mkdir(parents=True, exist_ok=True)
+            if rel:   # its mode, as rsync -a (the data filter drops directories' modes;
+                # group/other write and high bits stay off, owner rwx on: members follow it)
+                fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fchmod(fd, (member.mode & 0o755) | 0o700)
+                finally:
+                    os.close(fd)
             self.stats["directories"] += 1
             return
         try:
