@@ -788,6 +788,47 @@ def _daemon_alive(data_dir: Path, project_id: str) -> bool:
         return False
 
 
+def cmd_project_move(args: argparse.Namespace) -> None:
+    """Move a project between hosts on NATS (hub/move.py); tells running hubs afterwards."""
+    import asyncio
+    import contextlib
+
+    from .errors import RemoteError
+    from .hub.db import AsyncStore
+    from .hub.move import move_project
+    from .fabric.nats_client import NatsFabric
+    from .fabric.nats_wire import HUB_INBOX_PREFIX, connect, load_credentials
+    if not args.nats:
+        _fail("project move needs --nats URL (and --nats-creds FILE): it talks to the hosts")
+    if not args.to or not all(c.isalnum() or c in "-_." for c in args.to) or len(args.to) > 128:
+        _fail(f"malformed host id {args.to!r}")
+    store = _open(args)
+
+    async def run() -> dict[str, Any]:
+        creds = load_credentials(args.nats_creds) if args.nats_creds else None
+        nc = await connect(args.nats, name="projecthub-move", creds=creds, inbox_prefix=HUB_INBOX_PREFIX)
+        fabric = NatsFabric(nc)
+        db = AsyncStore(store)
+        try:
+            await fabric.start()
+            return await move_project(db, fabric, args.project, args.to, args.timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                await fabric.close()
+            with contextlib.suppress(Exception):
+                await nc.close()
+            db.close()
+    try:
+        result = asyncio.run(run())
+    except RemoteError as exc:
+        _fail(exc.message.removeprefix("Error: "))
+    except Exception as exc:   # NATS away, bad creds file
+        _fail(f"could not move project {args.project}: {exc}")
+    _audit("project_moved", project_id=args.project, to=args.to, source=result.get("from"))
+    _announce(args, "project.moved", project_id=args.project)
+    _emit(result)
+
+
 def cmd_project_purge(args: argparse.Namespace) -> None:
     """Purge a deleted project's files now (the server does it --purge-after its deletion)."""
     from .host.purge import purge_project_files
@@ -1073,6 +1114,13 @@ def build_parser() -> argparse.ArgumentParser:
     _nats_args(p_limits)
     p_purge = _admin(projects, "purge", "remove a deleted project's files now", cmd_project_purge)
     p_purge.add_argument("--project", required=True, metavar="PID", help="the deleted project's id")
+    p_move = _admin(projects, "move", "move a project to another host (scale-out: hosts on NATS): "
+                                      "stopped, its home copied, restarted there if it ran", cmd_project_move)
+    p_move.add_argument("project", metavar="PID", help="the project's id")
+    p_move.add_argument("--to", required=True, metavar="HOST", help="the target host's id (host list's name)")
+    p_move.add_argument("--timeout", type=float, default=3600.0, metavar="S",
+                        help="give up (and leave the project where it is) after S seconds (default 3600)")
+    _nats_args(p_move)
     return parser
 
 
