@@ -69,6 +69,20 @@ class HostLedger:
             self._projects[project_id] = record
             self._save()
 
+    def moved_to(self, project_id: str) -> str | None:
+        """The host the project was moved to (``projecthub project move``), if it left here."""
+        moved = self._projects.get(project_id, {}).get("moved_to")
+        return moved if isinstance(moved, str) else None
+
+    def set_moved(self, project_id: str, target: str | None) -> None:
+        """Mark the project as moved to ``target`` (None: it is this host's again)."""
+        record = self._projects.setdefault(project_id, {"project_id": project_id, "state": "stopped"})
+        if target is None:
+            record.pop("moved_to", None)
+        else:
+            record["moved_to"] = target
+        self._save()
+
     def mark_stopped(self, project_id: str, reason: str) -> None:
         """For ``projecthub stop-all`` on the host's data dir (no host process running)."""
         record = self._projects.get(project_id)

@@ -63,8 +63,28 @@ class HostHandler:
         self.host = host
         self.ledger = ledger
 
+    def _owned(self, project_id: str) -> str:
+        """A project moved away (``project move``) is refused, not started afresh with an
+        empty home: a hub that missed the ``project.moved`` event forgets its placement on
+        this error and reads the store again."""
+        moved = self.ledger.moved_to(project_id)
+        if moved is not None:
+            raise RemoteError(f"Error: project {project_id} moved to host {moved}; try again",
+                              moved_to=moved, status=409)
+        return project_id
+
     async def call(self, name: str, args: list[Any], budget: float | None) -> Any:
         host = self.host
+        if name == "project.moved":         # [project_id, target]: after the store's switch
+            project_id = _project_id(args[0])
+            await host.stop(project_id, reason=f"moved to host {args[1]}")
+            self.ledger.set_moved(project_id, str(args[1]))
+            return True
+        if name == "project.adopt":         # [project_id]: a move here begins
+            self.ledger.set_moved(_project_id(args[0]), None)
+            return True
+        if name in ("project.call", "project.start", "project.update_limits"):
+            self._owned(_project_id(args[0]))
         if name == "project.call":          # [project_id, spec, name, args]
             project_id = _project_id(args[0])
             self.ledger.remember(project_id, _spec(args[1]))
@@ -96,7 +116,7 @@ class HostHandler:
     async def stream(self, name: str, args: list[Any]) -> AsyncIterator[Any]:
         if name != "project.stream":        # [project_id, spec, name, args, window]
             raise RemoteError(f"Error: unknown host stream {name}")
-        project_id = _project_id(args[0])
+        project_id = self._owned(_project_id(args[0]))
         self.ledger.remember(project_id, _spec(args[1]))
         window = args[4] if isinstance(args[4], int) and args[4] > 0 else None
         inner = self.host.stream(project_id, str(args[2]), list(args[3]), window)

@@ -72,6 +72,7 @@ async def move_project(db: AsyncStore, fabric: NatsFabric, project_id: str, targ
     if target_id is None:
         target_id = int(await db.ensure_host(target, address="nats"))
     if source is None:   # never placed: nothing to copy, it starts on the target
+        await fabric.call(target, "project.adopt", [project_id], None, _CONTROL_TIMEOUT_S)
         await db.update_project(project_id, host_id=target_id)
         return {"project_id": project_id, "from": None, "to": target, "copied": None, "running": False}
     if source not in live:
@@ -80,6 +81,7 @@ async def move_project(db: AsyncStore, fabric: NatsFabric, project_id: str, targ
     was_running = project_id in (live[source].get("running") or ())
     spec = {"limits": (project.get("settings") or {}).get("limits") or {}, "deleted": False}
     reason = f"moving to host {target}"
+    await fabric.call(target, "project.adopt", [project_id], None, _CONTROL_TIMEOUT_S)
     await fabric.call(source, "project.stop", [project_id, reason], None, _CONTROL_TIMEOUT_S)
     try:
         async with asyncio.timeout(timeout_s):
@@ -100,7 +102,8 @@ async def move_project(db: AsyncStore, fabric: NatsFabric, project_id: str, targ
     await fabric.call(target, "project.stop", [project_id, "moved here"], None, _CONTROL_TIMEOUT_S)
     await db.update_project(project_id, host_id=target_id, state="stopped")   # the switch
     freed = None
-    try:   # the old copy is no longer the project's: its files go
+    try:   # the old copy is no longer the project's: refused there from now on, its files go
+        await fabric.call(source, "project.moved", [project_id, target], None, _CONTROL_TIMEOUT_S)
         freed = await fabric.call(source, "project.purge", [project_id], None, _CONTROL_TIMEOUT_S)
     except RemoteError as exc:
         log.warning("purging the old copy of %s on %s: %s", project_id, source, exc)

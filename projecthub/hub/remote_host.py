@@ -300,8 +300,12 @@ class RemoteHost:
         host = await self._placed_host(project_id)
         if name == "system.exec" and args and isinstance(args[0], dict):
             host, args = await self._compute_server(project_id, host, args)
-        return await self.fabric.call(host, "project.call",
-                                      [project_id, await self._spec(project_id), name, args], budget)
+        try:
+            return await self.fabric.call(host, "project.call",
+                                          [project_id, await self._spec(project_id), name, args], budget)
+        except RemoteError as exc:
+            self._moved_away(project_id, exc)
+            raise
 
     async def _compute_server(self, project_id: str, home: str, args: list[Any]) -> tuple[str, list[Any]]:
         """``compute_server_id`` in system.exec's options names a host by its numeric id
@@ -368,6 +372,9 @@ class RemoteHost:
         try:
             async for item in inner:
                 yield item
+        except RemoteError as exc:
+            self._moved_away(project_id, exc)
+            raise
         finally:
             await inner.aclose()
 
@@ -395,6 +402,12 @@ class RemoteHost:
             self._stopped_here[project_id] = now
             self._started_here.pop(project_id, None)
         self._specs.pop(project_id, None)   # e.g. deleted: the host must hear it at once
+
+    def _moved_away(self, project_id: str, exc: RemoteError) -> None:
+        """The host says the project moved (``projecthub project move``; this hub missed the
+        ``project.moved`` event): the next call reads its placement from the store."""
+        if "moved_to" in exc.extra or " moved to host " in exc.message:
+            self.forget(project_id)
 
     def forget(self, project_id: str) -> None:
         """The project moved to another host (``project.moved``): forget where it was placed,

@@ -6,6 +6,7 @@ are one line, exit 2, and change nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from typing import Any
@@ -27,6 +28,30 @@ def _move(cluster: Cluster, project_id: str, target: str, *extra: str) -> subpro
                            "--database-url", cluster.database_url, "--nats", cluster.nats.url,
                            "--nats-creds", str(cluster.nats.creds_file(HUB_USER))],
                           capture_output=True, text=True, timeout=300, env={**TEST_ENV, **os.environ})
+
+
+async def _call_host(cluster: Cluster, host: str, name: str, args: list[Any]) -> str:
+    """``name`` on ``host`` as a hub would call it; the error text (or "ok")."""
+    from projecthub.errors import RemoteError
+    from projecthub.fabric.nats_client import NatsFabric
+    from projecthub.fabric.nats_wire import HUB_INBOX_PREFIX, connect, load_credentials
+    nc = await connect(cluster.nats.url, name="test-stale-hub", inbox_prefix=HUB_INBOX_PREFIX,
+                       creds=load_credentials(str(cluster.nats.creds_file(HUB_USER))))
+    fabric = NatsFabric(nc)
+    try:
+        await fabric.start()
+        for _ in range(60):   # heard once its heartbeat comes
+            if host in fabric.live_hosts():
+                break
+            await asyncio.sleep(0.05)
+        try:
+            await fabric.call(host, name, args, 30, 60)
+        except RemoteError as exc:
+            return exc.message
+        return "ok"
+    finally:
+        await fabric.close()
+        await nc.close()
 
 
 def _holders(cluster: Cluster, project_id: str) -> list[str]:
@@ -74,6 +99,13 @@ def test_move_a_project_between_hosts(cluster: Cluster) -> None:
         assert out[0].split()[0] == digest and out[1] == "hello" and out[2] == "sub/a.txt", out
         assert out[3] == f"640 {uid}" and out[4] == f"750 {uid}", out   # modes kept, the target's uid
         assert int(uid) in range(cluster.hosts[target].uid_base, cluster.hosts[target].uid_base + 1000)
+    assert _holders(cluster, project_id) == [target]
+    # a hub that missed the project.moved event and still routes to the old host is refused
+    # there (it forgets the placement on that error), never served an empty new home
+    stale = asyncio.run(_call_host(cluster, source, "project.call",
+                                   [project_id, {"limits": {}, "deleted": False}, "system.exec",
+                                    [{"command": "true"}]]))
+    assert f"moved to host {target}" in stale, stale
     assert _holders(cluster, project_id) == [target]
 
     # back to where it came from: still whole
