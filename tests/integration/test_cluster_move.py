@@ -115,7 +115,7 @@ def test_move_a_project_between_hosts(cluster: Cluster) -> None:
     assert out.split()[0] == digest and "hello" in out
 
 
-def test_move_to_a_down_host_changes_nothing(cluster: Cluster) -> None:
+def test_a_cut_copy_or_a_down_target_changes_nothing(cluster: Cluster) -> None:
     import cocalc_api
     account = cluster.new_account()
     hub0 = cluster.hubs[0]
@@ -124,6 +124,16 @@ def test_move_to_a_down_host_changes_nothing(cluster: Cluster) -> None:
     wait_for(lambda: _try(lambda: p0.system.exec(command="echo kept > kept.txt", bash=True)), 90)
     [source] = _holders(cluster, project_id)
     target = "h2" if source == "h1" else "h1"
+
+    # a copy cut short (--timeout): the target's partial copy goes, the source stays
+    p0.system.exec(command="head -c 80000000 /dev/zero > big.bin", bash=True)
+    cut = _move(cluster, project_id, target, "--timeout", "0.2")
+    assert cut.returncode == 2 and "timeout" in cut.stderr and f"stays on {source}" in cut.stderr, cut.stderr
+    assert _holders(cluster, project_id) == [source]
+    for hub in cluster.hubs:
+        project = cocalc_api.Project(api_key=account.api_key, host=hub.url, project_id=project_id)
+        assert wait_for(lambda: _try(lambda: project.system.exec(command="cat kept.txt")), 60)["stdout"] == "kept\n"
+
     cluster.kill_host(target)
     down = _move(cluster, project_id, target)
     assert down.returncode == 2 and f"host {target} is registered but down" in down.stderr, down.stderr
