@@ -802,6 +802,8 @@ def cmd_project_move(args: argparse.Namespace) -> None:
         _fail("project move needs --nats URL (and --nats-creds FILE): it talks to the hosts")
     if not args.to or not all(c.isalnum() or c in "-_." for c in args.to) or len(args.to) > 128:
         _fail(f"malformed host id {args.to!r}")
+    if not 0 < args.timeout < float("inf"):   # NaN too
+        _fail("--timeout must be a positive number of seconds")
     store = _open(args)
 
     async def run() -> dict[str, Any]:
