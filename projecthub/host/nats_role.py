@@ -83,7 +83,10 @@ class HostHandler:
         if name == "project.adopt":         # [project_id]: a move here begins
             self.ledger.set_moved(_project_id(args[0]), None)
             return True
-        if name in ("project.call", "project.start", "project.update_limits"):
+        # A compute-server instance (compute_server_id) is not the project's home: it is
+        # served on a host the home moved away from; a home call there is refused.
+        instance = name == "project.call" and isinstance(args[1], dict) and args[1].get("instance") is True
+        if name in ("project.call", "project.start", "project.update_limits") and not instance:
             self._owned(_project_id(args[0]))
         if name == "project.call":          # [project_id, spec, name, args]
             project_id = _project_id(args[0])

@@ -297,12 +297,14 @@ class RemoteHost:
         return None
 
     async def call(self, project_id: str, name: str, args: list[Any], budget: float | None = None) -> Any:
-        host = await self._placed_host(project_id)
+        home = host = await self._placed_host(project_id)
         if name == "system.exec" and args and isinstance(args[0], dict):
             host, args = await self._compute_server(project_id, host, args)
+        spec = await self._spec(project_id)
+        if host != home:   # a compute-server instance: served even where the home moved away
+            spec = {**spec, "instance": True}
         try:
-            return await self.fabric.call(host, "project.call",
-                                          [project_id, await self._spec(project_id), name, args], budget)
+            return await self.fabric.call(host, "project.call", [project_id, spec, name, args], budget)
         except RemoteError as exc:
             self._moved_away(project_id, exc)
             raise
@@ -414,6 +416,7 @@ class RemoteHost:
         its spec and this hub's word on its state; the next call reads its placement anew."""
         for table in (self._placed, self._specs, self._started_here, self._stopped_here):
             table.pop(project_id, None)
+        self._instances.pop(project_id, None)
 
     def forget_spec(self, project_id: str | None = None) -> None:
         """Drop a project's cached spec (limits, deleted), or every one: re-read at next use."""

@@ -113,6 +113,13 @@ def test_move_a_project_between_hosts(cluster: Cluster) -> None:
     assert _holders(cluster, project_id) == [source]
     out = p0.system.exec(command="sha256sum work/big.bin; cat work/sub/a.txt", bash=True)["stdout"]
     assert out.split()[0] == digest and "hello" in out
+    # the host it moved away from still serves the project's compute-server instance
+    # (compute_server_id): only calls for its home are refused there
+    ids = {row["name"]: row["id"] for row in cluster.host_list()}
+    away = p0.system.exec(command="echo instance > here.txt && cat here.txt", bash=True,
+                          compute_server_id=ids[target])
+    assert away["stdout"] == "instance\n" and away["exit_code"] == 0, away
+    assert p0.system.exec(command="test -e here.txt || echo home-untouched", bash=True)["stdout"] == "home-untouched\n"
 
 
 def test_a_cut_copy_or_a_down_target_changes_nothing(cluster: Cluster) -> None:
