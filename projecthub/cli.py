@@ -1116,8 +1116,9 @@ def build_parser() -> argparse.ArgumentParser:
     _nats_args(p_limits)
     p_purge = _admin(projects, "purge", "remove a deleted project's files now", cmd_project_purge)
     p_purge.add_argument("--project", required=True, metavar="PID", help="the deleted project's id")
-    p_move = _admin(projects, "move", "move a project to another host (scale-out: hosts on NATS): "
-                                      "stopped, its home copied, restarted there if it ran", cmd_project_move)
+    p_move = _admin(projects, "move", "move a project to another host (scale-out: hosts on NATS): stopped, "
+                                      "its home and job records copied, restarted there if it ran",
+                    cmd_project_move)
     p_move.add_argument("project", metavar="PID", help="the project's id")
     p_move.add_argument("--to", required=True, metavar="HOST", help="the target host's id (host list's name)")
     p_move.add_argument("--timeout", type=float, default=3600.0, metavar="S",

@@ -5,9 +5,13 @@ host's daemon pack the home (``native.archive.pack``: a tar stream, as the sourc
 its sandbox) and the target host's daemon unpack it (``native.archive.unpack*``: as the
 target's own uid for the project, in its sandbox, within its disk limit, with
 ``project/archive.py``'s path and symlink rules), one chunk at a time: nothing holds more
-than the fabric's stream window plus one chunk, whatever the size of the home.  Job
-records live in the host's state dir, not the home: they do not move yet (the project is
-stopped first, so no job runs; finished jobs' records stay behind with the source).
+than the fabric's stream window plus one chunk, whatever the size of the home.  The job
+records (the state dir's ``jobs/``, project/jobs.py) follow the same way (the archive's
+``scope: "jobs"``: same uid, same sandbox, same rules), so ``async_get`` answers the same on
+the target.  The project is stopped first, so no job runs: a job that was running ends
+there as after a daemon restart.  Both copies delete what the target held and the source
+did not, so the target's home and job records become exactly the source's (no old job id
+of the target survives to answer for the project).
 
 The source stays authoritative until the store is switched (``projects.host_id``): a
 failure or an interruption before that stops and purges the partial copy on the target and
@@ -116,21 +120,32 @@ async def move_project(db: AsyncStore, fabric: NatsFabric, project_id: str, targ
 
 async def _copy(fabric: NatsFabric, project_id: str, spec: dict[str, Any], source: str,
                 target: str) -> dict[str, Any]:
-    """The source daemon's tar stream into the target daemon's extractor, chunk by chunk."""
+    """The home, then the job records: each the source daemon's tar stream into the target
+    daemon's extractor, chunk by chunk."""
+    stats = await _copy_tree(fabric, project_id, spec, source, target, "home")
+    stats["jobs"] = await _copy_tree(fabric, project_id, spec, source, target, "jobs")
+    return stats
+
+
+async def _copy_tree(fabric: NatsFabric, project_id: str, spec: dict[str, Any], source: str,
+                     target: str, scope: str) -> dict[str, Any]:
     def on_target(name: str, opts: dict[str, Any]) -> Any:
         return fabric.call(target, "project.call", [project_id, spec, name, [opts]], _CHUNK_BUDGET_S,
                            _CHUNK_BUDGET_S + 30)
     pack = fabric.stream(source, "project.stream",
-                         [project_id, spec, "native.archive.pack", [{"path": ""}], STREAM_WINDOW],
-                         STREAM_WINDOW)
+                         [project_id, spec, "native.archive.pack", [{"path": "", "scope": scope}],
+                          STREAM_WINDOW], STREAM_WINDOW)
     unpack_id: str | None = None
     try:
         first = await anext(pack, None)
         if not isinstance(first, dict) or first.get("kind") != "dir":
-            raise MoveError("Error: the source host sent no copy of the home")
-        # delete_missing: the target's home becomes exactly the source's
+            what = "home" if scope == "home" else "job records"
+            raise MoveError(f"Error: the source host sent no copy of the project's {what}")
+        # delete_missing: the target's tree becomes exactly the source's (overwrite_newer
+        # too for job records: a record the target holds is never the project's newer one)
         begin = await on_target("native.archive.unpackBegin",
-                                {"path": "", "kind": "dir", "delete_missing": True})
+                                {"path": "", "kind": "dir", "scope": scope, "delete_missing": True,
+                                 "overwrite_newer": scope == "jobs"})
         unpack_id = str(begin["id"])
         async for item in pack:
             data = item.get("data") if isinstance(item, dict) else None

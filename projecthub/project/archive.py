@@ -23,6 +23,14 @@ counted, never fatal.  The options are rsync's, as CoCalc's copy has them:
 
 A directory is copied as its contents into the target directory (rsync's ``src/ dst/``);
 a file is copied to the target path.
+
+``scope: "jobs"`` (``project move``: a project's job records go with it) packs or unpacks
+the state dir's ``jobs/`` (project/jobs.py) instead of a path in the home, whole (``path``
+empty).  Nothing new is trusted: that directory is the project's own writable state
+(its code can plant anything there, and jobs.py reads it as untrusted input), the daemon
+runs as the same uid in the same sandbox, and the same member rules apply.  It must be a
+real directory inside the state dir: a symlink planted in its place is never followed (the
+source packs nothing, the target removes the link and makes the directory).
 """
 
 from __future__ import annotations
@@ -59,6 +67,51 @@ def _inside_home(ctx: ProjectContext, rel: str) -> Path:
     return resolve(ctx, parent) / name if name else resolve(ctx, "")
 
 
+def _jobs_scope(opts: dict[str, Any], rel: str) -> bool:
+    """True for ``scope: "jobs"`` (see the module docstring), False for the home."""
+    scope = opts.get("scope", "home")
+    if scope in (None, "home"):
+        return False
+    if scope != "jobs":
+        raise RemoteError("Error: 'scope' must be 'home' or 'jobs'")
+    if rel:
+        raise RemoteError("Error: job records are copied whole: 'path' must be empty with scope 'jobs'")
+    return True
+
+
+def _jobs_dir(ctx: ProjectContext, *, make: bool) -> Path | None:
+    """The state dir's ``jobs/`` if it is a real directory there (None if not, on the source).
+    ``make`` (the target): whatever the project left in its place goes (a symlink is
+    unlinked, not followed) and a directory is made."""
+    path = Path(ctx.state_dir) / "jobs"
+    try:
+        st: os.stat_result | None = path.lstat()
+    except OSError:   # missing (or unreadable: then mkdir says why)
+        st = None
+    if (st is None or not stat.S_ISDIR(st.st_mode)) and not make:
+        return None
+    try:
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            _remove(path)   # not a directory: unlink never follows a link
+            st = None
+        if st is None:
+            path.mkdir(mode=0o700, parents=True)
+    except OSError as exc:
+        raise RemoteError(f"Error: cannot make the job records' directory: {exc.strerror or exc}")
+    # the state dir is the host's bind mount (the project cannot replace it); its jobs/ is
+    # now a real directory, not a link: checked once more by its real path
+    if os.path.realpath(path) != os.path.join(os.path.realpath(ctx.state_dir), "jobs"):
+        raise RemoteError("Error: the project's job records are not a directory in its state dir")
+    return path
+
+
+def _make_jobs_dir(ctx: ProjectContext) -> Path:
+    path = _jobs_dir(ctx, make=True)
+    if path is None:   # never: make=True makes it or raises
+        raise RemoteError("Error: the project's job records are not a directory in its state dir")
+    return path
+
+
 def _excludes(value: Any) -> list[str]:
     if value is None:
         return []
@@ -92,7 +145,9 @@ class _PipeWriter:
         return len(data)
 
 
-def _pack_into(fd: int, source: Path, excludes: list[str], errors: list[str], gzip: bool = False) -> None:
+def _pack_into(fd: int, source: Path | None, excludes: list[str], errors: list[str],
+               gzip: bool = False) -> None:
+    """``source`` None: an empty archive (no job records to send)."""
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         rel = info.name[2:] if info.name.startswith("./") else info.name
         if rel and any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(os.path.basename(rel), p) for p in excludes):
@@ -105,7 +160,8 @@ def _pack_into(fd: int, source: Path, excludes: list[str], errors: list[str], gz
     try:
         with tarfile.open(fileobj=_PipeWriter(fd), mode="w|gz" if gzip else "w|",
                           format=tarfile.PAX_FORMAT) as tar:
-            tar.add(str(source), arcname=".", recursive=True, filter=keep)
+            if source is not None:
+                tar.add(str(source), arcname=".", recursive=True, filter=keep)
     except BrokenPipeError:
         pass   # the reader went away (cancelled copy)
     except OSError as exc:
@@ -116,20 +172,27 @@ def _pack_into(fd: int, source: Path, excludes: list[str], errors: list[str], gz
 
 
 async def pack(ctx: ProjectContext, args: list[Any]) -> AsyncIterator[Any]:
-    """``{path, exclude?, gzip?}`` → ``{"kind": "dir"|"file"}``, then ``{"data": base64}`` items."""
+    """``{path, exclude?, gzip?, scope?}`` → ``{"kind": "dir"|"file"}``, then ``{"data": base64}``
+    items."""
     opts = _opts(args)
-    rel = relative(opts.get("path"), allow_home=True)
+    rel = relative(opts.get("path", "") if opts.get("scope") == "jobs" else opts.get("path"),
+                   allow_home=True)
     excludes = _excludes(opts.get("exclude"))
-    source = _inside_home(ctx, rel)
-    try:
-        st = source.lstat()
-    except OSError:
-        raise RemoteError(f"Error: no such path '{opts.get('path')}' in the source project")
-    if stat.S_ISLNK(st.st_mode):
-        raise RemoteError(f"Error: '{opts.get('path')}' is a symbolic link; copy what it points to")
-    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        raise RemoteError(f"Error: '{opts.get('path')}' is neither a file nor a directory")
-    yield {"kind": "dir" if stat.S_ISDIR(st.st_mode) else "file"}
+    source: Path | None
+    if _jobs_scope(opts, rel):
+        source = _jobs_dir(ctx, make=False)
+        yield {"kind": "dir"}
+    else:
+        source = _inside_home(ctx, rel)
+        try:
+            st = source.lstat()
+        except OSError:
+            raise RemoteError(f"Error: no such path '{opts.get('path')}' in the source project")
+        if stat.S_ISLNK(st.st_mode):
+            raise RemoteError(f"Error: '{opts.get('path')}' is a symbolic link; copy what it points to")
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            raise RemoteError(f"Error: '{opts.get('path')}' is neither a file nor a directory")
+        yield {"kind": "dir" if stat.S_ISDIR(st.st_mode) else "file"}
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     errors: list[str] = []
     gzip = opts.get("gzip", False) is True
@@ -363,21 +426,28 @@ def _expire_idle() -> None:
 
 
 async def unpack_begin(ctx: ProjectContext, args: list[Any]) -> dict[str, Any]:
-    """``{path, kind, overwrite_newer?, backup?, delete_missing?}`` → ``{"id"}``."""
+    """``{path, kind, overwrite_newer?, backup?, delete_missing?, scope?}`` → ``{"id"}``."""
     if not hasattr(tarfile, "data_filter"):
         raise RemoteError("Error: this project's Python has no tarfile filters (3.11.4+ needed)")
     opts = _opts(args)
-    rel = relative(opts.get("path"), allow_home=True)
+    rel = relative(opts.get("path", "") if opts.get("scope") == "jobs" else opts.get("path"),
+                   allow_home=True)
     kind = opts.get("kind")
     if kind not in ("dir", "file"):
         raise RemoteError("Error: 'kind' must be 'dir' or 'file'")
+    jobs = _jobs_scope(opts, rel)
+    if jobs and kind != "dir":
+        raise RemoteError("Error: job records are copied as a directory: 'kind' must be 'dir'")
     if kind == "file" and not rel:
         raise RemoteError("Error: the target of a file copy must be a file path, not the home")
     _expire_idle()
     if len(_unpacks) >= MAX_UNPACKS:
         raise RemoteError(f"Error: at most {MAX_UNPACKS} copies into a project at a time")
-    # a directory target is written into: it must not lead out even as its last component
-    job = _Unpack(resolve(ctx, rel) if kind == "dir" else _inside_home(ctx, rel), kind, opts)
+    if jobs:
+        target = _make_jobs_dir(ctx)
+    else:   # a directory target is written into: it must not lead out even as its last component
+        target = resolve(ctx, rel) if kind == "dir" else _inside_home(ctx, rel)
+    job = _Unpack(target, kind, opts)
     key = uuid.uuid4().hex
     _unpacks[key] = job
     return {"id": key}

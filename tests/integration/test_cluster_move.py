@@ -1,8 +1,8 @@
 """``projecthub project move PROJECT --to HOST`` (issue 17 item 3) on a real cluster: two hubs,
-two hosts on NATS.  The home (a few MB, a symlink, modes) moves (job records, kept in the
-host's state dir, do not yet: the project stopped first, finished jobs stay behind); the
-target's own uid owns the files; both hubs reach the project on its new host; bad moves
-are one line, exit 2, and change nothing."""
+two hosts on NATS.  The home (a few MB, a symlink, modes) and the job records (the state
+dir's ``jobs/``) move: ``async_get`` answers the same through both hubs afterwards, and a
+job that ran at the move reads as ended; the target's own uid owns the files; both hubs
+reach the project on its new host; bad moves are one line, exit 2, and change nothing."""
 
 from __future__ import annotations
 
@@ -75,6 +75,7 @@ def test_move_a_project_between_hosts(cluster: Cluster) -> None:
     job = p0.system.exec(command="echo job-out", bash=True, async_call=True)
     done = p0.call("system.exec", [{"async_get": job["job_id"], "async_await": True}])
     assert done["status"] == "completed" and done["stdout"] == "job-out\n", done
+    running = p0.system.exec(command="sleep 600", bash=True, async_call=True)   # still running at the move
 
     # bad moves: one line, exit 2, nothing changed
     same = _move(cluster, project_id, source)
@@ -99,6 +100,12 @@ def test_move_a_project_between_hosts(cluster: Cluster) -> None:
         assert out[0].split()[0] == digest and out[1] == "hello" and out[2] == "sub/a.txt", out
         assert out[3] == f"640 {uid}" and out[4] == f"750 {uid}", out   # modes kept, the target's uid
         assert int(uid) in range(cluster.hosts[target].uid_base, cluster.hosts[target].uid_base + 1000)
+        # the job records came along: the same job, answered by the target through any hub
+        again = project.call("system.exec", [{"async_get": job["job_id"]}])
+        assert again["status"] == "completed" and again["stdout"] == "job-out\n", again
+        assert again["exit_code"] == 0 and again["job_id"] == job["job_id"], again
+        ended = project.call("system.exec", [{"async_get": running["job_id"]}])
+        assert ended["status"] in ("killed", "error") and ended["job_id"] == running["job_id"], ended
     assert _holders(cluster, project_id) == [target]
     # a hub that missed the project.moved event and still routes to the old host is refused
     # there (it forgets the placement on that error), never served an empty new home
@@ -113,6 +120,8 @@ def test_move_a_project_between_hosts(cluster: Cluster) -> None:
     assert _holders(cluster, project_id) == [source]
     out = p0.system.exec(command="sha256sum work/big.bin; cat work/sub/a.txt", bash=True)["stdout"]
     assert out.split()[0] == digest and "hello" in out
+    back = p0.call("system.exec", [{"async_get": job["job_id"]}])
+    assert back["status"] == "completed" and back["stdout"] == "job-out\n", back
     # the host it moved away from still serves the project's compute-server instance
     # (compute_server_id): only calls for its home are refused there
     ids = {row["name"]: row["id"] for row in cluster.host_list()}
