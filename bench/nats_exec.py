@@ -77,10 +77,7 @@ def start_host(url: str, creds_dir: Path, data_dir: Path, host_id: str = HOST_ID
     proc = subprocess.Popen([*PROJECTHUB, "host", "--nats", url, "--host-id", host_id, "--data-dir",
                              str(data_dir), "--uid-range", UID_RANGES[host_id],
                              "--nats-creds", str(creds_path(creds_dir, host_user(host_id)))],
-                            stdout=log, stderr=log, env={**os.environ, "PROJECTHUB_PROJECT_ENV": str(PROJECT_ENV),
-                                                         # a host applies its own default limits (the
-                                                         # hub's --default-limits do not reach it)
-                                                         "PROJECTHUB_DEFAULT_LIMITS": HOST_LIMITS})
+                            stdout=log, stderr=log, env={**os.environ, "PROJECTHUB_PROJECT_ENV": str(PROJECT_ENV)})
 
     def stop() -> None:
         stop_process(proc)

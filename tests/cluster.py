@@ -27,6 +27,9 @@ from tests.nats import NatsServer, nats_server  # noqa: F401  (the fixture, for 
 from tests.server import PROJECTHUB, TEST_ENV, Account, Server, free_port, stop_process
 
 HOST_NAMES = ("h1", "h2")
+# The hubs' default project limits: hosts must apply these (the hubs' policy), not their own.
+HUB_DEFAULT_TMP_BYTES = 96 * 2**20
+HUB_DEFAULT_LIMITS = json.dumps({"tmp_bytes": HUB_DEFAULT_TMP_BYTES})
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
@@ -71,7 +74,7 @@ class Cluster:
         data_dir.mkdir(parents=True, exist_ok=True)
         hub = Server(data_dir, command="hub", extra_args=[
             "--database-url", self.database_url, "--nats", self.nats.url,
-            "--nats-creds", str(self.nats.creds_file(HUB_USER))])
+            "--nats-creds", str(self.nats.creds_file(HUB_USER)), "--default-limits", HUB_DEFAULT_LIMITS])
         if port is not None:
             hub.port = port
         self.hubs.append(hub.start())
@@ -153,6 +156,25 @@ class Cluster:
                                capture_output=True, text=True, timeout=120, env={**TEST_ENV, **os.environ})
 
 
+def attempt(fn: Callable[[], Any]) -> Any:
+    """``fn()``, or None if it raises: for ``wait_for`` on calls that fail until ready."""
+    try:
+        return fn()
+    except Exception:
+        return None
+
+
+def _two_hubs_two_hosts(made: Cluster) -> Iterator[Cluster]:
+    try:
+        made.start_hub()
+        made.start_hub()
+        for name in HOST_NAMES:
+            made.start_host(name)
+        yield made
+    finally:
+        made.stop()
+
+
 def http(hub: Server, method: str, path: str, key: str, **kwargs: Any) -> httpx.Response:
     return httpx.request(method, hub.url + path, headers={"Authorization": f"Bearer {key}"},
                          timeout=kwargs.pop("timeout", 60), **kwargs)
@@ -161,15 +183,7 @@ def http(hub: Server, method: str, path: str, key: str, **kwargs: Any) -> httpx.
 @pytest.fixture
 def cluster(nats_server: NatsServer, pg_url: str, tmp_path: Path) -> Iterator[Cluster]:
     """Two hubs on one PostgreSQL database and one nats-server, and two hosts, h1 and h2."""
-    made = Cluster(nats_server, pg_url, tmp_path)
-    try:
-        made.start_hub()
-        made.start_hub()
-        for name in HOST_NAMES:
-            made.start_host(name)
-        yield made
-    finally:
-        made.stop()
+    yield from _two_hubs_two_hosts(Cluster(nats_server, pg_url, tmp_path))
 
 
 @pytest.fixture(scope="module")
@@ -178,13 +192,7 @@ def module_cluster(nats_server: NatsServer, pg_server: Any,
     """``cluster`` once for a whole module (tests that do not kill or restart pieces): its
     own fresh database, dropped at the end."""
     url = pg_server.new_database()
-    made = Cluster(nats_server, url, tmp_path_factory.mktemp("cluster"))
     try:
-        made.start_hub()
-        made.start_hub()
-        for name in HOST_NAMES:
-            made.start_host(name)
-        yield made
+        yield from _two_hubs_two_hosts(Cluster(nats_server, url, tmp_path_factory.mktemp("cluster")))
     finally:
-        made.stop()
         pg_server.drop_database(url)

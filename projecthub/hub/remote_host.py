@@ -4,7 +4,7 @@
 lifecycle and the metrics use (``call``, ``stream``, ``ensure_running``, ``stop``, ...), so
 the hub's service code does not change: each operation becomes one fabric call to the
 project's host (``host/nats_role.py`` lists them), carrying what the host must not read
-from the database itself (the project's limit overrides, whether it is deleted).
+from the database itself (the project's limits: the hubs' defaults with its own overrides, whether it is deleted).
 
 Placement: a project runs where ``projects.host_id`` says; a project placed nowhere goes,
 at its first start, to the live host with the most free capacity (``placement.py``: its
@@ -235,8 +235,12 @@ class RemoteHost:
         project = await self.db.get_project(project_id)
         if project is None:
             raise RemoteError(f"Error: project {project_id} does not exist")
-        spec = {"limits": (project.get("settings") or {}).get("limits") or {},
-                "deleted": bool(project.get("deleted"))}
+        overrides = (project.get("settings") or {}).get("limits") or {}
+        try:   # the hub's default limits are policy: a host applies them, not its own
+            limits = ProjectLimits.merged(self.sandbox.config.defaults, overrides).to_json()
+        except (TypeError, ValueError):   # an override the hub cannot read: the host refuses it
+            limits = overrides
+        spec = {"limits": limits, "deleted": bool(project.get("deleted"))}
         self._specs[project_id] = (now, spec)
         return spec
 
