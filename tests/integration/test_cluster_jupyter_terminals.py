@@ -9,16 +9,10 @@ from typing import Any
 
 import httpx
 
-from tests.cluster import Cluster, module_cluster, nats_server, wait_for  # noqa: F401
+from tests.cluster import Cluster, attempt, module_cluster, nats_server, wait_for  # noqa: F401
 from tests.server import Server
 from tests.terminals import attach, listing, new_terminal
 
-
-def _try(fn: Any) -> Any:
-    try:
-        return fn()
-    except Exception:
-        return None
 
 
 def _v3(hub: Server, key: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -33,7 +27,7 @@ def _new_project(cluster: Cluster, title: str) -> tuple[str, str]:
     hub0 = cluster.hubs[0]
     project_id = cocalc_api.Hub(api_key=account.api_key, host=hub0.url).projects.create_project(title=title)
     project = cocalc_api.Project(api_key=account.api_key, host=hub0.url, project_id=project_id)
-    wait_for(lambda: _try(lambda: project.system.exec(command="true")), 90, "the project to start")
+    wait_for(lambda: attempt(lambda: project.system.exec(command="true")), 90, "the project to start")
     return account.api_key, project_id
 
 

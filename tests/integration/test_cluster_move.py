@@ -12,15 +12,9 @@ import subprocess
 from typing import Any
 
 from projecthub.fabric.nats_config import HUB_USER
-from tests.cluster import Cluster, cluster, nats_server, wait_for  # noqa: F401
+from tests.cluster import Cluster, attempt, cluster, nats_server, wait_for  # noqa: F401
 from tests.server import PROJECTHUB, TEST_ENV
 
-
-def _try(fn: Any) -> Any:
-    try:
-        return fn()
-    except Exception:
-        return None
 
 
 def _move(cluster: Cluster, project_id: str, target: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -64,7 +58,7 @@ def test_move_a_project_between_hosts(cluster: Cluster) -> None:
     account = cluster.new_account()
     project_id = cocalc_api.Hub(api_key=account.api_key, host=hub0.url).projects.create_project(title="mover")
     p0 = cocalc_api.Project(api_key=account.api_key, host=hub0.url, project_id=project_id)
-    wait_for(lambda: _try(lambda: p0.system.exec(command="true")), 90, "the project to start")
+    wait_for(lambda: attempt(lambda: p0.system.exec(command="true")), 90, "the project to start")
     [source] = _holders(cluster, project_id)
     target = "h2" if source == "h1" else "h1"
 
@@ -94,7 +88,7 @@ def test_move_a_project_between_hosts(cluster: Cluster) -> None:
              " work/sub; id -u")
     for hub in cluster.hubs:
         project = cocalc_api.Project(api_key=account.api_key, host=hub.url, project_id=project_id)
-        out = wait_for(lambda: _try(lambda: project.system.exec(command=check, bash=True)), 60,
+        out = wait_for(lambda: attempt(lambda: project.system.exec(command=check, bash=True)), 60,
                        "the moved project to answer")["stdout"].splitlines()
         uid = out[-1]
         assert out[0].split()[0] == digest and out[1] == "hello" and out[2] == "sub/a.txt", out
@@ -137,7 +131,7 @@ def test_a_cut_copy_or_a_down_target_changes_nothing(cluster: Cluster) -> None:
     hub0 = cluster.hubs[0]
     project_id = cocalc_api.Hub(api_key=account.api_key, host=hub0.url).projects.create_project(title="stay")
     p0 = cocalc_api.Project(api_key=account.api_key, host=hub0.url, project_id=project_id)
-    wait_for(lambda: _try(lambda: p0.system.exec(command="echo kept > kept.txt", bash=True)), 90)
+    wait_for(lambda: attempt(lambda: p0.system.exec(command="echo kept > kept.txt", bash=True)), 90)
     [source] = _holders(cluster, project_id)
     target = "h2" if source == "h1" else "h1"
 
@@ -148,7 +142,7 @@ def test_a_cut_copy_or_a_down_target_changes_nothing(cluster: Cluster) -> None:
     assert _holders(cluster, project_id) == [source]
     for hub in cluster.hubs:
         project = cocalc_api.Project(api_key=account.api_key, host=hub.url, project_id=project_id)
-        assert wait_for(lambda: _try(lambda: project.system.exec(command="cat kept.txt")), 60)["stdout"] == "kept\n"
+        assert wait_for(lambda: attempt(lambda: project.system.exec(command="cat kept.txt")), 60)["stdout"] == "kept\n"
 
     cluster.kill_host(target)
     down = _move(cluster, project_id, target)

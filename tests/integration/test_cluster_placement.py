@@ -14,16 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import Cluster, cluster, http, nats_server, wait_for  # noqa: F401
+from tests.cluster import Cluster, attempt, cluster, http, nats_server, wait_for  # noqa: F401
 
 DOWN_WITHIN_S = 10.0
 
-
-def _try(fn: Any) -> Any:
-    try:
-        return fn()
-    except Exception:
-        return None
 
 
 def _stored_hosts(cluster: Cluster) -> dict[str, dict[str, Any]]:
@@ -124,7 +118,7 @@ def test_placement_compute_server_and_a_lost_host(cluster: Cluster) -> None:
     # h1 returns: up again, the same daemon and its job re-adopted
     cluster.start_host("h1")
     wait_for(lambda: _stored_hosts(cluster)["h1"]["state"] == "up", DOWN_WITHIN_S, "h1 marked up")
-    back = wait_for(lambda: _try(lambda: kept.system.exec(command="echo back")), 60, "h1's project")
+    back = wait_for(lambda: attempt(lambda: kept.system.exec(command="echo back")), 60, "h1's project")
     assert back["stdout"] == "back\n"
     assert json.loads((cluster.hosts["h1"].data_dir / "run" / keep / "host.json").read_text())["pid"] == daemon
     status = _conat(cluster, 1, key, keep, {"async_get": job["job_id"]})

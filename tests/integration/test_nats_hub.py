@@ -16,6 +16,7 @@ import pytest
 from projecthub.fabric.nats_config import HUB_USER
 from projecthub.host.ledger import LEDGER_NAME
 from tests.integration.test_nats_host import start_host, stop_host
+from tests.cluster import attempt
 from tests.nats import NatsServer, nats_server  # noqa: F401
 from tests.server import Server
 
@@ -57,7 +58,7 @@ def test_exec_through_hub_nats_host(cluster: Any, nats_server: NatsServer) -> No
     project_id = api.projects.create_project(title="on h1")
     project = cocalc_api.Project(api_key=account.api_key, host=hub.url, project_id=project_id)
     # the first call may come before the host's first heartbeat reached the hub
-    result = _wait(lambda: _try(lambda: project.system.exec(command="echo hi; id -u")), 60)
+    result = _wait(lambda: attempt(lambda: project.system.exec(command="echo hi; id -u")), 60)
     out, uid = result["stdout"].split()
     assert out == "hi" and int(uid) > 0 and result["exit_code"] == 0
     # it runs on h1: its home is in the host's data dir, and the host's heartbeat lists it
@@ -86,12 +87,6 @@ def test_exec_through_hub_nats_host(cluster: Any, nats_server: NatsServer) -> No
     assert not (host_dir / "run" / project_id / "host.json").exists()
 
 
-def _try(fn: Any) -> Any:
-    try:
-        return fn()
-    except Exception:
-        return None
-
 
 def test_a_lost_host_fails_fast_naming_it_and_its_return_readopts(cluster: Any, nats_server: NatsServer) -> None:
     import cocalc_api
@@ -100,7 +95,7 @@ def test_a_lost_host_fails_fast_naming_it_and_its_return_readopts(cluster: Any, 
     api = cocalc_api.Hub(api_key=account.api_key, host=hub.url)
     project_id = api.projects.create_project(title="on h1")
     project = cocalc_api.Project(api_key=account.api_key, host=hub.url, project_id=project_id)
-    _wait(lambda: _try(lambda: project.system.exec(command="true")), 60)
+    _wait(lambda: attempt(lambda: project.system.exec(command="true")), 60)
     daemon = json.loads((host_dir / "run" / project_id / "host.json").read_text())["pid"]
 
     host.kill()   # the host process dies; its project's daemon does not
@@ -116,7 +111,7 @@ def test_a_lost_host_fails_fast_naming_it_and_its_return_readopts(cluster: Any, 
 
     again = start_host(nats_server, "h1", host_dir)   # the same host comes back
     try:
-        result = _wait(lambda: _try(lambda: project.system.exec(command="echo back")), 60)
+        result = _wait(lambda: attempt(lambda: project.system.exec(command="echo back")), 60)
         assert result["stdout"] == "back\n"
         # the same daemon, adopted, not a new one
         assert json.loads((host_dir / "run" / project_id / "host.json").read_text())["pid"] == daemon
@@ -139,7 +134,7 @@ def test_job_output_streams_through_nats_and_stalled_readers_stay_bounded(cluste
     auth = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=hub.url, headers=auth, timeout=120) as http:
         pid = http.post("/api/v3/projects", json={"title": "streams"}).json()["project_id"]
-        _wait(lambda: _try(lambda: http.post(f"/api/v3/projects/{pid}/exec",
+        _wait(lambda: attempt(lambda: http.post(f"/api/v3/projects/{pid}/exec",
                                              json={"command": "true"}).raise_for_status()), 60)
         mb = 50
         job = http.post(f"/api/v3/projects/{pid}/exec", json={
