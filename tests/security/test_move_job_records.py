@@ -38,7 +38,9 @@ _TRACKER: MarkerTracker | None = None
 def _ctx(base: Path, name: str) -> ProjectContext:
     global _TRACKER
     if _TRACKER is None:
-        _TRACKER = MarkerTracker()
+        # not a subreaper: the suite's process would then inherit every orphan of the later
+        # tests' servers (their sandboxes) as zombies nobody waits for
+        _TRACKER = MarkerTracker(subreaper=False)
     home = base / name / "home"
     home.mkdir(parents=True)
     project_id = str(uuid.uuid4())

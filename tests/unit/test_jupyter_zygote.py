@@ -23,7 +23,8 @@ from projecthub.project.jupyter.forking import ForkedProcess, eligible
 from projecthub.project.tracking_fallback import MarkerTracker
 from tests.unit.loops import close_loop
 
-from test_jupyter import execute, gone, loop, make_ctx, mpl_dir, no_zombie_children, run, wait_until  # noqa: F401
+from test_jupyter import (execute, gone, loop, make_ctx, mpl_dir, no_zombie_children,  # noqa: F401
+                          reap_earlier_tests_zombies, run, wait_until)
 
 
 @pytest.fixture(scope="module")
