@@ -171,3 +171,39 @@ def test_job_output_streams_through_nats_and_stalled_readers_stay_bounded(cluste
         assert got == mb * 1000000
         for sock in stalled:
             sock.close()
+
+
+def test_a_job_running_when_its_host_dies_finishes_and_is_read_after_the_host_returns(
+        cluster: Any, nats_server: NatsServer) -> None:
+    """The host process dies (SIGKILL) while a job runs in one of its projects: the job runs
+    on in the project's daemon; meanwhile reading it fails fast naming the host; once the host
+    is back (it re-adopts the daemon) the job's whole output and exit code are there."""
+    import cocalc_api
+    hub, host, host_dir = cluster
+    account = hub.new_account()
+    api = cocalc_api.Hub(api_key=account.api_key, host=hub.url)
+    project_id = api.projects.create_project(title="job on h1")
+    project = cocalc_api.Project(api_key=account.api_key, host=hub.url, project_id=project_id)
+    _wait(lambda: attempt(lambda: project.system.exec(command="true")), 60)
+    job = project.system.exec(command="for i in $(seq 1 30); do echo tick$i; sleep 0.1; done",
+                              bash=True, async_call=True)
+    job_id = job["job_id"]
+    _wait(lambda: "tick2" in (project.call("system.exec", [{"async_get": job_id}]).get("stdout") or ""), 30)
+
+    host.kill()   # mid-job; the daemon (and the job in it) live on
+    host.wait(10)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="host h1"):
+        project.call("system.exec", [{"async_get": job_id}])
+    assert time.monotonic() - started < 6
+    time.sleep(3.5)   # the job ends while nobody serves its host
+
+    again = start_host(nats_server, "h1", host_dir)
+    try:
+        record = _wait(lambda: attempt(lambda: project.call(
+            "system.exec", [{"async_get": job_id, "async_await": True}])), 60)
+        assert record["status"] == "completed", record
+        assert record["exit_code"] == 0 and record["stderr"] == ""
+        assert record["stdout"] == "".join(f"tick{i}\n" for i in range(1, 31))
+    finally:
+        stop_host(again, host_dir)
