@@ -48,6 +48,17 @@ def _wait(predicate: Any, timeout: float = 30) -> Any:
     raise AssertionError("timed out")
 
 
+def _running_project(hub: Server, title: str) -> tuple[Any, str, Any]:
+    """A new account's new project, started on the host by a first exec: (account, project
+    id, its official-client Project)."""
+    import cocalc_api
+    account = hub.new_account()
+    project_id = cocalc_api.Hub(api_key=account.api_key, host=hub.url).projects.create_project(title=title)
+    project = cocalc_api.Project(api_key=account.api_key, host=hub.url, project_id=project_id)
+    _wait(lambda: attempt(lambda: project.system.exec(command="true")), 60)
+    return account, project_id, project
+
+
 def test_exec_through_hub_nats_host(cluster: Any, nats_server: NatsServer) -> None:
     import cocalc_api
     hub, host, host_dir = cluster
@@ -89,13 +100,8 @@ def test_exec_through_hub_nats_host(cluster: Any, nats_server: NatsServer) -> No
 
 
 def test_a_lost_host_fails_fast_naming_it_and_its_return_readopts(cluster: Any, nats_server: NatsServer) -> None:
-    import cocalc_api
     hub, host, host_dir = cluster
-    account = hub.new_account()
-    api = cocalc_api.Hub(api_key=account.api_key, host=hub.url)
-    project_id = api.projects.create_project(title="on h1")
-    project = cocalc_api.Project(api_key=account.api_key, host=hub.url, project_id=project_id)
-    _wait(lambda: attempt(lambda: project.system.exec(command="true")), 60)
+    account, project_id, project = _running_project(hub, "on h1")
     daemon = json.loads((host_dir / "run" / project_id / "host.json").read_text())["pid"]
 
     host.kill()   # the host process dies; its project's daemon does not
@@ -178,13 +184,8 @@ def test_a_job_running_when_its_host_dies_finishes_and_is_read_after_the_host_re
     """The host process dies (SIGKILL) while a job runs in one of its projects: the job runs
     on in the project's daemon; meanwhile reading it fails fast naming the host; once the host
     is back (it re-adopts the daemon) the job's whole output and exit code are there."""
-    import cocalc_api
     hub, host, host_dir = cluster
-    account = hub.new_account()
-    api = cocalc_api.Hub(api_key=account.api_key, host=hub.url)
-    project_id = api.projects.create_project(title="job on h1")
-    project = cocalc_api.Project(api_key=account.api_key, host=hub.url, project_id=project_id)
-    _wait(lambda: attempt(lambda: project.system.exec(command="true")), 60)
+    _, _, project = _running_project(hub, "job on h1")
     job = project.system.exec(command="for i in $(seq 1 30); do echo tick$i; sleep 0.1; done",
                               bash=True, async_call=True)
     job_id = job["job_id"]
